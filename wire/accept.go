@@ -326,6 +326,9 @@ func (a *acceptor) startup(version uint32, body []byte) (*Startup, error) {
 	if err := a.authenticate(st.User); err != nil {
 		return nil, err
 	}
+	if err := a.flush(); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 
@@ -439,9 +442,13 @@ func (a *acceptor) fail(ctx context.Context, err error, cancelled bool) error {
 	default:
 		var we *Error
 		var pe *ProtocolError
-		if errors.As(err, &we) || errors.As(err, &pe) {
+		switch {
+		case errors.As(err, &we) || errors.As(err, &pe):
 			sent = err
-		} else {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || a.noReply:
+			// The client is gone or cannot read: nothing to tell it.
+			return fmt.Errorf("wire: accept: %w", err)
+		default:
 			sent = Fatalf(CodeInternalError, "could not start session")
 			err = fmt.Errorf("%w: %w", sent, err)
 		}
