@@ -1,0 +1,264 @@
+// Package config loads pgshard's configuration: one TOML file, overridden by
+// environment variables (PGSHARD_*), overridden in turn by command-line flags.
+// It only parses and validates; it starts nothing.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// PoolMode says when a backend connection returns to the pool.
+type PoolMode string
+
+const (
+	// PoolTransaction returns the backend after each transaction (default).
+	PoolTransaction PoolMode = "transaction"
+	// PoolSession keeps the backend for the whole client session.
+	PoolSession PoolMode = "session"
+)
+
+// Duration is a time.Duration written as "5s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Config is the whole configuration of one pgshard node.
+type Config struct {
+	Listen          string   `toml:"listen"`
+	AdminListen     string   `toml:"admin_listen"`
+	AdminToken      string   `toml:"admin_token"`
+	TLSCertFile     string   `toml:"tls_cert_file"`
+	TLSKeyFile      string   `toml:"tls_key_file"`
+	AuthTimeout     Duration `toml:"auth_timeout"`
+	MaxMessageSize  int      `toml:"max_message_size"`
+	MaxClients      int      `toml:"max_clients"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	LogLevel        string   `toml:"log_level"`
+	LogFormat       string   `toml:"log_format"`
+	Pool            Pool     `toml:"pool"`
+	Users           []User   `toml:"users"`
+	Shards          []Shard  `toml:"shards"`
+}
+
+// Pool configures the backend pools (one per shard, role, user and database).
+type Pool struct {
+	Mode           PoolMode `toml:"mode"`
+	Size           int      `toml:"size"`
+	WaitTimeout    Duration `toml:"wait_timeout"`
+	IdleTimeout    Duration `toml:"idle_timeout"`
+	MaxLifetime    Duration `toml:"max_lifetime"`
+	ConnectTimeout Duration `toml:"connect_timeout"`
+}
+
+// User is a client login. Password is plaintext or a stored verifier
+// ("SCRAM-SHA-256$…" for scram-sha-256, "md5…" for md5). The backend login
+// uses BackendUser/BackendPassword, which default to Name/Password (a
+// verifier cannot be used to log in to a backend, so set BackendPassword then).
+type User struct {
+	Name            string `toml:"name"`
+	Password        string `toml:"password"`
+	Auth            string `toml:"auth"`
+	BackendUser     string `toml:"backend_user"`
+	BackendPassword string `toml:"backend_password"`
+	PoolSize        int    `toml:"pool_size"`
+}
+
+// Shard is a primary with its streaming replicas, as libpq connection
+// strings without user, password or database (those come from the client).
+type Shard struct {
+	Name     string   `toml:"name"`
+	Primary  string   `toml:"primary"`
+	Replicas []string `toml:"replicas"`
+}
+
+// Default returns the configuration used when nothing is set.
+func Default() Config {
+	return Config{
+		Listen:          "127.0.0.1:6432",
+		AdminListen:     "127.0.0.1:6480",
+		AuthTimeout:     Duration{10 * time.Second},
+		MaxMessageSize:  64 << 20,
+		MaxClients:      10000,
+		ShutdownTimeout: Duration{30 * time.Second},
+		LogLevel:        "info",
+		LogFormat:       "text",
+		Pool: Pool{
+			Mode:           PoolTransaction,
+			Size:           20,
+			WaitTimeout:    Duration{5 * time.Second},
+			IdleTimeout:    Duration{5 * time.Minute},
+			MaxLifetime:    Duration{time.Hour},
+			ConnectTimeout: Duration{5 * time.Second},
+		},
+	}
+}
+
+// Load reads the file at path (skipped when path is empty) over the
+// defaults, then applies the environment (getenv, usually os.Getenv).
+func Load(path string, getenv func(string) string) (Config, error) {
+	c := Default()
+	if path != "" {
+		md, err := toml.DecodeFile(path, &c)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: read %s: %w", path, err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			keys := make([]string, len(und))
+			for i, k := range und {
+				keys[i] = k.String()
+			}
+			return Config{}, fmt.Errorf("config: %s: unknown keys: %s", path, strings.Join(keys, ", "))
+		}
+	}
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if err := c.applyEnv(getenv); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Env lists the environment variables Load reads, with what they set.
+var Env = map[string]string{
+	"PGSHARD_LISTEN":       "listen",
+	"PGSHARD_ADMIN_LISTEN": "admin_listen",
+	"PGSHARD_ADMIN_TOKEN":  "admin_token",
+	"PGSHARD_POOL_MODE":    "pool.mode",
+	"PGSHARD_POOL_SIZE":    "pool.size",
+	"PGSHARD_LOG_LEVEL":    "log_level",
+}
+
+func (c *Config) applyEnv(getenv func(string) string) error {
+	for name, key := range Env {
+		if v := getenv(name); v != "" {
+			if err := c.Set(key, v); err != nil {
+				return fmt.Errorf("config: %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Set sets one scalar setting by its TOML key (used for environment
+// variables and flags).
+func (c *Config) Set(key, v string) error {
+	switch key {
+	case "listen":
+		c.Listen = v
+	case "admin_listen":
+		c.AdminListen = v
+	case "admin_token":
+		c.AdminToken = v
+	case "pool.mode":
+		c.Pool.Mode = PoolMode(v)
+	case "pool.size":
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("pool.size %q: not a number", v)
+		}
+		c.Pool.Size = n
+	case "log_level":
+		c.LogLevel = v
+	default:
+		return fmt.Errorf("unknown setting %q", key)
+	}
+	return nil
+}
+
+// Validate reports every problem in the configuration at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Listen == "" {
+		bad("listen is empty")
+	}
+	switch c.Pool.Mode {
+	case PoolTransaction, PoolSession:
+	default:
+		bad("pool.mode %q: want %q or %q", c.Pool.Mode, PoolTransaction, PoolSession)
+	}
+	if c.Pool.Size < 1 {
+		bad("pool.size %d: must be at least 1", c.Pool.Size)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		bad("tls_cert_file and tls_key_file go together")
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("log_format %q: want text or json", c.LogFormat)
+	}
+	if len(c.Users) == 0 {
+		bad("no [[users]]: add at least one user")
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Users {
+		if u.Name == "" {
+			bad("users[%d]: name is empty", i)
+		}
+		if seen[u.Name] {
+			bad("users[%d]: user %q appears twice", i, u.Name)
+		}
+		seen[u.Name] = true
+		switch u.Auth {
+		case "", "scram-sha-256", "md5", "trust":
+		default:
+			bad("user %q: auth %q: want scram-sha-256, md5 or trust", u.Name, u.Auth)
+		}
+		if u.Auth != "trust" && u.Password == "" {
+			bad("user %q: password is empty (set auth = \"trust\" to allow no password)", u.Name)
+		}
+		if u.BackendPassword == "" && (strings.HasPrefix(u.Password, "SCRAM-SHA-256$") || strings.HasPrefix(u.Password, "md5")) && len(u.Password) > 3 {
+			bad("user %q: password is a verifier, so backend_password must be set to log in to the backends", u.Name)
+		}
+	}
+	if len(c.Shards) == 0 {
+		bad("no [[shards]]: add at least one shard with a primary")
+	}
+	for i, s := range c.Shards {
+		if s.Name == "" {
+			bad("shards[%d]: name is empty", i)
+		}
+		if s.Primary == "" {
+			bad("shard %q: primary is empty", s.Name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BackendLogin returns the user and password pgshard uses on the backends
+// for client user u.
+func (u User) BackendLogin() (user, password string) {
+	user, password = u.BackendUser, u.BackendPassword
+	if user == "" {
+		user = u.Name
+	}
+	if password == "" {
+		password = u.Password
+	}
+	return user, password
+}

@@ -1,0 +1,122 @@
+package pool
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgshard/pgshard/wire"
+)
+
+// Handler receives the messages a backend sends while a holder owns the
+// Conn. ServerMessage is called on the Conn's reader goroutine, one message
+// at a time, in order; msg is valid only during the call. more is true when
+// further bytes are already buffered (so the handler may delay a flush).
+type Handler interface {
+	ServerMessage(c *Conn, typ byte, msg []byte, more bool)
+	// ServerGone is called once when the connection fails while held.
+	ServerGone(c *Conn, err error)
+}
+
+// Conn is one backend connection.
+type Conn struct {
+	pool      *Pool
+	nc        net.Conn
+	r         *wire.Reader
+	PID       uint32
+	SecretKey []byte
+	// Params are the ParameterStatus values the backend reported at startup.
+	Params map[string]string
+	// State belongs to the current holder of the Conn (the proxy keeps what
+	// it has prepared and set on this backend there). The pool never reads it.
+	State any
+
+	created  time.Time
+	lastUsed time.Time
+
+	hmu     sync.Mutex
+	handler Handler
+
+	broken atomic.Bool
+	done   chan struct{}
+}
+
+func newConn(p *Pool, hc *pgconn.HijackedConn) *Conn {
+	c := &Conn{
+		pool:      p,
+		nc:        hc.Conn,
+		r:         wire.NewReader(hc.Conn, p.cfg.MaxMessageSize),
+		PID:       hc.PID,
+		SecretKey: hc.SecretKey,
+		Params:    hc.ParameterStatuses,
+		created:   time.Now(),
+		done:      make(chan struct{}),
+	}
+	c.lastUsed = c.created
+	go c.readLoop()
+	return c
+}
+
+// Pool returns the pool c belongs to.
+func (c *Conn) Pool() *Pool { return c.pool }
+
+// SetHandler makes h receive c's messages from now on (nil: none).
+func (c *Conn) SetHandler(h Handler) {
+	c.hmu.Lock()
+	c.handler = h
+	c.hmu.Unlock()
+}
+
+// Write sends raw protocol bytes to the backend. Only the holder writes.
+func (c *Conn) Write(b []byte) error {
+	if _, err := c.nc.Write(b); err != nil {
+		c.broken.Store(true)
+		return err
+	}
+	return nil
+}
+
+func (c *Conn) isBroken() bool { return c.broken.Load() }
+
+// MarkBroken makes the pool close c instead of reusing it.
+func (c *Conn) MarkBroken() { c.broken.Store(true) }
+
+func (c *Conn) close() {
+	c.broken.Store(true)
+	_ = c.nc.Close()
+}
+
+func (c *Conn) wait() { <-c.done }
+
+func (c *Conn) readLoop() {
+	defer close(c.done)
+	for {
+		typ, msg, err := c.r.Next()
+		c.hmu.Lock()
+		h := c.handler
+		c.hmu.Unlock()
+		if err != nil {
+			c.broken.Store(true)
+			_ = c.nc.Close()
+			if h != nil {
+				h.ServerGone(c, err)
+			} else {
+				c.pool.dropIdle(c)
+			}
+			return
+		}
+		if h == nil {
+			// Idle: only asynchronous messages can arrive. An error here is
+			// the server ending the session (shutdown, terminate).
+			if typ == 'E' {
+				c.broken.Store(true)
+				_ = c.nc.Close()
+				// The next Next fails and drops the Conn.
+			}
+			continue
+		}
+		h.ServerMessage(c, typ, msg, c.r.Buffered() > 0)
+	}
+}

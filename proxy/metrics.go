@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/pgshard/pgshard/pool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the proxy's Prometheus metrics.
+type metrics struct {
+	clients      prometheus.Gauge
+	clientsTotal prometheus.Counter
+	rejected     *prometheus.CounterVec
+	queries      prometheus.Counter
+	errors       *prometheus.CounterVec
+	latency      prometheus.Histogram
+	wait         prometheus.Histogram
+	waitErrors   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, srv *Server) *metrics {
+	m := &metrics{
+		clients: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgshard_client_connections", Help: "Client connections open now."}),
+		clientsTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgshard_client_connections_total", Help: "Client connections accepted."}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgshard_client_rejections_total", Help: "Client connections refused, by reason."}, []string{"reason"}),
+		queries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgshard_queries_total", Help: "Queries and extended-protocol syncs answered."}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgshard_errors_total", Help: "Errors sent to clients, by SQLSTATE."}, []string{"sqlstate"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "pgshard_query_duration_seconds", Help: "Time from a query (or Sync) reaching pgshard to its ReadyForQuery.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)}),
+		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "pgshard_pool_wait_seconds", Help: "Time spent waiting for a backend connection.",
+			Buckets: prometheus.ExponentialBuckets(10e-6, 4, 12)}),
+		waitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgshard_pool_wait_errors_total", Help: "Acquisitions that failed (timeout or connect error)."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.clients, m.clientsTotal, m.rejected, m.queries, m.errors, m.latency, m.wait, m.waitErrors,
+			&poolCollector{srv: srv})
+	}
+	return m
+}
+
+// Waited implements pool.Observer.
+func (m *metrics) Waited(_ *pool.Pool, d time.Duration, err error) {
+	m.wait.Observe(d.Seconds())
+	if err != nil {
+		m.waitErrors.Inc()
+	}
+}
+
+var (
+	descServerConns = prometheus.NewDesc("pgshard_server_connections",
+		"Backend connections by pool and state.", []string{"pool", "state"}, nil)
+	descWaiting = prometheus.NewDesc("pgshard_pool_waiting_clients",
+		"Clients waiting for a backend connection.", []string{"pool"}, nil)
+	descPoolSize = prometheus.NewDesc("pgshard_pool_size",
+		"Configured size of each pool.", []string{"pool"}, nil)
+)
+
+// poolCollector reports every pool's connection counts at scrape time.
+type poolCollector struct{ srv *Server }
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descServerConns
+	ch <- descWaiting
+	ch <- descPoolSize
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.srv.pools() {
+		st := p.Stats()
+		n := p.Name()
+		ch <- prometheus.MustNewConstMetric(descServerConns, prometheus.GaugeValue, float64(st.Idle), n, "idle")
+		ch <- prometheus.MustNewConstMetric(descServerConns, prometheus.GaugeValue, float64(st.Active), n, "active")
+		ch <- prometheus.MustNewConstMetric(descServerConns, prometheus.GaugeValue, float64(st.Dialing), n, "connecting")
+		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(st.Waiting), n)
+		ch <- prometheus.MustNewConstMetric(descPoolSize, prometheus.GaugeValue, float64(st.Size), n)
+	}
+}

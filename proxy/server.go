@@ -1,0 +1,367 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/pool"
+	"github.com/pgshard/pgshard/wire"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Server accepts client connections and serves sessions.
+type Server struct {
+	log     *slog.Logger
+	metrics *metrics
+	stmts   stmtCache
+	tls     *tls.Config
+
+	cfg   atomic.Pointer[config.Config]
+	users atomic.Pointer[map[string]config.User]
+
+	mu       sync.Mutex
+	poolsBy  map[poolKey]*pool.Pool
+	sessions map[wire.CancelKey]*session
+	nclients int
+	ln       net.Listener
+	closing  atomic.Bool
+
+	wg sync.WaitGroup // one per session goroutine
+}
+
+type poolKey struct{ addr, user, db string }
+
+// New returns a Server for cfg (validated). Metrics go to reg when set.
+func New(cfg config.Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s := &Server{log: logger, poolsBy: map[poolKey]*pool.Pool{}, sessions: map[wire.CancelKey]*session{}}
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: load TLS certificate: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	s.metrics = newMetrics(reg, s)
+	s.setConfig(cfg)
+	return s, nil
+}
+
+func (s *Server) setConfig(cfg config.Config) {
+	users := make(map[string]config.User, len(cfg.Users))
+	for _, u := range cfg.Users {
+		users[u.Name] = u
+	}
+	s.users.Store(&users)
+	s.cfg.Store(&cfg)
+}
+
+// Reload applies a new configuration: users and passwords at once for new
+// logins, pool sizes at once for every pool. Other settings need a restart;
+// Reload says which ones changed and were not applied.
+func (s *Server) Reload(cfg config.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	old := s.cfg.Load()
+	var ignored []string
+	if cfg.Listen != old.Listen {
+		ignored = append(ignored, "listen")
+	}
+	if cfg.Pool.Mode != old.Pool.Mode {
+		ignored = append(ignored, "pool.mode")
+	}
+	if cfg.TLSCertFile != old.TLSCertFile || cfg.TLSKeyFile != old.TLSKeyFile {
+		ignored = append(ignored, "tls")
+	}
+	if fmt.Sprint(cfg.Shards) != fmt.Sprint(old.Shards) {
+		ignored = append(ignored, "shards")
+	}
+	s.setConfig(cfg)
+	s.mu.Lock()
+	for k, p := range s.poolsBy {
+		p.SetSize(s.poolSizeFor(k.user))
+	}
+	s.mu.Unlock()
+	if len(ignored) > 0 {
+		s.log.Warn("reload: these settings need a restart and were not applied", "settings", strings.Join(ignored, ","))
+	}
+	s.log.Info("configuration reloaded", "users", len(cfg.Users), "pool_size", cfg.Pool.Size)
+	return nil
+}
+
+func (s *Server) poolSizeFor(user string) int {
+	if u, ok := (*s.users.Load())[user]; ok && u.PoolSize > 0 {
+		return u.PoolSize
+	}
+	return s.cfg.Load().Pool.Size
+}
+
+func (s *Server) shuttingDown() bool { return s.closing.Load() }
+
+// pools returns every pool (for metrics).
+func (s *Server) pools() []*pool.Pool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*pool.Pool, 0, len(s.poolsBy))
+	for _, p := range s.poolsBy {
+		out = append(out, p)
+	}
+	return out
+}
+
+// poolFor returns the pool of the primary of the first shard for a user
+// and database, creating it on first use.
+func (s *Server) poolFor(u config.User, db string) (*pool.Pool, error) {
+	cfg := s.cfg.Load()
+	addr := cfg.Shards[0].Primary
+	key := poolKey{addr, u.Name, db}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.poolsBy[key]; ok {
+		return p, nil
+	}
+	user, password := u.BackendLogin()
+	p, err := pool.New(pool.Config{
+		ConnString: addr, User: user, Password: password, Database: db,
+		Size: s.poolSizeFor(u.Name), WaitTimeout: cfg.Pool.WaitTimeout.Duration,
+		IdleTimeout: cfg.Pool.IdleTimeout.Duration, MaxLifetime: cfg.Pool.MaxLifetime.Duration,
+		ConnectTimeout: cfg.Pool.ConnectTimeout.Duration, MaxMessageSize: cfg.MaxMessageSize,
+		Logger: s.log, Observer: s.metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.poolsBy[key] = p
+	return p, nil
+}
+
+// Serve accepts connections on ln until Shutdown or ctx ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	s.log.Info("accepting client connections", "addr", ln.Addr().String())
+	go func() {
+		<-ctx.Done()
+		_ = ln.Close()
+	}()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.closing.Load() || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: back off, keep serving.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay < time.Second {
+				delay *= 2
+			}
+			s.log.Warn("accept failed", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	cfg := s.cfg.Load()
+	users := *s.users.Load()
+	st, err := wire.Accept(ctx, conn, &wire.ServerConfig{
+		TLSConfig:      s.tls,
+		AuthTimeout:    cfg.AuthTimeout.Duration,
+		MaxMessageSize: cfg.MaxMessageSize,
+		Lookup: func(name string) (wire.Credentials, bool) {
+			u, ok := users[name]
+			if !ok {
+				return wire.Credentials{}, false
+			}
+			return credentials(u), true
+		},
+	})
+	if err != nil {
+		s.metrics.rejected.WithLabelValues("startup").Inc()
+		s.log.Debug("client startup failed", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	if st.Cancel != nil {
+		s.cancel(ctx, *st.Cancel)
+		return
+	}
+	conn = st.Conn
+	fail := func(reason string, e error) {
+		s.metrics.rejected.WithLabelValues(reason).Inc()
+		b := wire.AppendError(nil, e)
+		_, _ = conn.Write(b)
+	}
+	if s.closing.Load() {
+		fail("shutdown", wire.Fatalf(wire.CodeCannotConnectNow, "the database system is shutting down"))
+		return
+	}
+	u := users[st.User]
+	p, err := s.poolFor(u, st.Database)
+	if err != nil {
+		fail("config", wire.Fatalf(wire.CodeInternalError, "pgshard: %v", err))
+		return
+	}
+	sess := newSession(s, st, p, cfg.Pool.Mode)
+	if !s.register(sess, cfg.MaxClients) {
+		fail("max_clients", wire.Fatalf(wire.CodeTooManyConnections, "sorry, too many clients already (max_clients = %d)", cfg.MaxClients))
+		return
+	}
+	defer s.unregister(sess)
+	s.metrics.clients.Inc()
+	s.metrics.clientsTotal.Inc()
+	defer s.metrics.clients.Dec()
+
+	if err := sess.start(ctx); err != nil {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			we.Severity = "FATAL"
+		}
+		fail("backend", err)
+		sess.finish()
+		return
+	}
+	if err := sess.run(ctx); err != nil {
+		sess.logger.Debug("session ended with an error", "err", err)
+	}
+	sess.finish()
+}
+
+func credentials(u config.User) wire.Credentials {
+	m := wire.AuthSCRAM
+	switch u.Auth {
+	case "md5":
+		m = wire.AuthMD5
+	case "trust":
+		m = wire.AuthTrust
+	}
+	return wire.Credentials{Method: m, Password: u.Password}
+}
+
+// register gives sess a unique cancel key and counts it.
+func (s *Server) register(sess *session, max int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max > 0 && s.nclients >= max {
+		return false
+	}
+	for {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		k := wire.CancelKey{ProcessID: binary.BigEndian.Uint32(b[:4]) & 0x7fffffff, SecretKey: binary.BigEndian.Uint32(b[4:])}
+		if _, taken := s.sessions[k]; !taken && k.ProcessID != 0 {
+			sess.key = k
+			s.sessions[k] = sess
+			s.nclients++
+			return true
+		}
+	}
+}
+
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess.key)
+	s.nclients--
+	s.mu.Unlock()
+}
+
+// cancel forwards a client's CancelRequest to the backend running its query.
+func (s *Server) cancel(ctx context.Context, k wire.CancelKey) {
+	s.mu.Lock()
+	sess := s.sessions[k]
+	s.mu.Unlock()
+	if sess == nil {
+		return // as PostgreSQL does: no answer, no error
+	}
+	sc := sess.attached()
+	if sc == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := wire.SendCancel(ctx, sc.Pool().Addr(), sc.PID, sc.SecretKey); err != nil {
+		s.log.Warn("forwarding cancel request failed", "err", err)
+	}
+}
+
+// Shutdown stops accepting, closes idle sessions at once and the others as
+// their transactions end, and gives up on stragglers when ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	s.mu.Lock()
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	for _, sess := range s.sessions {
+		sess.closeIfIdle()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		n := len(s.sessions)
+		for _, sess := range s.sessions {
+			_ = sess.conn.Close()
+		}
+		s.mu.Unlock()
+		err = fmt.Errorf("proxy: shutdown timed out; closed %d sessions mid-transaction", n)
+		<-done
+	}
+	for _, p := range s.pools() {
+		p.Close()
+	}
+	return err
+}
+
+// closeIfIdle ends a session that holds no backend (between transactions).
+func (s *session) closeIfIdle() {
+	s.mu.Lock()
+	idle := s.sc == nil && !s.busy
+	if idle {
+		s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
+	}
+	s.mu.Unlock()
+	if idle {
+		go s.closeAfterFlush()
+	}
+}
+
+// ShuttingDown reports whether Shutdown has begun.
+func (s *Server) ShuttingDown() bool { return s.closing.Load() }

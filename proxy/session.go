@@ -1,0 +1,1055 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/pool"
+	"github.com/pgshard/pgshard/router"
+	"github.com/pgshard/pgshard/wire"
+)
+
+// Flush thresholds: output is written when the input that produced it is
+// drained, or earlier once this much is pending.
+const flushThreshold = 64 << 10
+
+// entry is one expected answer from the backend (see the package doc).
+type entry struct {
+	kind    byte   // client message type; 'd' Describe of a statement; 'x' internal query
+	swallow bool   // the answer is not passed to the client
+	synth   []byte // answered by pgshard when at the head; nothing comes from the backend
+	def     *stmtDef
+	name    string // Parse: the client's statement name
+	start   time.Time
+	fx      *router.Effects // Query: session effects to apply if it succeeds
+	failed  bool
+	done    chan error // internal query: told the outcome at ReadyForQuery
+	errMsg  []byte     // internal query: the first error
+}
+
+// connState is what a backend has been told, kept on pool.Conn.State.
+type connState struct {
+	prepared     map[*stmtDef]struct{}
+	unnamedOwner *session
+	unnamedGen   uint64
+	setsKey      string            // the session settings applied ("" = defaults)
+	reported     map[string]string // ParameterStatus values last reported
+}
+
+func stateOf(c *pool.Conn) *connState {
+	if st, ok := c.State.(*connState); ok {
+		return st
+	}
+	st := &connState{prepared: map[*stmtDef]struct{}{}, reported: map[string]string{}}
+	for k, v := range c.Params {
+		st.reported[k] = v
+	}
+	c.State = st
+	return st
+}
+
+// session is one client connection.
+type session struct {
+	srv    *Server
+	conn   net.Conn
+	cr     *wire.Reader
+	key    wire.CancelKey
+	user   string
+	db     string
+	pool   *pool.Pool
+	mode   config.PoolMode
+	logger interface {
+		Debug(string, ...any)
+		Info(string, ...any)
+		Warn(string, ...any)
+	}
+
+	// Owned by the session loop.
+	sbuf          []byte // pending bytes for the backend
+	unnamed       []byte // the client's last unnamed Parse
+	unnamedGen    uint64
+	skipUntilSync bool // after an error pgshard raised, drop messages up to Sync
+
+	mu       sync.Mutex
+	sc       *pool.Conn
+	st       *connState
+	queue    []*entry
+	busy     bool // the session loop is composing a batch for sc
+	unsynced bool // extended-protocol messages sent since the last Sync
+	srvErr   bool // the backend reported an error and skips to the next Sync
+	txStatus byte
+	pinned   bool
+	closing  bool
+	resetReq bool
+	stmts    map[string]*stmtDef
+	sets     map[string]string // name -> SQL text of the value
+	setsKey  string
+	staged   []router.Effects // SETs made inside the open transaction
+	out      []byte           // pending bytes for the client
+	dead     bool             // writing to the client failed
+	lastTag  string
+
+	wmu   sync.Mutex
+	spare []byte
+}
+
+func newSession(srv *Server, st *wire.Startup, p *pool.Pool, mode config.PoolMode) *session {
+	s := &session{
+		srv: srv, conn: st.Conn, cr: st.Reader, user: st.User, db: st.Database, pool: p, mode: mode,
+		txStatus: 'I', stmts: map[string]*stmtDef{}, sets: map[string]string{},
+	}
+	s.logger = srv.log.With("user", st.User, "db", st.Database, "client", st.Conn.RemoteAddr().String())
+	for k, v := range st.Params {
+		switch {
+		case k == "options":
+			for name, val := range parseOptions(v) {
+				s.sets[strings.ToLower(name)] = quoteLiteral(val)
+			}
+		case strings.HasPrefix(k, "_pq_."), k == "replication":
+		default:
+			s.sets[strings.ToLower(k)] = quoteLiteral(v)
+		}
+	}
+	s.setsKey = settingsKey(s.sets)
+	return s
+}
+
+// parseOptions reads "-c name=value" and "--name=value" from the startup
+// options parameter.
+func parseOptions(opts string) map[string]string {
+	out := map[string]string{}
+	f := strings.Fields(opts)
+	for i := 0; i < len(f); i++ {
+		a := f[i]
+		switch {
+		case a == "-c" && i+1 < len(f):
+			i++
+			a = f[i]
+		case strings.HasPrefix(a, "-c"):
+			a = a[2:]
+		case strings.HasPrefix(a, "--"):
+			a = a[2:]
+		default:
+			continue
+		}
+		if k, v, ok := strings.Cut(a, "="); ok {
+			out[strings.ReplaceAll(k, "-", "_")] = v
+		}
+	}
+	return out
+}
+
+func quoteLiteral(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
+
+func settingsKey(sets map[string]string) string {
+	if len(sets) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(sets))
+	for k := range sets {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(sets[k])
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// replaySQL returns the query that puts a backend into this session's
+// settings. Called with s.mu held.
+func (s *session) replaySQL() string {
+	names := make([]string, 0, len(s.sets))
+	for k := range s.sets {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	b.WriteString("RESET ALL")
+	for _, k := range names {
+		b.WriteString("; SET ")
+		b.WriteString(quoteIdentPath(k))
+		b.WriteString(" TO ")
+		b.WriteString(s.sets[k])
+	}
+	return b.String()
+}
+
+// quoteIdentPath double-quotes each dotted part of a setting name.
+func quoteIdentPath(name string) string {
+	parts := strings.Split(name, ".")
+	for i, p := range parts {
+		parts[i] = `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
+	}
+	return strings.Join(parts, ".")
+}
+
+var errTerminate = errors.New("client terminated")
+
+// start brings a new session to ReadyForQuery: it applies the session's
+// settings on a backend and tells the client the resulting parameters.
+func (s *session) start(ctx context.Context) error {
+	replay, err := s.attach(ctx)
+	if err != nil {
+		return err
+	}
+	var done chan error
+	if replay != nil {
+		done = make(chan error, 1)
+		s.mu.Lock()
+		replay.done = done
+		s.mu.Unlock()
+	}
+	// The session stays busy (so the backend stays attached) until the
+	// parameters are read.
+	s.mu.Lock()
+	sc := s.sc
+	s.mu.Unlock()
+	if sc != nil && len(s.sbuf) > 0 {
+		if err := sc.Write(s.sbuf); err != nil {
+			return err
+		}
+	}
+	s.sbuf = s.sbuf[:0]
+	if done != nil {
+		select {
+		case err := <-done:
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	s.mu.Lock()
+	params := map[string]string{}
+	if s.st != nil {
+		for k, v := range s.st.reported {
+			params[k] = v
+		}
+	}
+	s.busy = false
+	s.maybeRelease()
+	s.mu.Unlock()
+	return wire.WriteReady(s.conn, params, s.key)
+}
+
+// run is the session loop. It returns when the client leaves or fails.
+func (s *session) run(ctx context.Context) error {
+	for {
+		typ, msg, err := s.cr.Next()
+		if err != nil {
+			var pe *wire.ProtocolError
+			if errors.As(err, &pe) {
+				s.clientError(err)
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		if err := s.handle(ctx, typ, msg); err != nil {
+			if err == errTerminate {
+				return nil
+			}
+			s.clientError(err)
+			return err
+		}
+		if s.cr.Buffered() == 0 || len(s.sbuf) > flushThreshold {
+			s.flushServer()
+		}
+	}
+}
+
+// clientError sends err to the client (best effort) before it is closed.
+func (s *session) clientError(err error) {
+	s.mu.Lock()
+	s.out = wire.AppendError(s.out, err)
+	s.mu.Unlock()
+	s.flushClient()
+}
+
+// handle processes one client message.
+func (s *session) handle(ctx context.Context, typ byte, msg []byte) error {
+	if s.skipUntilSync && typ != 'S' && typ != 'X' {
+		switch typ {
+		case 'P', 'B', 'D', 'E', 'C', 'H':
+			return nil
+		}
+	}
+	switch typ {
+	case 'X':
+		return errTerminate
+	case 'Q':
+		return s.handleQuery(ctx, msg)
+	case 'P':
+		return s.handleParse(ctx, msg)
+	case 'B':
+		return s.handleBind(ctx, msg)
+	case 'D':
+		return s.handleDescribe(ctx, msg)
+	case 'E':
+		return s.forwardExtended(ctx, 'E', msg)
+	case 'C':
+		return s.handleClose(ctx, msg)
+	case 'S':
+		return s.handleSync(ctx, msg)
+	case 'H':
+		s.mu.Lock()
+		attached := s.sc != nil
+		s.mu.Unlock()
+		if attached {
+			s.sbuf = append(s.sbuf, msg...)
+		}
+		return nil
+	case 'F':
+		if err := s.ensureServer(ctx); err != nil {
+			return s.failBatch(err, true)
+		}
+		s.mu.Lock()
+		s.push(&entry{kind: 'F', start: time.Now()})
+		s.mu.Unlock()
+		s.sbuf = append(s.sbuf, msg...)
+		return nil
+	case 'd', 'c', 'f':
+		s.mu.Lock()
+		attached := s.sc != nil
+		s.mu.Unlock()
+		if attached {
+			s.sbuf = append(s.sbuf, msg...)
+		}
+		return nil
+	default:
+		return &wire.Error{Severity: "FATAL", Code: wire.CodeProtocolViolation,
+			Message: "invalid frontend message type " + strings.TrimSpace(string(rune(typ)))}
+	}
+}
+
+func (s *session) handleQuery(ctx context.Context, msg []byte) error {
+	body := msg[5:]
+	if len(body) == 0 || body[len(body)-1] != 0 {
+		return errMalformed("Query")
+	}
+	sql := string(body[:len(body)-1])
+	fx := router.Inspect(sql)
+	if err := s.ensureServer(ctx); err != nil {
+		return s.failBatch(err, true)
+	}
+	s.mu.Lock()
+	e := &entry{kind: 'Q', start: time.Now()}
+	if len(fx.Sets) > 0 || fx.ResetAll || fx.Discard {
+		e.fx = &fx
+	}
+	if fx.Pin && !s.pinned {
+		s.pinned = true
+		s.logger.Debug("session pinned to its backend", "reason", fx.PinReason)
+	}
+	s.push(e)
+	s.mu.Unlock()
+	s.sbuf = append(s.sbuf, msg...)
+	return nil
+}
+
+// failBatch answers a message that could not get a backend. With
+// simple set, the client gets the error and ReadyForQuery; otherwise the
+// error, and the rest of the batch is skipped up to Sync.
+func (s *session) failBatch(err error, simple bool) error {
+	var we *wire.Error
+	if errors.As(err, &we) && we.Severity == "FATAL" {
+		return err
+	}
+	if !errors.As(err, &we) {
+		var pe interface{ SQLState() string }
+		if !errors.As(err, &pe) {
+			return err
+		}
+	}
+	s.srv.metrics.errors.WithLabelValues(sqlstate(err)).Inc()
+	s.mu.Lock()
+	s.push(&entry{synth: wire.AppendError(nil, err)})
+	if simple {
+		s.push(&entry{synth: readyForQuery(s.txStatus)})
+	} else {
+		s.skipUntilSync = true
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func sqlstate(err error) string {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we.Code
+	}
+	var pe interface{ SQLState() string }
+	if errors.As(err, &pe) {
+		return pe.SQLState()
+	}
+	return wire.CodeInternalError
+}
+
+// raise answers the current extended-protocol message with an error, as
+// PostgreSQL would, and skips to the next Sync.
+func (s *session) raise(code, format string, args ...any) error {
+	s.mu.Lock()
+	if !s.srvErr {
+		s.push(&entry{synth: wire.AppendError(nil, wire.Errorf(code, format, args...))})
+	}
+	s.mu.Unlock()
+	s.srv.metrics.errors.WithLabelValues(code).Inc()
+	s.skipUntilSync = true
+	return nil
+}
+
+func (s *session) handleParse(ctx context.Context, msg []byte) error {
+	name, rest, ok := cstring(msg[5:])
+	if !ok {
+		return errMalformed("Parse")
+	}
+	if name == "" {
+		// The unnamed statement: passed through, remembered for re-parsing.
+		q, _, ok := cstringBytes(rest)
+		if !ok {
+			return errMalformed("Parse")
+		}
+		fx := router.Inspect(string(q))
+		s.unnamed = append(s.unnamed[:0], msg...)
+		s.unnamedGen++
+		if err := s.ensureServer(ctx); err != nil {
+			return s.failBatch(err, false)
+		}
+		s.mu.Lock()
+		s.pinForExtended(fx)
+		if !s.srvErr {
+			s.push(&entry{kind: 'P'})
+		}
+		s.unsynced = true
+		s.st.unnamedOwner, s.st.unnamedGen = s, s.unnamedGen
+		s.mu.Unlock()
+		s.sbuf = append(s.sbuf, msg...)
+		return nil
+	}
+	var p pgproto3.Parse
+	if err := p.Decode(msg[5:]); err != nil {
+		return errMalformed("Parse")
+	}
+	s.mu.Lock()
+	_, exists := s.stmts[name]
+	s.mu.Unlock()
+	if exists {
+		return s.raise(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name)
+	}
+	def := s.srv.stmts.intern(p.Query, p.ParameterOIDs)
+	fx := router.Inspect(p.Query)
+	if err := s.ensureServer(ctx); err != nil {
+		return s.failBatch(err, false)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pinForExtended(fx)
+	s.unsynced = true
+	if s.srvErr {
+		return nil // the backend skips this; so does PostgreSQL
+	}
+	s.stmts[name] = def
+	if _, ok := s.st.prepared[def]; ok {
+		s.push(&entry{kind: 'P', synth: msgParseComplete, name: name})
+		return nil
+	}
+	s.st.prepared[def] = struct{}{}
+	s.push(&entry{kind: 'P', def: def, name: name})
+	s.sbuf = append(s.sbuf, def.parse...)
+	return nil
+}
+
+// pinForExtended pins the session when a statement sent through the
+// extended protocol changes session state: those effects are not replayed.
+func (s *session) pinForExtended(fx router.Effects) {
+	if (fx.Pin || len(fx.Sets) > 0 || fx.ResetAll || fx.Discard) && !s.pinned {
+		s.pinned = true
+		s.logger.Debug("session pinned to its backend", "reason", "session state changed through the extended protocol")
+	}
+}
+
+// prepareOn makes sure the attached backend has def (injecting a Parse
+// whose answer is swallowed). Called with s.mu held.
+func (s *session) prepareOn(def *stmtDef) {
+	if _, ok := s.st.prepared[def]; ok {
+		return
+	}
+	s.st.prepared[def] = struct{}{}
+	s.push(&entry{kind: 'P', def: def, swallow: true})
+	s.sbuf = append(s.sbuf, def.parse...)
+}
+
+// unnamedOn re-parses the client's unnamed statement on the attached
+// backend if someone else parsed the backend's unnamed statement since.
+// Called with s.mu held.
+func (s *session) unnamedOn() {
+	if len(s.unnamed) == 0 || (s.st.unnamedOwner == s && s.st.unnamedGen == s.unnamedGen) {
+		return
+	}
+	s.st.unnamedOwner, s.st.unnamedGen = s, s.unnamedGen
+	s.push(&entry{kind: 'P', swallow: true})
+	s.sbuf = append(s.sbuf, s.unnamed...)
+}
+
+// lookupStmt resolves a client statement name for Bind or Describe.
+func (s *session) lookupStmt(name string) (*stmtDef, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.stmts[name]
+	return d, ok
+}
+
+func (s *session) handleBind(ctx context.Context, msg []byte) error {
+	body := msg[5:]
+	portal, rest, ok := cstringBytes(body)
+	if !ok {
+		return errMalformed("Bind")
+	}
+	stmt, rest, ok := cstringBytes(rest)
+	if !ok {
+		return errMalformed("Bind")
+	}
+	var def *stmtDef
+	if len(stmt) > 0 {
+		if def, ok = s.lookupStmt(string(stmt)); !ok {
+			return s.raise(wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(stmt))
+		}
+	}
+	if err := s.ensureServer(ctx); err != nil {
+		return s.failBatch(err, false)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unsynced = true
+	if s.srvErr {
+		return nil
+	}
+	if def == nil {
+		s.unnamedOn()
+		s.push(&entry{kind: 'B'})
+		s.sbuf = append(s.sbuf, msg...)
+		return nil
+	}
+	s.prepareOn(def)
+	s.push(&entry{kind: 'B'})
+	s.sbuf = appendWithStmt(s.sbuf, 'B', body[:len(portal)+1], def.name, rest)
+	return nil
+}
+
+func (s *session) handleDescribe(ctx context.Context, msg []byte) error {
+	body := msg[5:]
+	if len(body) < 2 {
+		return errMalformed("Describe")
+	}
+	name, _, ok := cstringBytes(body[1:])
+	if !ok {
+		return errMalformed("Describe")
+	}
+	if body[0] != 'S' {
+		return s.forwardExtended(ctx, 'D', msg)
+	}
+	var def *stmtDef
+	if len(name) > 0 {
+		if def, ok = s.lookupStmt(string(name)); !ok {
+			return s.raise(wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(name))
+		}
+	}
+	if err := s.ensureServer(ctx); err != nil {
+		return s.failBatch(err, false)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unsynced = true
+	if s.srvErr {
+		return nil
+	}
+	if def == nil {
+		s.unnamedOn()
+		s.push(&entry{kind: 'd'})
+		s.sbuf = append(s.sbuf, msg...)
+		return nil
+	}
+	s.prepareOn(def)
+	s.push(&entry{kind: 'd'})
+	s.sbuf = appendWithStmt(s.sbuf, 'D', []byte{'S'}, def.name, nil)
+	return nil
+}
+
+func (s *session) handleClose(ctx context.Context, msg []byte) error {
+	body := msg[5:]
+	if len(body) < 2 {
+		return errMalformed("Close")
+	}
+	name, _, ok := cstring(body[1:])
+	if !ok {
+		return errMalformed("Close")
+	}
+	if body[0] == 'S' && name != "" {
+		// Statements are shared on the backends; closing only forgets the
+		// client's name for it, as the client expects.
+		if err := s.ensureServer(ctx); err != nil {
+			return s.failBatch(err, false)
+		}
+		s.mu.Lock()
+		s.unsynced = true
+		if !s.srvErr {
+			delete(s.stmts, name)
+			s.push(&entry{kind: 'C', synth: msgCloseComplete})
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	if body[0] == 'S' {
+		s.unnamed = s.unnamed[:0]
+	}
+	return s.forwardExtended(ctx, 'C', msg)
+}
+
+// forwardExtended passes an extended-protocol message through as it is.
+func (s *session) forwardExtended(ctx context.Context, kind byte, msg []byte) error {
+	if err := s.ensureServer(ctx); err != nil {
+		return s.failBatch(err, false)
+	}
+	s.mu.Lock()
+	s.unsynced = true
+	if !s.srvErr {
+		s.push(&entry{kind: kind})
+	}
+	s.mu.Unlock()
+	s.sbuf = append(s.sbuf, msg...)
+	return nil
+}
+
+func (s *session) handleSync(ctx context.Context, msg []byte) error {
+	wasSkipping := s.skipUntilSync
+	s.skipUntilSync = false
+	if err := s.ensureServer(ctx); err != nil {
+		if !wasSkipping {
+			return s.failBatch(err, true)
+		}
+		// The error is already out; answer as an idle server would.
+		s.mu.Lock()
+		s.push(&entry{synth: readyForQuery(s.txStatus)})
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Lock()
+	s.unsynced = false
+	s.srvErr = false
+	s.push(&entry{kind: 'S', start: time.Now()})
+	s.mu.Unlock()
+	s.sbuf = append(s.sbuf, msg...)
+	return nil
+}
+
+// ensureServer attaches a backend to the session for the current batch.
+func (s *session) ensureServer(ctx context.Context) error {
+	_, err := s.attach(ctx)
+	return err
+}
+
+// attach is ensureServer that also returns the entry of the settings
+// replay it queued, if the backend needed one.
+func (s *session) attach(ctx context.Context) (*entry, error) {
+	s.mu.Lock()
+	if s.sc != nil {
+		s.busy = true
+		s.mu.Unlock()
+		return nil, nil
+	}
+	s.mu.Unlock()
+	sc, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var replay *entry
+	s.mu.Lock()
+	s.sc, s.st, s.busy = sc, stateOf(sc), true
+	if s.st.setsKey != s.setsKey {
+		replay = &entry{kind: 'x', swallow: true}
+		s.push(replay)
+		s.sbuf = append(s.sbuf, queryMsg(s.replaySQL())...)
+		s.st.setsKey = s.setsKey
+	}
+	s.mu.Unlock()
+	sc.SetHandler(s)
+	return replay, nil
+}
+
+// push appends e to the queue; an answer pgshard makes itself goes out at
+// once when nothing is ahead of it. Called with s.mu held.
+func (s *session) push(e *entry) {
+	if e.synth != nil && len(s.queue) == 0 {
+		s.out = append(s.out, e.synth...)
+		return
+	}
+	s.queue = append(s.queue, e)
+}
+
+// flushServer sends what the session loop composed, then lets the backend
+// go if nothing is outstanding.
+func (s *session) flushServer() {
+	s.mu.Lock()
+	sc := s.sc
+	s.mu.Unlock()
+	if len(s.sbuf) > 0 && sc != nil {
+		if err := sc.Write(s.sbuf); err != nil {
+			s.logger.Warn("write to backend failed", "err", err)
+		}
+	}
+	s.sbuf = s.sbuf[:0]
+	s.mu.Lock()
+	s.busy = false
+	s.maybeRelease()
+	s.mu.Unlock()
+	s.flushClient()
+}
+
+// flushClient writes pending output to the client.
+func (s *session) flushClient() {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	if len(s.out) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	buf := s.out
+	s.out = s.spare[:0]
+	dead := s.dead
+	s.mu.Unlock()
+	if !dead {
+		if _, err := s.conn.Write(buf); err != nil {
+			s.mu.Lock()
+			s.dead = true
+			s.mu.Unlock()
+			_ = s.conn.Close()
+		}
+	}
+	s.mu.Lock()
+	if cap(buf) <= 1<<20 {
+		s.spare = buf[:0]
+	} else {
+		s.spare = nil
+	}
+	s.mu.Unlock()
+}
+
+// maybeRelease returns the backend to the pool when the session may let it
+// go; a closing session first rolls back and resets it. Called with s.mu
+// held.
+func (s *session) maybeRelease() {
+	sc := s.sc
+	if sc == nil || s.busy || len(s.queue) > 0 {
+		return
+	}
+	if s.closing {
+		if s.unsynced {
+			s.detach()
+			s.pool.Discard(sc)
+			return
+		}
+		if s.txStatus != 'I' {
+			s.internalQuery("ROLLBACK")
+			return
+		}
+		if (s.pinned || s.mode == config.PoolSession) && !s.resetReq {
+			s.resetReq = true
+			s.internalQuery("DISCARD ALL")
+			s.st.prepared = map[*stmtDef]struct{}{}
+			s.st.setsKey = ""
+			s.st.unnamedOwner = nil
+			return
+		}
+		s.detach()
+		s.pool.Release(sc)
+		return
+	}
+	if s.unsynced || s.txStatus != 'I' || s.pinned || s.mode == config.PoolSession {
+		return
+	}
+	s.detach()
+	s.pool.Release(sc)
+	if s.srv.shuttingDown() {
+		s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
+		go s.closeAfterFlush()
+	}
+}
+
+func (s *session) closeAfterFlush() {
+	s.flushClient()
+	_ = s.conn.Close()
+}
+
+func (s *session) detach() {
+	s.sc, s.st = nil, nil
+}
+
+// internalQuery sends sql on the attached backend with its answer
+// swallowed. Called with s.mu held, when nothing else is being composed.
+func (s *session) internalQuery(sql string) {
+	s.push(&entry{kind: 'x', swallow: true})
+	if err := s.sc.Write(queryMsg(sql)); err != nil {
+		sc := s.sc
+		s.queue = s.queue[:0]
+		s.detach()
+		s.pool.Discard(sc)
+	}
+}
+
+// finish is called when the session loop ends: the backend, if any, is
+// rolled back, reset if needed and released, or closed when its state is
+// unknown.
+func (s *session) finish() {
+	s.mu.Lock()
+	s.closing = true
+	sc := s.sc
+	if sc != nil && len(s.queue) > 0 {
+		// Mid-query: cancel is not enough to know the state; close it.
+		s.queue = s.queue[:0]
+		s.detach()
+		s.mu.Unlock()
+		s.pool.Discard(sc)
+		return
+	}
+	s.busy = false
+	s.maybeRelease()
+	s.mu.Unlock()
+}
+
+// ServerMessage implements pool.Handler: one message from the attached
+// backend.
+func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
+	s.mu.Lock()
+	if s.sc != c {
+		s.mu.Unlock()
+		return
+	}
+	var head *entry
+	if len(s.queue) > 0 {
+		head = s.queue[0]
+	}
+	forward := head == nil || !head.swallow
+	switch typ {
+	case 'S':
+		var ps pgproto3.ParameterStatus
+		if ps.Decode(msg[5:]) == nil {
+			s.st.reported[ps.Name] = ps.Value
+		}
+	case 'N', 'A':
+	case 'Z':
+		if len(msg) >= 6 {
+			s.txStatus = msg[5]
+		}
+		s.srvErr = false
+		// Drop anything the backend skipped before this ReadyForQuery.
+		for len(s.queue) > 0 && !isTerminal(s.queue[0].kind) {
+			s.dropHead()
+		}
+		if len(s.queue) > 0 {
+			head = s.queue[0]
+			forward = !head.swallow
+			s.completeZ(head)
+			s.pop()
+		}
+	case 'E':
+		if head != nil && head.swallow && head.kind != 'x' {
+			forward = true // an injected Parse failed: the client must know
+		}
+		s.srv.metrics.errors.WithLabelValues(errorCode(msg)).Inc()
+		if head != nil && head.kind == 'x' && head.errMsg == nil {
+			head.errMsg = append([]byte(nil), msg...)
+		}
+		if head == nil || isTerminal(head.kind) {
+			if head != nil {
+				head.failed = true
+			}
+			break
+		}
+		// Extended protocol: the backend now skips to the next Sync.
+		for len(s.queue) > 0 && s.queue[0].kind != 'S' {
+			s.dropHead()
+		}
+		if len(s.queue) == 0 {
+			s.srvErr = true
+		}
+	case '1', '2', '3':
+		if head != nil && !isTerminal(head.kind) {
+			s.pop()
+		}
+	case 'T', 'n':
+		if head != nil && (head.kind == 'D' || head.kind == 'd') {
+			s.pop()
+		}
+	case 'C', 'I', 's':
+		if typ == 'C' {
+			s.lastTag = commandTag(msg)
+		}
+		if head != nil && head.kind == 'E' {
+			s.pop()
+		}
+	}
+	if forward {
+		s.out = append(s.out, msg...)
+	}
+	s.emitSynth()
+	if typ == 'Z' {
+		s.maybeRelease()
+	}
+	flush := !more || len(s.out) > flushThreshold
+	s.mu.Unlock()
+	if flush {
+		s.flushClient()
+	}
+}
+
+func isTerminal(kind byte) bool {
+	return kind == 'Q' || kind == 'S' || kind == 'x' || kind == 'F'
+}
+
+// completeZ finishes a Query, Sync or internal entry at ReadyForQuery.
+// Called with s.mu held.
+func (s *session) completeZ(e *entry) {
+	if !e.start.IsZero() {
+		s.srv.metrics.queries.Inc()
+		s.srv.metrics.latency.Observe(time.Since(e.start).Seconds())
+	}
+	if e.done != nil {
+		var err error
+		if e.errMsg != nil {
+			var er pgproto3.ErrorResponse
+			if er.Decode(e.errMsg[5:]) == nil {
+				err = &wire.Error{Severity: "FATAL", Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
+			}
+		}
+		e.done <- err
+	} else if e.kind == 'x' && e.errMsg != nil {
+		s.logger.Warn("internal query failed on backend", "code", errorCode(e.errMsg))
+		s.st.setsKey = "?" // unknown: replay next time
+	}
+	if e.fx != nil && !e.failed {
+		if s.txStatus == 'I' {
+			s.applyEffects(*e.fx)
+		} else {
+			s.staged = append(s.staged, *e.fx) // kept only if the transaction commits
+		}
+	}
+	if s.txStatus == 'I' && len(s.staged) > 0 {
+		if s.lastTag != "ROLLBACK" {
+			for _, fx := range s.staged {
+				s.applyEffects(fx)
+			}
+		}
+		s.staged = s.staged[:0]
+	}
+}
+
+// applyEffects records SET/RESET in the session. The attached backend
+// already has them. Called with s.mu held.
+func (s *session) applyEffects(fx router.Effects) {
+	if fx.ResetAll {
+		clear(s.sets)
+	}
+	for _, set := range fx.Sets {
+		if set.Reset {
+			delete(s.sets, set.Name)
+		} else {
+			s.sets[set.Name] = set.Value
+		}
+	}
+	s.setsKey = settingsKey(s.sets)
+	if s.st != nil {
+		s.st.setsKey = s.setsKey
+		if fx.Discard {
+			s.st.prepared = map[*stmtDef]struct{}{}
+			s.st.unnamedOwner = nil
+		}
+	}
+}
+
+func commandTag(msg []byte) string {
+	b := msg[5:]
+	if len(b) > 0 && b[len(b)-1] == 0 {
+		b = b[:len(b)-1]
+	}
+	if len(b) == 8 && string(b) == "ROLLBACK" {
+		return "ROLLBACK"
+	}
+	if len(b) == 6 && string(b) == "COMMIT" {
+		return "COMMIT"
+	}
+	return ""
+}
+
+func (s *session) pop() {
+	s.queue[0] = nil
+	s.queue = s.queue[1:]
+	if len(s.queue) == 0 {
+		s.queue = s.queue[:0:0]
+	}
+}
+
+// dropHead removes an entry the backend will not answer, undoing what it
+// would have created.
+func (s *session) dropHead() {
+	e := s.queue[0]
+	if e.kind == 'P' && e.def != nil && s.st != nil {
+		delete(s.st.prepared, e.def)
+	}
+	if e.kind == 'P' && e.name != "" {
+		delete(s.stmts, e.name)
+	}
+	if e.kind == 'P' && e.def == nil && e.synth == nil && s.st != nil {
+		s.st.unnamedOwner = nil
+	}
+	s.pop()
+}
+
+// emitSynth sends the answers pgshard makes that are now at the head.
+func (s *session) emitSynth() {
+	for len(s.queue) > 0 && s.queue[0].synth != nil {
+		s.out = append(s.out, s.queue[0].synth...)
+		s.pop()
+	}
+}
+
+// ServerGone implements pool.Handler: the attached backend failed.
+func (s *session) ServerGone(c *pool.Conn, err error) {
+	s.mu.Lock()
+	if s.sc != c {
+		s.mu.Unlock()
+		return
+	}
+	s.detach()
+	s.queue = nil
+	closing := s.closing
+	s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeConnectionFailure, "pgshard: lost the connection to the backend: %v", err))
+	s.mu.Unlock()
+	s.pool.Discard(c)
+	if !closing {
+		s.logger.Warn("backend connection lost", "err", err)
+		s.closeAfterFlush()
+	}
+}
+
+// attached returns the backend the session holds now, if any.
+func (s *session) attached() *pool.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sc
+}

@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/wire"
+)
+
+// stmtDef is a prepared statement's definition, interned pgshard-wide: every
+// client statement with the same query and parameter types shares one name
+// on the backends.
+type stmtDef struct {
+	name  string
+	parse []byte // a complete Parse message that creates it under name
+}
+
+// stmtCache interns statement definitions. It grows with the number of
+// distinct statements ever prepared through this process.
+type stmtCache struct {
+	mu   sync.Mutex
+	defs map[string]*stmtDef
+	next uint64
+}
+
+func (c *stmtCache) intern(query string, oids []uint32) *stmtDef {
+	var kb bytes.Buffer
+	kb.Grow(len(query) + 1 + 4*len(oids))
+	kb.WriteString(query)
+	kb.WriteByte(0)
+	for _, o := range oids {
+		_ = binary.Write(&kb, binary.BigEndian, o)
+	}
+	key := kb.String()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d, ok := c.defs[key]; ok {
+		return d
+	}
+	if c.defs == nil {
+		c.defs = map[string]*stmtDef{}
+	}
+	c.next++
+	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next)}
+	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
+	d.parse, _ = p.Encode(nil)
+	c.defs[key] = d
+	return d
+}
+
+// cstring splits a NUL-terminated string off the front of b.
+func cstring(b []byte) (string, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, false
+	}
+	return string(b[:i]), b[i+1:], true
+}
+
+// cstringBytes is cstring without the string allocation.
+func cstringBytes(b []byte) ([]byte, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+func errMalformed(what string) error {
+	return &wire.ProtocolError{Msg: "malformed " + what + " message"}
+}
+
+// appendWithStmt appends message typ whose body is prefix, then name as a
+// C string, then rest: used to rename the statement in Bind and Describe.
+func appendWithStmt(dst []byte, typ byte, prefix []byte, name string, rest []byte) []byte {
+	n := 4 + len(prefix) + len(name) + 1 + len(rest)
+	dst = append(dst, typ, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	dst = append(dst, prefix...)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	return append(dst, rest...)
+}
+
+var (
+	msgParseComplete = []byte{'1', 0, 0, 0, 4}
+	msgCloseComplete = []byte{'3', 0, 0, 0, 4}
+)
+
+func readyForQuery(status byte) []byte { return []byte{'Z', 0, 0, 0, 5, status} }
+
+func queryMsg(sql string) []byte {
+	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	return b
+}
+
+// errorCode returns the SQLSTATE field of a raw ErrorResponse.
+func errorCode(msg []byte) string {
+	b := msg[5:]
+	for len(b) > 0 && b[0] != 0 {
+		f := b[0]
+		v, rest, ok := cstringBytes(b[1:])
+		if !ok {
+			return ""
+		}
+		if f == 'C' {
+			return string(v)
+		}
+		b = rest
+	}
+	return ""
+}
+
+// errorSeverity returns the non-localized severity of a raw ErrorResponse.
+func errorSeverity(msg []byte) string {
+	b := msg[5:]
+	sev := ""
+	for len(b) > 0 && b[0] != 0 {
+		f := b[0]
+		v, rest, ok := cstringBytes(b[1:])
+		if !ok {
+			return sev
+		}
+		if f == 'V' {
+			return string(v)
+		}
+		if f == 'S' {
+			sev = string(v)
+		}
+		b = rest
+	}
+	return sev
+}

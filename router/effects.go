@@ -1,0 +1,168 @@
+package router
+
+import "strings"
+
+// Effects is what a query text does to its session, as far as the pooler
+// cares.
+type Effects struct {
+	// Pin is set when the session must keep its backend from now on;
+	// PinReason says why (for logs).
+	Pin       bool
+	PinReason string
+	// Sets lists session-level SET and RESET statements in order.
+	Sets []Set
+	// ResetAll is set by RESET ALL and DISCARD ALL: every SET is undone.
+	ResetAll bool
+	// Discard is set by DISCARD: the backend may have dropped prepared
+	// statements and plans.
+	Discard bool
+	// Statements counts the statements in the text.
+	Statements int
+}
+
+// Set is one session-level SET name TO value, or RESET name.
+type Set struct {
+	Name  string // lower case
+	Value string // the value's SQL text as written; empty for Reset
+	Reset bool
+}
+
+// Inspect scans sql and reports its session effects. It never fails: text it
+// cannot understand is left for the backend to judge.
+func Inspect(sql string) Effects {
+	var e Effects
+	lx := lexer{s: sql}
+	for {
+		toks, more := lx.statement()
+		if len(toks) > 0 {
+			e.Statements++
+			e.add(sql, toks)
+		}
+		if !more {
+			return e
+		}
+	}
+}
+
+func (e *Effects) pin(why string) {
+	if !e.Pin {
+		e.Pin, e.PinReason = true, why
+	}
+}
+
+// add records the effects of one statement.
+func (e *Effects) add(sql string, toks []token) {
+	for _, t := range toks {
+		if t.kind != tokIdent {
+			continue
+		}
+		switch w := t.word; {
+		case w == "temp" || w == "temporary":
+			e.pin("temporary table")
+		case w == "hold":
+			e.pin("WITH HOLD cursor")
+		case strings.Contains(w, "advisory") && !strings.Contains(w, "xact") && !strings.Contains(w, "unlock"):
+			e.pin("session advisory lock")
+		}
+	}
+	first := toks[0]
+	if first.kind != tokIdent {
+		return
+	}
+	switch first.word {
+	case "listen":
+		e.pin("LISTEN")
+	case "prepare":
+		if len(toks) > 1 && toks[1].word == "transaction" {
+			return
+		}
+		e.pin("SQL PREPARE")
+	case "deallocate", "load":
+		e.pin(strings.ToUpper(first.word))
+	case "discard":
+		e.Discard = true
+		if len(toks) > 1 && toks[1].word == "all" {
+			e.ResetAll = true
+			e.Sets = nil
+		}
+	case "set":
+		e.addSet(sql, toks[1:])
+	case "reset":
+		if len(toks) < 2 {
+			return
+		}
+		if toks[1].word == "all" && len(toks) == 2 {
+			e.ResetAll = true
+			e.Sets = nil
+			return
+		}
+		name, rest, ok := settingName(toks[1:])
+		if !ok || len(rest) != 0 {
+			e.pin("RESET of an unusual setting")
+			return
+		}
+		if name == "role" || name == "session_authorization" {
+			e.pin("RESET ROLE")
+			return
+		}
+		e.Sets = append(e.Sets, Set{Name: name, Reset: true})
+	}
+}
+
+func (e *Effects) addSet(sql string, toks []token) {
+	if len(toks) == 0 {
+		return
+	}
+	switch toks[0].word {
+	case "local", "transaction", "constraints":
+		return // transaction-scoped: gone at COMMIT
+	case "session":
+		toks = toks[1:]
+		if len(toks) == 0 {
+			return
+		}
+		if toks[0].word == "characteristics" || toks[0].word == "authorization" {
+			e.pin("SET SESSION " + strings.ToUpper(toks[0].word))
+			return
+		}
+	}
+	if len(toks) == 0 {
+		return
+	}
+	switch toks[0].word {
+	case "role", "names", "schema", "xml":
+		e.pin("SET " + strings.ToUpper(toks[0].word))
+		return
+	case "time":
+		if len(toks) > 2 && toks[1].word == "zone" {
+			v := strings.TrimSpace(sql[toks[2].pos:toks[len(toks)-1].end])
+			e.Sets = append(e.Sets, Set{Name: "timezone", Value: v})
+			return
+		}
+	}
+	name, rest, ok := settingName(toks)
+	if !ok || len(rest) < 2 || !(rest[0].word == "to" || rest[0].kind == tokPunct && rest[0].word == "=") {
+		e.pin("SET that pgshard cannot replay")
+		return
+	}
+	v := strings.TrimSpace(sql[rest[1].pos:rest[len(rest)-1].end])
+	if strings.EqualFold(v, "default") {
+		e.Sets = append(e.Sets, Set{Name: name, Reset: true})
+		return
+	}
+	e.Sets = append(e.Sets, Set{Name: name, Value: v})
+}
+
+// settingName reads a possibly dotted setting name (ident [. ident]).
+func settingName(toks []token) (string, []token, bool) {
+	if len(toks) == 0 || toks[0].kind != tokIdent {
+		return "", toks, false
+	}
+	name := toks[0].word
+	toks = toks[1:]
+	for len(toks) >= 2 && toks[0].kind == tokPunct && toks[0].word == "." && toks[1].kind == tokIdent {
+		name += "." + toks[1].word
+		toks = toks[2:]
+	}
+	return name, toks, true
+}
