@@ -67,16 +67,26 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 		_, _ = r.br.Discard(total)
 		return typ, msg, nil
 	}
-	if cap(r.buf) < total {
-		r.buf = make([]byte, total)
-	}
-	msg = r.buf[:total]
-	if _, err = io.ReadFull(r.br, msg); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	// Grow the buffer as the bytes arrive rather than trusting the declared
+	// length: a peer that announces a huge message and sends nothing costs
+	// no more memory than it sent.
+	msg = r.buf[:0]
+	for len(msg) < total {
+		if len(msg) == cap(msg) {
+			grown := make([]byte, len(msg), min(total, max(2*cap(msg), 64<<10)))
+			copy(grown, msg)
+			msg = grown
 		}
-		return 0, nil, err
+		chunk := msg[len(msg):min(total, cap(msg))]
+		if _, err = io.ReadFull(r.br, chunk); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, nil, err
+		}
+		msg = msg[:len(msg)+len(chunk)]
 	}
+	r.buf = msg
 	if cap(r.buf) > 1<<20 {
 		r.buf = nil // do not pin a huge buffer for the life of the connection
 	}
