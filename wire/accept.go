@@ -205,6 +205,16 @@ type acceptor struct {
 
 func (a *acceptor) run(ctx context.Context) (*Startup, error) {
 	sslDone, gssDone := false, false
+	if a.cfg.TLSConfig != nil {
+		// PostgreSQL 17's direct SSL negotiation (sslnegotiation=direct):
+		// the client starts with a TLS ClientHello instead of an SSLRequest.
+		if b, err := a.r.br.Peek(1); err == nil && b[0] == tlsHandshakeRecord {
+			if err := a.directTLS(ctx); err != nil {
+				return nil, err
+			}
+			sslDone, gssDone = true, true
+		}
+	}
 	for {
 		body, err := a.r.NextUntyped()
 		if err != nil {
@@ -267,6 +277,41 @@ func (a *acceptor) run(ctx context.Context) (*Startup, error) {
 		}
 	}
 }
+
+// tlsHandshakeRecord is the first byte of a TLS ClientHello.
+const tlsHandshakeRecord = 0x16
+
+// alpnPostgreSQL is the ALPN protocol a client must offer for direct SSL.
+const alpnPostgreSQL = "postgresql"
+
+// directTLS runs a TLS handshake that the client started without an
+// SSLRequest. As in PostgreSQL, the client must negotiate ALPN
+// "postgresql", which proves it meant to speak PostgreSQL over TLS.
+func (a *acceptor) directTLS(ctx context.Context) error {
+	cfg := a.cfg.TLSConfig.Clone()
+	cfg.NextProtos = []string{alpnPostgreSQL}
+	// The ClientHello may already sit in the buffer: feed it to TLS first.
+	tc := tls.Server(&prefixConn{Conn: a.conn, r: a.r.br}, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		a.noReply = true
+		return fmt.Errorf("direct TLS handshake: %w", err)
+	}
+	a.conn = tc
+	a.r = NewReader(tc, a.r.max)
+	if tc.ConnectionState().NegotiatedProtocol != alpnPostgreSQL {
+		return Fatalf(CodeProtocolViolation, "received direct SSL connection request without ALPN protocol negotiation extension")
+	}
+	return nil
+}
+
+// prefixConn reads through r, a buffered reader over Conn, so that bytes
+// already buffered are not lost.
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // unencryptedDataError reports bytes that arrived with an SSL or GSSAPI
 // request, before encryption started: they may have been injected by a

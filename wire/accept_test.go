@@ -235,6 +235,38 @@ func TestAcceptGSSENC(t *testing.T) {
 	}
 }
 
+// TestAcceptDirectSSL covers PostgreSQL 17's sslnegotiation=direct.
+func TestAcceptDirectSSL(t *testing.T) {
+	tlsCfg, _ := testTLSConfig(t)
+	s := startTestServer(t, &ServerConfig{TLSConfig: tlsCfg})
+	if _, err := connect(t, s, "user=scramuser password=scrampass sslmode=require sslnegotiation=direct"); err != nil {
+		t.Fatal(err)
+	}
+	r := s.result()
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if _, ok := r.st.Conn.(*tls.Conn); !ok {
+		t.Fatal("not TLS")
+	}
+
+	// Without ALPN the client is refused, over TLS.
+	c := dialRaw(t, s)
+	c.conn = tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+	c.send(startupMsg(map[string]string{"user": "trusty"}))
+	c.expectError(CodeProtocolViolation)
+	if got := serverCode(s.result().err); got != CodeProtocolViolation {
+		t.Fatalf("server SQLSTATE %q", got)
+	}
+
+	// Without a TLS config a ClientHello is just an oversized packet.
+	plain := startTestServer(t, &ServerConfig{})
+	c = dialRaw(t, plain)
+	c.write([]byte{0x16, 3, 1, 0, 0xc8, 1})
+	c.expectError(CodeProgramLimitExceeded)
+	plain.result()
+}
+
 func TestAcceptNegotiationErrors(t *testing.T) {
 	tlsCfg, _ := testTLSConfig(t)
 	s := startTestServer(t, &ServerConfig{TLSConfig: tlsCfg})

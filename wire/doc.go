@@ -15,6 +15,9 @@
 //     and 'N' otherwise; GSSAPI encryption is always refused with 'N'. Bytes
 //     that arrived together with either request are refused (08P01): they
 //     were not encrypted and may have been injected (CVE-2021-23222).
+//     With a tls.Config, a client may also start TLS at once, without an
+//     SSLRequest (PostgreSQL 17's sslnegotiation=direct); it must then
+//     negotiate the ALPN protocol "postgresql".
 //
 //  2. Startup. The next untyped packet is a CancelRequest (returned to the
 //     caller, which looks up the key and closes) or a StartupMessage.

@@ -40,7 +40,7 @@ func TestReaderNext(t *testing.T) {
 
 	// Truncated in the header and in the body.
 	for _, cut := range []int{3, 12, 5 + 1000} {
-		r := NewReader(bytes.NewReader(stream[14 : 14+cut]), 1<<20)
+		r := NewReader(bytes.NewReader(stream[14:14+cut]), 1<<20)
 		if _, _, err := r.Next(); err != io.ErrUnexpectedEOF {
 			t.Fatalf("cut at %d: %v, want io.ErrUnexpectedEOF", cut, err)
 		}
