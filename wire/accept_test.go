@@ -614,3 +614,36 @@ func (w *writeCounter) Write(p []byte) (int, error) {
 	w.b = append(w.b, p...)
 	return len(p), nil
 }
+
+// TestAcceptConcurrent runs first logins of one SCRAM user in parallel, so
+// that the verifier cache is filled concurrently (run with -race).
+func TestAcceptConcurrent(t *testing.T) {
+	s := startTestServer(t, &ServerConfig{})
+	const n = 8
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=concurrent password=concpass sslmode=disable", s.addr().Port))
+			if err != nil {
+				errs <- err
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conn, err := pgconn.ConnectConfig(ctx, cfg)
+			if err == nil {
+				_, err = conn.Exec(ctx, "select 1").ReadAll()
+				conn.Close(ctx)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+		if r := s.result(); r.err != nil {
+			t.Error(r.err)
+		}
+	}
+}

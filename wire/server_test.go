@@ -42,6 +42,7 @@ var (
 		"scrammd5":    {Method: AuthSCRAM, Password: "md5" + md5Hex([]byte("x"), []byte("scrammd5"))}, // cannot do SCRAM
 		"unicode":     {Method: AuthSCRAM, Password: "pässwörd€"},
 		"nopass":      {Method: AuthSCRAM},
+		"concurrent":  {Method: AuthSCRAM, Password: "concpass"},
 	}
 )
 
