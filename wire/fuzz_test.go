@@ -76,6 +76,24 @@ func acceptSeeds() [][]byte {
 	}
 }
 
+// clientHello returns the first flight of a TLS client that offers ALPN
+// "postgresql", as one starting direct SSL negotiation.
+func clientHello(f *testing.F) []byte {
+	client, server := net.Pipe()
+	defer server.Close()
+	go func() {
+		defer client.Close()
+		_ = tls.Client(client, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"postgresql"}}).Handshake()
+	}()
+	buf := make([]byte, 64<<10)
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := server.Read(buf)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return buf[:n]
+}
+
 var (
 	fuzzTLSOnce sync.Once
 	fuzzTLS     *tls.Config
@@ -88,6 +106,7 @@ func FuzzAccept(f *testing.F) {
 		f.Add(s, false)
 		f.Add(s, true)
 	}
+	f.Add(clientHello(f), true)
 	fuzzTLSOnce.Do(func() {
 		cert, _ := testCert(f, "")
 		fuzzTLS = &tls.Config{Certificates: []tls.Certificate{cert}}
