@@ -94,8 +94,12 @@ func (r *runAs) checkTraversable(dir string) error {
 	if err != nil {
 		return fmt.Errorf("topology: abs %s: %w", dir, err)
 	}
-	for p := abs; ; p = filepath.Dir(p) {
+	// dir itself is made mode 0711 by the caller; check its ancestors.
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
 		fi, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) && p != filepath.Dir(p) {
+			continue // will be created with mode 0711
+		}
 		if err != nil {
 			return fmt.Errorf("topology: stat %s: %w", p, err)
 		}
@@ -133,8 +137,8 @@ func procAlive(pid int) bool {
 	return ok && state != 'Z' && state != 'X'
 }
 
-// procStat returns the state letter and process group of pid from /proc.
-func procStat(pid int) (state byte, pgrp int, ok bool) {
+// procStat returns the state letter and parent PID of pid from /proc.
+func procStat(pid int) (state byte, ppid int, ok bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, 0, false
@@ -145,35 +149,36 @@ func procStat(pid int) (state byte, pgrp int, ok bool) {
 		return 0, 0, false
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 {
+	if len(f) < 2 {
 		return 0, 0, false
 	}
-	pg, err := strconv.Atoi(f[2])
+	pp, err := strconv.Atoi(f[1])
 	if err != nil {
 		return 0, 0, false
 	}
-	return f[0][0], pg, true
+	return f[0][0], pp, true
 }
 
-// groupAlive reports whether any live (not zombie) process is in process
-// group pgid.
-func groupAlive(pgid int) bool {
+// childrenOf returns the live child processes of pid. PostgreSQL's
+// backends and auxiliary processes each call setsid, so they are not in
+// the postmaster's process group; they are found by parent PID.
+func childrenOf(pid int) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		// Without /proc fall back to the signal probe (zombies count as alive).
-		return syscall.Kill(-pgid, 0) == nil
+		return nil
 	}
+	var kids []int
 	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
+		c, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		state, pg, ok := procStat(pid)
-		if ok && pg == pgid && state != 'Z' && state != 'X' {
-			return true
+		state, pp, ok := procStat(c)
+		if ok && pp == pid && state != 'Z' && state != 'X' {
+			kids = append(kids, c)
 		}
 	}
-	return false
+	return kids
 }
 
 // waitGone polls until cond() is false or ctx ends.

@@ -50,6 +50,18 @@ type process struct {
 	done chan struct{} // closed when cmd.Wait returns (only when cmd != nil)
 }
 
+// signal sends sig to the postmaster (through os.Process when we started
+// it, which never signals a reaped and reused PID).
+func (p *process) signal(sig syscall.Signal) {
+	if p.cmd != nil {
+		_ = p.cmd.Process.Signal(sig)
+		return
+	}
+	if procAlive(p.pid) {
+		_ = syscall.Kill(p.pid, sig)
+	}
+}
+
 func (p *process) alive() bool {
 	if p == nil {
 		return false
@@ -238,7 +250,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	if !p.alive() {
 		return nil
 	}
-	_ = syscall.Kill(p.pid, syscall.SIGINT)
+	p.signal(syscall.SIGINT)
 	if err := s.waitExit(ctx, p); err != nil {
 		s.logf("%s: fast shutdown did not finish (%v); killing", s.Name, err)
 		return s.killProc(p)
@@ -247,8 +259,8 @@ func (s *Server) Stop(ctx context.Context) error {
 	return nil
 }
 
-// Kill sends SIGKILL to the server's whole process group (a crash) and
-// waits until every process of it is gone.
+// Kill crashes the server with SIGKILL to the postmaster and all its
+// children and waits until every one of them is gone.
 func (s *Server) Kill() error {
 	s.mu.Lock()
 	p := s.proc
@@ -259,29 +271,51 @@ func (s *Server) Kill() error {
 	return s.killProc(p)
 }
 
+// killProc crashes the server: it stops the postmaster (SIGSTOP, so it
+// forks nothing more), SIGKILLs its children and then itself, and waits
+// until all of them are gone, so that a restart finds no process still
+// attached to the old shared memory.
 func (s *Server) killProc(p *process) error {
-	_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-	_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	if !p.alive() {
+		return nil
+	}
+	p.signal(syscall.SIGSTOP)
+	kids := childrenOf(p.pid)
+	for _, k := range kids {
+		_ = syscall.Kill(k, syscall.SIGKILL)
+	}
+	p.signal(syscall.SIGKILL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.waitExit(ctx, p); err != nil {
 		return fmt.Errorf("topology: kill %s (pid %d): %w", s.Name, p.pid, err)
 	}
+	err := waitGone(ctx, func() bool {
+		for _, k := range kids {
+			if procAlive(k) {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		return fmt.Errorf("topology: kill %s (pid %d): children still alive: %w", s.Name, p.pid, err)
+	}
 	return nil
 }
 
-// waitExit waits until the postmaster and every process in its group exited.
+// waitExit waits until the postmaster exited. (After a fast shutdown its
+// children are gone too: the postmaster waits for them.)
 func (s *Server) waitExit(ctx context.Context, p *process) error {
 	if p.cmd != nil {
 		select {
 		case <-p.done:
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	} else if err := waitGone(ctx, func() bool { return procAlive(p.pid) }); err != nil {
-		return err
 	}
-	return waitGone(ctx, func() bool { return groupAlive(p.pid) })
+	return waitGone(ctx, func() bool { return procAlive(p.pid) })
 }
 
 // SetConf sets a per-server setting in server.conf (included last by

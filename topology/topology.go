@@ -172,6 +172,9 @@ func Start(ctx context.Context, cfg Config) (*Topology, error) {
 		if running, _ := Running(dir); running {
 			return nil, fmt.Errorf("%w: %s", ErrRunning, dir)
 		}
+		if err := run.checkTraversable(dir); err != nil {
+			return nil, err
+		}
 		if err := os.MkdirAll(dir, 0o711); err != nil {
 			return nil, fmt.Errorf("topology: mkdir %s: %w", dir, err)
 		}
@@ -309,6 +312,7 @@ func (t *Topology) initdb(ctx context.Context, s *Server, settings map[string]st
 		"max_worker_processes":            "16",
 		"max_logical_replication_workers": "8",
 		"wal_keep_size":                   "256MB",
+		"wal_retrieve_retry_interval":     "500ms",
 		"hot_standby":                     "on",
 		"hot_standby_feedback":            "on",
 		"fsync":                           "off",

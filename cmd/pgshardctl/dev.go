@@ -198,6 +198,7 @@ func devUp(args []string, foreground bool) (err error) {
 			return terr
 		}
 		fmt.Fprintf(os.Stderr, "  %v\n  keeping PostgreSQL data in %s instead (symlink %s)\n", err, tmp, o.pgDir())
+		_ = os.Remove(o.pgDir()) // an empty leftover
 		if serr := os.Symlink(tmp, o.pgDir()); serr != nil {
 			return serr
 		}
