@@ -1,0 +1,277 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgshard/pgshard/topology"
+	"github.com/pgshard/pgshard/topology/topotest"
+)
+
+func TestMain(m *testing.M) {
+	topotest.Main(m, topology.Config{Shards: 1, Replicas: 0})
+}
+
+// buildDaemon builds the pgshard binary once per test binary.
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+func daemon(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pgshard-bin-")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "pgshard")
+		out, err := exec.Command("go", "build", "-o", buildOnce.path, ".").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.path
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// syncBuffer collects the daemon's log.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type proc struct {
+	cmd        *exec.Cmd
+	log        *syncBuffer
+	url, admin string
+	conf       string
+	done       chan error
+}
+
+const confTemplate = `
+listen = "127.0.0.1:%d"
+admin_listen = "127.0.0.1:%d"
+shutdown_timeout = "20s"
+[pool]
+mode = "transaction"
+size = %d
+wait_timeout = "300ms"
+[[users]]
+name = "app"
+password = "%s"
+[[shards]]
+name = "shard0"
+primary = "%s"
+`
+
+func start(t *testing.T, poolSize int, extraEnv ...string) *proc {
+	t.Helper()
+	topo := topotest.Shared(t)
+	db := topotest.NewDatabase(t, topo)
+	port, aport := freePort(t), freePort(t)
+	p := &proc{log: &syncBuffer{}, done: make(chan error, 1)}
+	p.conf = filepath.Join(t.TempDir(), "pgshard.toml")
+	p.write(t, port, aport, poolSize, "app", topo.Shards[0].Primary.DSN())
+	p.url = fmt.Sprintf("postgres://app:app@127.0.0.1:%d/%s?sslmode=disable", port, db)
+	p.admin = fmt.Sprintf("http://127.0.0.1:%d", aport)
+	p.cmd = exec.Command(daemon(t), "-config", p.conf)
+	p.cmd.Env = append(os.Environ(), extraEnv...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("pgshard log:\n%s", p.log.String())
+		}
+	})
+	waitFor(t, 15*time.Second, func() error {
+		resp, err := http.Get(p.admin + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("healthz: %s", resp.Status)
+		}
+		return nil
+	})
+	return p
+}
+
+func (p *proc) write(t *testing.T, port, aport, size int, password, dsn string) {
+	t.Helper()
+	if err := os.WriteFile(p.conf, []byte(fmt.Sprintf(confTemplate, port, aport, size, password, dsn)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %s: %v", d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestDaemonServesMetricsReloadsAndShutsDownGracefully(t *testing.T) {
+	p := start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	a, err := pgconn.Connect(ctx, p.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	if _, err := a.Exec(ctx, "CREATE TABLE d (x int); INSERT INTO d VALUES (1)").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Pool size 1: a second client waiting on an open transaction times out.
+	b, err := pgconn.Connect(ctx, p.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	if _, err := a.Exec(ctx, "BEGIN; SELECT 1").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Exec(ctx, "SELECT 1").ReadAll(); err == nil {
+		t.Fatal("pool of 1 served two transactions at once")
+	}
+	// Metrics, after the timeout error above.
+	resp, err := http.Get(p.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"pgshard_queries_total", "pgshard_client_connections 2", `pgshard_server_connections{pool=`,
+		"pgshard_query_duration_seconds_bucket", "pgshard_pool_wait_seconds_count", "pgshard_errors_total"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	// SIGHUP with pool size 2: the waiting client now gets a backend while
+	// a's transaction stays open, and a is not dropped.
+	port := strings.Split(strings.Split(p.url, "@127.0.0.1:")[1], "/")[0]
+	aport := strings.TrimPrefix(p.admin, "http://127.0.0.1:")
+	var pp, ap int
+	fmt.Sscan(port, &pp)
+	fmt.Sscan(aport, &ap)
+	topo := topotest.Shared(t)
+	p.write(t, pp, ap, 2, "app", topo.Shards[0].Primary.DSN())
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		_, err := b.Exec(ctx, "SELECT 1").ReadAll()
+		return err
+	})
+
+	// SIGTERM: new clients are refused, the open transaction finishes, the
+	// process exits 0.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		c, err := pgconn.Connect(ctx, p.url)
+		if err == nil {
+			c.Close(ctx)
+			return fmt.Errorf("still accepting")
+		}
+		return nil
+	})
+	if _, err := a.Exec(ctx, "INSERT INTO d VALUES (2); COMMIT").ReadAll(); err != nil {
+		t.Fatalf("open transaction cut by SIGTERM: %v", err)
+	}
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("pgshard did not exit after SIGTERM")
+	}
+	v, err := topo.Shards[0].Primary.QueryValue(ctx, strings.Split(strings.Split(p.url, "/")[3], "?")[0], "SELECT count(*) FROM d")
+	if err != nil || v != "2" {
+		t.Fatalf("rows = %s, %v; want 2", v, err)
+	}
+}
+
+func TestDaemonRejectsBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(conf, []byte("listen = \"127.0.0.1:0\"\nbogus = 1\n[pool]\nmode = \"statement\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(daemon(t), "-config", conf).CombinedOutput()
+	if err == nil {
+		t.Fatalf("bad config accepted:\n%s", out)
+	}
+	if !strings.Contains(string(out), "bogus") {
+		t.Fatalf("error does not name the unknown key:\n%s", out)
+	}
+	if err := os.WriteFile(conf, []byte("[pool]\nmode = \"statement\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = exec.Command(daemon(t), "-config", conf).CombinedOutput()
+	for _, want := range []string{"pool.mode", "no [[users]]", "no [[shards]]"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("error lacks %q:\n%s", want, out)
+		}
+	}
+}
