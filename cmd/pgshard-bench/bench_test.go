@@ -26,7 +26,7 @@ func TestParsePgbenchOK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := pgbenchStats{TPS: 22240.359215, Transactions: 43409}
+	want := pgbenchStats{TPS: 22240.359215, Transactions: 43409, Scale: 2}
 	if s != want {
 		t.Fatalf("got %+v, want %+v", s, want)
 	}
@@ -39,7 +39,7 @@ func TestParsePgbenchAborted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Aborted != 14 || !s.RunAborted || s.Transactions != 31348 || s.Failed != 0 || s.TPS != 16391.453939 {
+	if s.Aborted != 14 || !s.RunAborted || s.Transactions != 31348 || s.Scale != 2 || s.Failed != 0 || s.TPS != 16391.453939 {
 		t.Fatalf("got %+v", s)
 	}
 	if !strings.Contains(s.FirstError, `prepared statement "P_0" already exists`) {
@@ -210,7 +210,10 @@ func TestParseFlags(t *testing.T) {
 	if o.rounds != 3 || o.scale != 10 || o.clients != 16 || o.duration.Seconds() != 10 || len(o.modes) != 3 || len(o.targets) != 4 {
 		t.Fatalf("defaults: %+v", o)
 	}
-	for _, args := range [][]string{{"-modes", "simple,bogus"}, {"-split"}, {"-rounds", "0"}, {"-targets", "pgcat"}} {
+	if o, err := parseFlags([]string{"-duration", "5", "-warmup", "1m"}); err != nil || o.duration.Seconds() != 5 || o.warmup.Minutes() != 1 {
+		t.Fatalf("-duration 5 -warmup 1m: %v, %v", o.duration, err)
+	}
+	for _, args := range [][]string{{"-duration", "5x"}, {"-modes", "simple,bogus"}, {"-split"}, {"-rounds", "0"}, {"-targets", "pgcat"}} {
 		if _, err := parseFlags(args); err == nil {
 			t.Errorf("parseFlags(%v) accepted", args)
 		}

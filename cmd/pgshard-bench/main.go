@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -48,8 +49,9 @@ func main() {
 func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("pgshard-bench", flag.ContinueOnError)
-	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each pgbench run (-T)")
-	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "length of one unrecorded warm-up run per target before round 1 (0: none)")
+	o.duration, o.warmup = 10*time.Second, 2*time.Second
+	fs.Var((*seconds)(&o.duration), "duration", "length of each pgbench run (-T): 10s, 1m or plain seconds")
+	fs.Var((*seconds)(&o.warmup), "warmup", "length of one unrecorded warm-up run per target before round 1 (0: none)")
 	fs.IntVar(&o.rounds, "rounds", 3, "interleaved rounds; the table shows medians over them")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.clients, "clients", 16, "pgbench clients (-c)")
@@ -97,6 +99,24 @@ func parseFlags(args []string) (options, error) {
 		errs = append(errs, errors.New("-split needs -replicas ≥1"))
 	}
 	return o, errors.Join(errs...)
+}
+
+// seconds is a duration flag that also takes plain seconds ("5").
+type seconds time.Duration
+
+func (s *seconds) String() string { return time.Duration(*s).String() }
+
+func (s *seconds) Set(v string) error {
+	if n, err := strconv.Atoi(v); err == nil {
+		*s = seconds(time.Duration(n) * time.Second)
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("want a duration (10s) or seconds (10): %w", err)
+	}
+	*s = seconds(d)
+	return nil
 }
 
 func splitList(s string) []string {
@@ -379,6 +399,9 @@ func (m *measurer) measure(ctx context.Context, t *target, mode string, d time.D
 		problems = append(problems, fmt.Sprintf("exit %d, %v", code, parseErr))
 	case code != 0:
 		problems = append(problems, fmt.Sprintf("exit %d", code))
+	}
+	if parseErr == nil && st.Scale != m.o.scale {
+		problems = append(problems, fmt.Sprintf("pgbench reports scaling factor %d, want %d", st.Scale, m.o.scale))
 	}
 	if st.Aborted > 0 {
 		problems = append(problems, fmt.Sprintf("%d of %d clients aborted", st.Aborted, m.o.clients))

@@ -17,6 +17,7 @@ type pgbenchStats struct {
 	TPS          float64 // "tps = N (without initial connection time)"
 	Transactions int64   // "number of transactions actually processed: N"
 	Failed       int64   // "number of failed transactions: N (x%)"
+	Scale        int     // "scaling factor: N" (0 if missing)
 	Aborted      int     // clients that aborted ("client N ... aborted")
 	RunAborted   bool    // "Run was aborted; the state may be inconsistent."
 	FirstError   string  // first "ERROR:" / "error:" line, if any
@@ -26,6 +27,7 @@ var (
 	reTPS     = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
 	reTxns    = regexp.MustCompile(`(?m)^number of transactions actually processed: ([0-9]+)`)
 	reFailed  = regexp.MustCompile(`(?m)^number of failed transactions: ([0-9]+)`)
+	reScale   = regexp.MustCompile(`(?m)^scaling factor: ([0-9]+)`)
 	reAborted = regexp.MustCompile(`(?m)client [0-9]+ (?:script [0-9]+ )?aborted`)
 	reError   = regexp.MustCompile(`(?m)^.*(?:ERROR|FATAL|error):.*$`)
 )
@@ -46,6 +48,9 @@ func parsePgbench(out string) (pgbenchStats, error) {
 		return s, errNoReport
 	}
 	s.Transactions, _ = strconv.ParseInt(m[1], 10, 64)
+	if m := reScale.FindStringSubmatch(out); m != nil {
+		s.Scale, _ = strconv.Atoi(m[1])
+	}
 	if m := reFailed.FindStringSubmatch(out); m != nil {
 		s.Failed, _ = strconv.ParseInt(m[1], 10, 64)
 	}
@@ -68,7 +73,7 @@ func pgbenchRun(ctx context.Context, port int, mode string, clients, threads int
 		"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", appUser,
 		"-n", "-S", "-M", mode,
 		"-c", strconv.Itoa(clients), "-j", strconv.Itoa(threads),
-		"-T", strconv.Itoa(int(d.Round(time.Second) / time.Second)),
+		"-T", strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second))),
 		appDB,
 	}
 	return runPgbench(ctx, args)
