@@ -43,10 +43,15 @@ func lookupRunAs() (*runAs, error) {
 }
 
 // sysProcAttr puts the child in its own process group (so a terminal's
-// Ctrl-C does not reach it and Kill can take the whole group) and switches
-// to the run-as user.
-func (r *runAs) sysProcAttr() *syscall.SysProcAttr {
+// Ctrl-C does not reach it; we stop it in order) and switches to the
+// run-as user. With dieWithUs the child gets SIGQUIT (immediate shutdown)
+// when this process dies without stopping it (a test binary killed by a
+// timeout or Ctrl-C), so no server is left behind.
+func (r *runAs) sysProcAttr(dieWithUs bool) *syscall.SysProcAttr {
 	a := &syscall.SysProcAttr{Setpgid: true}
+	if dieWithUs {
+		a.Pdeathsig = syscall.SIGQUIT
+	}
 	if r != nil {
 		a.Credential = &syscall.Credential{Uid: r.uid, Gid: r.gid}
 	}

@@ -36,6 +36,7 @@ type Server struct {
 	run      *runAs
 	logf     func(format string, args ...any)
 	autoPort bool
+	keep     bool // Config.KeepOnExit: no parent-death signal
 
 	mu   sync.Mutex
 	conf map[string]string // per-server settings written to server.conf
@@ -172,7 +173,7 @@ func (s *Server) launch() (*process, int64, error) {
 	cmd.Env = childEnv()
 	cmd.Stdout = lf
 	cmd.Stderr = lf
-	cmd.SysProcAttr = s.run.sysProcAttr()
+	cmd.SysProcAttr = s.run.sysProcAttr(!s.keep)
 	if err := cmd.Start(); err != nil {
 		return nil, 0, fmt.Errorf("topology: start postgres %s: %w", s.Name, err)
 	}

@@ -93,13 +93,13 @@ func Open(dir string) (*Topology, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Topology{Dir: abs, bin: st.BinDir, run: run, logf: func(string, ...any) {}}
+	t := &Topology{Dir: abs, bin: st.BinDir, run: run, logf: func(string, ...any) {}, keep: true}
 	dec := func(j shardJSON, spare bool) *Shard {
 		one := func(sj serverJSON) *Server {
 			s := &Server{
 				Name: sj.Name, Shard: j.Name, Host: "127.0.0.1", Port: sj.Port,
 				Dir: sj.Dir, DataDir: filepath.Join(sj.Dir, "data"), LogFile: filepath.Join(sj.Dir, "postgres.log"),
-				Primary: sj.Primary, bin: st.BinDir, run: run, logf: t.logf, conf: sj.Conf,
+				Primary: sj.Primary, bin: st.BinDir, run: run, logf: t.logf, conf: sj.Conf, keep: true,
 			}
 			// postmaster.pid is the truth; the recorded PID is a fallback
 			// (a killed server leaves a stale postmaster.pid).

@@ -55,6 +55,11 @@ type Config struct {
 	Settings map[string]string
 	// Logf receives progress messages; nil is silent.
 	Logf func(format string, args ...any)
+	// KeepOnExit lets the servers outlive this process (needed for
+	// Detach). Otherwise each server gets SIGQUIT (immediate shutdown) when
+	// the process that started it dies without calling Close, e.g. a test
+	// binary killed by its timeout or by Ctrl-C.
+	KeepOnExit bool
 }
 
 // Shard is a primary with its streaming replicas.
@@ -78,6 +83,7 @@ type Topology struct {
 	run     *runAs
 	logf    func(format string, args ...any)
 	tempDir bool
+	keep    bool
 
 	mu       sync.Mutex
 	detached bool
@@ -154,7 +160,7 @@ func Start(ctx context.Context, cfg Config) (*Topology, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Topology{bin: resolveBinDir(cfg.BinDir), run: run, logf: cfg.Logf}
+	t := &Topology{bin: resolveBinDir(cfg.BinDir), run: run, logf: cfg.Logf, keep: cfg.KeepOnExit}
 	if t.logf == nil {
 		t.logf = func(string, ...any) {}
 	}
@@ -209,7 +215,7 @@ func Start(ctx context.Context, cfg Config) (*Topology, error) {
 			s := &Server{
 				Name: name, Shard: shard, Host: "127.0.0.1", Port: port,
 				Dir: dir, DataDir: filepath.Join(dir, "data"), LogFile: filepath.Join(dir, "postgres.log"),
-				Primary: i == 0, bin: t.bin, run: run, logf: t.logf, autoPort: cfg.BasePort == 0,
+				Primary: i == 0, bin: t.bin, run: run, logf: t.logf, autoPort: cfg.BasePort == 0, keep: cfg.KeepOnExit,
 			}
 			if i == 0 {
 				sh.Primary = s
@@ -389,7 +395,7 @@ func (t *Topology) runTool(ctx context.Context, s *Server, tool string, args ...
 	cmd.Env = childEnv()
 	cmd.Stdout = lf
 	cmd.Stderr = lf
-	cmd.SysProcAttr = t.run.sysProcAttr()
+	cmd.SysProcAttr = t.run.sysProcAttr(!t.keep)
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("topology: %s for %s: %w; output:\n%s", tool, s.Name, err, tail(readFrom(s.LogFile, off), 20))
 	}
@@ -521,12 +527,16 @@ func (t *Topology) removeTemp() {
 	}
 }
 
-// Detach leaves the servers running after this process exits: Close
+// Detach leaves the servers running after this process exits (it needs
+// Config.KeepOnExit and a given Config.Dir): Close
 // becomes a no-op and the state file in Dir (written by Start) lets
 // StopDir or Open stop them later. It fails for a temporary directory.
 func (t *Topology) Detach() error {
 	if t.tempDir {
 		return fmt.Errorf("topology: detach: the temporary directory %s would be lost; give Config.Dir", t.Dir)
+	}
+	if !t.keep {
+		return errors.New("topology: detach: the servers die with this process; start with Config.KeepOnExit")
 	}
 	if err := t.writeState(); err != nil {
 		return err

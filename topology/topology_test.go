@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -234,7 +235,7 @@ func TestShardsSparesDetach(t *testing.T) {
 		os.RemoveAll(dir)
 	})
 	ctx := ctxT(t)
-	topo, err := topology.Start(ctx, topology.Config{Dir: dir, Shards: 2, Replicas: 1, Spares: 1, Logf: t.Logf})
+	topo, err := topology.Start(ctx, topology.Config{Dir: dir, Shards: 2, Replicas: 1, Spares: 1, Logf: t.Logf, KeepOnExit: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,6 +325,54 @@ func TestSharedAndNewDatabase(t *testing.T) {
 	if topotest.Shared(t) != topo {
 		t.Fatal("Shared returned another topology")
 	}
+}
+
+// TestServersDieWithProcess: a process that starts a topology and exits
+// without Close (a test binary killed by its timeout) leaves no server behind.
+func TestServersDieWithProcess(t *testing.T) {
+	if dir := os.Getenv("TOPOLOGY_TEST_CHILD_DIR"); dir != "" {
+		// The child: start and exit without Close.
+		if _, err := topology.Start(ctxT(t), topology.Config{Dir: dir, Shards: 1, Replicas: 1}); err != nil {
+			t.Fatal(err)
+		}
+		os.Exit(0)
+	}
+	topotest.RequireBinaries(t, "")
+	dir, err := os.MkdirTemp("", "pgshard-topotest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = topology.StopDir(dir)
+		os.RemoveAll(dir)
+	})
+	cmd := exec.Command(os.Args[0], "-test.run=^TestServersDieWithProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), "TOPOLOGY_TEST_CHILD_DIR="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	topo, err := topology.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := map[string]int{}
+	for _, s := range topo.Servers() {
+		if b, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid")); err == nil {
+			pid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+			pids[s.Name] = pid
+		}
+	}
+	if len(pids) != 2 {
+		t.Fatalf("postmaster PIDs of the child's servers: %v", pids)
+	}
+	waitFor(t, time.Minute, func() error {
+		for name, pid := range pids {
+			if b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat"); err == nil && !strings.Contains(string(b), ") Z ") {
+				return errors.New(name + " still running")
+			}
+		}
+		return nil
+	})
 }
 
 func TestMain(m *testing.M) {

@@ -187,7 +187,7 @@ func devUp(args []string, foreground bool) (err error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "  "+format+"\n", args...) }
 	fmt.Fprintf(os.Stderr, "starting %d shard(s) with %d replica(s) each and %d spare(s) on ports %d..\n",
 		o.shards, o.replicas, o.spares, devBasePort)
-	cfg := topology.Config{Dir: o.pgDir(), Shards: o.shards, Replicas: o.replicas, Spares: o.spares, BasePort: devBasePort, Logf: logf}
+	cfg := topology.Config{Dir: o.pgDir(), Shards: o.shards, Replicas: o.replicas, Spares: o.spares, BasePort: devBasePort, Logf: logf, KeepOnExit: !foreground}
 	topo, err := topology.Start(ctx, cfg)
 	if errors.Is(err, topology.ErrDirNotAccessible) {
 		// Running as root in a directory the postgres user cannot reach

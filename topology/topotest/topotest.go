@@ -79,17 +79,20 @@ var shared struct {
 	err    error
 }
 
-// Main runs the package's tests with one topology shared by them. The
-// topology starts lazily on the first Shared call (so a run that needs no
-// server starts none) and is stopped after all tests. Main calls os.Exit.
-// Use it from TestMain:
+// Main runs the package's tests with one topology shared by them and
+// exits with their status (see Run). Use it from TestMain:
 //
 //	func TestMain(m *testing.M) {
 //		topotest.Main(m, topology.Config{Shards: 2, Replicas: 1})
 //	}
-//
+func Main(m *testing.M, cfg topology.Config) { os.Exit(Run(m, cfg)) }
+
+// Run is Main without os.Exit, for a TestMain that does more (e.g. a
+// goroutine-leak check): it runs the tests, stops the shared topology if
+// one was started and returns the exit code. The topology starts lazily
+// on the first Shared call, so a run that needs no server starts none.
 // Set PGSHARD_TOPO_LOG=1 to see the topology's progress on stderr.
-func Main(m *testing.M, cfg topology.Config) {
+func Run(m *testing.M, cfg topology.Config) int {
 	shared.mu.Lock()
 	shared.inMain = true
 	if cfg.Logf == nil && os.Getenv("PGSHARD_TOPO_LOG") != "" {
@@ -109,7 +112,7 @@ func Main(m *testing.M, cfg topology.Config) {
 			}
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // Shared returns the package's shared topology, starting it on first use.
@@ -121,7 +124,7 @@ func Shared(tb testing.TB) *topology.Topology {
 	inMain, cfg := shared.inMain, shared.cfg
 	shared.mu.Unlock()
 	if !inMain {
-		tb.Fatal("topotest.Shared needs topotest.Main in the package's TestMain")
+		tb.Fatal("topotest.Shared needs topotest.Main or Run in the package's TestMain")
 	}
 	RequireBinaries(tb, cfg.BinDir)
 	shared.once.Do(func() {
