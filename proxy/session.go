@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/config"
@@ -81,7 +82,7 @@ type session struct {
 	mu       sync.Mutex
 	sc       *pool.Conn
 	st       *connState
-	queue    []*entry
+	q        queue
 	busy     bool // the session loop is composing a batch for sc
 	unsynced bool // extended-protocol messages sent since the last Sync
 	srvErr   bool // the backend reported an error and skips to the next Sync
@@ -201,16 +202,13 @@ var errTerminate = errors.New("client terminated")
 // start brings a new session to ReadyForQuery: it applies the session's
 // settings on a backend and tells the client the resulting parameters.
 func (s *session) start(ctx context.Context) error {
-	replay, err := s.attach(ctx)
+	done := make(chan error, 1)
+	replayed, err := s.attach(ctx, done)
 	if err != nil {
 		return err
 	}
-	var done chan error
-	if replay != nil {
-		done = make(chan error, 1)
-		s.mu.Lock()
-		replay.done = done
-		s.mu.Unlock()
+	if !replayed {
+		done = nil
 	}
 	// The session stays busy (so the backend stays attached) until the
 	// parameters are read.
@@ -319,7 +317,7 @@ func (s *session) handle(ctx context.Context, typ byte, msg []byte) error {
 			return s.failBatch(err, true)
 		}
 		s.mu.Lock()
-		s.push(&entry{kind: 'F', start: time.Now()})
+		s.push(entry{kind: 'F', start: time.Now()})
 		s.mu.Unlock()
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
@@ -342,15 +340,16 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return errMalformed("Query")
 	}
-	sql := string(body[:len(body)-1])
-	fx := router.Inspect(sql)
+	// The text is only scanned here; what Inspect keeps of it is cloned.
+	fx := router.Inspect(unsafe.String(&body[0], len(body)-1))
 	if err := s.ensureServer(ctx); err != nil {
 		return s.failBatch(err, true)
 	}
 	s.mu.Lock()
-	e := &entry{kind: 'Q', start: time.Now()}
+	e := entry{kind: 'Q', start: time.Now()}
 	if len(fx.Sets) > 0 || fx.ResetAll || fx.Discard {
-		e.fx = &fx
+		kept := fx.Clone()
+		e.fx = &kept
 	}
 	if fx.Pin && !s.pinned {
 		s.pinned = true
@@ -378,9 +377,9 @@ func (s *session) failBatch(err error, simple bool) error {
 	}
 	s.srv.metrics.errors.WithLabelValues(sqlstate(err)).Inc()
 	s.mu.Lock()
-	s.push(&entry{synth: wire.AppendError(nil, err)})
+	s.push(entry{synth: wire.AppendError(nil, err)})
 	if simple {
-		s.push(&entry{synth: readyForQuery(s.txStatus)})
+		s.push(entry{synth: readyForQuery(s.txStatus)})
 	} else {
 		s.skipUntilSync = true
 	}
@@ -405,7 +404,7 @@ func sqlstate(err error) string {
 func (s *session) raise(code, format string, args ...any) error {
 	s.mu.Lock()
 	if !s.srvErr {
-		s.push(&entry{synth: wire.AppendError(nil, wire.Errorf(code, format, args...))})
+		s.push(entry{synth: wire.AppendError(nil, wire.Errorf(code, format, args...))})
 	}
 	s.mu.Unlock()
 	s.srv.metrics.errors.WithLabelValues(code).Inc()
@@ -433,7 +432,7 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 		s.mu.Lock()
 		s.pinForExtended(fx)
 		if !s.srvErr {
-			s.push(&entry{kind: 'P'})
+			s.push(entry{kind: 'P'})
 		}
 		s.unsynced = true
 		s.st.unnamedOwner, s.st.unnamedGen = s, s.unnamedGen
@@ -465,11 +464,11 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	}
 	s.stmts[name] = def
 	if _, ok := s.st.prepared[def]; ok {
-		s.push(&entry{kind: 'P', synth: msgParseComplete, name: name})
+		s.push(entry{kind: 'P', synth: msgParseComplete, name: name})
 		return nil
 	}
 	s.st.prepared[def] = struct{}{}
-	s.push(&entry{kind: 'P', def: def, name: name})
+	s.push(entry{kind: 'P', def: def, name: name})
 	s.sbuf = append(s.sbuf, def.parse...)
 	return nil
 }
@@ -490,7 +489,7 @@ func (s *session) prepareOn(def *stmtDef) {
 		return
 	}
 	s.st.prepared[def] = struct{}{}
-	s.push(&entry{kind: 'P', def: def, swallow: true})
+	s.push(entry{kind: 'P', def: def, swallow: true})
 	s.sbuf = append(s.sbuf, def.parse...)
 }
 
@@ -502,7 +501,7 @@ func (s *session) unnamedOn() {
 		return
 	}
 	s.st.unnamedOwner, s.st.unnamedGen = s, s.unnamedGen
-	s.push(&entry{kind: 'P', swallow: true})
+	s.push(entry{kind: 'P', swallow: true})
 	s.sbuf = append(s.sbuf, s.unnamed...)
 }
 
@@ -541,12 +540,12 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 	}
 	if def == nil {
 		s.unnamedOn()
-		s.push(&entry{kind: 'B'})
+		s.push(entry{kind: 'B'})
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
 	}
 	s.prepareOn(def)
-	s.push(&entry{kind: 'B'})
+	s.push(entry{kind: 'B'})
 	s.sbuf = appendWithStmt(s.sbuf, 'B', body[:len(portal)+1], def.name, rest)
 	return nil
 }
@@ -580,12 +579,12 @@ func (s *session) handleDescribe(ctx context.Context, msg []byte) error {
 	}
 	if def == nil {
 		s.unnamedOn()
-		s.push(&entry{kind: 'd'})
+		s.push(entry{kind: 'd'})
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
 	}
 	s.prepareOn(def)
-	s.push(&entry{kind: 'd'})
+	s.push(entry{kind: 'd'})
 	s.sbuf = appendWithStmt(s.sbuf, 'D', []byte{'S'}, def.name, nil)
 	return nil
 }
@@ -609,7 +608,7 @@ func (s *session) handleClose(ctx context.Context, msg []byte) error {
 		s.unsynced = true
 		if !s.srvErr {
 			delete(s.stmts, name)
-			s.push(&entry{kind: 'C', synth: msgCloseComplete})
+			s.push(entry{kind: 'C', synth: msgCloseComplete})
 		}
 		s.mu.Unlock()
 		return nil
@@ -628,7 +627,7 @@ func (s *session) forwardExtended(ctx context.Context, kind byte, msg []byte) er
 	s.mu.Lock()
 	s.unsynced = true
 	if !s.srvErr {
-		s.push(&entry{kind: kind})
+		s.push(entry{kind: kind})
 	}
 	s.mu.Unlock()
 	s.sbuf = append(s.sbuf, msg...)
@@ -644,14 +643,14 @@ func (s *session) handleSync(ctx context.Context, msg []byte) error {
 		}
 		// The error is already out; answer as an idle server would.
 		s.mu.Lock()
-		s.push(&entry{synth: readyForQuery(s.txStatus)})
+		s.push(entry{synth: readyForQuery(s.txStatus)})
 		s.mu.Unlock()
 		return nil
 	}
 	s.mu.Lock()
 	s.unsynced = false
 	s.srvErr = false
-	s.push(&entry{kind: 'S', start: time.Now()})
+	s.push(entry{kind: 'S', start: time.Now()})
 	s.mu.Unlock()
 	s.sbuf = append(s.sbuf, msg...)
 	return nil
@@ -659,46 +658,46 @@ func (s *session) handleSync(ctx context.Context, msg []byte) error {
 
 // ensureServer attaches a backend to the session for the current batch.
 func (s *session) ensureServer(ctx context.Context) error {
-	_, err := s.attach(ctx)
+	_, err := s.attach(ctx, nil)
 	return err
 }
 
-// attach is ensureServer that also returns the entry of the settings
-// replay it queued, if the backend needed one.
-func (s *session) attach(ctx context.Context) (*entry, error) {
+// attach is ensureServer that also reports whether it queued a replay of
+// the session's settings; done, if set, is told the replay's outcome.
+func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	s.mu.Lock()
 	if s.sc != nil {
 		s.busy = true
 		s.mu.Unlock()
-		return nil, nil
+		return false, nil
 	}
 	s.mu.Unlock()
 	sc, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	var replay *entry
+	replayed := false
 	s.mu.Lock()
 	s.sc, s.st, s.busy = sc, stateOf(sc), true
 	if s.st.setsKey != s.setsKey {
-		replay = &entry{kind: 'x', swallow: true}
-		s.push(replay)
+		replayed = true
+		s.push(entry{kind: 'x', swallow: true, done: done})
 		s.sbuf = append(s.sbuf, queryMsg(s.replaySQL())...)
 		s.st.setsKey = s.setsKey
 	}
 	s.mu.Unlock()
 	sc.SetHandler(s)
-	return replay, nil
+	return replayed, nil
 }
 
 // push appends e to the queue; an answer pgshard makes itself goes out at
 // once when nothing is ahead of it. Called with s.mu held.
-func (s *session) push(e *entry) {
-	if e.synth != nil && len(s.queue) == 0 {
+func (s *session) push(e entry) {
+	if e.synth != nil && s.q.len() == 0 {
 		s.out = append(s.out, e.synth...)
 		return
 	}
-	s.queue = append(s.queue, e)
+	s.q.push(e)
 }
 
 // flushServer sends what the session loop composed, then lets the backend
@@ -755,7 +754,7 @@ func (s *session) flushClient() {
 // held.
 func (s *session) maybeRelease() {
 	sc := s.sc
-	if sc == nil || s.busy || len(s.queue) > 0 {
+	if sc == nil || s.busy || s.q.len() > 0 {
 		return
 	}
 	if s.closing {
@@ -803,10 +802,10 @@ func (s *session) detach() {
 // internalQuery sends sql on the attached backend with its answer
 // swallowed. Called with s.mu held, when nothing else is being composed.
 func (s *session) internalQuery(sql string) {
-	s.push(&entry{kind: 'x', swallow: true})
+	s.push(entry{kind: 'x', swallow: true})
 	if err := s.sc.Write(queryMsg(sql)); err != nil {
 		sc := s.sc
-		s.queue = s.queue[:0]
+		s.q.clear()
 		s.detach()
 		s.pool.Discard(sc)
 	}
@@ -819,9 +818,9 @@ func (s *session) finish() {
 	s.mu.Lock()
 	s.closing = true
 	sc := s.sc
-	if sc != nil && len(s.queue) > 0 {
+	if sc != nil && s.q.len() > 0 {
 		// Mid-query: cancel is not enough to know the state; close it.
-		s.queue = s.queue[:0]
+		s.q.clear()
 		s.detach()
 		s.mu.Unlock()
 		s.pool.Discard(sc)
@@ -840,10 +839,7 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 		s.mu.Unlock()
 		return
 	}
-	var head *entry
-	if len(s.queue) > 0 {
-		head = s.queue[0]
-	}
+	head := s.q.front()
 	forward := head == nil || !head.swallow
 	switch typ {
 	case 'S':
@@ -858,11 +854,11 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 		}
 		s.srvErr = false
 		// Drop anything the backend skipped before this ReadyForQuery.
-		for len(s.queue) > 0 && !isTerminal(s.queue[0].kind) {
+		for s.q.len() > 0 && !isTerminal(s.q.front().kind) {
 			s.dropHead()
 		}
-		if len(s.queue) > 0 {
-			head = s.queue[0]
+		if s.q.len() > 0 {
+			head = s.q.front()
 			forward = !head.swallow
 			s.completeZ(head)
 			s.pop()
@@ -882,10 +878,10 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 			break
 		}
 		// Extended protocol: the backend now skips to the next Sync.
-		for len(s.queue) > 0 && s.queue[0].kind != 'S' {
+		for s.q.len() > 0 && s.q.front().kind != 'S' {
 			s.dropHead()
 		}
-		if len(s.queue) == 0 {
+		if s.q.len() == 0 {
 			s.srvErr = true
 		}
 	case '1', '2', '3':
@@ -996,18 +992,12 @@ func commandTag(msg []byte) string {
 	return ""
 }
 
-func (s *session) pop() {
-	s.queue[0] = nil
-	s.queue = s.queue[1:]
-	if len(s.queue) == 0 {
-		s.queue = s.queue[:0:0]
-	}
-}
+func (s *session) pop() { s.q.pop() }
 
 // dropHead removes an entry the backend will not answer, undoing what it
 // would have created.
 func (s *session) dropHead() {
-	e := s.queue[0]
+	e := s.q.front()
 	if e.kind == 'P' && e.def != nil && s.st != nil {
 		delete(s.st.prepared, e.def)
 	}
@@ -1022,8 +1012,8 @@ func (s *session) dropHead() {
 
 // emitSynth sends the answers pgshard makes that are now at the head.
 func (s *session) emitSynth() {
-	for len(s.queue) > 0 && s.queue[0].synth != nil {
-		s.out = append(s.out, s.queue[0].synth...)
+	for s.q.len() > 0 && s.q.front().synth != nil {
+		s.out = append(s.out, s.q.front().synth...)
 		s.pop()
 	}
 }
@@ -1036,7 +1026,7 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		return
 	}
 	s.detach()
-	s.queue = nil
+	s.q.clear()
 	closing := s.closing
 	s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeConnectionFailure, "pgshard: lost the connection to the backend: %v", err))
 	s.mu.Unlock()
@@ -1052,4 +1042,36 @@ func (s *session) attached() *pool.Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.sc
+}
+
+// queue is the FIFO of expected answers, kept by value so that relaying
+// allocates nothing per message.
+type queue struct {
+	buf  []entry
+	head int
+}
+
+func (q *queue) len() int { return len(q.buf) - q.head }
+
+// front returns the head entry, valid until the next push; nil when empty.
+func (q *queue) front() *entry {
+	if q.head == len(q.buf) {
+		return nil
+	}
+	return &q.buf[q.head]
+}
+
+func (q *queue) push(e entry) { q.buf = append(q.buf, e) }
+
+func (q *queue) pop() {
+	q.buf[q.head] = entry{}
+	q.head++
+	if q.head == len(q.buf) {
+		q.buf, q.head = q.buf[:0], 0
+	}
+}
+
+func (q *queue) clear() {
+	clear(q.buf)
+	q.buf, q.head = q.buf[:0], 0
 }

@@ -27,6 +27,20 @@ type Set struct {
 	Reset bool
 }
 
+// Clone returns e with its strings copied, so that it outlives the text
+// Inspect scanned.
+func (e Effects) Clone() Effects {
+	if len(e.Sets) == 0 {
+		return e
+	}
+	sets := make([]Set, len(e.Sets))
+	for i, s := range e.Sets {
+		sets[i] = Set{Name: strings.Clone(s.Name), Value: strings.Clone(s.Value), Reset: s.Reset}
+	}
+	e.Sets = sets
+	return e
+}
+
 // Inspect scans sql and reports its session effects. It never fails: text it
 // cannot understand is left for the backend to judge.
 func Inspect(sql string) Effects {
@@ -61,7 +75,7 @@ func (e *Effects) add(sql string, toks []token) {
 			e.pin("temporary table")
 		case w == "hold":
 			e.pin("WITH HOLD cursor")
-		case strings.Contains(w, "advisory") && !strings.Contains(w, "xact") && !strings.Contains(w, "unlock"):
+		case containsFold(w, "advisory") && !containsFold(w, "xact") && !containsFold(w, "unlock"):
 			e.pin("session advisory lock")
 		}
 	}
@@ -158,11 +172,32 @@ func settingName(toks []token) (string, []token, bool) {
 	if len(toks) == 0 || toks[0].kind != tokIdent {
 		return "", toks, false
 	}
-	name := toks[0].word
+	name := strings.ToLower(toks[0].word)
 	toks = toks[1:]
 	for len(toks) >= 2 && toks[0].kind == tokPunct && toks[0].word == "." && toks[1].kind == tokIdent {
-		name += "." + toks[1].word
+		name += "." + strings.ToLower(toks[1].word)
 		toks = toks[2:]
 	}
 	return name, toks, true
+}
+
+// containsFold reports whether s contains the lower-case ASCII word sub,
+// ignoring ASCII case in s.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		j := 0
+		for ; j < len(sub); j++ {
+			c := s[i+j]
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != sub[j] {
+				break
+			}
+		}
+		if j == len(sub) {
+			return true
+		}
+	}
+	return false
 }

@@ -14,9 +14,11 @@ const (
 )
 
 type token struct {
-	kind     tokKind
-	word     string // lower-cased identifier, or the punctuation text
-	pos, end int    // byte offsets in the source
+	kind tokKind
+	// word is an identifier: lower-cased when it is one of the keywords
+	// the scanner looks for, else as written; or the punctuation text.
+	word     string
+	pos, end int // byte offsets in the source
 }
 
 // maxTokens bounds the tokens kept per statement: the effects scanner only
@@ -25,22 +27,23 @@ type token struct {
 const maxTokens = 64
 
 type lexer struct {
-	s    string
-	i    int
-	toks []token
+	s   string
+	i   int
+	n   int // tokens of the current statement in buf
+	buf [maxTokens]token
 }
 
 // statement returns the tokens of the next statement (up to ';') and whether
 // more text follows.
 func (l *lexer) statement() ([]token, bool) {
-	l.toks = l.toks[:0]
+	l.n = 0
 	s := l.s
 	for l.i < len(s) {
 		c := s[l.i]
 		switch {
 		case c == ';':
 			l.i++
-			return l.toks, true
+			return l.buf[:l.n], true
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			l.i++
 		case c == '-' && l.i+1 < len(s) && s[l.i+1] == '-':
@@ -78,7 +81,7 @@ func (l *lexer) statement() ([]token, bool) {
 			for l.i < len(s) && isIdentCont(s[l.i]) {
 				l.i++
 			}
-			l.emit(tokIdent, strings.ToLower(s[start:l.i]), start)
+			l.emit(tokIdent, keyword(s[start:l.i]), start)
 		case c >= '0' && c <= '9':
 			start := l.i
 			for l.i < len(s) && (isIdentCont(s[l.i]) || s[l.i] == '.') {
@@ -91,18 +94,19 @@ func (l *lexer) statement() ([]token, bool) {
 			l.emit(tokPunct, s[start:l.i], start)
 		}
 	}
-	return l.toks, false
+	return l.buf[:l.n], false
 }
 
 func (l *lexer) emit(k tokKind, word string, start int) {
-	if len(l.toks) >= maxTokens {
+	if l.n >= maxTokens {
 		if k == tokIdent {
 			// Keep flag words visible: overwrite the last slot.
-			l.toks[len(l.toks)-1] = token{kind: k, word: word, pos: start, end: l.i}
+			l.buf[maxTokens-1] = token{kind: k, word: word, pos: start, end: l.i}
 		}
 		return
 	}
-	l.toks = append(l.toks, token{kind: k, word: word, pos: start, end: l.i})
+	l.buf[l.n] = token{kind: k, word: word, pos: start, end: l.i}
+	l.n++
 }
 
 func isIdentStart(c byte) bool {
@@ -180,3 +184,38 @@ func (l *lexer) dollar() bool {
 	l.i = j + 1 + k + len(tag)
 	return true
 }
+
+// keyword returns the lower-case form of w when it is one of the words
+// the effects scanner compares, else w itself. It does not allocate.
+func keyword(w string) string {
+	if len(w) < 2 || len(w) > 15 {
+		return w
+	}
+	var b [15]byte
+	for i := 0; i < len(w); i++ {
+		c := w[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	switch k := string(b[:len(w)]); k {
+	case "set", "reset", "local", "session", "transaction", "constraints",
+		"characteristics", "authorization", "role", "names", "schema", "xml", "time", "zone", "to",
+		"all", "default", "listen", "prepare", "deallocate", "load", "discard", "temp", "temporary",
+		"hold":
+		return keywordIntern[k]
+	}
+	return w
+}
+
+var keywordIntern = func() map[string]string {
+	m := map[string]string{}
+	for _, w := range []string{"set", "reset", "local", "session", "transaction", "constraints",
+		"characteristics", "authorization", "role", "names", "schema", "xml", "time", "zone", "to",
+		"all", "default", "listen", "prepare", "deallocate", "load", "discard", "temp", "temporary",
+		"hold"} {
+		m[w] = w
+	}
+	return m
+}()

@@ -1,0 +1,87 @@
+package router
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestInspect(t *testing.T) {
+	cases := []struct {
+		sql  string
+		want Effects
+	}{
+		{"SELECT 1", Effects{Statements: 1}},
+		{"select abalance from pgbench_accounts where aid = 42;", Effects{Statements: 1}},
+		{"", Effects{}},
+		{" ; ;", Effects{}},
+		{"SET statement_timeout = '5s'", Effects{Statements: 1, Sets: []Set{{Name: "statement_timeout", Value: "'5s'"}}}},
+		{"set Search_Path to public, \"My Schema\"", Effects{Statements: 1, Sets: []Set{{Name: "search_path", Value: "public, \"My Schema\""}}}},
+		{"SET SESSION work_mem TO DEFAULT", Effects{Statements: 1, Sets: []Set{{Name: "work_mem", Reset: true}}}},
+		{"SET LOCAL work_mem = '1MB'", Effects{Statements: 1}},
+		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Effects{Statements: 1}},
+		{"SET TIME ZONE 'UTC'", Effects{Statements: 1, Sets: []Set{{Name: "timezone", Value: "'UTC'"}}}},
+		{"SET myapp.user_id = 7", Effects{Statements: 1, Sets: []Set{{Name: "myapp.user_id", Value: "7"}}}},
+		{"RESET work_mem", Effects{Statements: 1, Sets: []Set{{Name: "work_mem", Reset: true}}}},
+		{"SET a = 1; RESET ALL", Effects{Statements: 2, ResetAll: true}},
+		{"DISCARD ALL", Effects{Statements: 1, ResetAll: true, Discard: true}},
+		{"DISCARD PLANS", Effects{Statements: 1, Discard: true}},
+		{"SET ROLE admin", Effects{Statements: 1, Pin: true, PinReason: "SET ROLE"}},
+		{"SET SESSION AUTHORIZATION bob", Effects{Statements: 1, Pin: true, PinReason: "SET SESSION AUTHORIZATION"}},
+		{"LISTEN jobs", Effects{Statements: 1, Pin: true, PinReason: "LISTEN"}},
+		{"CREATE TEMP TABLE x (a int)", Effects{Statements: 1, Pin: true, PinReason: "temporary table"}},
+		{"create temporary table x as select 1", Effects{Statements: 1, Pin: true, PinReason: "temporary table"}},
+		{"SELECT pg_advisory_lock(1)", Effects{Statements: 1, Pin: true, PinReason: "session advisory lock"}},
+		{"SELECT PG_TRY_ADVISORY_LOCK(1)", Effects{Statements: 1, Pin: true, PinReason: "session advisory lock"}},
+		{"SELECT pg_advisory_xact_lock(1)", Effects{Statements: 1}},
+		{"SELECT pg_advisory_unlock(1)", Effects{Statements: 1}},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", Effects{Statements: 1, Pin: true, PinReason: "WITH HOLD cursor"}},
+		{"PREPARE p AS SELECT 1", Effects{Statements: 1, Pin: true, PinReason: "SQL PREPARE"}},
+		{"PREPARE TRANSACTION 'x'", Effects{Statements: 1}},
+		// Words inside strings, comments and quoted identifiers do not count.
+		{"SELECT 'LISTEN temp hold; SET x = 1'", Effects{Statements: 1}},
+		{"SELECT $$ set a = 1; listen x $$, $tag$ temp $tag$", Effects{Statements: 1}},
+		{"/* LISTEN x; */ SELECT 1 -- temp\n", Effects{Statements: 1}},
+		{"/* nested /* LISTEN */ still comment */ SELECT \"temp\"", Effects{Statements: 1}},
+		{"SELECT E'it\\'s; LISTEN x'", Effects{Statements: 1}},
+		{"SELECT 'a'';LISTEN x'", Effects{Statements: 1}},
+		{"SELECT 1; LISTEN x", Effects{Statements: 2, Pin: true, PinReason: "LISTEN"}},
+		{"SET x TO", Effects{Statements: 1, Pin: true, PinReason: "SET that pgshard cannot replay"}},
+		{"SET \"quoted\" = 1", Effects{Statements: 1, Pin: true, PinReason: "SET that pgshard cannot replay"}},
+	}
+	for _, c := range cases {
+		got := Inspect(c.sql)
+		if got.Sets != nil && len(got.Sets) == 0 {
+			got.Sets = nil
+		}
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("Inspect(%q)\n got %+v\nwant %+v", c.sql, got, c.want)
+		}
+	}
+}
+
+func TestInspectUnterminated(t *testing.T) {
+	// Unterminated strings, comments and dollar quotes end the text; no panic.
+	for _, s := range []string{"SELECT 'abc", "SELECT \"abc", "/* x", "SELECT $a$ x", "SELECT E'\\", "$", "$1", "e'"} {
+		_ = Inspect(s)
+	}
+}
+
+func FuzzInspect(f *testing.F) {
+	f.Add("SET a = 1; LISTEN x")
+	f.Add("SELECT $$x$$, 'a''b', E'\\'', \"q\" /* c /* d */ */ -- e\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		e := Inspect(s)
+		for _, set := range e.Sets {
+			if set.Name == "" {
+				t.Fatalf("empty setting name from %q", s)
+			}
+		}
+	})
+}
+
+func BenchmarkInspect(b *testing.B) {
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		_ = Inspect("SELECT abalance FROM pgbench_accounts WHERE aid = 123456;")
+	}
+}
