@@ -3,6 +3,7 @@ package topology_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -332,8 +333,12 @@ func TestSharedAndNewDatabase(t *testing.T) {
 func TestServersDieWithProcess(t *testing.T) {
 	if dir := os.Getenv("TOPOLOGY_TEST_CHILD_DIR"); dir != "" {
 		// The child: start and exit without Close.
-		if _, err := topology.Start(ctxT(t), topology.Config{Dir: dir, Shards: 1, Replicas: 1}); err != nil {
+		topo, err := topology.Start(ctxT(t), topology.Config{Dir: dir, Shards: 1, Replicas: 1})
+		if err != nil {
 			t.Fatal(err)
+		}
+		for _, s := range topo.Servers() {
+			fmt.Printf("PID %s %d\n", s.Name, s.PID())
 		}
 		os.Exit(0)
 	}
@@ -348,22 +353,20 @@ func TestServersDieWithProcess(t *testing.T) {
 	})
 	cmd := exec.Command(os.Args[0], "-test.run=^TestServersDieWithProcess$", "-test.v")
 	cmd.Env = append(os.Environ(), "TOPOLOGY_TEST_CHILD_DIR="+dir)
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
-	topo, err := topology.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	pids := map[string]int{}
-	for _, s := range topo.Servers() {
-		if b, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid")); err == nil {
-			pid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
-			pids[s.Name] = pid
+	for _, line := range strings.Split(string(out), "\n") {
+		var name string
+		var pid int
+		if n, _ := fmt.Sscanf(line, "PID %s %d", &name, &pid); n == 2 {
+			pids[name] = pid
 		}
 	}
 	if len(pids) != 2 {
-		t.Fatalf("postmaster PIDs of the child's servers: %v", pids)
+		t.Fatalf("PIDs of the child's servers: %v; output:\n%s", pids, out)
 	}
 	waitFor(t, time.Minute, func() error {
 		for name, pid := range pids {
