@@ -370,7 +370,9 @@ func TestServersDieWithProcess(t *testing.T) {
 	}
 	waitFor(t, time.Minute, func() error {
 		for name, pid := range pids {
-			if b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat"); err == nil && !strings.Contains(string(b), ") Z ") {
+			b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat")
+			cmdline, _ := os.ReadFile("/proc/" + itoa(pid) + "/cmdline")
+			if err == nil && !strings.Contains(string(b), ") Z ") && strings.Contains(string(cmdline), dir) {
 				return errors.New(name + " still running")
 			}
 		}
