@@ -166,7 +166,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}()
 
 	bin := o.pgshardBin
-	if bin == "" {
+	if bin != "" {
+		// The proxy runs in its own directory: make the path absolute.
+		if bin, err = filepath.Abs(bin); err != nil {
+			return fmt.Errorf("-pgshard: %w", err)
+		}
+		if _, err := os.Stat(bin); err != nil {
+			return fmt.Errorf("-pgshard: %w", err)
+		}
+	} else {
 		logf("building pgshard")
 		if bin, err = buildPgshard(ctx, dir); err != nil {
 			return err
