@@ -45,6 +45,7 @@ const readyTimeout = 30 * time.Second
 
 type devOptions struct {
 	dir       string
+	pgPort    int
 	shards    int
 	replicas  int
 	spares    int
@@ -101,6 +102,7 @@ func parseDevFlags(name string, args []string, withTopology bool) (*devOptions, 
 		fs.IntVar(&o.nodes, "nodes", envInt("NODES", 1), "pgshard nodes (env NODES; only 1 is supported yet)")
 		fs.IntVar(&o.port, "port", 6432, "pgshard client port on 127.0.0.1")
 		fs.IntVar(&o.adminPort, "admin-port", 6480, "pgshard admin HTTP port on 127.0.0.1")
+		fs.IntVar(&o.pgPort, "pg-port", devBasePort, "first PostgreSQL port; servers use consecutive ports")
 		fs.StringVar(&o.poolMode, "pool-mode", "transaction", "pool mode: transaction or session")
 		fs.IntVar(&o.poolSize, "pool-size", 20, "backend connections per pool")
 	}
@@ -125,6 +127,8 @@ func parseDevFlags(name string, args []string, withTopology bool) (*devOptions, 
 			return nil, fmt.Errorf("SHARDS=%d: need at least 1", o.shards)
 		case o.replicas < 0 || o.spares < 0:
 			return nil, errors.New("REPLICAS and SPARE must not be negative")
+		case o.pgPort < 1024 || o.pgPort > 65000:
+			return nil, fmt.Errorf("--pg-port %d: out of range", o.pgPort)
 		case o.poolMode != "transaction" && o.poolMode != "session":
 			return nil, fmt.Errorf("--pool-mode %q: want transaction or session", o.poolMode)
 		}
@@ -186,8 +190,8 @@ func devUp(args []string, foreground bool) (err error) {
 
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "  "+format+"\n", args...) }
 	fmt.Fprintf(os.Stderr, "starting %d shard(s) with %d replica(s) each and %d spare(s) on ports %d..\n",
-		o.shards, o.replicas, o.spares, devBasePort)
-	cfg := topology.Config{Dir: o.pgDir(), Shards: o.shards, Replicas: o.replicas, Spares: o.spares, BasePort: devBasePort, Logf: logf, KeepOnExit: !foreground}
+		o.shards, o.replicas, o.spares, o.pgPort)
+	cfg := topology.Config{Dir: o.pgDir(), Shards: o.shards, Replicas: o.replicas, Spares: o.spares, BasePort: o.pgPort, Logf: logf, KeepOnExit: !foreground}
 	topo, err := topology.Start(ctx, cfg)
 	if errors.Is(err, topology.ErrDirNotAccessible) {
 		// Running as root in a directory the postgres user cannot reach

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/topology/topotest"
+)
+
+// freePorts returns n consecutive ports in [20000,32000) that are free now.
+func freePorts(t *testing.T, n int) int {
+	t.Helper()
+	for range 1000 {
+		base := 20000 + rand.IntN(12000-n)
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			ok = portFree(p)
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free ports")
+	return 0
+}
+
+// parseEnv reads export K=V lines.
+func parseEnv(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok && strings.HasPrefix(line, "export ") {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+func queryOne(ctx context.Context, url, sql string) (string, error) {
+	c, err := pgconn.Connect(ctx, url)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close(context.Background())
+	res, err := c.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return "", err
+	}
+	if len(res) == 0 || len(res[0].Rows) == 0 {
+		return "", errors.New("no rows")
+	}
+	return string(res[0].Rows[0][0]), nil
+}
+
+// TestDevUpDown builds pgshard and pgshardctl and runs `dev up` and `dev
+// down` as real processes.
+func TestDevUpDown(t *testing.T) {
+	topotest.RequireBinaries(t, "")
+	if testing.Short() {
+		t.Skip("builds binaries and starts a topology")
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/",
+		"github.com/pgshard/pgshard/cmd/pgshard", "github.com/pgshard/pgshard/cmd/pgshardctl")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir, err := os.MkdirTemp("", "pgshardctl-dev-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := filepath.Join(dir, ".dev")
+	ctl := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(bin, "pgshardctl"), args...)
+		cmd.Dir = dir
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "PGSHARD_") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if out, err := ctl("dev", "down", "--dir", dev); err != nil {
+			t.Errorf("cleanup dev down: %v\n%s", err, out)
+		}
+		os.RemoveAll(dir)
+	})
+
+	pgPort := freePorts(t, 4)
+	port := freePorts(t, 2)
+	up := []string{"dev", "up", "--dir", dev, "--shards", "1", "--replicas", "1", "--spare", "1",
+		"--pg-port", strconv.Itoa(pgPort), "--port", strconv.Itoa(port), "--admin-port", strconv.Itoa(port + 1)}
+	if out, err := ctl(up...); err != nil {
+		t.Fatalf("dev up: %v\n%s\npgshard.log:\n%s", err, out, logTail(filepath.Join(dev, "pgshard.log"), 30))
+	}
+
+	env := parseEnv(t, filepath.Join(dev, "env"))
+	want := map[string]string{
+		"PGSHARD_URL":         "postgres://app:app@127.0.0.1:" + strconv.Itoa(port) + "/app?sslmode=disable",
+		"PGSHARD_ADMIN_URL":   "http://127.0.0.1:" + strconv.Itoa(port+1),
+		"SHARD0_PRIMARY_URL":  "postgres://app:app@127.0.0.1:" + strconv.Itoa(pgPort) + "/app?sslmode=disable",
+		"SHARD0_REPLICA0_URL": "postgres://app:app@127.0.0.1:" + strconv.Itoa(pgPort+1) + "/app?sslmode=disable",
+		"SPARE0_PRIMARY_URL":  "postgres://app:app@127.0.0.1:" + strconv.Itoa(pgPort+2) + "/app?sslmode=disable",
+		"SPARE0_REPLICA0_URL": "postgres://app:app@127.0.0.1:" + strconv.Itoa(pgPort+3) + "/app?sslmode=disable",
+	}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("env %s = %q, want %q", k, env[k], v)
+		}
+	}
+	if len(env["PGSHARD_ADMIN_TOKEN"]) != 32 {
+		t.Errorf("PGSHARD_ADMIN_TOKEN = %q", env["PGSHARD_ADMIN_TOKEN"])
+	}
+
+	// The daemon's own config loader accepts the file; spares are not in the map.
+	cfg, err := config.Load(filepath.Join(dev, "pgshard.toml"), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Shards) != 1 || cfg.Shards[0].Primary != "host=127.0.0.1 port="+strconv.Itoa(pgPort) ||
+		len(cfg.Shards[0].Replicas) != 1 || cfg.AdminToken != env["PGSHARD_ADMIN_TOKEN"] {
+		t.Errorf("config: %+v", cfg)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for url, want := range map[string]string{
+		env["PGSHARD_URL"]:         "app",
+		env["SHARD0_PRIMARY_URL"]:  "f",
+		env["SHARD0_REPLICA0_URL"]: "t",
+		env["SPARE0_REPLICA0_URL"]: "t",
+	} {
+		sql := "SELECT pg_is_in_recovery()"
+		if want == "app" {
+			sql = "SELECT current_user"
+		}
+		if got, err := queryOne(ctx, url, sql); err != nil || got != want {
+			t.Errorf("%s on %s = %q, %v; want %q", sql, url, got, err, want)
+		}
+	}
+
+	// A second up refuses to start over the running one.
+	if out, err := ctl(up...); err == nil || !strings.Contains(out, "already running") {
+		t.Errorf("second dev up: err=%v out=%s", err, out)
+	}
+
+	daemonPID := readPID(filepath.Join(dev, "pgshard.pid"))
+	if daemonPID == 0 || !processAlive(daemonPID) {
+		t.Fatalf("pgshard pid %d not running", daemonPID)
+	}
+	if out, err := ctl("dev", "down", "--dir", dev); err != nil {
+		t.Fatalf("dev down: %v\n%s", err, out)
+	}
+	if processAlive(daemonPID) {
+		t.Error("pgshard still running after dev down")
+	}
+	for _, url := range []string{env["PGSHARD_URL"], env["SHARD0_PRIMARY_URL"], env["SPARE0_REPLICA0_URL"]} {
+		if _, err := queryOne(ctx, url, "SELECT 1"); err == nil {
+			t.Errorf("%s still answers after dev down", url)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dev, "env")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("env file after dev down: %v", err)
+	}
+	// down twice is fine.
+	if out, err := ctl("dev", "down", "--dir", dev); err != nil {
+		t.Fatalf("second dev down: %v\n%s", err, out)
+	}
+}
+
+func TestTOMLString(t *testing.T) {
+	for in, want := range map[string]string{
+		`host=127.0.0.1 port=1`: `"host=127.0.0.1 port=1"`,
+		`a"b\c`:                 `"a\"b\\c"`,
+		"x\ny":                  `"x\u000Ay"`,
+	} {
+		if got := tomlString(in); got != want {
+			t.Errorf("tomlString(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
