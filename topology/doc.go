@@ -21,6 +21,11 @@
 //
 // Lifecycle: Start returns when every server accepts connections and every
 // replica streams from its primary. Close stops everything Start started and
-// removes a temporary base directory. Detach leaves the servers running and
-// StopDir (or Open followed by Close) stops them later from another process.
+// removes a temporary base directory. Unless Config.KeepOnExit is set, the
+// servers also shut down (SIGQUIT) when the starting process dies without
+// Close, so a killed test binary leaves nothing behind. With KeepOnExit,
+// Detach leaves the servers running and StopDir (or Open followed by Close)
+// stops them later from another process.
+//
+// Package topotest wraps this for tests (skip without binaries, fail in CI).
 package topology
