@@ -84,6 +84,11 @@ func TestDevUpDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// MkdirTemp makes 0700, which the postgres OS user cannot search
+	// (dev would fall back to a temp dir; see TestDevUpDown's cleanup).
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	dev := filepath.Join(dir, ".dev")
 	ctl := func(args ...string) (string, error) {
 		cmd := exec.Command(filepath.Join(bin, "pgshardctl"), args...)
@@ -100,6 +105,9 @@ func TestDevUpDown(t *testing.T) {
 		if out, err := ctl("dev", "down", "--dir", dev); err != nil {
 			t.Errorf("cleanup dev down: %v\n%s", err, out)
 		}
+		if target, err := os.Readlink(filepath.Join(dev, "pg")); err == nil {
+			os.RemoveAll(target)
+		}
 		os.RemoveAll(dir)
 	})
 
@@ -109,6 +117,10 @@ func TestDevUpDown(t *testing.T) {
 		"--pg-port", strconv.Itoa(pgPort), "--port", strconv.Itoa(port), "--admin-port", strconv.Itoa(port + 1)}
 	if out, err := ctl(up...); err != nil {
 		t.Fatalf("dev up: %v\n%s\npgshard.log:\n%s", err, out, logTail(filepath.Join(dev, "pgshard.log"), 30))
+	}
+
+	if fi, err := os.Lstat(filepath.Join(dev, "pg")); err != nil || !fi.IsDir() {
+		t.Errorf("%s/pg should be the data directory itself: %v", dev, err)
 	}
 
 	env := parseEnv(t, filepath.Join(dev, "env"))
