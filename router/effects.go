@@ -18,6 +18,67 @@ type Effects struct {
 	Discard bool
 	// Statements counts the statements in the text.
 	Statements int
+	// Shape identifies the text up to its literals, comments and spacing:
+	// texts with the same shape classify alike (see Classifier).
+	Shape uint64
+	// Route is the hint of a leading /* pgshard:primary */ or
+	// /* pgshard:replica */ comment.
+	Route Route
+	// Begin is set when the first statement opens a transaction block
+	// (BEGIN, START TRANSACTION); ReadOnly when a statement declares the
+	// transaction READ ONLY (BEGIN READ ONLY, SET TRANSACTION READ ONLY).
+	Begin, ReadOnly bool
+}
+
+// Route is a routing hint.
+type Route uint8
+
+const (
+	RouteAuto Route = iota
+	RoutePrimary
+	RouteReplica
+)
+
+func (r Route) String() string {
+	switch r {
+	case RoutePrimary:
+		return "primary"
+	case RouteReplica:
+		return "replica"
+	}
+	return "auto"
+}
+
+// ParseRoute reads "primary", "replica" or "auto".
+func ParseRoute(s string) (Route, bool) {
+	switch strings.ToLower(strings.Trim(strings.TrimSpace(s), "'")) {
+	case "primary":
+		return RoutePrimary, true
+	case "replica":
+		return RouteReplica, true
+	case "auto", "default":
+		return RouteAuto, true
+	}
+	return RouteAuto, false
+}
+
+// hint reads a /* pgshard:primary|replica */ comment at the start of sql.
+func hint(sql string) Route {
+	s := strings.TrimLeft(sql, " \t\r\n")
+	if !strings.HasPrefix(s, "/*") {
+		return RouteAuto
+	}
+	end := strings.Index(s, "*/")
+	if end < 0 {
+		return RouteAuto
+	}
+	body := strings.TrimSpace(s[2:end])
+	v, ok := strings.CutPrefix(body, "pgshard:")
+	if !ok {
+		return RouteAuto
+	}
+	r, _ := ParseRoute(v)
+	return r
 }
 
 // Set is one session-level SET name TO value, or RESET name.
@@ -44,8 +105,8 @@ func (e Effects) Clone() Effects {
 // Inspect scans sql and reports its session effects. It never fails: text it
 // cannot understand is left for the backend to judge.
 func Inspect(sql string) Effects {
-	var e Effects
-	lx := lexer{s: sql}
+	e := Effects{Route: hint(sql)}
+	lx := lexer{s: sql, shape: fnvOffset}
 	for {
 		toks, more := lx.statement()
 		if len(toks) > 0 {
@@ -53,6 +114,7 @@ func Inspect(sql string) Effects {
 			e.add(sql, toks)
 		}
 		if !more {
+			e.Shape = lx.shape
 			return e
 		}
 	}
@@ -83,7 +145,14 @@ func (e *Effects) add(sql string, toks []token) {
 	if first.kind != tokIdent {
 		return
 	}
+	if readOnlyTxn(toks) {
+		e.ReadOnly = true
+	}
 	switch first.word {
+	case "begin", "start":
+		if e.Statements == 1 {
+			e.Begin = true
+		}
 	case "listen":
 		e.pin("LISTEN")
 	case "prepare":
@@ -201,3 +270,22 @@ func containsFold(s, sub string) bool {
 	}
 	return false
 }
+
+// readOnlyTxn reports BEGIN/START TRANSACTION/SET TRANSACTION ... READ ONLY.
+func readOnlyTxn(toks []token) bool {
+	w := toks[0].word
+	if w != "begin" && w != "start" && w != "set" {
+		return false
+	}
+	if w == "set" && (len(toks) < 2 || toks[1].word != "transaction") {
+		return false
+	}
+	for i := 1; i+1 < len(toks); i++ {
+		if toks[i].kind == tokIdent && keywordIs(toks[i].word, "read") && keywordIs(toks[i+1].word, "only") {
+			return true
+		}
+	}
+	return false
+}
+
+func keywordIs(w, kw string) bool { return len(w) == len(kw) && containsFold(w, kw) }

@@ -50,11 +50,65 @@ func TestInspect(t *testing.T) {
 	}
 	for _, c := range cases {
 		got := Inspect(c.sql)
+		got.Shape = 0
 		if got.Sets != nil && len(got.Sets) == 0 {
 			got.Sets = nil
 		}
 		if !reflect.DeepEqual(got, c.want) {
 			t.Errorf("Inspect(%q)\n got %+v\nwant %+v", c.sql, got, c.want)
+		}
+	}
+}
+
+func TestInspectTransactionsAndHints(t *testing.T) {
+	for _, c := range []struct {
+		sql             string
+		begin, readOnly bool
+		route           Route
+	}{
+		{"BEGIN", true, false, RouteAuto},
+		{"begin transaction isolation level repeatable read", true, false, RouteAuto},
+		{"BEGIN READ ONLY", true, true, RouteAuto},
+		{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", true, true, RouteAuto},
+		{"BEGIN READ WRITE", true, false, RouteAuto},
+		{"SET TRANSACTION READ ONLY", false, true, RouteAuto},
+		{"SELECT 'read only'", false, false, RouteAuto},
+		{"/* pgshard:primary */ SELECT 1", false, false, RoutePrimary},
+		{"  /*pgshard:replica*/SELECT 1", false, false, RouteReplica},
+		{"SELECT 1 /* pgshard:primary */", false, false, RouteAuto},
+		{"/* other */ SELECT 1", false, false, RouteAuto},
+	} {
+		e := Inspect(c.sql)
+		if e.Begin != c.begin || e.ReadOnly != c.readOnly || e.Route != c.route {
+			t.Errorf("Inspect(%q): begin=%v readOnly=%v route=%v; want %v %v %v", c.sql, e.Begin, e.ReadOnly, e.Route, c.begin, c.readOnly, c.route)
+		}
+	}
+}
+
+func TestShapeIgnoresLiteralsOnly(t *testing.T) {
+	same := [][2]string{
+		{"SELECT * FROM t WHERE id = 1", "SELECT * FROM t WHERE id = 22"},
+		{"SELECT * FROM t WHERE name = 'a'", "SELECT  *  FROM t WHERE name = 'it''s' -- c"},
+		{"SELECT $1::int", "SELECT $2::int"},
+		{"SELECT $$x$$", "SELECT 'y'"},
+		{"/* a */ SELECT 1", "SELECT 2"},
+	}
+	for _, p := range same {
+		if Inspect(p[0]).Shape != Inspect(p[1]).Shape {
+			t.Errorf("shapes differ: %q vs %q", p[0], p[1])
+		}
+	}
+	differ := [][2]string{
+		{"SELECT * FROM t", "SELECT * FROM u"},
+		{"SELECT nextval('s')", "SELECT currval('s')"},
+		{"SELECT * FROM t", "SELECT * FROM t FOR UPDATE"},
+		{`SELECT "a" FROM t`, `SELECT "b" FROM t`},
+		{"SELECT 1; SELECT 2", "SELECT 1"},
+		{"SELECT 1", "DELETE FROM t"},
+	}
+	for _, p := range differ {
+		if Inspect(p[0]).Shape == Inspect(p[1]).Shape {
+			t.Errorf("shapes equal: %q vs %q", p[0], p[1])
 		}
 	}
 }

@@ -27,10 +27,32 @@ type token struct {
 const maxTokens = 64
 
 type lexer struct {
-	s   string
-	i   int
-	n   int // tokens of the current statement in buf
-	buf [maxTokens]token
+	s     string
+	i     int
+	n     int    // tokens of the current statement in buf
+	shape uint64 // FNV-1a over every token, literals as placeholders
+	buf   [maxTokens]token
+}
+
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+// mix adds a token to the shape hash: its kind, then its text unless it is
+// a literal or a parameter (whose values do not change what a statement is).
+func (l *lexer) mix(k tokKind, text string) {
+	h := l.shape
+	h = (h ^ uint64(k+1)) * fnvPrime
+	switch k {
+	case tokString, tokNumber, tokParam:
+	default:
+		for i := 0; i < len(text); i++ {
+			h = (h ^ uint64(text[i])) * fnvPrime
+		}
+		h = (h ^ 0xff) * fnvPrime
+	}
+	l.shape = h
 }
 
 // statement returns the tokens of the next statement (up to ';') and whether
@@ -43,6 +65,7 @@ func (l *lexer) statement() ([]token, bool) {
 		switch {
 		case c == ';':
 			l.i++
+			l.mix(tokPunct, ";")
 			return l.buf[:l.n], true
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			l.i++
@@ -98,6 +121,11 @@ func (l *lexer) statement() ([]token, bool) {
 }
 
 func (l *lexer) emit(k tokKind, word string, start int) {
+	if k == tokQIdent {
+		l.mix(k, l.s[start:l.i])
+	} else {
+		l.mix(k, word)
+	}
 	if l.n >= maxTokens {
 		if k == tokIdent {
 			// Keep flag words visible: overwrite the last slot.
@@ -185,8 +213,22 @@ func (l *lexer) dollar() bool {
 	return true
 }
 
-// keyword returns the lower-case form of w when it is one of the words
-// the effects scanner compares, else w itself. It does not allocate.
+// keywordList are the words the effects scanner compares.
+var keywordList = []string{"set", "reset", "local", "session", "transaction", "constraints",
+	"characteristics", "authorization", "role", "names", "schema", "xml", "time", "zone", "to",
+	"all", "default", "listen", "prepare", "deallocate", "load", "discard", "temp", "temporary",
+	"hold", "read", "only", "begin", "start"}
+
+var keywordIntern = func() map[string]string {
+	m := map[string]string{}
+	for _, w := range keywordList {
+		m[w] = w
+	}
+	return m
+}()
+
+// keyword returns the lower-case form of w when it is in keywordList,
+// else w itself. It does not allocate.
 func keyword(w string) string {
 	if len(w) < 2 || len(w) > 15 {
 		return w
@@ -199,23 +241,8 @@ func keyword(w string) string {
 		}
 		b[i] = c
 	}
-	switch k := string(b[:len(w)]); k {
-	case "set", "reset", "local", "session", "transaction", "constraints",
-		"characteristics", "authorization", "role", "names", "schema", "xml", "time", "zone", "to",
-		"all", "default", "listen", "prepare", "deallocate", "load", "discard", "temp", "temporary",
-		"hold":
-		return keywordIntern[k]
+	if k, ok := keywordIntern[string(b[:len(w)])]; ok {
+		return k
 	}
 	return w
 }
-
-var keywordIntern = func() map[string]string {
-	m := map[string]string{}
-	for _, w := range []string{"set", "reset", "local", "session", "transaction", "constraints",
-		"characteristics", "authorization", "role", "names", "schema", "xml", "time", "zone", "to",
-		"all", "default", "listen", "prepare", "deallocate", "load", "discard", "temp", "temporary",
-		"hold"} {
-		m[w] = w
-	}
-	return m
-}()
