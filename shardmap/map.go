@@ -132,7 +132,7 @@ func (m *Map) Ring() *Ring {
 
 // Shards returns all shards, sorted by name.
 func (m *Map) Shards() []Shard {
-	if m == nil {
+	if m == nil || len(m.shards) == 0 {
 		return nil
 	}
 	out := make([]Shard, len(m.shards))
@@ -176,7 +176,7 @@ func (m *Map) Table(name string) (Table, bool) {
 
 // Jobs returns all reshard jobs, sorted by ID.
 func (m *Map) Jobs() []Job {
-	if m == nil {
+	if m == nil || len(m.jobs) == 0 {
 		return nil
 	}
 	out := make([]Job, len(m.jobs))
