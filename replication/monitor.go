@@ -581,7 +581,7 @@ func (m *Monitor) publishLocked() {
 			if d.excluded {
 				m.cfg.Logger.Warn("replica excluded", "node", m.reps[i].name, "reason", d.why)
 			} else {
-				m.cfg.Logger.Info("replica back", "node", m.reps[i].name, "lag_bytes", d.lagBytes, "lag_time", d.lagTime)
+				m.cfg.Logger.Info("replica eligible", "node", m.reps[i].name, "lag_bytes", d.lagBytes, "lag_time", d.lagTime)
 			}
 		}
 	}
