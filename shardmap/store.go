@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -199,6 +201,9 @@ func (s *Store) Open(ctx context.Context) (err error) {
 			return fmt.Errorf("open store: %w", err)
 		}
 		dbPath := filepath.Join(raftDir, "raft.db")
+		if err := checkBolt(dbPath); err != nil {
+			return err
+		}
 		bs, err := raftboltdb.New(raftboltdb.Options{Path: dbPath, BoltOptions: &bolt.Options{Timeout: time.Second}})
 		if err != nil {
 			return boltOpenError(dbPath, err)
@@ -283,6 +288,40 @@ func boltOpenError(path string, err error) error {
 		return fmt.Errorf("open store: Raft log %s is locked (is another pgshard using this data dir?): %w", path, err)
 	}
 	return fmt.Errorf("open store: Raft log %s: %w", path, err)
+}
+
+// checkBolt reads every key and value of an existing BoltDB file before raft
+// uses it. bbolt panics (or faults on its memory map) on some damaged files,
+// e.g. a truncated one; here that becomes ErrCorrupt naming the file instead
+// of a crashed process.
+func checkBolt(path string) (err error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("open store: Raft log %s is damaged (restore the data dir from a backup, or remove it and re-join the node): %w: %v", path, ErrCorrupt, r)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+	if err != nil {
+		return boltOpenError(path, err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error {
+				crc32.ChecksumIEEE(k)
+				crc32.ChecksumIEEE(v)
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("open store: Raft log %s: %w: %w", path, ErrCorrupt, err)
+	}
+	return nil
 }
 
 // checkSnapshots makes sure every snapshot raft would consider is readable
