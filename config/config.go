@@ -54,6 +54,7 @@ type Config struct {
 	LogLevel        string   `toml:"log_level"`
 	LogFormat       string   `toml:"log_format"`
 	Pool            Pool     `toml:"pool"`
+	Routing         Routing  `toml:"routing"`
 	Users           []User   `toml:"users"`
 	Shards          []Shard  `toml:"shards"`
 }
@@ -66,6 +67,33 @@ type Pool struct {
 	IdleTimeout    Duration `toml:"idle_timeout"`
 	MaxLifetime    Duration `toml:"max_lifetime"`
 	ConnectTimeout Duration `toml:"connect_timeout"`
+}
+
+// Routing configures read/write splitting.
+type Routing struct {
+	// ReadWriteSplit sends reads to a shard's replicas when it has any.
+	ReadWriteSplit bool `toml:"read_write_split"`
+	// ReadYourWrites keeps a session that wrote on replicas that have
+	// replayed its writes (else on the primary).
+	ReadYourWrites bool `toml:"read_your_writes"`
+	// LoadBalance is "least_outstanding" or "round_robin".
+	LoadBalance string `toml:"load_balance"`
+	// MaxLagBytes and MaxLag bound how far behind a replica may be and
+	// still take reads (0 = no bound).
+	MaxLagBytes    int64    `toml:"max_lag_bytes"`
+	MaxLag         Duration `toml:"max_lag"`
+	HealthInterval Duration `toml:"health_interval"`
+	HealthTimeout  Duration `toml:"health_timeout"`
+	// WriteFunctions are functions, besides the built-in list, whose call
+	// makes a statement a write ("name" or "prefix*").
+	WriteFunctions []string `toml:"write_functions"`
+	// ParseCacheSize bounds the classification cache.
+	ParseCacheSize int `toml:"parse_cache_size"`
+	// MonitorUser/MonitorPassword/MonitorDatabase is the login the health
+	// checks use; default: the first user's backend login, database postgres.
+	MonitorUser     string `toml:"monitor_user"`
+	MonitorPassword string `toml:"monitor_password"`
+	MonitorDatabase string `toml:"monitor_database"`
 }
 
 // User is a client login. Password is plaintext or a stored verifier
@@ -108,6 +136,17 @@ func Default() Config {
 			MaxLifetime:    Duration{time.Hour},
 			ConnectTimeout: Duration{5 * time.Second},
 		},
+		Routing: Routing{
+			ReadWriteSplit:  true,
+			ReadYourWrites:  true,
+			LoadBalance:     "least_outstanding",
+			MaxLagBytes:     16 << 20,
+			MaxLag:          Duration{5 * time.Second},
+			HealthInterval:  Duration{250 * time.Millisecond},
+			HealthTimeout:   Duration{time.Second},
+			ParseCacheSize:  10000,
+			MonitorDatabase: "postgres",
+		},
 	}
 }
 
@@ -139,12 +178,13 @@ func Load(path string, getenv func(string) string) (Config, error) {
 
 // Env lists the environment variables Load reads, with what they set.
 var Env = map[string]string{
-	"PGSHARD_LISTEN":       "listen",
-	"PGSHARD_ADMIN_LISTEN": "admin_listen",
-	"PGSHARD_ADMIN_TOKEN":  "admin_token",
-	"PGSHARD_POOL_MODE":    "pool.mode",
-	"PGSHARD_POOL_SIZE":    "pool.size",
-	"PGSHARD_LOG_LEVEL":    "log_level",
+	"PGSHARD_LISTEN":           "listen",
+	"PGSHARD_ADMIN_LISTEN":     "admin_listen",
+	"PGSHARD_ADMIN_TOKEN":      "admin_token",
+	"PGSHARD_POOL_MODE":        "pool.mode",
+	"PGSHARD_POOL_SIZE":        "pool.size",
+	"PGSHARD_LOG_LEVEL":        "log_level",
+	"PGSHARD_READ_WRITE_SPLIT": "routing.read_write_split",
 }
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -178,6 +218,12 @@ func (c *Config) Set(key, v string) error {
 		c.Pool.Size = n
 	case "log_level":
 		c.LogLevel = v
+	case "routing.read_write_split":
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("routing.read_write_split %q: want true or false", v)
+		}
+		c.Routing.ReadWriteSplit = b
 	default:
 		return fmt.Errorf("unknown setting %q", key)
 	}
@@ -198,6 +244,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Pool.Size < 1 {
 		bad("pool.size %d: must be at least 1", c.Pool.Size)
+	}
+	switch c.Routing.LoadBalance {
+	case "least_outstanding", "round_robin":
+	default:
+		bad("routing.load_balance %q: want least_outstanding or round_robin", c.Routing.LoadBalance)
+	}
+	if c.Routing.HealthInterval.Duration <= 0 {
+		bad("routing.health_interval must be positive")
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		bad("tls_cert_file and tls_key_file go together")
@@ -248,6 +302,18 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// MonitorLogin returns the login of the replica health checks.
+func (c *Config) MonitorLogin() (user, password, database string) {
+	user, password, database = c.Routing.MonitorUser, c.Routing.MonitorPassword, c.Routing.MonitorDatabase
+	if user == "" && len(c.Users) > 0 {
+		user, password = c.Users[0].BackendLogin()
+	}
+	if database == "" {
+		database = "postgres"
+	}
+	return user, password, database
 }
 
 // BackendLogin returns the user and password pgshard uses on the backends

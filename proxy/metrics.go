@@ -17,6 +17,8 @@ type metrics struct {
 	latency      prometheus.Histogram
 	wait         prometheus.Histogram
 	waitErrors   prometheus.Counter
+	routed       *prometheus.CounterVec
+	retries      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, srv *Server) *metrics {
@@ -39,10 +41,16 @@ func newMetrics(reg prometheus.Registerer, srv *Server) *metrics {
 			Buckets: prometheus.ExponentialBuckets(10e-6, 4, 12)}),
 		waitErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgshard_pool_wait_errors_total", Help: "Acquisitions that failed (timeout or connect error)."}),
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgshard_routed_queries_total", Help: "Queries and syncs answered, by shard, role and node."},
+			[]string{"shard", "role", "node"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgshard_read_retries_total", Help: "Reads re-sent after a replica failed or refused them, by reason."},
+			[]string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.clients, m.clientsTotal, m.rejected, m.queries, m.errors, m.latency, m.wait, m.waitErrors,
-			&poolCollector{srv: srv})
+			m.routed, m.retries, &poolCollector{srv: srv})
 	}
 	return m
 }
@@ -62,6 +70,12 @@ var (
 		"Clients waiting for a backend connection.", []string{"pool"}, nil)
 	descPoolSize = prometheus.NewDesc("pgshard_pool_size",
 		"Configured size of each pool.", []string{"pool"}, nil)
+	descLagBytes = prometheus.NewDesc("pgshard_replica_lag_bytes",
+		"WAL bytes the replica has not replayed yet.", []string{"shard", "node"}, nil)
+	descLagSeconds = prometheus.NewDesc("pgshard_replica_lag_seconds",
+		"How far behind the replica's replay is in time.", []string{"shard", "node"}, nil)
+	descExcluded = prometheus.NewDesc("pgshard_replica_excluded",
+		"1 when the replica takes no reads (unhealthy or lagging).", []string{"shard", "node"}, nil)
 )
 
 // poolCollector reports every pool's connection counts at scrape time.
@@ -71,6 +85,9 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descServerConns
 	ch <- descWaiting
 	ch <- descPoolSize
+	ch <- descLagBytes
+	ch <- descLagSeconds
+	ch <- descExcluded
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -82,5 +99,20 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descServerConns, prometheus.GaugeValue, float64(st.Dialing), n, "connecting")
 		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(st.Waiting), n)
 		ch <- prometheus.MustNewConstMetric(descPoolSize, prometheus.GaugeValue, float64(st.Size), n)
+	}
+	for _, rt := range c.srv.shards {
+		if rt.monitor == nil {
+			continue
+		}
+		for i, r := range rt.monitor.Status() {
+			node := replicaName(i)
+			excluded := 0.0
+			if r.Excluded {
+				excluded = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descLagBytes, prometheus.GaugeValue, float64(r.LagBytes), rt.name, node)
+			ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, r.LagTime.Seconds(), rt.name, node)
+			ch <- prometheus.MustNewConstMetric(descExcluded, prometheus.GaugeValue, excluded, rt.name, node)
+		}
 	}
 }

@@ -23,7 +23,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	topotest.Main(m, topology.Config{Shards: 1, Replicas: 0})
+	topotest.Main(m, topology.Config{Shards: 1, Replicas: 2})
 }
 
 // harness is one proxy in front of the shared topology, with a database of
@@ -40,7 +40,12 @@ type harness struct {
 // startProxy starts a proxy for the test; mutate adjusts its configuration.
 func startProxy(t *testing.T, mutate func(*config.Config)) *harness {
 	t.Helper()
-	topo := topotest.Shared(t)
+	return startProxyOn(t, topotest.Shared(t), mutate)
+}
+
+// startProxyOn is startProxy in front of a given topology.
+func startProxyOn(t *testing.T, topo *topology.Topology, mutate func(*config.Config)) *harness {
+	t.Helper()
 	db := topotest.NewDatabase(t, topo)
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"

@@ -16,16 +16,20 @@ import (
 
 	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/pool"
+	"github.com/pgshard/pgshard/router"
 	"github.com/pgshard/pgshard/wire"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Server accepts client connections and serves sessions.
 type Server struct {
-	log     *slog.Logger
-	metrics *metrics
-	stmts   stmtCache
-	tls     *tls.Config
+	log            *slog.Logger
+	metrics        *metrics
+	stmts          stmtCache
+	tls            *tls.Config
+	classifier     *router.Classifier
+	shards         []*shardRT
+	readYourWrites bool
 
 	cfg   atomic.Pointer[config.Config]
 	users atomic.Pointer[map[string]config.User]
@@ -59,6 +63,16 @@ func New(cfg config.Config, logger *slog.Logger, reg prometheus.Registerer) (*Se
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	s.metrics = newMetrics(reg, s)
+	s.classifier = router.NewClassifier(router.ClassifierConfig{
+		CacheSize: cfg.Routing.ParseCacheSize, WriteFunctions: cfg.Routing.WriteFunctions})
+	s.readYourWrites = cfg.Routing.ReadYourWrites
+	for _, sh := range cfg.Shards {
+		rt, err := newShardRT(cfg, sh, s.metrics, logger)
+		if err != nil {
+			return nil, err
+		}
+		s.shards = append(s.shards, rt)
+	}
 	s.setConfig(cfg)
 	return s, nil
 }
@@ -126,11 +140,10 @@ func (s *Server) pools() []*pool.Pool {
 	return out
 }
 
-// poolFor returns the pool of the primary of the first shard for a user
+// poolFor returns the pool of a server (its connection string) for a user
 // and database, creating it on first use.
-func (s *Server) poolFor(u config.User, db string) (*pool.Pool, error) {
+func (s *Server) poolFor(addr string, u config.User, db string) (*pool.Pool, error) {
 	cfg := s.cfg.Load()
-	addr := cfg.Shards[0].Primary
 	key := poolKey{addr, u.Name, db}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -158,6 +171,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.ln = ln
 	s.mu.Unlock()
 	s.log.Info("accepting client connections", "addr", ln.Addr().String())
+	for _, rt := range s.shards {
+		rt.start(ctx)
+	}
 	go func() {
 		<-ctx.Done()
 		_ = ln.Close()
@@ -227,12 +243,13 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	u := users[st.User]
-	p, err := s.poolFor(u, st.Database)
+	rt := s.shards[0]
+	p, err := s.poolFor(rt.primary, u, st.Database)
 	if err != nil {
 		fail("config", wire.Fatalf(wire.CodeInternalError, "pgshard: %v", err))
 		return
 	}
-	sess := newSession(s, st, p, cfg.Pool.Mode)
+	sess := newSession(s, st, u, rt, p, cfg.Pool.Mode, cfg.Routing.ReadWriteSplit)
 	if !s.register(sess, cfg.MaxClients) {
 		fail("max_clients", wire.Fatalf(wire.CodeTooManyConnections, "sorry, too many clients already (max_clients = %d)", cfg.MaxClients))
 		return
@@ -346,6 +363,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for _, p := range s.pools() {
 		p.Close()
+	}
+	for _, rt := range s.shards {
+		rt.close()
 	}
 	return err
 }

@@ -36,6 +36,23 @@ type entry struct {
 	errMsg  []byte     // internal query: the first error
 }
 
+// target is the routing decision for the next attachment.
+type target struct {
+	read      bool // a replica may answer
+	anyLag    bool // a hint asked for a replica: read-your-writes does not apply
+	retryable bool // the whole batch is known and nothing else is outstanding
+}
+
+// retryState tracks a read sent to a replica that may still be re-sent
+// elsewhere: nothing of its answer has reached the client yet.
+type retryState struct {
+	active   bool // answers are held back in out from outStart
+	outStart int
+	failed   bool // the replica refused it (25006 and kin): re-send at ReadyForQuery
+	pending  bool // a retry is running or about to
+	done     chan struct{}
+}
+
 // connState is what a backend has been told, kept on pool.Conn.State.
 type connState struct {
 	prepared     map[*stmtDef]struct{}
@@ -73,13 +90,32 @@ type session struct {
 		Warn(string, ...any)
 	}
 
+	// Routing (read/write splitting).
+	shard        *shardRT
+	primary      *pool.Pool
+	replicaPools []*pool.Pool
+	cuser        config.User
+	split        bool         // reads may go to replicas
+	route        router.Route // SET pgshard.route
+	want         target       // where the next attachment goes (session loop)
+	forcePrimary bool         // a retry after a replica refused
+	replaying    bool         // the session loop is re-sending a group
+	gbuf         []byte       // the group of messages being routed (session loop)
+	cmu          sync.Mutex   // held while composing: the session loop or a retry
+	retries      int
+
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend
 	unnamed       []byte // the client's last unnamed Parse
 	unnamedGen    uint64
 	skipUntilSync bool // after an error pgshard raised, drop messages up to Sync
+	unnamedRead   bool // the unnamed statement is a read
 
 	mu       sync.Mutex
+	node     int       // attached node: -1 the primary, i replica i
+	attWrite bool      // the attachment is not a routed read: it may write
+	wroteAt  time.Time // when the session's last write ended (read-your-writes)
+	rt       retryState
 	sc       *pool.Conn
 	st       *connState
 	q        queue
@@ -98,15 +134,19 @@ type session struct {
 	dead     bool             // writing to the client failed
 	lastTag  string
 
-	wmu   sync.Mutex
-	spare []byte
+	wmu     sync.Mutex
+	spare   []byte
+	retryWG sync.WaitGroup
 }
 
-func newSession(srv *Server, st *wire.Startup, p *pool.Pool, mode config.PoolMode) *session {
+func newSession(srv *Server, st *wire.Startup, u config.User, rt *shardRT, p *pool.Pool, mode config.PoolMode, split bool) *session {
 	s := &session{
 		srv: srv, conn: st.Conn, cr: st.Reader, user: st.User, db: st.Database, pool: p, mode: mode,
 		txStatus: 'I', stmts: map[string]*stmtDef{}, sets: map[string]string{},
+		shard: rt, primary: p, cuser: u, node: -1,
+		split: split && mode == config.PoolTransaction && rt.monitor != nil,
 	}
+	s.replicaPools = make([]*pool.Pool, len(rt.replicas))
 	s.logger = srv.log.With("user", st.User, "db", st.Database, "client", st.Conn.RemoteAddr().String())
 	for k, v := range st.Params {
 		switch {
@@ -258,17 +298,155 @@ func (s *session) run(ctx context.Context) error {
 			}
 			return err
 		}
-		if err := s.handle(ctx, typ, msg); err != nil {
+		s.waitRetry()
+		s.cmu.Lock()
+		if s.split && isExtended(typ) && s.attached() == nil {
+			err = s.handleGroup(ctx, typ, msg)
+		} else {
+			s.want = target{}
+			err = s.handle(ctx, typ, msg)
+		}
+		if err == nil && (s.cr.Buffered() == 0 || len(s.sbuf) > flushThreshold) {
+			s.flushServer()
+		}
+		s.cmu.Unlock()
+		if err != nil {
 			if err == errTerminate {
 				return nil
 			}
 			s.clientError(err)
 			return err
 		}
-		if s.cr.Buffered() == 0 || len(s.sbuf) > flushThreshold {
-			s.flushServer()
-		}
 	}
+}
+
+func isExtended(typ byte) bool {
+	switch typ {
+	case 'P', 'B', 'D', 'E', 'C', 'S', 'H':
+		return true
+	}
+	return false
+}
+
+// maxGroup bounds the bytes of an extended-protocol batch read ahead to
+// route it as a whole.
+const maxGroup = 256 << 10
+
+// handleGroup reads the rest of an extended-protocol batch that is already
+// buffered (up to its Sync), decides where the whole batch goes (a replica
+// only when every statement in it is a read and it ends in Sync), then
+// handles its messages in order.
+func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
+	s.gbuf = append(s.gbuf[:0], msg...)
+	last := typ
+	var extra []byte // a non-extended message read while collecting
+	for last != 'S' && last != 'H' && s.cr.Buffered() > 0 && len(s.gbuf) < maxGroup {
+		t, m, err := s.cr.Next()
+		if err != nil {
+			return err
+		}
+		if !isExtended(t) {
+			extra = m
+			break
+		}
+		s.gbuf = append(s.gbuf, m...)
+		last = t
+	}
+	s.want = s.routeGroup(s.gbuf, last == 'S')
+	if err := s.replayGroup(ctx); err != nil {
+		return err
+	}
+	if extra != nil {
+		s.want = target{}
+		return s.handle(ctx, extra[0], extra)
+	}
+	return nil
+}
+
+// replayGroup handles the messages in gbuf.
+func (s *session) replayGroup(ctx context.Context) error {
+	for b := s.gbuf; len(b) >= 5; {
+		n := 1 + int(uint32(b[1])<<24|uint32(b[2])<<16|uint32(b[3])<<8|uint32(b[4]))
+		if err := s.handle(ctx, b[0], b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// routeGroup decides where an extended-protocol batch goes.
+func (s *session) routeGroup(group []byte, complete bool) target {
+	if s.route == router.RoutePrimary || s.forcePrimary {
+		return target{}
+	}
+	s.mu.Lock()
+	idle := s.txStatus == 'I' && s.q.len() == 0 && !s.pinned
+	s.mu.Unlock()
+	if !idle || !complete {
+		return target{}
+	}
+	hinted := s.route == router.RouteReplica
+	unnamedRead := s.unnamedRead
+	var parsed map[string]bool // statements parsed in this batch
+	read := true
+	for b := group; len(b) >= 5 && read; {
+		n := 1 + int(uint32(b[1])<<24|uint32(b[2])<<16|uint32(b[3])<<8|uint32(b[4]))
+		body := b[5:n]
+		switch b[0] {
+		case 'P':
+			name, rest, ok := cstring(body)
+			q, _, ok2 := cstringBytes(rest)
+			if !ok || !ok2 {
+				return target{}
+			}
+			r, _ := s.classify(string(q))
+			if name == "" {
+				unnamedRead = r
+			} else {
+				if parsed == nil {
+					parsed = map[string]bool{}
+				}
+				parsed[name] = r
+			}
+		case 'B':
+			_, rest, ok := cstringBytes(body)
+			stmt, _, ok2 := cstring(rest)
+			if !ok || !ok2 {
+				return target{}
+			}
+			switch r, inBatch := parsed[stmt]; {
+			case stmt == "":
+				read = unnamedRead
+			case inBatch:
+				read = r
+			default:
+				d, ok := s.lookupStmt(stmt)
+				read = ok && d.read
+			}
+		}
+		b = b[n:]
+	}
+	if hinted {
+		read = true
+	}
+	return target{read: read, anyLag: hinted, retryable: read}
+}
+
+// classify says whether a statement text is a read, and whether it changes
+// session state (which pins the session).
+func (s *session) classify(q string) (read, pin bool) {
+	fx := router.Inspect(q)
+	pin = fx.Pin || len(fx.Sets) > 0 || fx.ResetAll || fx.Discard
+	switch {
+	case pin:
+		return false, true
+	case fx.Route == router.RoutePrimary:
+		return false, false
+	case fx.Route == router.RouteReplica, fx.Begin && fx.ReadOnly:
+		return true, false
+	}
+	return s.srv.classifier.IsRead(q, fx.Shape), false
 }
 
 // clientError sends err to the client (best effort) before it is closed.
@@ -341,7 +519,17 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 		return errMalformed("Query")
 	}
 	// The text is only scanned here; what Inspect keeps of it is cloned.
-	fx := router.Inspect(unsafe.String(&body[0], len(body)-1))
+	sql := unsafe.String(&body[0], len(body)-1)
+	fx := router.Inspect(sql)
+	if done, err := s.localSet(fx); done || err != nil {
+		return err
+	}
+	if s.split && s.attached() == nil {
+		s.want = s.routeQuery(sql, fx)
+		if s.want.retryable {
+			s.gbuf = append(s.gbuf[:0], msg...)
+		}
+	}
 	if err := s.ensureServer(ctx); err != nil {
 		return s.failBatch(err, true)
 	}
@@ -359,6 +547,88 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	s.mu.Unlock()
 	s.sbuf = append(s.sbuf, msg...)
 	return nil
+}
+
+// routeQuery decides where a simple query goes.
+func (s *session) routeQuery(sql string, fx router.Effects) target {
+	if fx.Pin || s.forcePrimary {
+		return target{}
+	}
+	hint := fx.Route
+	if hint == router.RouteAuto {
+		hint = s.route
+	}
+	s.mu.Lock()
+	idle := s.txStatus == 'I' && s.q.len() == 0 && !s.pinned
+	s.mu.Unlock()
+	if !idle {
+		return target{}
+	}
+	switch {
+	case hint == router.RoutePrimary:
+		return target{}
+	case hint == router.RouteReplica:
+		return target{read: true, anyLag: true, retryable: true}
+	case fx.Begin && fx.ReadOnly && fx.Statements == 1:
+		return target{read: true}
+	case len(fx.Sets) > 0 || fx.ResetAll || fx.Discard:
+		return target{}
+	}
+	if s.srv.classifier.IsRead(sql, fx.Shape) {
+		return target{read: true, retryable: true}
+	}
+	return target{}
+}
+
+// localSet answers SET/RESET of pgshard's own settings (pgshard.route)
+// without a backend. done is false when the query is not one of those.
+func (s *session) localSet(fx router.Effects) (done bool, err error) {
+	own := 0
+	for _, set := range fx.Sets {
+		if strings.HasPrefix(set.Name, "pgshard.") {
+			own++
+		}
+	}
+	if own == 0 {
+		return false, nil
+	}
+	var e *wire.Error
+	switch {
+	case own != len(fx.Sets) || fx.Statements != 1:
+		e = wire.Errorf(wire.CodeFeatureNotSupported, "SET pgshard.* must be sent alone, as its own query")
+	default:
+		set := fx.Sets[0]
+		if set.Name != "pgshard.route" {
+			e = wire.Errorf(wire.CodeUndefinedObject, "unrecognized configuration parameter %q", set.Name)
+			e.Hint = "pgshard knows pgshard.route (primary, replica or auto)"
+			break
+		}
+		r := router.RouteAuto
+		if !set.Reset {
+			var ok bool
+			if r, ok = router.ParseRoute(set.Value); !ok {
+				e = wire.Errorf(wire.CodeInvalidParameterValue, "invalid value for parameter \"pgshard.route\": %s", set.Value)
+				e.Hint = "use primary, replica or auto"
+				break
+			}
+		}
+		s.route = r
+	}
+	s.mu.Lock()
+	if e != nil {
+		s.push(entry{synth: wire.AppendError(nil, e)})
+		s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
+	} else {
+		tag := "SET"
+		if fx.Sets[0].Reset {
+			tag = "RESET"
+		}
+		b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
+		s.push(entry{synth: b})
+	}
+	s.push(entry{synth: readyForQuery(s.txStatus)})
+	s.mu.Unlock()
+	return true, nil
 }
 
 // failBatch answers a message that could not get a backend. With
@@ -426,6 +696,9 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 		fx := router.Inspect(string(q))
 		s.unnamed = append(s.unnamed[:0], msg...)
 		s.unnamedGen++
+		if s.split {
+			s.unnamedRead, _ = s.classify(string(q))
+		}
 		if err := s.ensureServer(ctx); err != nil {
 			return s.failBatch(err, false)
 		}
@@ -444,13 +717,13 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	if err := p.Decode(msg[5:]); err != nil {
 		return errMalformed("Parse")
 	}
+	def := s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
 	s.mu.Lock()
-	_, exists := s.stmts[name]
+	prev, exists := s.stmts[name]
 	s.mu.Unlock()
-	if exists {
+	if exists && !(s.replaying && prev == def) {
 		return s.raise(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name)
 	}
-	def := s.srv.stmts.intern(p.Query, p.ParameterOIDs)
 	fx := router.Inspect(p.Query)
 	if err := s.ensureServer(ctx); err != nil {
 		return s.failBatch(err, false)
@@ -664,6 +937,7 @@ func (s *session) ensureServer(ctx context.Context) error {
 
 // attach is ensureServer that also reports whether it queued a replay of
 // the session's settings; done, if set, is told the replay's outcome.
+// Where it attaches follows s.want.
 func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	s.mu.Lock()
 	if s.sc != nil {
@@ -671,14 +945,45 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		s.mu.Unlock()
 		return false, nil
 	}
+	wroteAt := s.wroteAt
 	s.mu.Unlock()
-	sc, err := s.pool.Acquire(ctx)
+	node := -1
+	if s.want.read && s.split {
+		if s.want.anyLag || !s.srv.readYourWrites {
+			wroteAt = time.Time{}
+		}
+		if i, ok := s.shard.pick(wroteAt); ok {
+			node = i
+		}
+	}
+	var sc *pool.Conn
+	var err error
+	if node >= 0 {
+		sc, err = s.replicaPool(node).Acquire(ctx)
+		if err != nil {
+			// The replica cannot take it: out it goes, the primary answers.
+			s.shard.monitor.MarkDown(node, err)
+			s.srv.metrics.retries.WithLabelValues("replica_connect").Inc()
+			s.logger.Warn("replica unavailable; reading from the primary", "replica", replicaName(node), "err", err)
+			node = -1
+		}
+	}
+	if node < 0 {
+		sc, err = s.primary.Acquire(ctx)
+	}
 	if err != nil {
 		return false, err
 	}
 	replayed := false
 	s.mu.Lock()
-	s.sc, s.st, s.busy = sc, stateOf(sc), true
+	s.sc, s.st, s.busy, s.node = sc, stateOf(sc), true, node
+	s.attWrite = node < 0 && !s.want.read
+	if node >= 0 {
+		s.shard.outstanding[node].Add(1)
+		if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {
+			s.rt.active, s.rt.outStart, s.rt.failed = true, len(s.out), false
+		}
+	}
 	if s.st.setsKey != s.setsKey {
 		replayed = true
 		s.push(entry{kind: 'x', swallow: true, done: done})
@@ -688,6 +993,66 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	s.mu.Unlock()
 	sc.SetHandler(s)
 	return replayed, nil
+}
+
+// replicaPool returns the pool of replica i for the session's user and
+// database.
+func (s *session) replicaPool(i int) *pool.Pool {
+	if p := s.replicaPools[i]; p != nil {
+		return p
+	}
+	p, err := s.srv.poolFor(s.shard.replicas[i], s.cuser, s.db)
+	if err != nil {
+		return s.primary
+	}
+	s.replicaPools[i] = p
+	return p
+}
+
+// waitRetry waits for a retry in progress, and ends the chance to retry
+// the previous batch: the client is sending more.
+func (s *session) waitRetry() {
+	s.mu.Lock()
+	done := s.rt.done
+	pending := s.rt.pending
+	if !pending {
+		s.rt.active = false
+	}
+	s.mu.Unlock()
+	if pending {
+		<-done
+	}
+}
+
+// startRetry re-sends the held batch on another node. Called with s.mu
+// held; the backend that failed is already detached.
+func (s *session) startRetry(toPrimary bool, reason string) {
+	s.out = s.out[:s.rt.outStart]
+	s.rt = retryState{pending: true, done: make(chan struct{})}
+	s.srv.metrics.retries.WithLabelValues(reason).Inc()
+	done := s.rt.done
+	s.retryWG.Add(1)
+	go func() {
+		defer s.retryWG.Done()
+		defer close(done)
+		s.cmu.Lock()
+		defer s.cmu.Unlock()
+		s.retries++
+		s.forcePrimary = toPrimary || s.retries > 2
+		s.replaying = true
+		s.want = target{read: !s.forcePrimary, retryable: !s.forcePrimary}
+		err := s.replayGroup(context.Background())
+		s.replaying, s.forcePrimary = false, false
+		if err == nil {
+			s.flushServer()
+		} else {
+			s.clientError(err)
+			_ = s.conn.Close()
+		}
+		s.mu.Lock()
+		s.rt.pending = false
+		s.mu.Unlock()
+	}()
 }
 
 // push appends e to the queue; an answer pgshard makes itself goes out at
@@ -760,7 +1125,7 @@ func (s *session) maybeRelease() {
 	if s.closing {
 		if s.unsynced {
 			s.detach()
-			s.pool.Discard(sc)
+			sc.Pool().Discard(sc)
 			return
 		}
 		if s.txStatus != 'I' {
@@ -776,14 +1141,14 @@ func (s *session) maybeRelease() {
 			return
 		}
 		s.detach()
-		s.pool.Release(sc)
+		sc.Pool().Release(sc)
 		return
 	}
 	if s.unsynced || s.txStatus != 'I' || s.pinned || s.mode == config.PoolSession {
 		return
 	}
 	s.detach()
-	s.pool.Release(sc)
+	sc.Pool().Release(sc)
 	if s.srv.shuttingDown() {
 		s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
 		go s.closeAfterFlush()
@@ -796,7 +1161,10 @@ func (s *session) closeAfterFlush() {
 }
 
 func (s *session) detach() {
-	s.sc, s.st = nil, nil
+	if s.node >= 0 {
+		s.shard.outstanding[s.node].Add(-1)
+	}
+	s.sc, s.st, s.node = nil, nil, -1
 }
 
 // internalQuery sends sql on the attached backend with its answer
@@ -807,7 +1175,7 @@ func (s *session) internalQuery(sql string) {
 		sc := s.sc
 		s.q.clear()
 		s.detach()
-		s.pool.Discard(sc)
+		sc.Pool().Discard(sc)
 	}
 }
 
@@ -815,6 +1183,7 @@ func (s *session) internalQuery(sql string) {
 // rolled back, reset if needed and released, or closed when its state is
 // unknown.
 func (s *session) finish() {
+	s.retryWG.Wait()
 	s.mu.Lock()
 	s.closing = true
 	sc := s.sc
@@ -823,7 +1192,7 @@ func (s *session) finish() {
 		s.q.clear()
 		s.detach()
 		s.mu.Unlock()
-		s.pool.Discard(sc)
+		sc.Pool().Discard(sc)
 		return
 	}
 	s.busy = false
@@ -841,6 +1210,14 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	}
 	head := s.q.front()
 	forward := head == nil || !head.swallow
+	if s.rt.active {
+		switch typ {
+		case '1', '2', '3', 't', 'n', 'T', 'Z', 'E':
+			// Nothing the client could act on yet: still retryable.
+		default:
+			s.rt.active = false // results are flowing: this answer stands
+		}
+	}
 	switch typ {
 	case 'S':
 		var ps pgproto3.ParameterStatus
@@ -864,7 +1241,19 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 			s.pop()
 		}
 	case 'E':
-		if head != nil && head.swallow && head.kind != 'x' {
+		if s.rt.active && !s.rt.failed && retryOnPrimary(errorCode(msg)) {
+			// The replica refused a read (read-only, recovery conflict,
+			// shutting down): answer nothing, re-send it to the primary
+			// once this backend is back at ReadyForQuery.
+			s.rt.failed = true
+			for i := s.q.head; i < len(s.q.buf); i++ {
+				s.q.buf[i].swallow = true
+			}
+			forward = false
+		} else if s.rt.active {
+			s.rt.active = false
+		}
+		if head != nil && head.swallow && head.kind != 'x' && !s.rt.failed {
 			forward = true // an injected Parse failed: the client must know
 		}
 		s.srv.metrics.errors.WithLabelValues(errorCode(msg)).Inc()
@@ -905,9 +1294,22 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	}
 	s.emitSynth()
 	if typ == 'Z' {
+		failed := s.rt.active && s.rt.failed && s.q.len() == 0
+		if !failed && s.q.len() == 0 {
+			s.rt.active = false
+		}
 		s.maybeRelease()
+		if failed {
+			if s.sc == c {
+				// Still held (the session loop is finishing a write): let
+				// it go now; the retry composes on a fresh backend.
+				s.detach()
+				c.Pool().Release(c)
+			}
+			s.startRetry(true, "replica_refused")
+		}
 	}
-	flush := !more || len(s.out) > flushThreshold
+	flush := (!more || len(s.out) > flushThreshold) && !s.rt.active
 	s.mu.Unlock()
 	if flush {
 		s.flushClient()
@@ -922,8 +1324,17 @@ func isTerminal(kind byte) bool {
 // Called with s.mu held.
 func (s *session) completeZ(e *entry) {
 	if !e.start.IsZero() {
+		now := time.Now()
 		s.srv.metrics.queries.Inc()
-		s.srv.metrics.latency.Observe(time.Since(e.start).Seconds())
+		s.srv.metrics.latency.Observe(now.Sub(e.start).Seconds())
+		if s.node >= 0 {
+			s.shard.routed[s.node].Inc()
+		} else {
+			s.shard.routedPrim.Inc()
+		}
+		if s.attWrite && s.txStatus == 'I' {
+			s.wroteAt = now
+		}
 	}
 	if e.done != nil {
 		var err error
@@ -1025,12 +1436,25 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		s.mu.Unlock()
 		return
 	}
+	node := s.node
 	s.detach()
 	s.q.clear()
+	if node >= 0 {
+		s.shard.monitor.MarkDown(node, err)
+	}
+	if s.rt.active && !s.closing {
+		// A read on a replica that died before answering anything: send
+		// it elsewhere.
+		s.logger.Warn("replica connection lost; retrying the read elsewhere", "replica", replicaName(node), "err", err)
+		s.startRetry(false, "replica_lost")
+		s.mu.Unlock()
+		c.Pool().Discard(c)
+		return
+	}
 	closing := s.closing
 	s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeConnectionFailure, "pgshard: lost the connection to the backend: %v", err))
 	s.mu.Unlock()
-	s.pool.Discard(c)
+	c.Pool().Discard(c)
 	if !closing {
 		s.logger.Warn("backend connection lost", "err", err)
 		s.closeAfterFlush()
@@ -1074,4 +1498,16 @@ func (q *queue) pop() {
 func (q *queue) clear() {
 	clear(q.buf)
 	q.buf, q.head = q.buf[:0], 0
+}
+
+// retryOnPrimary reports the errors with which a replica refuses a read
+// that the primary can answer.
+func retryOnPrimary(code string) bool {
+	switch code {
+	case "25006", // read_only_sql_transaction: it writes after all
+		"40001",                   // serialization_failure: a recovery conflict on a standby
+		"57P01", "57P02", "57P03": // the replica is shutting down or starting
+		return true
+	}
+	return false
 }

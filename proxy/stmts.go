@@ -16,6 +16,8 @@ import (
 type stmtDef struct {
 	name  string
 	parse []byte // a complete Parse message that creates it under name
+	read  bool   // a replica may answer it (router.Classifier)
+	pin   bool   // it changes session state (see pinForExtended)
 }
 
 // stmtCache interns statement definitions. It grows with the number of
@@ -26,7 +28,7 @@ type stmtCache struct {
 	next uint64
 }
 
-func (c *stmtCache) intern(query string, oids []uint32) *stmtDef {
+func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (read, pin bool)) *stmtDef {
 	var kb bytes.Buffer
 	kb.Grow(len(query) + 1 + 4*len(oids))
 	kb.WriteString(query)
@@ -45,6 +47,7 @@ func (c *stmtCache) intern(query string, oids []uint32) *stmtDef {
 	}
 	c.next++
 	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next)}
+	d.read, d.pin = classify(query)
 	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
 	d.parse, _ = p.Encode(nil)
 	c.defs[key] = d

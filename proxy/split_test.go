@@ -1,0 +1,206 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/topology"
+	"github.com/pgshard/pgshard/topology/topotest"
+)
+
+// withReplicas routes reads to the topology's replicas.
+func withReplicas(topo *topology.Topology, more func(*config.Config)) func(*config.Config) {
+	return func(c *config.Config) {
+		for _, r := range topo.Shards[0].Replicas {
+			c.Shards[0].Replicas = append(c.Shards[0].Replicas, r.DSN())
+		}
+		c.Routing.HealthInterval = config.Duration{Duration: 100 * time.Millisecond}
+		if more != nil {
+			more(c)
+		}
+	}
+}
+
+// inRecovery runs SELECT pg_is_in_recovery() through c: true means a
+// replica answered.
+func inRecovery(t *testing.T, ctx context.Context, c *pgx.Conn, sql string, mode pgx.QueryExecMode) bool {
+	t.Helper()
+	var v bool
+	if err := c.QueryRow(ctx, sql, mode).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+// waitReplicaReads waits until a read through c lands on a replica (the
+// health checks have run).
+func waitReplicaReads(t *testing.T, ctx context.Context, c *pgx.Conn) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) {
+		if time.Now().After(deadline) {
+			t.Fatal("reads never reached a replica")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestReadWriteSplit(t *testing.T) {
+	topo := topotest.Shared(t)
+	h := startProxy(t, withReplicas(topo, nil))
+	ctx := testCtx(t)
+	c := h.connect(ctx)
+	waitReplicaReads(t, ctx, c)
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec,
+		pgx.QueryExecModeCacheStatement, pgx.QueryExecModeDescribeExec}
+	for _, m := range modes {
+		if !inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", m) {
+			t.Errorf("mode %v: a plain read went to the primary", m)
+		}
+	}
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := c.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	// Explicit transactions run on the primary; READ ONLY ones on a replica.
+	exec("BEGIN")
+	if inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) {
+		t.Error("read inside BEGIN ... COMMIT went to a replica")
+	}
+	exec("COMMIT")
+	// That transaction counts as a write: until the replicas have replayed
+	// it, this session reads from the primary (read-your-writes).
+	waitReplicaReads(t, ctx, c)
+	exec("BEGIN READ ONLY")
+	if !inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) {
+		t.Error("BEGIN READ ONLY did not go to a replica")
+	}
+	exec("COMMIT")
+	waitReplicaReads(t, ctx, c)
+	tx, err := c.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec bool
+	if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil || !rec {
+		t.Errorf("pgx read-only transaction: in recovery %v, %v", rec, err)
+	}
+	_ = tx.Commit(ctx)
+
+	// Writes that look like reads run on the primary without error (on
+	// another connection: the advisory lock pins that session).
+	other := h.connect(ctx)
+	exec("CREATE SEQUENCE s; CREATE TABLE w (id int PRIMARY KEY, v text); INSERT INTO w VALUES (1, 'a'), (2, 'b')")
+	exec(`CREATE FUNCTION sneaky() RETURNS int LANGUAGE sql AS $$ INSERT INTO w VALUES (100, 'sneaky') RETURNING id $$`)
+	for _, sql := range []string{
+		"SELECT nextval('s')",
+		"SELECT * FROM w WHERE id = 1 FOR UPDATE",
+		"WITH x AS (DELETE FROM w WHERE id = 2 RETURNING *) SELECT * FROM x",
+		"SELECT pg_advisory_lock(1)",
+		"SELECT pg_advisory_unlock(1)",
+		"SELECT set_config('work_mem', '8MB', false)",
+	} {
+		for _, m := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+			if strings.Contains(sql, "DELETE") && m != pgx.QueryExecModeSimpleProtocol {
+				continue // the row is gone after the first run
+			}
+			rows, err := other.Query(ctx, sql, m)
+			if err == nil {
+				for rows.Next() {
+				}
+				err = rows.Err()
+			}
+			if err != nil {
+				t.Errorf("%s (%v): %v", sql, m, err)
+			}
+		}
+	}
+	// A function that writes but is not known to: the replica refuses it
+	// with 25006 and pgshard re-runs it on the primary, invisibly.
+	before := metric(t, h, "pgshard_read_retries_total", map[string]string{"reason": "replica_refused"})
+	waitReplicaReads(t, ctx, c)
+	var id int
+	if err := c.QueryRow(ctx, "SELECT sneaky()", pgx.QueryExecModeSimpleProtocol).Scan(&id); err != nil || id != 100 {
+		t.Fatalf("sneaky(): %d, %v", id, err)
+	}
+	exec("DELETE FROM w WHERE id = 100")
+	waitReplicaReads(t, ctx, c)
+	if err := c.QueryRow(ctx, "SELECT sneaky()", pgx.QueryExecModeCacheStatement).Scan(&id); err != nil || id != 100 {
+		t.Fatalf("sneaky() extended: %d, %v", id, err)
+	}
+	if after := metric(t, h, "pgshard_read_retries_total", map[string]string{"reason": "replica_refused"}); after < before+2 {
+		t.Errorf("replica_refused retries went from %v to %v; want +2", before, after)
+	}
+
+	// Hints.
+	if inRecovery(t, ctx, c, "/* pgshard:primary */ SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) {
+		t.Error("/* pgshard:primary */ went to a replica")
+	}
+	exec("SET pgshard.route = 'primary'")
+	if inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) ||
+		inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeCacheStatement) {
+		t.Error("pgshard.route = primary: a read went to a replica")
+	}
+	exec("SET pgshard.route = 'auto'")
+	waitReplicaReads(t, ctx, c)
+	if !inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) {
+		t.Error("pgshard.route = auto: read went to the primary")
+	}
+	exec("RESET pgshard.route")
+	_, err = c.Exec(ctx, "SET pgshard.nonsense = 1", pgx.QueryExecModeSimpleProtocol)
+	if sqlState(err) != "42704" {
+		t.Errorf("unknown pgshard setting: %v, want 42704", err)
+	}
+	_, err = c.Exec(ctx, "SET pgshard.route = 'sideways'", pgx.QueryExecModeSimpleProtocol)
+	if sqlState(err) != "22023" {
+		t.Errorf("bad pgshard.route: %v, want 22023", err)
+	}
+
+	// Metrics count reads per replica.
+	var onReplicas float64
+	for i := range topo.Shards[0].Replicas {
+		onReplicas += metric(t, h, "pgshard_routed_queries_total", map[string]string{"role": "replica", "node": fmt.Sprintf("replica%d", i)})
+	}
+	if onReplicas == 0 {
+		t.Error("no query counted on a replica")
+	}
+}
+
+// metric returns the value of a counter or gauge with the given labels
+// from the harness's registry (0 when absent).
+func metric(t *testing.T, h *harness, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if got[k] != v {
+					continue next
+				}
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
