@@ -24,7 +24,8 @@ var (
 	ErrBadConfig = errors.New("replication: invalid configuration")
 )
 
-// Defaults for Config.
+// Defaults: Interval and Timeout apply when zero; the lag bounds are the
+// recommended settings for callers (a zero bound means no bound).
 const (
 	DefaultInterval    = 250 * time.Millisecond
 	DefaultTimeout     = time.Second
@@ -32,7 +33,7 @@ const (
 	DefaultMaxLagTime  = 5 * time.Second
 )
 
-// Config tunes a Monitor. The zero value gives the defaults.
+// Config tunes a Monitor.
 type Config struct {
 	// Interval is the time between the starts of two checks of a node
 	// (DefaultInterval when zero).
@@ -41,12 +42,12 @@ type Config struct {
 	// zero). A check that times out counts as failed.
 	Timeout time.Duration
 	// MaxLagBytes excludes a replica whose replay position is further
-	// behind the primary than this. Zero means DefaultMaxLagBytes; a
-	// negative value means no byte bound.
+	// behind the primary than this; zero (or negative) means no byte
+	// bound. See DefaultMaxLagBytes.
 	MaxLagBytes int64
 	// MaxLagTime excludes a replica that has not replayed WAL the primary
-	// had this long ago. Zero means DefaultMaxLagTime; a negative value
-	// means no time bound.
+	// had this long ago; zero (or negative) means no time bound. See
+	// DefaultMaxLagTime.
 	MaxLagTime time.Duration
 	// Logger receives state changes (a replica excluded or back, the
 	// primary unreachable); nil discards them.
@@ -59,12 +60,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
-	}
-	if c.MaxLagBytes == 0 {
-		c.MaxLagBytes = DefaultMaxLagBytes
-	}
-	if c.MaxLagTime == 0 {
-		c.MaxLagTime = DefaultMaxLagTime
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -95,14 +90,15 @@ const (
 func (p Policy) String() string {
 	switch p {
 	case PolicyLeastOutstanding:
-		return "least-outstanding"
+		return "least_outstanding"
 	case PolicyRoundRobin:
-		return "round-robin"
+		return "round_robin"
 	}
 	return fmt.Sprintf("Policy(%d)", int(p))
 }
 
-// ParsePolicy parses "least-outstanding" or "round-robin".
+// ParsePolicy parses "least_outstanding" or "round_robin" (hyphens also
+// accepted).
 func ParsePolicy(s string) (Policy, error) {
 	switch s {
 	case "least-outstanding", "least_outstanding":
@@ -110,7 +106,7 @@ func ParsePolicy(s string) (Policy, error) {
 	case "round-robin", "round_robin":
 		return PolicyRoundRobin, nil
 	}
-	return 0, fmt.Errorf("replication: policy %q (want least-outstanding or round-robin): %w", s, ErrBadConfig)
+	return 0, fmt.Errorf("replication: policy %q (want least_outstanding or round_robin): %w", s, ErrBadConfig)
 }
 
 // ReplicaStatus is what the Monitor knows about one replica.

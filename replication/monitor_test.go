@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	topotest.Main(m, topology.Config{Shards: 1, Replicas: 2})
 }
 
+// defaults are the recommended lag bounds.
+var defaults = Config{MaxLagBytes: DefaultMaxLagBytes, MaxLagTime: DefaultMaxLagTime}
+
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -160,7 +163,7 @@ func TestHealthyReplicas(t *testing.T) {
 	topo := topotest.Shared(t)
 	sh := topo.Shards[0]
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	m := startMonitor(t, sh, Config{})
+	m := startMonitor(t, sh, defaults)
 	defer m.Close()
 	if m.Replicas() != 2 {
 		t.Fatalf("Replicas() = %d", m.Replicas())
@@ -214,7 +217,7 @@ func TestReadYourWrites(t *testing.T) {
 	}
 	delayed, prompt := sh.Replicas[0], sh.Replicas[1]
 	withApplyDelay(t, sh, delayed, "500ms")
-	m := startMonitor(t, sh, Config{})
+	m := startMonitor(t, sh, defaults)
 	reps := []*pgconn.PgConn{connect(t, delayed.URL("app", "app", db)), connect(t, prompt.URL("app", "app", db))}
 	visible := func(r, id int) bool {
 		rows := exec(t, reps[r], fmt.Sprintf("SELECT count(*) FROM t WHERE id = %d", id))
@@ -283,7 +286,7 @@ func TestKillReplica(t *testing.T) {
 			t.Errorf("streaming: %v", err)
 		}
 	})
-	m := startMonitor(t, sh, Config{})
+	m := startMonitor(t, sh, defaults)
 	waitFor(t, 20*time.Second, "replicas usable", func() error { return allUsable(m) })
 
 	killed := time.Now()
@@ -331,13 +334,12 @@ func TestLagBound(t *testing.T) {
 	prim := connect(t, sh.Primary.URL("app", "app", db))
 	exec(t, prim, "CREATE TABLE t(id serial PRIMARY KEY, pad text)")
 	for _, c := range []struct {
-		name   string
-		cfg    Config
-		prefix string
-		check  func(ReplicaStatus) bool
+		name  string
+		cfg   Config
+		check func(ReplicaStatus) bool
 	}{
-		{"bytes", Config{MaxLagBytes: 1, MaxLagTime: -1}, "lag ", func(st ReplicaStatus) bool { return st.LagBytes > 1 && strings.HasSuffix(st.Reason, "bytes > 1") }},
-		{"time", Config{MaxLagBytes: -1, MaxLagTime: 200 * time.Millisecond}, "lag ", func(st ReplicaStatus) bool {
+		{"bytes", Config{MaxLagBytes: 1}, func(st ReplicaStatus) bool { return st.LagBytes > 1 && strings.HasSuffix(st.Reason, "bytes > 1") }},
+		{"time", Config{MaxLagTime: 200 * time.Millisecond}, func(st ReplicaStatus) bool {
 			return st.LagTime > 200*time.Millisecond && strings.HasSuffix(st.Reason, "> 200ms")
 		}},
 	} {
@@ -499,7 +501,7 @@ func TestPromotedReplica(t *testing.T) {
 	}
 	topo := topotest.Start(t, topology.Config{Shards: 1, Replicas: 1})
 	sh := topo.Shards[0]
-	m := startMonitor(t, sh, Config{})
+	m := startMonitor(t, sh, defaults)
 	waitFor(t, 20*time.Second, "replica usable", func() error { return allUsable(m) })
 	if err := sh.Replicas[0].Promote(ctxT(t, time.Minute)); err != nil {
 		t.Fatal(err)

@@ -226,7 +226,7 @@ func TestEvaluate(t *testing.T) {
 	// No bounds.
 	st := ok
 	st.replay = 1
-	if d := evaluate(Config{MaxLagBytes: -1, MaxLagTime: -1}.withDefaults(), h, &st); d.excluded {
+	if d := evaluate(Config{}.withDefaults(), h, &st); d.excluded {
 		t.Errorf("unbounded: %+v", d)
 	}
 	// Behind a truncated history: the replica's own estimate when larger.
@@ -235,7 +235,7 @@ func TestEvaluate(t *testing.T) {
 		hb, _ = hb.add(LSN(i+10), int64(i))
 	}
 	st = replicaState{checked: true, ok: true, seen: true, replay: 1, sent: 100, reported: time.Minute}
-	if d := evaluate(Config{MaxLagBytes: -1}.withDefaults(), hb, &st); d.lagTime != time.Minute || !d.excluded {
+	if d := evaluate(Config{MaxLagTime: DefaultMaxLagTime}.withDefaults(), hb, &st); d.lagTime != time.Minute || !d.excluded {
 		t.Errorf("truncated: %+v", d)
 	}
 }
