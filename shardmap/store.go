@@ -233,7 +233,12 @@ func (s *Store) Open(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("open store: Raft transport on %s: %w", s.cfg.RaftAddr, err)
 		}
-		s.closers = append(s.closers, nt.Close)
+		s.closers = append(s.closers, func() error {
+			// Close pooled outbound connections too, so the peers'
+			// handlers of those connections end now, not at their next read.
+			nt.CloseStreams()
+			return nt.Close()
+		})
 		trans = nt
 	}
 
