@@ -18,4 +18,29 @@
 // this directory for the placement algorithm and its invariants.
 //
 // Lookup and HashInt64 do not allocate; a *Ring is safe for concurrent use.
+//
+// # The replicated map
+//
+// Map (map.go) is the whole state every pgshard node shares: the shards
+// (name, primary and replica DSNs, state), the ring, the sharded and
+// reference tables, and the reshard jobs with their checkpoints, at a
+// Version that grows by one with every accepted command. A *Map is an
+// immutable value; routing reads it without locks (Map.Locate, Map.Shard,
+// Map.Table).
+//
+// A Map changes only through Commands (command.go): typed, versioned JSON
+// envelopes built by AddShard, AddSpareShard, RemoveShard, SetRing,
+// SetEndpoints, SetShardState, AddTable, RemoveTable, PutJob and DeleteJob.
+// Map.Apply is deterministic and returns a new map or a typed error
+// (errors.go) without changing anything.
+//
+// Store (store.go) is a hashicorp/raft member whose state machine (fsm.go)
+// is a thin adapter over Map.Apply: logs and stable state in BoltDB
+// (raft-boltdb/v2) under DataDir/raft, snapshots of the map's JSON under
+// DataDir/snapshots, a TCP transport. Its lifecycle is NewStore → Open →
+// Close. Every member serves Map and Watch from its local copy; Apply and
+// the membership changes (AddVoter, AddNonvoter, RemoveServer) run on the
+// leader and fail elsewhere with a *NotLeaderError naming it. See the
+// "Raft" section of DESIGN.md for versioning, determinism and the data
+// directory rules.
 package shardmap
