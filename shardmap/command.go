@@ -38,6 +38,15 @@ const (
 	CmdDeleteJob     CommandType = "delete_job"
 )
 
+func knownCommand(t CommandType) bool {
+	switch t {
+	case CmdAddShard, CmdRemoveShard, CmdSetRing, CmdSetEndpoints, CmdSetShardState,
+		CmdAddTable, CmdRemoveTable, CmdPutJob, CmdDeleteJob:
+		return true
+	}
+	return false
+}
+
 // Command is one change to the map. Build it with a constructor (AddShard,
 // SetRing, …) or decode it with DecodeCommand; apply it with Map.Apply or
 // Store.Apply.

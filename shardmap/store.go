@@ -477,6 +477,10 @@ func (s *Store) Apply(ctx context.Context, cmd Command) (*Map, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cmd.V != CommandVersion || !knownCommand(cmd.Type) {
+		// Refuse before it reaches the log: every member would reject it.
+		return nil, fmt.Errorf("apply %q (v%d): %w", cmd.Type, cmd.V, ErrUnsupportedCommand)
+	}
 	r, err := s.hold()
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)

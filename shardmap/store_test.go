@@ -292,8 +292,19 @@ func TestStoreSingleNode(t *testing.T) {
 	if _, err := s.Apply(ctx, AddShard(shard("s1"), 4)); !errors.Is(err, ErrShardExists) {
 		t.Fatalf("duplicate AddShard: %v", err)
 	}
+	idx := s.LastIndex()
 	if _, err := s.Apply(ctx, Command{V: 1, Type: "nope", Data: []byte("{}")}); !errors.Is(err, ErrUnsupportedCommand) {
 		t.Fatalf("unknown command: %v", err)
+	}
+	if s.LastIndex() != idx {
+		t.Fatal("an unknown command reached the log")
+	}
+	// A command the map rejects is committed and rejected by every member.
+	if _, err := s.Apply(ctx, RemoveShard("nope")); !errors.Is(err, ErrUnknownShard) {
+		t.Fatalf("RemoveShard(nope): %v", err)
+	}
+	if s.LastIndex() != idx+1 {
+		t.Fatalf("rejected command: last index %d, want %d", s.LastIndex(), idx+1)
 	}
 	if s.Map().Version() != 1 {
 		t.Fatal("rejected commands changed the version")
