@@ -331,8 +331,7 @@ func TestLagBound(t *testing.T) {
 	topo := topotest.Shared(t)
 	sh := topo.Shards[0]
 	db := topotest.NewDatabase(t, topo)
-	prim := connect(t, sh.Primary.URL("app", "app", db))
-	exec(t, prim, "CREATE TABLE t(id serial PRIMARY KEY, pad text)")
+	exec(t, connect(t, sh.Primary.URL("app", "app", db)), "CREATE TABLE t(id serial PRIMARY KEY, pad text)")
 	for _, c := range []struct {
 		name  string
 		cfg   Config
@@ -356,25 +355,41 @@ func TestLagBound(t *testing.T) {
 				}
 				return nil
 			})
-			// Write continuously until the delayed replica is excluded.
-			ctx, stop := context.WithCancel(context.Background())
+			// Write continuously until the delayed replica is excluded. The
+			// writes themselves are not cancelled (that would close the
+			// connection mid-query).
+			w := connect(t, sh.Primary.URL("app", "app", db))
+			stopc := make(chan struct{})
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				tk := time.NewTicker(20 * time.Millisecond)
 				defer tk.Stop()
-				for ctx.Err() == nil {
-					if _, err := prim.Exec(ctx, "INSERT INTO t(pad) VALUES (repeat('x', 100))").ReadAll(); err != nil && ctx.Err() == nil {
+				for {
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					_, err := w.Exec(ctx, "INSERT INTO t(pad) VALUES (repeat('x', 100))").ReadAll()
+					cancel()
+					if err != nil {
 						t.Errorf("insert: %v", err)
 						return
 					}
 					select {
-					case <-ctx.Done():
+					case <-stopc:
+						return
 					case <-tk.C:
 					}
 				}
 			}()
+			stopped := false
+			stop := func() {
+				if !stopped {
+					stopped = true
+					close(stopc)
+					wg.Wait()
+				}
+			}
+			defer stop()
 			var seen ReplicaStatus
 			d := waitFor(t, 15*time.Second, "lagging replica excluded", func() error {
 				st := m.Status()[0]
@@ -385,7 +400,6 @@ func TestLagBound(t *testing.T) {
 				return nil
 			})
 			stop()
-			wg.Wait()
 			t.Logf("excluded after %s: %q (lag %d bytes, %s)", d.Round(time.Millisecond), seen.Reason, seen.LagBytes, seen.LagTime)
 			d = waitFor(t, 20*time.Second, "replica back after catching up", func() error {
 				if st := m.Status()[0]; st.Excluded || !m.Eligible(0, time.Time{}) {
