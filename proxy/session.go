@@ -401,6 +401,7 @@ func (s *session) routeGroup(group []byte, complete bool) target {
 				return target{}
 			}
 			r, _ := s.classify(string(q))
+			read = read && r // even preparing a write belongs on the primary
 			if name == "" {
 				unnamedRead = r
 			} else {

@@ -204,3 +204,129 @@ func metric(t *testing.T, h *harness, name string, labels map[string]string) flo
 	}
 	return 0
 }
+
+func TestReadYourWrites(t *testing.T) {
+	topo := topotest.Shared(t)
+	ctx := testCtx(t)
+	// Replicas apply WAL half a second late.
+	for _, r := range topo.Shards[0].Replicas {
+		if err := r.SetConf("recovery_min_apply_delay", "500ms"); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = r.SetConf("recovery_min_apply_delay", "")
+			_ = r.Reload()
+		})
+	}
+	h := startProxy(t, withReplicas(topo, nil))
+	if err := topo.Shards[0].Primary.Exec(ctx, h.db, "CREATE TABLE r (id int PRIMARY KEY); GRANT ALL ON r TO app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.Shards[0].WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	writer := h.connect(ctx)
+	reader := h.connect(ctx)
+	waitReplicaReads(t, ctx, reader)
+	const n = 300
+	missedOnReplica := 0
+	for i := 0; i < n; i++ {
+		if _, err := writer.Exec(ctx, "INSERT INTO r VALUES ($1)", i); err != nil {
+			t.Fatal(err)
+		}
+		var found int
+		if err := writer.QueryRow(ctx, "SELECT count(*) FROM r WHERE id = $1", i).Scan(&found); err != nil {
+			t.Fatal(err)
+		}
+		if found != 1 {
+			t.Fatalf("iteration %d: the writer does not see its own insert", i)
+		}
+		var rec bool
+		var seen int
+		if err := reader.QueryRow(ctx, "SELECT pg_is_in_recovery(), count(*) FROM r WHERE id = $1", i).Scan(&rec, &seen); err != nil {
+			t.Fatal(err)
+		}
+		if rec && seen == 0 {
+			missedOnReplica++
+		}
+	}
+	t.Logf("%d/%d reads by the session that did not write came from a replica that had not replayed the insert yet", missedOnReplica, n)
+	if missedOnReplica < n/2 {
+		t.Fatalf("only %d of %d reads of the other session went to a lagging replica", missedOnReplica, n)
+	}
+	// With read-your-writes off, the writer reads from replicas too and
+	// misses its own insert: the check above is what protects it.
+	h2 := startProxy(t, withReplicas(topo, func(c *config.Config) { c.Routing.ReadYourWrites = false }))
+	if err := topo.Shards[0].Primary.Exec(ctx, h2.db, "CREATE TABLE r (id int PRIMARY KEY); GRANT ALL ON r TO app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.Shards[0].WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w2 := h2.connect(ctx)
+	waitReplicaReads(t, ctx, w2)
+	misses := 0
+	for i := 0; i < 20; i++ {
+		if _, err := w2.Exec(ctx, "INSERT INTO r VALUES ($1)", i); err != nil {
+			t.Fatal(err)
+		}
+		var found int
+		if err := w2.QueryRow(ctx, "SELECT count(*) FROM r WHERE id = $1", i).Scan(&found); err != nil {
+			t.Fatal(err)
+		}
+		if found == 0 {
+			misses++
+		}
+	}
+	if misses == 0 {
+		t.Fatal("with read_your_writes off the writer never missed its insert: the lag was not there, so the test above proved nothing")
+	}
+}
+
+func TestReplicaKilledUnderLoad(t *testing.T) {
+	topo := topotest.Start(t, topology.Config{Shards: 1, Replicas: 2})
+	h := startProxyOn(t, topo, withReplicas(topo, func(c *config.Config) { c.Pool.Size = 20 }))
+	h.run("pgbench", "", "-i", "-s", "1", "-q")
+	victim := topo.Shards[0].Replicas[0]
+	for _, mode := range []string{"simple", "prepared"} {
+		if !victim.Running() {
+			if err := victim.Start(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := h.connect(testCtx(t))
+		waitReplicaReads(t, testCtx(t), c)
+		c.Close(testCtx(t))
+		kill := time.AfterFunc(3*time.Second, func() {
+			if err := victim.Kill(); err != nil {
+				t.Errorf("kill replica: %v", err)
+			}
+		})
+		out := h.run("pgbench", "", "-S", "-M", mode, "-c", "16", "-j", "2", "-T", "8")
+		kill.Stop()
+		if m := failedRe.FindStringSubmatch(out); m != nil && m[1] != "0" {
+			t.Fatalf("-M %s: %s failed transactions while a replica died\n%s", mode, m[1], out)
+		}
+		if strings.Contains(out, "aborted") || strings.Contains(out, "ERROR") {
+			t.Fatalf("-M %s: clients saw errors while a replica died\n%s", mode, out)
+		}
+		t.Logf("-M %s: %s", mode, strings.TrimSpace(txRe.FindString(out)))
+	}
+	t.Logf("reads retried after the replica died: %v", metric(t, h, "pgshard_read_retries_total", map[string]string{"reason": "replica_lost"}))
+	// The replica comes back and takes reads again.
+	if err := victim.Start(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	before := metric(t, h, "pgshard_routed_queries_total", map[string]string{"node": "replica0"})
+	c := h.connect(testCtx(t))
+	deadline := time.Now().Add(20 * time.Second)
+	for metric(t, h, "pgshard_routed_queries_total", map[string]string{"node": "replica0"}) == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the restarted replica never took reads again")
+		}
+		inRecovery(t, testCtx(t), c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	}
+}
