@@ -38,8 +38,10 @@ type Conn struct {
 
 	hmu     sync.Mutex
 	handler Handler
+	dead    bool // the reader has stopped: nothing will be delivered again
 
 	broken atomic.Bool
+	held   atomic.Bool // handed out by Acquire, not yet Released or Discarded
 	done   chan struct{}
 }
 
@@ -62,11 +64,17 @@ func newConn(p *Pool, hc *pgconn.HijackedConn) *Conn {
 // Pool returns the pool c belongs to.
 func (c *Conn) Pool() *Pool { return c.pool }
 
-// SetHandler makes h receive c's messages from now on (nil: none).
-func (c *Conn) SetHandler(h Handler) {
+// SetHandler makes h receive c's messages from now on (nil: none). It
+// returns false, and sets nothing, when the connection has already failed:
+// the holder must then Discard it, as no ServerGone will come.
+func (c *Conn) SetHandler(h Handler) bool {
 	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	if c.dead && h != nil {
+		return false
+	}
 	c.handler = h
-	c.hmu.Unlock()
+	return true
 }
 
 // Write sends raw protocol bytes to the backend. Only the holder writes.
@@ -96,6 +104,9 @@ func (c *Conn) readLoop() {
 		typ, msg, err := c.r.Next()
 		c.hmu.Lock()
 		h := c.handler
+		if err != nil {
+			c.dead = true
+		}
 		c.hmu.Unlock()
 		if err != nil {
 			c.broken.Store(true)

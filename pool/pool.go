@@ -147,6 +147,11 @@ func (p *Pool) SetSize(n int) {
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	start := time.Now()
 	c, err := p.acquire(ctx)
+	if c != nil && !c.held.CompareAndSwap(false, true) {
+		// A bug: fail loudly for both holders rather than mix their answers.
+		p.log.Error("BUG: backend connection handed out twice; closing it", "pid", c.PID)
+		c.close()
+	}
 	if p.cfg.Observer != nil {
 		p.cfg.Observer.Waited(p, time.Since(start), err)
 	}
@@ -285,6 +290,10 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 // Release returns c to the pool. The caller must not use c afterwards. The
 // backend must be idle (no transaction, nothing outstanding).
 func (p *Pool) Release(c *Conn) {
+	if !c.held.CompareAndSwap(true, false) {
+		p.log.Error("BUG: backend connection released twice; ignoring", "pid", c.PID)
+		return
+	}
 	c.SetHandler(nil)
 	now := time.Now()
 	p.mu.Lock()
@@ -313,6 +322,10 @@ func (p *Pool) Release(c *Conn) {
 
 // Discard closes c and frees its slot; use it when c's state is unknown.
 func (p *Pool) Discard(c *Conn) {
+	if !c.held.CompareAndSwap(true, false) {
+		p.log.Error("BUG: backend connection discarded twice; ignoring", "pid", c.PID)
+		return
+	}
 	c.SetHandler(nil)
 	p.mu.Lock()
 	p.active--

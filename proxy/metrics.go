@@ -100,7 +100,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(st.Waiting), n)
 		ch <- prometheus.MustNewConstMetric(descPoolSize, prometheus.GaugeValue, float64(st.Size), n)
 	}
-	for _, rt := range c.srv.shards {
+	for _, rt := range c.srv.shardList() {
 		if rt.monitor == nil {
 			continue
 		}

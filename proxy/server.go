@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,7 +29,8 @@ type Server struct {
 	stmts          stmtCache
 	tls            *tls.Config
 	classifier     *router.Classifier
-	shards         []*shardRT
+	shardsPtr      atomic.Pointer[[]*shardRT]
+	serveCtx       context.Context // set by Serve; monitors of shards added later start with it
 	readYourWrites bool
 
 	cfg   atomic.Pointer[config.Config]
@@ -66,13 +68,15 @@ func New(cfg config.Config, logger *slog.Logger, reg prometheus.Registerer) (*Se
 	s.classifier = router.NewClassifier(router.ClassifierConfig{
 		CacheSize: cfg.Routing.ParseCacheSize, WriteFunctions: cfg.Routing.WriteFunctions})
 	s.readYourWrites = cfg.Routing.ReadYourWrites
+	var shards []*shardRT
 	for _, sh := range cfg.Shards {
 		rt, err := newShardRT(cfg, sh, s.metrics, logger)
 		if err != nil {
 			return nil, err
 		}
-		s.shards = append(s.shards, rt)
+		shards = append(shards, rt)
 	}
+	s.shardsPtr.Store(&shards)
 	s.setConfig(cfg)
 	return s, nil
 }
@@ -171,7 +175,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.ln = ln
 	s.mu.Unlock()
 	s.log.Info("accepting client connections", "addr", ln.Addr().String())
-	for _, rt := range s.shards {
+	s.mu.Lock()
+	s.serveCtx = ctx
+	s.mu.Unlock()
+	for _, rt := range s.shardList() {
 		rt.start(ctx)
 	}
 	go func() {
@@ -243,7 +250,12 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	u := users[st.User]
-	rt := s.shards[0]
+	shards := s.shardList()
+	if len(shards) == 0 {
+		fail("no_shards", wire.Fatalf(wire.CodeCannotConnectNow, "pgshard: the shard map has no shards yet"))
+		return
+	}
+	rt := shards[0]
 	p, err := s.poolFor(rt.primary, u, st.Database)
 	if err != nil {
 		fail("config", wire.Fatalf(wire.CodeInternalError, "pgshard: %v", err))
@@ -364,10 +376,63 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, p := range s.pools() {
 		p.Close()
 	}
-	for _, rt := range s.shards {
+	for _, rt := range s.shardList() {
 		rt.close()
 	}
 	return err
+}
+
+// shardList returns the shards the proxy routes to now.
+func (s *Server) shardList() []*shardRT {
+	if p := s.shardsPtr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// SetShards makes the proxy follow a new list of shards (from the shard
+// map): a shard whose endpoints are unchanged keeps its monitor; a new or
+// changed one gets a new monitor (and its pools are made on first use);
+// sessions already running keep the shard they started with. Until
+// sharded routing exists, sessions use the first shard of the list.
+func (s *Server) SetShards(shards []config.Shard) error {
+	cfg := s.cfg.Load()
+	old := map[string]*shardRT{}
+	for _, rt := range s.shardList() {
+		old[rt.name] = rt
+	}
+	s.mu.Lock()
+	ctx := s.serveCtx
+	s.mu.Unlock()
+	next := make([]*shardRT, 0, len(shards))
+	var started []*shardRT
+	for _, sh := range shards {
+		if rt, ok := old[sh.Name]; ok && rt.primary == sh.Primary && slices.Equal(rt.replicas, sh.Replicas) {
+			next = append(next, rt)
+			delete(old, sh.Name)
+			continue
+		}
+		rt, err := newShardRT(*cfg, sh, s.metrics, s.log)
+		if err != nil {
+			for _, r := range started {
+				r.close()
+			}
+			return err
+		}
+		next = append(next, rt)
+		started = append(started, rt)
+	}
+	for _, rt := range started {
+		if ctx != nil {
+			rt.start(ctx)
+		}
+	}
+	s.shardsPtr.Store(&next)
+	for _, rt := range old {
+		rt.close()
+	}
+	s.log.Info("following the shard map", "shards", len(next), "new_or_changed", len(started))
+	return nil
 }
 
 // closeIfIdle ends a session that holds no backend (between transactions).

@@ -103,6 +103,7 @@ type session struct {
 	gbuf         []byte       // the group of messages being routed (session loop)
 	cmu          sync.Mutex   // held while composing: the session loop or a retry
 	retries      int
+	deadConns    int // connections found dead on attach, in a row
 
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend
@@ -978,6 +979,17 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	replayed := false
 	s.mu.Lock()
 	s.sc, s.st, s.busy, s.node = sc, stateOf(sc), true, node
+	if !sc.SetHandler(s) {
+		// It died in the pool just as we took it; nothing was sent yet.
+		s.detach()
+		s.mu.Unlock()
+		sc.Pool().Discard(sc)
+		if s.deadConns++; s.deadConns > 8 {
+			return false, wire.Errorf(wire.CodeConnectionFailure, "pgshard: backend connections keep failing")
+		}
+		return s.attach(ctx, done)
+	}
+	s.deadConns = 0
 	s.attWrite = node < 0 && !s.want.read
 	if node >= 0 {
 		s.shard.outstanding[node].Add(1)
@@ -992,7 +1004,6 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		s.st.setsKey = s.setsKey
 	}
 	s.mu.Unlock()
-	sc.SetHandler(s)
 	return replayed, nil
 }
 
@@ -1028,7 +1039,9 @@ func (s *session) waitRetry() {
 // startRetry re-sends the held batch on another node. Called with s.mu
 // held; the backend that failed is already detached.
 func (s *session) startRetry(toPrimary bool, reason string) {
-	s.out = s.out[:s.rt.outStart]
+	if s.rt.outStart <= len(s.out) {
+		s.out = s.out[:s.rt.outStart]
+	}
 	s.rt = retryState{pending: true, done: make(chan struct{})}
 	s.srv.metrics.retries.WithLabelValues(reason).Inc()
 	done := s.rt.done
@@ -1090,7 +1103,9 @@ func (s *session) flushClient() {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.mu.Lock()
-	if len(s.out) == 0 {
+	if len(s.out) == 0 || s.rt.active {
+		// Answers of a read that may still be retried elsewhere are held
+		// back (out is only flushed from offsets the retry knows).
 		s.mu.Unlock()
 		return
 	}

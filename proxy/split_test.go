@@ -305,7 +305,15 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 				t.Errorf("kill replica: %v", err)
 			}
 		})
+		watchdog := time.AfterFunc(40*time.Second, func() {
+			t.Logf("pgbench stuck; sessions:\n%s", h.srv.DebugSessions())
+			for _, r := range topo.Shards[0].Servers() {
+				v, err := r.QueryValue(context.Background(), "postgres", "SELECT string_agg(pid || ' ' || coalesce(state,'') || ' ' || coalesce(wait_event,'') || ' ' || left(query, 40), E'\\n') FROM pg_stat_activity WHERE usename = 'app'")
+				t.Logf("%s: %v\n%s", r.Name, err, v)
+			}
+		})
 		out := h.run("pgbench", "", "-S", "-M", mode, "-c", "16", "-j", "2", "-T", "8")
+		watchdog.Stop()
 		kill.Stop()
 		if m := failedRe.FindStringSubmatch(out); m != nil && m[1] != "0" {
 			t.Fatalf("-M %s: %s failed transactions while a replica died\n%s", mode, m[1], out)
@@ -328,5 +336,31 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 			t.Fatal("the restarted replica never took reads again")
 		}
 		inRecovery(t, testCtx(t), c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	}
+}
+
+func TestSetShardsFollowsTheMap(t *testing.T) {
+	topo := topotest.Shared(t)
+	h := startProxy(t, nil)
+	ctx := testCtx(t)
+	c := h.connect(ctx)
+	if inRecovery(t, ctx, c, "SELECT pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) {
+		t.Fatal("a read went to a replica that is not configured")
+	}
+	c.Close(ctx)
+	var reps []string
+	for _, r := range topo.Shards[0].Replicas {
+		reps = append(reps, r.DSN())
+	}
+	if err := h.srv.SetShards([]config.Shard{{Name: "shard0", Primary: topo.Shards[0].Primary.DSN(), Replicas: reps}}); err != nil {
+		t.Fatal(err)
+	}
+	// New sessions use the new shard list: their reads reach the replicas.
+	waitReplicaReads(t, ctx, h.connect(ctx))
+	if err := h.srv.SetShards(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgx.Connect(ctx, h.url("app")); sqlState(err) != "57P03" {
+		t.Fatalf("connect with no shards: %v, want 57P03", err)
 	}
 }

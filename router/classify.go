@@ -212,14 +212,14 @@ func (l *lru) len() int {
 
 func (l *lru) get(k uint64) (bool, bool) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	n, ok := l.m[k]
-	if ok && n != l.head {
-		l.unlink(n)
-		l.pushFront(n)
-	}
-	l.mu.Unlock()
 	if !ok {
 		return false, false
+	}
+	if n != l.head {
+		l.unlink(n)
+		l.pushFront(n)
 	}
 	return n.val, true
 }

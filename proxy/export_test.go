@@ -1,0 +1,29 @@
+package proxy
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DebugSessions describes every session's state (tests only).
+func (s *Server) DebugSessions() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	for _, sess := range s.sessions {
+		sess.mu.Lock()
+		pid := uint32(0)
+		if sess.sc != nil {
+			pid = sess.sc.PID
+		}
+		fmt.Fprintf(&b, "session %d: backend pid %d attached=%v node=%d q=%d busy=%v tx=%c unsynced=%v srvErr=%v rt=%+v out=%d want=%+v skip=%v\n",
+			sess.key.ProcessID, pid, sess.sc != nil, sess.node, sess.q.len(), sess.busy, sess.txStatus, sess.unsynced, sess.srvErr,
+			sess.rt, len(sess.out), sess.want, sess.skipUntilSync)
+		for i := sess.q.head; i < len(sess.q.buf); i++ {
+			e := sess.q.buf[i]
+			fmt.Fprintf(&b, "   entry kind=%c swallow=%v synth=%d\n", e.kind, e.swallow, len(e.synth))
+		}
+		sess.mu.Unlock()
+	}
+	return b.String()
+}
