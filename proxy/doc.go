@@ -40,4 +40,22 @@
 // RESET ALL; SET ... when the backend's settings differ. LISTEN, temporary
 // tables, session advisory locks, WITH HOLD cursors and SQL PREPARE pin the
 // session to its backend until it ends (see router.Inspect).
+//
+// # Read/write splitting
+//
+// When the session holds no backend, the next batch is routed before a
+// backend is taken: a simple Query by itself, an extended-protocol batch as a
+// whole (the session loop reads ahead up to its Sync, so that a batch mixing
+// reads and writes goes to the primary). A batch is a read when
+// router.Classifier proves every statement in it a read; it then goes to a
+// replica chosen by replication.Monitor.Pick: healthy, within the lag
+// bounds, and, for a session that wrote, past the primary's WAL position
+// sampled after that write (read-your-writes; the watermark comes from the
+// monitor's samples of pg_current_wal_insert_lsn(), so writes cost no extra
+// round trip). A read on a replica is retryable while nothing the client can
+// act on has been answered: its answers are held back in the output buffer,
+// and if the replica refuses it (25006, 40001, 57P0x) or dies, the held
+// answers are dropped and the batch is re-sent elsewhere by a retry
+// goroutine that takes the session's composer lock (cmu) like the session
+// loop does.
 package proxy
