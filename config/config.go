@@ -6,6 +6,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -57,7 +59,43 @@ type Config struct {
 	Routing         Routing  `toml:"routing"`
 	Users           []User   `toml:"users"`
 	Shards          []Shard  `toml:"shards"`
+	Cluster         Cluster  `toml:"cluster"`
 }
+
+// Cluster configures this node's membership in the Raft cluster that
+// replicates the shard map. With DataDir empty the node runs alone without
+// Raft and routes to the [[shards]] of the file; with DataDir set the map
+// lives in Raft and [[shards]] only seed an empty map.
+type Cluster struct {
+	// NodeID is this node's Raft server ID, stable across restarts
+	// (default: the host name).
+	NodeID string `toml:"node_id"`
+	// RaftListen is the host:port of the Raft TCP transport; other
+	// members dial it, so it must be a concrete address, not 0.0.0.0.
+	RaftListen string `toml:"raft_listen"`
+	// DataDir holds the Raft log, stable store and snapshots.
+	DataDir string `toml:"data_dir"`
+	// Bootstrap creates a new one-node cluster when DataDir holds no
+	// Raft state.
+	Bootstrap bool `toml:"bootstrap"`
+	// Join lists admin URLs of members (e.g. "http://10.0.0.1:6480") this
+	// node asks to add it; any member forwards to the leader.
+	Join []string `toml:"join"`
+	// Suffrage is how this node joins: "voter" (default) or "nonvoter".
+	Suffrage string `toml:"suffrage"`
+	// AdminURL is the URL other members use to reach this node's admin
+	// API (to forward writes to it when it leads); default
+	// "http://" + admin_listen.
+	AdminURL string `toml:"admin_url"`
+	// HeartbeatTimeout and ElectionTimeout tune Raft (0: Raft's
+	// defaults, 1s each); a leader lost is replaced after about the
+	// election timeout.
+	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
+	ElectionTimeout  Duration `toml:"election_timeout"`
+}
+
+// Enabled reports whether the node keeps the shard map in Raft.
+func (c Cluster) Enabled() bool { return c.DataDir != "" }
 
 // Pool configures the backend pools (one per shard, role, user and database).
 type Pool struct {
@@ -147,6 +185,7 @@ func Default() Config {
 			ParseCacheSize:  10000,
 			MonitorDatabase: "postgres",
 		},
+		Cluster: Cluster{RaftListen: "127.0.0.1:6490", Suffrage: "voter"},
 	}
 }
 
@@ -185,6 +224,11 @@ var Env = map[string]string{
 	"PGSHARD_POOL_SIZE":        "pool.size",
 	"PGSHARD_LOG_LEVEL":        "log_level",
 	"PGSHARD_READ_WRITE_SPLIT": "routing.read_write_split",
+	"PGSHARD_NODE_ID":          "cluster.node_id",
+	"PGSHARD_RAFT_LISTEN":      "cluster.raft_listen",
+	"PGSHARD_DATA_DIR":         "cluster.data_dir",
+	"PGSHARD_BOOTSTRAP":        "cluster.bootstrap",
+	"PGSHARD_JOIN":             "cluster.join",
 }
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -224,6 +268,27 @@ func (c *Config) Set(key, v string) error {
 			return fmt.Errorf("routing.read_write_split %q: want true or false", v)
 		}
 		c.Routing.ReadWriteSplit = b
+	case "cluster.node_id":
+		c.Cluster.NodeID = v
+	case "cluster.raft_listen":
+		c.Cluster.RaftListen = v
+	case "cluster.data_dir":
+		c.Cluster.DataDir = v
+	case "cluster.bootstrap":
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("cluster.bootstrap %q: want true or false", v)
+		}
+		c.Cluster.Bootstrap = b
+	case "cluster.join":
+		c.Cluster.Join = nil
+		for _, u := range strings.Split(v, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				c.Cluster.Join = append(c.Cluster.Join, u)
+			}
+		}
+	case "cluster.admin_url":
+		c.Cluster.AdminURL = v
 	default:
 		return fmt.Errorf("unknown setting %q", key)
 	}
@@ -301,7 +366,61 @@ func (c *Config) Validate() error {
 			bad("shard %q: primary is empty", s.Name)
 		}
 	}
+	if c.AdminListen != "" && c.AdminToken == "" {
+		if host, _, err := net.SplitHostPort(c.AdminListen); err == nil && !isLoopback(host) {
+			bad("admin_listen %q is reachable from other hosts: set admin_token (the admin API changes the shard map)", c.AdminListen)
+		}
+	}
+	c.validateCluster(bad)
 	return errors.Join(errs...)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (c *Config) validateCluster(bad func(string, ...any)) {
+	cl := c.Cluster
+	if !cl.Enabled() {
+		if cl.Bootstrap || len(cl.Join) > 0 {
+			bad("cluster: bootstrap/join need cluster.data_dir (where the Raft log is kept)")
+		}
+		return
+	}
+	if cl.Bootstrap && len(cl.Join) > 0 {
+		bad("cluster: bootstrap and join exclude each other: bootstrap the first node, let the others join it")
+	}
+	if host, port, err := net.SplitHostPort(cl.RaftListen); err != nil {
+		bad("cluster.raft_listen %q: want host:port (e.g. 127.0.0.1:6490)", cl.RaftListen)
+	} else if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		bad("cluster.raft_listen %q: other members dial this address, so give a concrete host, not %q", cl.RaftListen, host)
+	} else if port == "0" {
+		bad("cluster.raft_listen %q: port 0 cannot be advertised to other members", cl.RaftListen)
+	}
+	switch cl.Suffrage {
+	case "", "voter", "nonvoter":
+	default:
+		bad("cluster.suffrage %q: want voter or nonvoter", cl.Suffrage)
+	}
+	for _, u := range cl.Join {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			bad("cluster.join %q: want an admin URL such as http://127.0.0.1:6480", u)
+		}
+	}
+	if cl.AdminURL != "" {
+		if pu, err := url.Parse(cl.AdminURL); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			bad("cluster.admin_url %q: want a URL such as http://127.0.0.1:6480", cl.AdminURL)
+		}
+	} else if c.AdminListen == "" {
+		bad("cluster needs the admin API (members forward writes to the leader's): set admin_listen")
+	}
+	if cl.HeartbeatTimeout.Duration < 0 || cl.ElectionTimeout.Duration < 0 {
+		bad("cluster: timeouts must not be negative")
+	}
 }
 
 // MonitorLogin returns the login of the replica health checks.

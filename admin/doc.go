@@ -1,0 +1,59 @@
+// Package admin is the HTTP JSON API every pgshard node serves on its admin
+// address, and the Go client (Client) that pgshardctl uses.
+//
+// # Endpoints
+//
+// All under /v1, JSON in and out, "Authorization: Bearer <admin_token>"
+// required when a token is configured (compared in constant time). The
+// daemon serves /metrics and /healthz on the same mux without a token.
+//
+//	GET    /v1/cluster                     this node, the leader, the Raft servers with suffrage, raft stats, map version
+//	POST   /v1/cluster/join                {"id","addr","suffrage":"voter|nonvoter","admin_url"} → AddVoter/AddNonvoter
+//	POST   /v1/cluster/leave               {"id"} → RemoveServer
+//	GET    /v1/cluster/nodes               the nodes directory (Raft ID → admin URL), see below
+//	GET    /v1/shards                      shards with state, tokens and share of the ring
+//	POST   /v1/shards                      {"name","primary","replicas",["place",] ["vnodes"]}
+//	DELETE /v1/shards/{name}
+//	PUT    /v1/shards/{name}/endpoints     {"primary","replicas"}
+//	GET    /v1/map                         the whole map (as shardmap encodes it: shards, ring tokens, tables, jobs) plus ownership fractions
+//	GET    /v1/map/locate?key=K&type=T     hash, range and owning shard of a key (type int|text|uuid, default int)
+//	GET    /v1/tables
+//	POST   /v1/tables                      {"name","kind":"sharded|reference","key_column","key_type"}
+//	DELETE /v1/tables/{name}
+//
+// Writes answer with the map version they produced (field map_version and
+// header X-Pgshard-Map-Version). Errors are {"error","code","hint"} with an
+// HTTP status that fits (400 bad input, 401 token, 404 unknown name, 409
+// conflict with the map, 503 no leader / leadership lost); code is a stable
+// word for scripts (ErrorCode constants), hint says what to do.
+//
+// # Reads, writes and forwarding
+//
+// Reads answer from the node's local copy of the map. A write sent to a
+// follower is forwarded, body and token unchanged, to the leader's admin API;
+// the follower then waits (briefly) until its own map reaches the version the
+// leader returned, so a client that reads from the same node next sees its
+// change. During an election the node waits up to LeaderWait for a leader
+// before answering 503 no_leader. A forwarded request is never forwarded
+// again (header X-Pgshard-Forwarded-By).
+//
+// # Finding the leader's admin URL: the nodes directory
+//
+// Raft knows the leader's ID and Raft address, not its admin URL. Each node
+// keeps a small directory, Raft server ID → admin URL:
+//
+//   - a node always lists itself (Config.AdminURL);
+//   - a join request carries the joining node's admin URL, and the node that
+//     takes it (the leader, or a follower on the way) records it;
+//   - every node pulls GET /v1/cluster/nodes from every admin URL it knows
+//     (its directory plus Config.Peers, i.e. the configured join URLs) once a
+//     second and merges: a node's entry for itself wins, other entries fill
+//     gaps;
+//   - the directory is saved to DataDir/admin-nodes.json so a restarted node
+//     can forward before it has synced.
+//
+// So after a leader is lost, every survivor already knows the admin URL of
+// whoever wins the election. The directory is not part of the replicated map
+// (shardmap has no place for it); it converges within a few sync rounds. All
+// nodes of a cluster must share one admin_token.
+package admin
