@@ -1,12 +1,18 @@
 // Command pgshard is the pgshard daemon: a PostgreSQL wire-protocol proxy
 // that pools backend connections. It reads one TOML configuration file
 // (-config), lets PGSHARD_* environment variables and flags override it,
-// serves clients on the listen address, and serves /metrics and /healthz on
-// the admin address.
+// serves clients on the listen address, and serves /metrics, /healthz and the
+// admin API (package admin) on the admin address.
+//
+// With [cluster] data_dir set the node is a member of the Raft cluster that
+// replicates the shard map (package shardmap): it bootstraps a new cluster
+// (cluster.bootstrap) or asks a member to add it (cluster.join), the leader
+// seeds an empty map from [[shards]], and the proxy follows the map's shards
+// from then on. Without it the node routes to the file's [[shards]] alone.
 //
 // Signals: SIGHUP reloads users and pool sizes from the file; SIGTERM and
 // SIGINT stop accepting, let open transactions finish within
-// shutdown_timeout, then exit.
+// shutdown_timeout, stop the admin API, close the shard map store, then exit.
 package main
 
 import (
@@ -24,8 +30,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgshard/pgshard/admin"
 	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/proxy"
+	"github.com/pgshard/pgshard/shardmap"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,11 +50,16 @@ func main() {
 // line wins over the file and the environment.
 var flagSettings = []struct{ flag, key, usage string }{
 	{"listen", "listen", "client address (host:port)"},
-	{"admin-listen", "admin_listen", "admin HTTP address (host:port) for /metrics and /healthz"},
+	{"admin-listen", "admin_listen", "admin HTTP address (host:port): admin API, /metrics, /healthz"},
 	{"admin-token", "admin_token", "bearer token for the admin API"},
 	{"pool-mode", "pool.mode", "transaction or session"},
 	{"pool-size", "pool.size", "backend connections per pool"},
 	{"log-level", "log_level", "debug, info, warn or error"},
+	{"node-id", "cluster.node_id", "Raft server ID of this node (default: host name)"},
+	{"raft-listen", "cluster.raft_listen", "Raft address (host:port) other members dial"},
+	{"data-dir", "cluster.data_dir", "directory of the Raft log and snapshots; enables the cluster"},
+	{"bootstrap", "cluster.bootstrap", "true: create a new cluster when data-dir has no state"},
+	{"join", "cluster.join", "comma-separated admin URLs of members to join"},
 }
 
 func run(args []string) error {
@@ -94,12 +107,68 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	var admin *http.Server
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+
+	// The shard map: in Raft when [cluster] data_dir is set, else a fixed
+	// map of the file's [[shards]] that the admin API can only read.
+	var node *clusterNode
+	var mapStore admin.Store
+	if cfg.Cluster.Enabled() {
+		node, err = openCluster(ctx, cfg, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		mapStore = node.store
+	} else {
+		var shards []shardmap.Shard
+		for _, sh := range cfg.Shards {
+			shards = append(shards, shardmap.Shard{Name: sh.Name, Primary: sh.Primary, Replicas: sh.Replicas})
+		}
+		m, err := admin.StaticMap(shards)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("shard map from [[shards]]: %w", err)
+		}
+		mapStore = &admin.StaticStore{NodeID: nodeID(cfg), M: m}
+	}
+	closeNode := func() {
+		if node == nil {
+			return
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := node.close(cctx); err != nil {
+			log.Warn("closing the shard map store", "err", err)
+		}
+	}
+
+	var adminHTTP *http.Server
+	var adminAPI *admin.Server
+	adminURL := cfg.Cluster.AdminURL
 	if cfg.AdminListen != "" {
 		aln, err := net.Listen("tcp", cfg.AdminListen)
 		if err != nil {
 			ln.Close()
+			stop()
+			closeNode()
 			return fmt.Errorf("admin listen on %s: %w", cfg.AdminListen, err)
+		}
+		if adminURL == "" {
+			adminURL = "http://" + aln.Addr().String()
+		}
+		adminAPI, err = admin.New(admin.Config{Store: mapStore, Token: cfg.AdminToken, AdminURL: adminURL,
+			Peers: cfg.Cluster.Join, DataDir: cfg.Cluster.DataDir, Logger: log.With("component", "admin")})
+		if err != nil {
+			aln.Close()
+			ln.Close()
+			stop()
+			closeNode()
+			return err
+		}
+		if cfg.AdminToken == "" {
+			log.Warn("admin_token is empty: anyone who can reach the admin address can change the shard map", "addr", aln.Addr().String())
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -110,29 +179,37 @@ func run(args []string) error {
 			}
 			fmt.Fprintln(w, "ok")
 		})
-		// Profiles for performance work; the admin address is loopback by default.
-		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// Profiles for performance work, behind the admin token.
+		mux.Handle("GET /debug/pprof/", adminAPI.Auth(http.HandlerFunc(pprof.Index)))
+		mux.Handle("GET /debug/pprof/profile", adminAPI.Auth(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("GET /debug/pprof/trace", adminAPI.Auth(http.HandlerFunc(pprof.Trace)))
+		adminAPI.Register(mux)
+		adminHTTP = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
-			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := adminHTTP.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin server failed", "err", err)
 			}
 		}()
-		log.Info("admin API listening", "addr", aln.Addr().String())
+		adminAPI.Start(ctx)
+		log.Info("admin API listening", "addr", aln.Addr().String(), "url", adminURL)
 	}
-
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
+	if node != nil {
+		node.start(ctx, adminURL, srv)
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	for {
 		select {
 		case err := <-served:
+			stop()
+			if adminHTTP != nil {
+				_ = adminHTTP.Close()
+				adminAPI.Close()
+			}
+			closeNode()
 			return err
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
@@ -150,13 +227,15 @@ func run(args []string) error {
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Duration)
 			err := srv.Shutdown(sctx)
 			cancel()
-			if admin != nil {
+			if adminHTTP != nil {
 				actx, acancel := context.WithTimeout(context.Background(), time.Second)
-				_ = admin.Shutdown(actx)
+				_ = adminHTTP.Shutdown(actx)
 				acancel()
+				adminAPI.Close()
 			}
 			stop()
 			<-served
+			closeNode()
 			if err != nil {
 				log.Warn("shutdown", "err", err)
 			}
