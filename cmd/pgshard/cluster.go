@@ -159,6 +159,15 @@ func (n *clusterNode) seedLoop(ctx context.Context) {
 			return
 		}
 		if n.store.IsLeader() {
+			// A new leader may not have applied its whole log yet: look at
+			// the map only once it has (entries apply in order anyway, so
+			// a duplicate AddShard would only be refused).
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			werr := n.store.WaitForIndex(wctx, n.store.LastIndex())
+			cancel()
+			if werr != nil || len(n.store.Map().Shards()) > 0 {
+				continue
+			}
 			if err := n.seed(ctx); err != nil {
 				n.log.Warn("seeding the shard map from [[shards]] failed; retrying", "err", err)
 			} else {

@@ -6,7 +6,16 @@
 //
 // Commands:
 //
-//	dev up|down|run   a local PostgreSQL topology plus a pgshard daemon (see dev.go)
+//	dev up|down|run                       a local PostgreSQL topology plus pgshard node(s) (see dev.go)
+//	cluster status|join|leave             the Raft cluster of pgshard nodes (admin.go)
+//	shards list|add|remove|set-endpoints  the shards in the map
+//	map show|locate                       the whole map; where a key lives
+//	tables list|add|remove                sharded and reference tables
+//
+// The admin commands talk to any node's admin API: global flags --admin-url
+// (env PGSHARD_ADMIN_URL, default http://127.0.0.1:6480), --token (env
+// PGSHARD_ADMIN_TOKEN) and --json, before the command or after the
+// subcommand. Exit codes: 0 ok, 1 failed, 2 wrong usage, 3 bad token.
 //
 // Each command lives in its own file and registers itself in commands.
 package main
@@ -33,6 +42,11 @@ var commands = map[string]command{
 func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
 
 func run(args []string, stderr io.Writer) int {
+	args, err := parseGlobals(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgshardctl: %v\n", err)
+		return 2
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {
@@ -60,4 +74,6 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
+	fmt.Fprintln(w, "\nglobal flags: --admin-url URL (env PGSHARD_ADMIN_URL, default "+defaultAdminURL+"), --token T (env PGSHARD_ADMIN_TOKEN), --json")
+	fmt.Fprintln(w, "`pgshardctl <command> help` lists a command's subcommands.")
 }
