@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -267,11 +268,18 @@ func (s *Server) syncNodes(ctx context.Context) {
 			urls[u] = true
 		}
 	}
-	delete(urls, strings.TrimRight(s.cfg.AdminURL, "/"))
+	self := strings.TrimRight(s.cfg.AdminURL, "/")
+	delete(urls, self)
+	// The request tells the peer who we are, so a node that knows only
+	// some members is found by the others.
+	q := ""
+	if self != "" {
+		q = "?" + url.Values{"id": {s.store.ID()}, "url": {self}}.Encode()
+	}
 	for u := range urls {
 		var n Nodes
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := s.call(cctx, http.MethodGet, u+"/v1/cluster/nodes", nil, &n)
+		err := s.call(cctx, http.MethodGet, u+"/v1/cluster/nodes"+q, nil, &n)
 		cancel()
 		if err != nil {
 			continue
@@ -363,6 +371,9 @@ func (s *Server) getCluster(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getNodes(w http.ResponseWriter, r *http.Request) {
+	if q := r.URL.Query(); q.Get("id") != "" && q.Get("url") != "" {
+		s.setNode(q.Get("id"), q.Get("url"), true)
+	}
 	writeJSON(w, http.StatusOK, Nodes{Self: s.store.ID(), Nodes: s.nodesCopy()})
 }
 
@@ -492,6 +503,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, op writeOp) {
 				}
 				lastErr = fmt.Errorf("forward to leader %s at %s: %w", leader, url, ferr)
 			} else {
+				s.syncNodes(ctx) // ask the peers we know; retried below
 				lastErr = apiErr(http.StatusServiceUnavailable, CodeNotLeader,
 					"send the request to the leader's admin API directly, or retry once the nodes have synced their directory",
 					"this node is not the leader and does not know the admin URL of leader %s", leader)

@@ -139,6 +139,15 @@ func cluster(t *testing.T, n int) []*node {
 		}
 		nodes = append(nodes, nd)
 	}
+	for _, nd := range nodes {
+		waitFor(t, 10*time.Second, nd.store.ID()+" sees all members", func() error {
+			sv, err := nd.store.Servers()
+			if err != nil || len(sv) != n || nd.store.LeaderID() == "" {
+				return fmt.Errorf("servers %v, leader %q, %v", sv, nd.store.LeaderID(), err)
+			}
+			return nil
+		})
+	}
 	return nodes
 }
 
@@ -309,8 +318,8 @@ func TestForwardAfterLeaderLoss(t *testing.T) {
 	if _, err := nodes[2].client.AddShard(ctx, admin.AddShardRequest{Name: "s0", Primary: "p0"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "n2 learns n1's admin URL", func() error {
-		if nodes[2].srv.AdminURLOf("n1") != nodes[1].url {
+	waitFor(t, 5*time.Second, "n1 and n2 learn each other's admin URL", func() error {
+		if nodes[2].srv.AdminURLOf("n1") != nodes[1].url || nodes[1].srv.AdminURLOf("n2") != nodes[2].url {
 			return errors.New("not yet")
 		}
 		return nil
@@ -319,6 +328,9 @@ func TestForwardAfterLeaderLoss(t *testing.T) {
 	r, err := nodes[2].client.AddShard(ctx, admin.AddShardRequest{Name: "s1", Primary: "p1", Place: true})
 	if err != nil {
 		t.Fatalf("write after leader loss: %v", err)
+	}
+	if _, err := nodes[1].client.AddTable(ctx, admin.AddTableRequest{Name: "t1"}); err != nil {
+		t.Fatalf("write through n1 after leader loss: %v", err)
 	}
 	st, err := nodes[2].client.Status(ctx)
 	if err != nil {

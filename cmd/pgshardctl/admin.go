@@ -102,23 +102,38 @@ func newFlags(name string) (*flag.FlagSet, *adminFlags) {
 }
 
 // parseArgs parses flags anywhere among the arguments and returns the
-// positional ones.
+// positional ones. A negative number (a key such as -1) is positional.
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
+	for len(args) > 0 {
+		if isNegNumber(args[0]) {
+			pos = append(pos, args[0])
+			args = args[1:]
+			continue
+		}
+		j := slices.IndexFunc(args, isNegNumber)
+		if j < 0 {
+			j = len(args)
+		}
+		if err := fs.Parse(args[:j]); err != nil {
 			return nil, err
 		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
+		rest := fs.Args()
+		switch {
+		case len(rest) == 0:
+			args = args[j:]
+		case rest[0] == "--":
+			return append(append(pos, rest[1:]...), args[j:]...), nil
+		default:
+			pos = append(pos, rest[0])
+			args = append(slices.Clone(rest[1:]), args[j:]...)
 		}
-		if args[0] == "--" {
-			return append(pos, args[1:]...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
 	}
+	return pos, nil
+}
+
+func isNegNumber(s string) bool {
+	return len(s) > 1 && s[0] == '-' && s[1] >= '0' && s[1] <= '9'
 }
 
 // usageError is a wrong invocation (exit code 2).

@@ -1,0 +1,376 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgshard/pgshard/admin"
+	"github.com/pgshard/pgshard/topology/topotest"
+)
+
+var ctlOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// ctl builds pgshardctl once per test binary.
+func ctl(t *testing.T) string {
+	t.Helper()
+	ctlOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pgshardctl-bin-")
+		if err != nil {
+			ctlOnce.err = err
+			return
+		}
+		ctlOnce.path = filepath.Join(dir, "pgshardctl")
+		out, err := exec.Command("go", "build", "-o", ctlOnce.path, "../pgshardctl").CombinedOutput()
+		if err != nil {
+			ctlOnce.err = fmt.Errorf("go build pgshardctl: %v\n%s", err, out)
+		}
+	})
+	if ctlOnce.err != nil {
+		t.Fatal(ctlOnce.err)
+	}
+	return ctlOnce.path
+}
+
+const e2eToken = "e2e-token"
+
+// clusterNodeProc is one pgshard process of the 3-node test cluster.
+type clusterNodeProc struct {
+	id                    string
+	conf, dataDir         string
+	port, aport, raftPort int
+	cmd                   *exec.Cmd
+	log                   *syncBuffer
+	done                  chan error
+}
+
+func (n *clusterNodeProc) adminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", n.aport) }
+func (n *clusterNodeProc) client() *admin.Client {
+	return admin.NewClient(n.adminURL(), e2eToken)
+}
+
+func (n *clusterNodeProc) start(t *testing.T) {
+	t.Helper()
+	n.log.Write([]byte("---- start\n"))
+	n.cmd = exec.Command(daemon(t), "-config", n.conf)
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.done = make(chan error, 1)
+	go func(c *exec.Cmd, done chan error) { done <- c.Wait() }(n.cmd, n.done)
+}
+
+func (n *clusterNodeProc) running() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case err := <-n.done:
+		n.done <- err
+		return false
+	default:
+		return true
+	}
+}
+
+// stop sends sig and waits for the exit; with SIGTERM the exit must be clean.
+func (n *clusterNodeProc) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if !n.running() {
+		return
+	}
+	_ = n.cmd.Process.Signal(sig)
+	select {
+	case err := <-n.done:
+		n.done <- err
+		if sig == syscall.SIGTERM && err != nil {
+			t.Errorf("%s: exit after SIGTERM: %v", n.id, err)
+		}
+	case <-time.After(30 * time.Second):
+		_ = n.cmd.Process.Kill()
+		t.Fatalf("%s did not exit after %v", n.id, sig)
+	}
+}
+
+// runCtl runs pgshardctl against a node and returns stdout.
+func runCtl(t *testing.T, n *clusterNodeProc, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(ctl(t), args...)
+	cmd.Env = append(os.Environ(), "PGSHARD_ADMIN_URL="+n.adminURL(), "PGSHARD_ADMIN_TOKEN="+e2eToken)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("pgshardctl %s: %v: %s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+// TestClusterEndToEnd runs three real pgshard processes in one Raft cluster:
+// leader killed with SIGKILL, a new leader, a write on a survivor, the killed
+// node restarted and caught up, all restarted with the same map, and map
+// locate agreeing with PostgreSQL's hashint8extended.
+func TestClusterEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three pgshard processes")
+	}
+	topo := topotest.Shared(t)
+	dsn := topo.Shards[0].Primary.DSN()
+	db := topotest.NewDatabase(t, topo)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ctl(t)
+
+	base := t.TempDir()
+	nodes := make([]*clusterNodeProc, 3)
+	for i := range nodes {
+		n := &clusterNodeProc{id: fmt.Sprintf("node%d", i), log: &syncBuffer{},
+			port: freePort(t), aport: freePort(t), raftPort: freePort(t),
+			conf: filepath.Join(base, fmt.Sprintf("node%d.toml", i)), dataDir: filepath.Join(base, fmt.Sprintf("data%d", i))}
+		nodes[i] = n
+	}
+	for i, n := range nodes {
+		join := "bootstrap = true"
+		if i > 0 {
+			join = fmt.Sprintf("join = [%q]", nodes[0].adminURL())
+		}
+		conf := fmt.Sprintf(`listen = "127.0.0.1:%d"
+admin_listen = "127.0.0.1:%d"
+admin_token = %q
+shutdown_timeout = "5s"
+[[users]]
+name = "app"
+password = "app"
+[[shards]]
+name = "shard0"
+primary = %q
+[cluster]
+node_id = %q
+raft_listen = "127.0.0.1:%d"
+data_dir = %q
+heartbeat_timeout = "500ms"
+election_timeout = "500ms"
+%s
+`, n.port, n.aport, e2eToken, dsn, n.id, n.raftPort, n.dataDir, join)
+		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n.start(t)
+	}
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			if n.running() {
+				_ = n.cmd.Process.Kill()
+				<-n.done
+			}
+			if t.Failed() {
+				t.Logf("%s log:\n%s", n.id, n.log.String())
+			}
+		}
+	})
+
+	// All three are voters, the map is seeded from [[shards]], every node
+	// holds the same version.
+	waitFor(t, 30*time.Second, func() error { return agree(ctx, nodes, 3, 0) })
+	st, _ := nodes[0].client().Status(ctx)
+	t.Logf("cluster formed: leader %s, map version %d", st.LeaderID, st.MapVersion)
+
+	// Writes through followers (forwarded to the leader).
+	if out, err := runCtl(t, nodes[1], "tables", "add", "orders"); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("tables add orders via node1: %s", strings.TrimSpace(out))
+	}
+	if _, err := runCtl(t, nodes[2], "tables", "add", "countries", "--reference"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error { return agree(ctx, nodes, 3, 0) })
+
+	// Kill the leader with SIGKILL; a survivor reports a new leader.
+	st, err := nodes[1].client().Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leader *clusterNodeProc
+	var survivors []*clusterNodeProc
+	for _, n := range nodes {
+		if n.id == st.LeaderID {
+			leader = n
+		} else {
+			survivors = append(survivors, n)
+		}
+	}
+	if leader == nil {
+		t.Fatalf("no leader among the nodes: %+v", st)
+	}
+	killed := time.Now()
+	leader.stop(t, syscall.SIGKILL)
+	var newLeader string
+	waitFor(t, 15*time.Second, func() error {
+		out, err := runCtl(t, survivors[0], "cluster", "status", "--json")
+		if err != nil {
+			return err
+		}
+		var s admin.Status
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			return err
+		}
+		if s.LeaderID == "" || s.LeaderID == leader.id {
+			return fmt.Errorf("leader %q", s.LeaderID)
+		}
+		newLeader = s.LeaderID
+		return nil
+	})
+	t.Logf("SIGKILL of leader %s: %s reports new leader %s after %s", leader.id, survivors[0].id, newLeader, time.Since(killed).Round(time.Millisecond))
+	if out, err := runCtl(t, survivors[0], "cluster", "status"); err == nil {
+		t.Logf("cluster status on %s:\n%s", survivors[0].id, out)
+	}
+
+	// shards add on a survivor succeeds (whichever of them leads).
+	out, err := runCtl(t, survivors[1], "shards", "add", "shard1", "--primary", dsn, "--place", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var added admin.AddShardResult
+	if err := json.Unmarshal([]byte(out), &added); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("shards add shard1 on %s: map version %d, owns %.3f", survivors[1].id, added.MapVersion, added.Shard.Ownership)
+	if added.Shard.Ownership < 0.49 || added.Shard.Ownership > 0.51 {
+		t.Errorf("shard1 owns %v of the ring, want 1/2", added.Shard.Ownership)
+	}
+
+	// The killed node, restarted, catches up to the same map version.
+	restarted := time.Now()
+	leader.start(t)
+	waitFor(t, 30*time.Second, func() error { return agree(ctx, nodes, 3, added.MapVersion) })
+	t.Logf("%s restarted and at map version %d after %s", leader.id, added.MapVersion, time.Since(restarted).Round(time.Millisecond))
+
+	// Every proxy follows the map: both shards have a runtime, and clients
+	// are served.
+	for _, n := range nodes {
+		if !strings.Contains(n.log.String(), "shards=2") {
+			t.Errorf("%s: proxy did not follow the map to 2 shards", n.id)
+		}
+		url := fmt.Sprintf("postgres://app:app@127.0.0.1:%d/%s?sslmode=disable", n.port, db)
+		c, err := pgconn.Connect(ctx, url)
+		if err != nil {
+			t.Fatalf("%s: connect through the proxy: %v", n.id, err)
+		}
+		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
+			t.Errorf("%s: SELECT 1: %v", n.id, err)
+		}
+		c.Close(ctx)
+	}
+
+	before, err := nodes[0].client().Tables(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapBefore := mapJSON(ctx, t, nodes[0])
+
+	// Restart all nodes: map, tables and shards are as before.
+	for _, n := range nodes {
+		n.stop(t, syscall.SIGTERM)
+	}
+	for _, n := range nodes {
+		n.start(t)
+	}
+	waitFor(t, 30*time.Second, func() error { return agree(ctx, nodes, 3, added.MapVersion) })
+	for _, n := range nodes {
+		if got := mapJSON(ctx, t, n); got != mapBefore {
+			t.Errorf("%s: map after restart differs:\n%s\nbefore:\n%s", n.id, got, mapBefore)
+		}
+	}
+	after, err := nodes[2].client().Tables(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after.Tables) != fmt.Sprint(before.Tables) || len(after.Tables) != 2 {
+		t.Errorf("tables after restart %v, before %v", after.Tables, before.Tables)
+	}
+	sl, err := nodes[1].client().Shards(ctx)
+	if err != nil || len(sl.Shards) != 2 || sl.Shards[0].Name != "shard0" || sl.Shards[1].Name != "shard1" {
+		t.Errorf("shards after restart: %+v %v", sl, err)
+	}
+
+	// map locate KEY agrees with PostgreSQL for integer keys.
+	for _, key := range []string{"42", "0", "-1", "9223372036854775807", "-9223372036854775808", "2147483648"} {
+		out, err := runCtl(t, nodes[1], "map", "locate", key, "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var loc admin.Location
+		if err := json.Unmarshal([]byte(out), &loc); err != nil {
+			t.Fatal(err)
+		}
+		want, err := topo.Shards[0].Primary.QueryValue(ctx, "postgres", fmt.Sprintf("SELECT hashint8extended('%s'::bigint, 0)", key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(loc.Hash) != want {
+			t.Errorf("map locate %s: hash %d, PostgreSQL hashint8extended: %s", key, loc.Hash, want)
+		}
+		if key == "42" {
+			human, _ := runCtl(t, nodes[1], "map", "locate", key)
+			t.Logf("map locate 42 (PostgreSQL: %s):\n%s", want, human)
+		}
+	}
+}
+
+// agree checks that every node sees want voters, one common leader, and the
+// same map version (at least minVersion, and with shards).
+func agree(ctx context.Context, nodes []*clusterNodeProc, voters int, minVersion uint64) error {
+	var version uint64
+	var leader string
+	for i, n := range nodes {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := n.client().Status(cctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.id, err)
+		}
+		v := 0
+		for _, s := range st.Servers {
+			if s.Suffrage == "voter" {
+				v++
+			}
+		}
+		switch {
+		case v != voters:
+			return fmt.Errorf("%s sees %d voters", n.id, v)
+		case st.LeaderID == "":
+			return fmt.Errorf("%s knows no leader", n.id)
+		case st.MapVersion == 0 || st.MapVersion < minVersion:
+			return fmt.Errorf("%s at map version %d", n.id, st.MapVersion)
+		case i > 0 && (st.MapVersion != version || st.LeaderID != leader):
+			return fmt.Errorf("%s at version %d leader %s; %s at %d leader %s", n.id, st.MapVersion, st.LeaderID, nodes[0].id, version, leader)
+		}
+		version, leader = st.MapVersion, st.LeaderID
+	}
+	return nil
+}
+
+func mapJSON(ctx context.Context, t *testing.T, n *clusterNodeProc) string {
+	t.Helper()
+	v, _, err := n.client().Map(ctx)
+	if err != nil {
+		t.Fatalf("%s: map: %v", n.id, err)
+	}
+	return string(v.Map)
+}
