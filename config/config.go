@@ -55,6 +55,10 @@ type Config struct {
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	LogLevel        string   `toml:"log_level"`
 	LogFormat       string   `toml:"log_format"`
+	// Procs is how many cores pgshard's Go runtime may run on at once
+	// (GOMAXPROCS); 0 means half the machine's cores, at least one. The
+	// GOMAXPROCS environment variable, when set, wins.
+	Procs int `toml:"procs"`
 	Pool            Pool     `toml:"pool"`
 	Routing         Routing  `toml:"routing"`
 	Users           []User   `toml:"users"`
@@ -302,6 +306,9 @@ func (c *Config) Validate() error {
 	if c.Listen == "" {
 		bad("listen is empty")
 	}
+	if c.Procs < 0 {
+		bad("procs %d: must be 0 (half the cores) or more", c.Procs)
+	}
 	switch c.Pool.Mode {
 	case PoolTransaction, PoolSession:
 	default:
@@ -446,4 +453,13 @@ func (u User) BackendLogin() (user, password string) {
 		password = u.Password
 	}
 	return user, password
+}
+
+// GoMaxProcs returns the GOMAXPROCS the daemon should use for Procs on a
+// machine with ncpu cores.
+func (c *Config) GoMaxProcs(ncpu int) int {
+	if c.Procs > 0 {
+		return c.Procs
+	}
+	return max(1, ncpu/2)
 }
