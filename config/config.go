@@ -58,12 +58,12 @@ type Config struct {
 	// Procs is how many cores pgshard's Go runtime may run on at once
 	// (GOMAXPROCS); 0 means half the machine's cores, at least one. The
 	// GOMAXPROCS environment variable, when set, wins.
-	Procs int `toml:"procs"`
-	Pool            Pool     `toml:"pool"`
-	Routing         Routing  `toml:"routing"`
-	Users           []User   `toml:"users"`
-	Shards          []Shard  `toml:"shards"`
-	Cluster         Cluster  `toml:"cluster"`
+	Procs   int     `toml:"procs"`
+	Pool    Pool    `toml:"pool"`
+	Routing Routing `toml:"routing"`
+	Users   []User  `toml:"users"`
+	Shards  []Shard `toml:"shards"`
+	Cluster Cluster `toml:"cluster"`
 }
 
 // Cluster configures this node's membership in the Raft cluster that
