@@ -2,6 +2,7 @@ package router
 
 import (
 	"bufio"
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"os"
 	"strconv"
 	"strings"
@@ -99,5 +100,17 @@ func BenchmarkClassifyCold(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		c.Explain("SELECT abalance FROM pgbench_accounts WHERE aid = 42")
+	}
+}
+
+// BenchmarkNormalizePgQuery is the alternative the cache key could have
+// used: pg_query's own normalization (it runs PostgreSQL's scanner in C).
+// Compare with BenchmarkClassifyWarm, whose key comes from the Go lexer.
+func BenchmarkNormalizePgQuery(b *testing.B) {
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := pg_query.Normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
