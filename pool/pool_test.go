@@ -150,4 +150,3 @@ func TestConnectErrorKeepsTheBackendsSQLSTATE(t *testing.T) {
 		t.Fatalf("failed dial left counts: %+v", st)
 	}
 }
-
