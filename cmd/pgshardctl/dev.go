@@ -1,16 +1,21 @@
 package main
 
-// pgshardctl dev: a local PostgreSQL topology (topology package) plus one
-// pgshard daemon, for trying pgshard by hand and for other tools' tests.
+// pgshardctl dev: a local PostgreSQL topology (topology package) plus
+// --nodes pgshard daemons forming one Raft cluster (node 0 bootstraps, the
+// others join it), for trying pgshard by hand and for other tools' tests.
 //
-// Files under --dir (default .dev):
+// Node i listens on --port+i (clients), --admin-port+i (admin API) and
+// --raft-port+i (Raft). Files under --dir (default .dev):
 //
-//	pg/            the topology (data dirs, postgres.log files, topology.json);
-//	               a symlink to a temp dir when the postgres OS user cannot reach --dir
-//	pgshard.toml   the daemon's configuration
-//	pgshard.log    the daemon's stdout/stderr
-//	pgshard.pid    the daemon's PID
-//	env            shell export lines: PGSHARD_URL, PGSHARD_ADMIN_URL, ...
+//	pg/              the topology (data dirs, postgres.log files, topology.json);
+//	                 a symlink to a temp dir when the postgres OS user cannot reach --dir
+//	pgshard<i>.toml  node i's configuration
+//	pgshard<i>.log   node i's stdout/stderr
+//	pgshard<i>.pid   node i's PID
+//	pgshard<i>-data/ node i's Raft log and snapshots (removed by the next up)
+//	pgshard.{toml,log,pid}  symlinks to node 0's files
+//	env              shell export lines: PGSHARD_URL, PGSHARD_ADMIN_URL,
+//	                 PGSHARD<i>_URL, PGSHARD<i>_ADMIN_URL, ...
 
 import (
 	"bytes"
@@ -34,6 +39,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgshard/pgshard/admin"
 	"github.com/pgshard/pgshard/topology"
 )
 
@@ -52,6 +58,7 @@ type devOptions struct {
 	nodes     int
 	port      int
 	adminPort int
+	raftPort  int
 	poolMode  string
 	poolSize  int
 }
@@ -99,9 +106,10 @@ func parseDevFlags(name string, args []string, withTopology bool) (*devOptions, 
 		fs.IntVar(&o.shards, "shards", envInt("SHARDS", 1), "shards in the map (env SHARDS)")
 		fs.IntVar(&o.replicas, "replicas", envInt("REPLICAS", 1), "streaming replicas per shard (env REPLICAS)")
 		fs.IntVar(&o.spares, "spare", envInt("SPARE", 0), "spare shards started but not in the map (env SPARE)")
-		fs.IntVar(&o.nodes, "nodes", envInt("NODES", 1), "pgshard nodes (env NODES; only 1 is supported yet)")
-		fs.IntVar(&o.port, "port", 6432, "pgshard client port on 127.0.0.1")
-		fs.IntVar(&o.adminPort, "admin-port", 6480, "pgshard admin HTTP port on 127.0.0.1")
+		fs.IntVar(&o.nodes, "nodes", envInt("NODES", 1), "pgshard nodes in one Raft cluster (env NODES)")
+		fs.IntVar(&o.port, "port", 6432, "client port of pgshard node 0 on 127.0.0.1 (node i: port+i)")
+		fs.IntVar(&o.adminPort, "admin-port", 6480, "admin HTTP port of node 0 on 127.0.0.1 (node i: admin-port+i)")
+		fs.IntVar(&o.raftPort, "raft-port", 6490, "Raft port of node 0 on 127.0.0.1 (node i: raft-port+i)")
 		fs.IntVar(&o.pgPort, "pg-port", devBasePort, "first PostgreSQL port; servers use consecutive ports")
 		fs.StringVar(&o.poolMode, "pool-mode", "transaction", "pool mode: transaction or session")
 		fs.IntVar(&o.poolSize, "pool-size", 20, "backend connections per pool")
@@ -119,8 +127,8 @@ func parseDevFlags(name string, args []string, withTopology bool) (*devOptions, 
 	o.dir = abs
 	if withTopology {
 		switch {
-		case o.nodes > 1:
-			return nil, fmt.Errorf("NODES=%d: more than one pgshard node is not yet supported", o.nodes)
+		case o.nodes > 9:
+			return nil, fmt.Errorf("NODES=%d: at most 9 nodes in a dev cluster", o.nodes)
 		case o.nodes < 1:
 			return nil, fmt.Errorf("NODES=%d: need at least 1", o.nodes)
 		case o.shards < 1:
@@ -137,14 +145,36 @@ func parseDevFlags(name string, args []string, withTopology bool) (*devOptions, 
 }
 
 func (o *devOptions) pgDir() string   { return filepath.Join(o.dir, "pg") }
-func (o *devOptions) pidFile() string { return filepath.Join(o.dir, "pgshard.pid") }
-func (o *devOptions) logFile() string { return filepath.Join(o.dir, "pgshard.log") }
-func (o *devOptions) cfgFile() string { return filepath.Join(o.dir, "pgshard.toml") }
 func (o *devOptions) envFile() string { return filepath.Join(o.dir, "env") }
-func (o *devOptions) proxyURL() string {
-	return fmt.Sprintf("postgres://app:app@127.0.0.1:%d/app?sslmode=disable", o.port)
+
+// Files of node i.
+func (o *devOptions) pidFile(i int) string {
+	return filepath.Join(o.dir, fmt.Sprintf("pgshard%d.pid", i))
 }
-func (o *devOptions) adminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", o.adminPort) }
+func (o *devOptions) logFile(i int) string {
+	return filepath.Join(o.dir, fmt.Sprintf("pgshard%d.log", i))
+}
+func (o *devOptions) cfgFile(i int) string {
+	return filepath.Join(o.dir, fmt.Sprintf("pgshard%d.toml", i))
+}
+func (o *devOptions) dataDir(i int) string {
+	return filepath.Join(o.dir, fmt.Sprintf("pgshard%d-data", i))
+}
+
+// Addresses of node i.
+func (o *devOptions) proxyURL(i int) string {
+	return fmt.Sprintf("postgres://app:app@127.0.0.1:%d/app?sslmode=disable", o.port+i)
+}
+func (o *devOptions) adminURL(i int) string { return fmt.Sprintf("http://127.0.0.1:%d", o.adminPort+i) }
+
+// legacyFiles are node 0's files under their single-node names (symlinks).
+var legacyFiles = map[string]string{"pgshard.pid": "pgshard0.pid", "pgshard.log": "pgshard0.log", "pgshard.toml": "pgshard0.toml"}
+
+// nodePIDFiles lists the PID files of every node a previous up left in dir.
+func nodePIDFiles(dir string) []string {
+	files, _ := filepath.Glob(filepath.Join(dir, "pgshard[0-9]*.pid"))
+	return files
+}
 
 // devUp starts the topology and pgshard. In the background (up) it detaches
 // and returns; in the foreground (run) it relays pgshard's output and stops
@@ -169,20 +199,33 @@ func devUp(args []string, foreground bool) (err error) {
 	} else if running {
 		return fmt.Errorf("a dev topology is already running in %s; stop it first with `pgshardctl dev down --dir %s` (make dev-down)", o.dir, o.dir)
 	}
-	if pid := readPID(o.pidFile()); pid != 0 && processAlive(pid) {
-		return fmt.Errorf("pgshard (pid %d) from %s is still running; stop it first with `pgshardctl dev down --dir %s` (make dev-down)", pid, o.pidFile(), o.dir)
+	for _, f := range nodePIDFiles(o.dir) {
+		if pid := readPID(f); pid != 0 && processAlive(pid) && isPgshard(pid) {
+			return fmt.Errorf("pgshard (pid %d) from %s is still running; stop it first with `pgshardctl dev down --dir %s` (make dev-down)", pid, f, o.dir)
+		}
 	}
 	bin, err := pgshardBinary()
 	if err != nil {
 		return err
 	}
-	for _, p := range []int{o.port, o.adminPort} {
-		if !portFree(p) {
-			return fmt.Errorf("port 127.0.0.1:%d is in use (another pgshard or pgbouncer?); choose another with --port/--admin-port", p)
+	for i := range o.nodes {
+		for _, p := range []int{o.port + i, o.adminPort + i, o.raftPort + i} {
+			if !portFree(p) {
+				return fmt.Errorf("port 127.0.0.1:%d is in use (another pgshard or pgbouncer?); choose other ones with --port/--admin-port/--raft-port", p)
+			}
 		}
 	}
-	for _, f := range []string{o.envFile(), o.pidFile()} {
+	_ = os.Remove(o.envFile())
+	for _, f := range nodePIDFiles(o.dir) {
 		_ = os.Remove(f)
+	}
+	for legacy := range legacyFiles {
+		_ = os.Remove(filepath.Join(o.dir, legacy))
+	}
+	for i := range o.nodes {
+		if err := os.RemoveAll(o.dataDir(i)); err != nil {
+			return err
+		}
 	}
 	if err := removePGDir(o.pgDir()); err != nil {
 		return err
@@ -222,23 +265,34 @@ func devUp(args []string, foreground bool) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(o.cfgFile(), []byte(pgshardConfig(o, topo, token)), 0o600); err != nil {
-		return err
-	}
-
-	d, err := startPgshard(o, bin, foreground)
-	if err != nil {
-		return err
-	}
+	var daemons []*daemon
 	defer func() {
 		if err != nil {
-			_ = d.stop()
-			_ = os.Remove(o.pidFile())
+			for i, d := range daemons {
+				_ = d.stop()
+				_ = os.Remove(o.pidFile(i))
+			}
 		}
 	}()
-	fmt.Fprintf(os.Stderr, "started pgshard (pid %d), waiting until it serves on 127.0.0.1:%d ...\n", d.pid, o.port)
-	if err := waitPgshard(ctx, o, d); err != nil {
+	for i := range o.nodes {
+		if err := os.WriteFile(o.cfgFile(i), []byte(pgshardConfig(o, i, topo, token)), 0o600); err != nil {
+			return err
+		}
+		d, err := startPgshard(o, i, bin, foreground)
+		if err != nil {
+			return err
+		}
+		daemons = append(daemons, d)
+		fmt.Fprintf(os.Stderr, "started pgshard node %d (pid %d), waiting until it serves on 127.0.0.1:%d ...\n", i, d.pid, o.port+i)
+		if err := waitPgshard(ctx, o, i, d); err != nil {
+			return err
+		}
+	}
+	if err := waitCluster(ctx, o, token, daemons); err != nil {
 		return err
+	}
+	for legacy, target := range legacyFiles {
+		_ = os.Symlink(target, filepath.Join(o.dir, legacy))
 	}
 	if err := os.WriteFile(o.envFile(), []byte(devEnv(o, topo, token)), 0o644); err != nil {
 		return err
@@ -249,40 +303,58 @@ func devUp(args []string, foreground bool) (err error) {
 		if err := topo.Detach(); err != nil {
 			return err
 		}
-		_ = d.cmd.Process.Release()
+		for _, d := range daemons {
+			_ = d.cmd.Process.Release()
+		}
 		return nil
 	}
 
-	// Foreground: wait for Ctrl-C or for pgshard to exit.
+	// Foreground: wait for Ctrl-C or for a pgshard node to exit.
+	exited := make(chan int, len(daemons))
+	for i, d := range daemons {
+		go func() { <-d.done; exited <- i }()
+	}
 	var exitErr error
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "\nstopping pgshard and PostgreSQL ...")
-	case <-d.done:
-		exitErr = fmt.Errorf("pgshard exited unexpectedly (%v); log: %s", d.err, o.logFile())
-		fmt.Fprintf(os.Stderr, "%v; stopping PostgreSQL ...\n", exitErr)
+	case i := <-exited:
+		exitErr = fmt.Errorf("pgshard node %d exited unexpectedly (%v); log: %s", i, daemons[i].err, o.logFile(i))
+		fmt.Fprintf(os.Stderr, "%v; stopping the rest ...\n", exitErr)
 	}
-	stopErr := d.stop()
-	_ = os.Remove(o.pidFile())
+	var errs []error
+	for i, d := range daemons {
+		errs = append(errs, d.stop())
+		_ = os.Remove(o.pidFile(i))
+	}
+	for legacy := range legacyFiles {
+		_ = os.Remove(filepath.Join(o.dir, legacy))
+	}
 	_ = os.Remove(o.envFile())
-	closeErr := topo.Close()
-	if err := errors.Join(exitErr, stopErr, closeErr); err != nil {
+	errs = append(errs, exitErr, topo.Close())
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	fmt.Fprintln(os.Stderr, "stopped")
 	return nil
 }
 
-// devDown stops pgshard and the topology recorded in --dir.
+// devDown stops every pgshard node and the topology recorded in --dir.
 func devDown(args []string) error {
 	o, err := parseDevFlags("down", args, false)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	if pid := readPID(o.pidFile()); pid != 0 {
-		if processAlive(pid) && isPgshard(pid) {
-			fmt.Fprintf(os.Stderr, "stopping pgshard (pid %d)\n", pid)
+	files := nodePIDFiles(o.dir)
+	if pid := readPID(filepath.Join(o.dir, "pgshard.pid")); pid != 0 {
+		if fi, err := os.Lstat(filepath.Join(o.dir, "pgshard.pid")); err == nil && fi.Mode()&os.ModeSymlink == 0 {
+			files = append(files, filepath.Join(o.dir, "pgshard.pid")) // written by an older pgshardctl
+		}
+	}
+	for _, f := range files {
+		if pid := readPID(f); pid != 0 && processAlive(pid) && isPgshard(pid) {
+			fmt.Fprintf(os.Stderr, "stopping pgshard (pid %d, %s)\n", pid, filepath.Base(f))
 			errs = append(errs, stopProcess(pid, 15*time.Second))
 		}
 	}
@@ -293,7 +365,12 @@ func devDown(args []string) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	_ = os.Remove(o.pidFile())
+	for _, f := range files {
+		_ = os.Remove(f)
+	}
+	for legacy := range legacyFiles {
+		_ = os.Remove(filepath.Join(o.dir, legacy))
+	}
 	_ = os.Remove(o.envFile())
 	fmt.Fprintln(os.Stderr, "dev topology stopped")
 	return nil
@@ -335,12 +412,13 @@ type daemon struct {
 	log  *os.File
 }
 
-func startPgshard(o *devOptions, bin string, foreground bool) (*daemon, error) {
-	lf, err := os.OpenFile(o.logFile(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+// startPgshard starts node i; in the foreground node 0's output is also relayed.
+func startPgshard(o *devOptions, i int, bin string, foreground bool) (*daemon, error) {
+	lf, err := os.OpenFile(o.logFile(i), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "-config", o.cfgFile())
+	cmd := exec.Command(bin, "-config", o.cfgFile(i))
 	cmd.Dir = o.dir
 	// PGSHARD_* variables (e.g. from a sourced old .dev/env) would override the file.
 	for _, kv := range os.Environ() {
@@ -348,11 +426,15 @@ func startPgshard(o *devOptions, bin string, foreground bool) (*daemon, error) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	if foreground {
+	switch {
+	case foreground && i == 0: // node 0's log is relayed
 		cmd.Stdout = io.MultiWriter(lf, os.Stdout)
 		cmd.Stderr = io.MultiWriter(lf, os.Stderr)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // we deliver the signals
-	} else {
+	case foreground:
+		cmd.Stdout, cmd.Stderr = lf, lf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	default:
 		cmd.Stdout = lf
 		cmd.Stderr = lf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -367,7 +449,7 @@ func startPgshard(o *devOptions, bin string, foreground bool) (*daemon, error) {
 		lf.Close()
 		close(d.done)
 	}()
-	if err := os.WriteFile(o.pidFile(), []byte(strconv.Itoa(d.pid)+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(o.pidFile(i), []byte(strconv.Itoa(d.pid)+"\n"), 0o644); err != nil {
 		_ = d.stop()
 		return nil, err
 	}
@@ -393,9 +475,9 @@ func (d *daemon) stop() error {
 	return fmt.Errorf("pgshard (pid %d) did not stop within 15s after SIGTERM; killed", d.pid)
 }
 
-// waitPgshard waits until /healthz answers 200 and SELECT 1 works through
-// the proxy, or fails with the tail of pgshard's log.
-func waitPgshard(ctx context.Context, o *devOptions, d *daemon) error {
+// waitPgshard waits until node i's /healthz answers 200 and SELECT 1 works
+// through its proxy, or fails with the tail of its log.
+func waitPgshard(ctx context.Context, o *devOptions, i int, d *daemon) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	client := &http.Client{Timeout: 2 * time.Second}
@@ -403,23 +485,23 @@ func waitPgshard(ctx context.Context, o *devOptions, d *daemon) error {
 	defer tick.Stop()
 	var last error
 	for {
-		last = probePgshard(ctx, client, o)
+		last = probePgshard(ctx, client, o, i)
 		if last == nil {
 			return nil
 		}
 		select {
 		case <-d.done:
-			return fmt.Errorf("pgshard exited (%v) before serving; last lines of %s:\n%s", d.err, o.logFile(), logTail(o.logFile(), 30))
+			return fmt.Errorf("pgshard node %d exited (%v) before serving; last lines of %s:\n%s", i, d.err, o.logFile(i), logTail(o.logFile(i), 30))
 		case <-ctx.Done():
-			return fmt.Errorf("pgshard not ready within %s (%v): %v; last lines of %s:\n%s",
-				readyTimeout, ctx.Err(), last, o.logFile(), logTail(o.logFile(), 30))
+			return fmt.Errorf("pgshard node %d not ready within %s (%v): %v; last lines of %s:\n%s",
+				i, readyTimeout, ctx.Err(), last, o.logFile(i), logTail(o.logFile(i), 30))
 		case <-tick.C:
 		}
 	}
 }
 
-func probePgshard(ctx context.Context, client *http.Client, o *devOptions) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.adminURL()+"/healthz", nil)
+func probePgshard(ctx context.Context, client *http.Client, o *devOptions, i int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.adminURL(i)+"/healthz", nil)
 	if err != nil {
 		return err
 	}
@@ -434,9 +516,9 @@ func probePgshard(ctx context.Context, client *http.Client, o *devOptions) error
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := pgconn.Connect(cctx, o.proxyURL())
+	c, err := pgconn.Connect(cctx, o.proxyURL(i))
 	if err != nil {
-		return fmt.Errorf("connect %s: %w", o.proxyURL(), err)
+		return fmt.Errorf("connect %s: %w", o.proxyURL(i), err)
 	}
 	defer c.Close(context.Background())
 	res, err := c.Exec(cctx, "SELECT 1").ReadAll()
@@ -449,13 +531,67 @@ func probePgshard(ctx context.Context, client *http.Client, o *devOptions) error
 	return nil
 }
 
-// pgshardConfig renders the daemon's TOML configuration (keys of package config).
-func pgshardConfig(o *devOptions, topo *topology.Topology, token string) string {
+// waitCluster waits until every node sees every node in the Raft
+// configuration, a leader, and the same map with the shards seeded.
+func waitCluster(ctx context.Context, o *devOptions, token string, daemons []*daemon) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	var last error
+	for {
+		last = clusterFormed(ctx, o, token)
+		if last == nil {
+			return nil
+		}
+		for i, d := range daemons {
+			select {
+			case <-d.done:
+				return fmt.Errorf("pgshard node %d exited (%v); last lines of %s:\n%s", i, d.err, o.logFile(i), logTail(o.logFile(i), 30))
+			default:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the pgshard nodes did not form a cluster within %s: %v; see %s/pgshard<i>.log", readyTimeout, last, o.dir)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func clusterFormed(ctx context.Context, o *devOptions, token string) error {
+	var version uint64
+	for i := range o.nodes {
+		st, err := admin.NewClient(o.adminURL(i), token).Status(ctx)
+		switch {
+		case err != nil:
+			return fmt.Errorf("node %d: %w", i, err)
+		case len(st.Servers) != o.nodes:
+			return fmt.Errorf("node %d sees %d of %d nodes in the Raft configuration", i, len(st.Servers), o.nodes)
+		case st.LeaderID == "":
+			return fmt.Errorf("node %d knows no leader yet", i)
+		case st.MapVersion < uint64(o.shards):
+			return fmt.Errorf("node %d: shard map not seeded yet (version %d)", i, st.MapVersion)
+		case i > 0 && st.MapVersion != version:
+			return fmt.Errorf("node %d at map version %d, node 0 at %d", i, st.MapVersion, version)
+		}
+		version = st.MapVersion
+	}
+	return nil
+}
+
+// pgshardConfig renders node i's TOML configuration (keys of package config).
+func pgshardConfig(o *devOptions, i int, topo *topology.Topology, token string) string {
 	var b strings.Builder
 	b.WriteString("# written by pgshardctl dev; regenerated on every dev up/run\n")
-	fmt.Fprintf(&b, "listen = %s\n", tomlString(fmt.Sprintf("127.0.0.1:%d", o.port)))
-	fmt.Fprintf(&b, "admin_listen = %s\n", tomlString(fmt.Sprintf("127.0.0.1:%d", o.adminPort)))
+	fmt.Fprintf(&b, "listen = %s\n", tomlString(fmt.Sprintf("127.0.0.1:%d", o.port+i)))
+	fmt.Fprintf(&b, "admin_listen = %s\n", tomlString(fmt.Sprintf("127.0.0.1:%d", o.adminPort+i)))
 	fmt.Fprintf(&b, "admin_token = %s\n", tomlString(token))
+	fmt.Fprintf(&b, "\n[cluster]\nnode_id = %s\nraft_listen = %s\ndata_dir = %s\n",
+		tomlString(fmt.Sprintf("node%d", i)), tomlString(fmt.Sprintf("127.0.0.1:%d", o.raftPort+i)), tomlString(o.dataDir(i)))
+	if i == 0 {
+		b.WriteString("bootstrap = true\n")
+	} else {
+		fmt.Fprintf(&b, "join = [%s]\n", tomlString(o.adminURL(0)))
+	}
 	fmt.Fprintf(&b, "\n[pool]\nmode = %s\nsize = %d\n", tomlString(o.poolMode), o.poolSize)
 	b.WriteString("\n[[users]]\nname = \"app\"\npassword = \"app\"\nauth = \"scram-sha-256\"\n")
 	for _, sh := range topo.Shards {
@@ -505,11 +641,13 @@ func devEnv(o *devOptions, topo *topology.Topology, token string) string {
 	var b strings.Builder
 	b.WriteString("# written by pgshardctl dev; source it: . .dev/env\n")
 	line := func(k, v string) { fmt.Fprintf(&b, "export %s=%s\n", k, v) }
-	line("PGSHARD_URL", o.proxyURL())
-	line("PGSHARD_ADMIN_URL", o.adminURL())
+	line("PGSHARD_URL", o.proxyURL(0))
+	line("PGSHARD_ADMIN_URL", o.adminURL(0))
 	line("PGSHARD_ADMIN_TOKEN", token)
-	line("PGSHARD0_URL", o.proxyURL())
-	line("PGSHARD0_ADMIN_URL", o.adminURL())
+	for i := range o.nodes {
+		line(fmt.Sprintf("PGSHARD%d_URL", i), o.proxyURL(i))
+		line(fmt.Sprintf("PGSHARD%d_ADMIN_URL", i), o.adminURL(i))
+	}
 	servers := func(prefix string, shards []*topology.Shard) {
 		for i, sh := range shards {
 			line(fmt.Sprintf("%s%d_PRIMARY_URL", prefix, i), sh.Primary.URL("app", "app", "app"))
@@ -530,16 +668,22 @@ func printHowTo(o *devOptions, foreground bool) {
 			rel = r
 		}
 	}
+	nodes := fmt.Sprintf("pgshard is ready on 127.0.0.1:%d (admin %s)", o.port, o.adminURL(0))
+	if o.nodes > 1 {
+		nodes = fmt.Sprintf("%d pgshard nodes in one Raft cluster are ready on 127.0.0.1:%d..%d (admin %s .. %s)",
+			o.nodes, o.port, o.port+o.nodes-1, o.adminURL(0), o.adminURL(o.nodes-1))
+	}
 	fmt.Fprintf(os.Stderr, `
-pgshard is ready on 127.0.0.1:%d (admin %s).
+%s.
 
-  . %s/env                # PGSHARD_URL, PGSHARD_ADMIN_URL, SHARD0_PRIMARY_URL, ...
+  . %s/env                # PGSHARD_URL, PGSHARD_ADMIN_URL, PGSHARD_ADMIN_TOKEN, SHARD0_PRIMARY_URL, ...
   psql "$PGSHARD_URL"
+  bin/pgshardctl cluster status   # also: shards list, map show, map locate 42, tables list
 
-  logs: %s/pgshard.log, %s/pg/*/postgres.log
-`, o.port, o.adminURL(), rel, rel, rel)
+  logs: %s/pgshard<i>.log, %s/pg/*/postgres.log
+`, nodes, rel, rel, rel)
 	if foreground {
-		fmt.Fprintln(os.Stderr, "\nCtrl-C stops pgshard and PostgreSQL. pgshard's log follows:")
+		fmt.Fprintln(os.Stderr, "\nCtrl-C stops pgshard and PostgreSQL. pgshard (node 0)'s log follows:")
 	} else {
 		fmt.Fprintf(os.Stderr, "  stop: make dev-down (pgshardctl dev down --dir %s)\n\n", rel)
 	}

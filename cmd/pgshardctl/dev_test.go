@@ -112,9 +112,10 @@ func TestDevUpDown(t *testing.T) {
 	})
 
 	pgPort := freePorts(t, 4)
-	port := freePorts(t, 2)
+	port := freePorts(t, 3)
 	up := []string{"dev", "up", "--dir", dev, "--shards", "1", "--replicas", "1", "--spare", "1",
-		"--pg-port", strconv.Itoa(pgPort), "--port", strconv.Itoa(port), "--admin-port", strconv.Itoa(port + 1)}
+		"--pg-port", strconv.Itoa(pgPort), "--port", strconv.Itoa(port), "--admin-port", strconv.Itoa(port + 1),
+		"--raft-port", strconv.Itoa(port + 2)}
 	if out, err := ctl(up...); err != nil {
 		t.Fatalf("dev up: %v\n%s\npgshard.log:\n%s", err, out, logTail(filepath.Join(dev, "pgshard.log"), 30))
 	}
@@ -205,6 +206,96 @@ func TestTOMLString(t *testing.T) {
 	} {
 		if got := tomlString(in); got != want {
 			t.Errorf("tomlString(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// TestDevUpThreeNodes: NODES=3 starts three pgshard nodes in one Raft
+// cluster; .dev/env lists each; the admin commands work against any node;
+// dev down stops them all.
+func TestDevUpThreeNodes(t *testing.T) {
+	topotest.RequireBinaries(t, "")
+	if testing.Short() {
+		t.Skip("builds binaries and starts a topology")
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/",
+		"github.com/pgshard/pgshard/cmd/pgshard", "github.com/pgshard/pgshard/cmd/pgshardctl")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir, err := os.MkdirTemp("", "pgshardctl-dev3-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	dev := filepath.Join(dir, ".dev")
+	ctl := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(bin, "pgshardctl"), args...)
+		cmd.Dir = dir
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "PGSHARD_") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if out, err := ctl(nil, "dev", "down", "--dir", dev); err != nil {
+			t.Errorf("cleanup dev down: %v\n%s", err, out)
+		}
+		if target, err := os.Readlink(filepath.Join(dev, "pg")); err == nil {
+			os.RemoveAll(target)
+		}
+		os.RemoveAll(dir)
+	})
+	pgPort := freePorts(t, 2)
+	port := freePorts(t, 3)
+	aport := freePorts(t, 3)
+	rport := freePorts(t, 3)
+	out, err := ctl([]string{"NODES=3"}, "dev", "up", "--dir", dev, "--shards", "2", "--replicas", "0",
+		"--pg-port", strconv.Itoa(pgPort), "--port", strconv.Itoa(port), "--admin-port", strconv.Itoa(aport),
+		"--raft-port", strconv.Itoa(rport))
+	if err != nil {
+		t.Fatalf("dev up NODES=3: %v\n%s\nnode logs:\n%s", err, out, logTail(filepath.Join(dev, "pgshard0.log"), 30))
+	}
+	env := parseEnv(t, filepath.Join(dev, "env"))
+	if env["PGSHARD_URL"] != env["PGSHARD0_URL"] || env["PGSHARD_ADMIN_URL"] != env["PGSHARD0_ADMIN_URL"] {
+		t.Errorf("PGSHARD_URL/PGSHARD_ADMIN_URL are not node 0's: %v", env)
+	}
+	var pids []int
+	for i := range 3 {
+		u, a := env["PGSHARD"+strconv.Itoa(i)+"_URL"], env["PGSHARD"+strconv.Itoa(i)+"_ADMIN_URL"]
+		if u != "postgres://app:app@127.0.0.1:"+strconv.Itoa(port+i)+"/app?sslmode=disable" ||
+			a != "http://127.0.0.1:"+strconv.Itoa(aport+i) {
+			t.Errorf("node %d: URL %q admin URL %q", i, u, a)
+		}
+		pid := readPID(filepath.Join(dev, "pgshard"+strconv.Itoa(i)+".pid"))
+		if pid == 0 || !processAlive(pid) {
+			t.Errorf("node %d: pid %d not running", i, pid)
+		}
+		pids = append(pids, pid)
+		// Every node answers, and sees three voters.
+		out, err := ctl([]string{"PGSHARD_ADMIN_URL=" + a, "PGSHARD_ADMIN_TOKEN=" + env["PGSHARD_ADMIN_TOKEN"]}, "cluster", "status")
+		if err != nil || strings.Count(out, " voter ") != 3 || !strings.Contains(out, "leader   node") {
+			t.Errorf("cluster status on node %d: %v\n%s", i, err, out)
+		}
+	}
+	// Both shards are in the map, each owning half of the ring.
+	out, err = ctl([]string{"PGSHARD_ADMIN_URL=" + env["PGSHARD2_ADMIN_URL"], "PGSHARD_ADMIN_TOKEN=" + env["PGSHARD_ADMIN_TOKEN"]}, "shards", "list")
+	if err != nil || strings.Count(out, "50.00%") != 2 {
+		t.Errorf("shards list: %v\n%s", err, out)
+	}
+	if out, err := ctl(nil, "dev", "down", "--dir", dev); err != nil {
+		t.Fatalf("dev down: %v\n%s", err, out)
+	}
+	for i, pid := range pids {
+		if processAlive(pid) {
+			t.Errorf("node %d (pid %d) still running after dev down", i, pid)
 		}
 	}
 }
