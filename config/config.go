@@ -221,18 +221,19 @@ func Load(path string, getenv func(string) string) (Config, error) {
 
 // Env lists the environment variables Load reads, with what they set.
 var Env = map[string]string{
-	"PGSHARD_LISTEN":           "listen",
-	"PGSHARD_ADMIN_LISTEN":     "admin_listen",
-	"PGSHARD_ADMIN_TOKEN":      "admin_token",
-	"PGSHARD_POOL_MODE":        "pool.mode",
-	"PGSHARD_POOL_SIZE":        "pool.size",
-	"PGSHARD_LOG_LEVEL":        "log_level",
-	"PGSHARD_READ_WRITE_SPLIT": "routing.read_write_split",
-	"PGSHARD_NODE_ID":          "cluster.node_id",
-	"PGSHARD_RAFT_LISTEN":      "cluster.raft_listen",
-	"PGSHARD_DATA_DIR":         "cluster.data_dir",
-	"PGSHARD_BOOTSTRAP":        "cluster.bootstrap",
-	"PGSHARD_JOIN":             "cluster.join",
+	"PGSHARD_LISTEN":            "listen",
+	"PGSHARD_ADMIN_LISTEN":      "admin_listen",
+	"PGSHARD_ADMIN_TOKEN":       "admin_token",
+	"PGSHARD_POOL_MODE":         "pool.mode",
+	"PGSHARD_POOL_SIZE":         "pool.size",
+	"PGSHARD_LOG_LEVEL":         "log_level",
+	"PGSHARD_READ_WRITE_SPLIT":  "routing.read_write_split",
+	"PGSHARD_NODE_ID":           "cluster.node_id",
+	"PGSHARD_RAFT_LISTEN":       "cluster.raft_listen",
+	"PGSHARD_DATA_DIR":          "cluster.data_dir",
+	"PGSHARD_BOOTSTRAP":         "cluster.bootstrap",
+	"PGSHARD_JOIN":              "cluster.join",
+	"PGSHARD_CLUSTER_ADMIN_URL": "cluster.admin_url",
 }
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -424,6 +425,10 @@ func (c *Config) validateCluster(bad func(string, ...any)) {
 		}
 	} else if c.AdminListen == "" {
 		bad("cluster needs the admin API (members forward writes to the leader's): set admin_listen")
+	} else if host, _, err := net.SplitHostPort(c.AdminListen); err == nil {
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			bad("admin_listen %q is not an address other members can dial: set cluster.admin_url (e.g. http://pgshard0:6480)", c.AdminListen)
+		}
 	}
 	if cl.HeartbeatTimeout.Duration < 0 || cl.ElectionTimeout.Duration < 0 {
 		bad("cluster: timeouts must not be negative")

@@ -3,7 +3,7 @@
 # Debian's packages, when it is missing. Idempotent; does nothing when
 # everything is present.
 #
-#   scripts/install-deps.sh         PostgreSQL 15 server + client (psql, pgbench)
+#   scripts/install-deps.sh         PostgreSQL 15 server + client (psql, pgbench), docker-compose
 #   scripts/install-deps.sh bench   ... plus pgbouncer and pgpool-II
 #
 # Runs apt-get as root (no sudo). When not root and something is missing,
@@ -35,6 +35,11 @@ if ! [[ -x "$PGBIN/psql" ]] && ! command -v psql >/dev/null 2>&1; then
 	packages+=(postgresql-client-15)
 elif ((${#packages[@]})); then
 	packages+=(postgresql-client-15)
+fi
+# docker-compose validates docker-compose.yml in a test (no Docker engine needed).
+if ! command -v docker-compose >/dev/null 2>&1; then
+	missing+=(docker-compose)
+	packages+=(docker-compose)
 fi
 if ((want_bench)); then
 	if ! command -v pgbouncer >/dev/null 2>&1 && ! [[ -x /usr/sbin/pgbouncer ]]; then
