@@ -242,12 +242,36 @@ election_timeout = "500ms"
 	}
 
 	// shards add on a survivor succeeds (whichever of them leads).
-	out, err := runCtl(t, survivors[1], "shards", "add", "shard1", "--primary", dsn, "--place", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A fresh leader on a loaded machine may lose its leadership again: the
+	// command then says the outcome is unknown, and is retried.
 	var added admin.AddShardResult
-	if err := json.Unmarshal([]byte(out), &added); err != nil {
+	uncertain := false
+	for attempt := 0; ; attempt++ {
+		out, err := runCtl(t, survivors[1], "shards", "add", "shard1", "--primary", dsn, "--place", "--json")
+		if err == nil {
+			if err := json.Unmarshal([]byte(out), &added); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if uncertain && strings.Contains(err.Error(), "already") {
+			sl, err := survivors[1].client().Shards(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			added.MapVersion = sl.MapVersion
+			for _, s := range sl.Shards {
+				if s.Name == "shard1" {
+					added.Shard = s
+				}
+			}
+			break
+		}
+		if attempt < 5 && (strings.Contains(err.Error(), "leadership lost") || strings.Contains(err.Error(), "no Raft leader")) {
+			t.Logf("shards add: %v; retrying", err)
+			uncertain = true
+			continue
+		}
 		t.Fatal(err)
 	}
 	t.Logf("shards add shard1 on %s: map version %d, owns %.3f", survivors[1].id, added.MapVersion, added.Shard.Ownership)
