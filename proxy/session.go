@@ -39,6 +39,7 @@ type entry struct {
 // target is the routing decision for the next attachment.
 type target struct {
 	read      bool // a replica may answer
+	clean     bool // transaction control only (BEGIN ...): writes nothing by itself
 	anyLag    bool // a hint asked for a replica: read-your-writes does not apply
 	retryable bool // the whole batch is known and nothing else is outstanding
 }
@@ -526,10 +527,14 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	if done, err := s.localSet(fx); done || err != nil {
 		return err
 	}
-	if s.split && s.attached() == nil {
-		s.want = s.routeQuery(sql, fx)
-		if s.want.retryable {
-			s.gbuf = append(s.gbuf[:0], msg...)
+	if s.split {
+		if s.attached() == nil {
+			s.want = s.routeQuery(sql, fx)
+			if s.want.retryable {
+				s.gbuf = append(s.gbuf[:0], msg...)
+			}
+		} else if !fx.TxnControl && !s.srv.classifier.IsRead(sql, fx.Shape) {
+			s.noteWrite()
 		}
 	}
 	if err := s.ensureServer(ctx); err != nil {
@@ -556,6 +561,9 @@ func (s *session) routeQuery(sql string, fx router.Effects) target {
 	if fx.Pin || s.forcePrimary {
 		return target{}
 	}
+	if fx.TxnControl && !fx.ReadOnly {
+		return target{clean: true}
+	}
 	hint := fx.Route
 	if hint == router.RouteAuto {
 		hint = s.route
@@ -580,6 +588,16 @@ func (s *session) routeQuery(sql string, fx router.Effects) target {
 		return target{read: true, retryable: true}
 	}
 	return target{}
+}
+
+// noteWrite records that the attached primary backend ran something that
+// may write (read-your-writes starts from its end).
+func (s *session) noteWrite() {
+	s.mu.Lock()
+	if s.sc != nil && s.node < 0 {
+		s.attWrite = true
+	}
+	s.mu.Unlock()
 }
 
 // localSet answers SET/RESET of pgshard's own settings (pgshard.route)
@@ -813,6 +831,9 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 	if s.srvErr {
 		return nil
 	}
+	if s.node < 0 && ((def == nil && !s.unnamedRead) || (def != nil && !def.read)) {
+		s.attWrite = true
+	}
 	if def == nil {
 		s.unnamedOn()
 		s.push(entry{kind: 'B'})
@@ -990,7 +1011,7 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		return s.attach(ctx, done)
 	}
 	s.deadConns = 0
-	s.attWrite = node < 0 && !s.want.read
+	s.attWrite = node < 0 && !s.want.read && !s.want.clean
 	if node >= 0 {
 		s.shard.outstanding[node].Add(1)
 		if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {

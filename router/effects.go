@@ -28,6 +28,10 @@ type Effects struct {
 	// (BEGIN, START TRANSACTION); ReadOnly when a statement declares the
 	// transaction READ ONLY (BEGIN READ ONLY, SET TRANSACTION READ ONLY).
 	Begin, ReadOnly bool
+	// TxnControl is set when every statement is transaction control
+	// (BEGIN, COMMIT, ROLLBACK, END, ABORT, SAVEPOINT, RELEASE), which
+	// writes nothing.
+	TxnControl bool
 }
 
 // Route is a routing hint.
@@ -105,7 +109,7 @@ func (e Effects) Clone() Effects {
 // Inspect scans sql and reports its session effects. It never fails: text it
 // cannot understand is left for the backend to judge.
 func Inspect(sql string) Effects {
-	e := Effects{Route: hint(sql)}
+	e := Effects{Route: hint(sql), TxnControl: true}
 	lx := lexer{s: sql, shape: fnvOffset}
 	for {
 		toks, more := lx.statement()
@@ -115,6 +119,9 @@ func Inspect(sql string) Effects {
 		}
 		if !more {
 			e.Shape = lx.shape
+			if e.Statements == 0 {
+				e.TxnControl = false
+			}
 			return e
 		}
 	}
@@ -143,7 +150,16 @@ func (e *Effects) add(sql string, toks []token) {
 	}
 	first := toks[0]
 	if first.kind != tokIdent {
+		e.TxnControl = false
 		return
+	}
+	switch first.word {
+	case "begin", "start", "commit", "rollback", "end", "abort", "savepoint", "release":
+		if len(toks) > 1 && toks[1].word == "prepared" {
+			e.TxnControl = false // COMMIT/ROLLBACK PREPARED finish a two-phase transaction
+		}
+	default:
+		e.TxnControl = false
 	}
 	if readOnlyTxn(toks) {
 		e.ReadOnly = true

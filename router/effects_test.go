@@ -85,6 +85,19 @@ func TestInspectTransactionsAndHints(t *testing.T) {
 	}
 }
 
+func TestTxnControl(t *testing.T) {
+	for sql, want := range map[string]bool{
+		"BEGIN": true, "commit": true, "ROLLBACK": true, "END": true, "abort": true,
+		"SAVEPOINT a": true, "RELEASE SAVEPOINT a": true, "ROLLBACK TO SAVEPOINT a": true,
+		"BEGIN; COMMIT": true, "COMMIT PREPARED 'x'": false, "SELECT 1": false,
+		"BEGIN; INSERT INTO t VALUES (1)": false, "": false,
+	} {
+		if got := Inspect(sql).TxnControl; got != want {
+			t.Errorf("Inspect(%q).TxnControl = %v, want %v", sql, got, want)
+		}
+	}
+}
+
 func TestShapeIgnoresLiteralsOnly(t *testing.T) {
 	same := [][2]string{
 		{"SELECT * FROM t WHERE id = 1", "SELECT * FROM t WHERE id = 22"},

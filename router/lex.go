@@ -217,7 +217,8 @@ func (l *lexer) dollar() bool {
 var keywordList = []string{"set", "reset", "local", "session", "transaction", "constraints",
 	"characteristics", "authorization", "role", "names", "schema", "xml", "time", "zone", "to",
 	"all", "default", "listen", "prepare", "deallocate", "load", "discard", "temp", "temporary",
-	"hold", "read", "only", "begin", "start"}
+	"hold", "read", "only", "begin", "start", "commit", "rollback", "end", "abort",
+	"savepoint", "release", "prepared"}
 
 var keywordIntern = func() map[string]string {
 	m := map[string]string{}
