@@ -68,12 +68,9 @@ func openCluster(ctx context.Context, cfg config.Config, log *slog.Logger) (*clu
 	octx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := st.Open(octx); err != nil {
-		hint := ""
-		switch {
-		case errors.Is(err, shardmap.ErrNoState):
+		hint := "" // the store's errors say what to do; name our keys too
+		if errors.Is(err, shardmap.ErrNoState) {
 			hint = " (set cluster.bootstrap = true on the first node, or cluster.join = [\"http://<member admin address>\"] on the others)"
-		case errors.Is(err, shardmap.ErrCorrupt):
-			hint = " (restore the data dir from a backup, or remove it and join this node to the cluster again)"
 		}
 		return nil, fmt.Errorf("open shard map in %s: %w%s", cl.DataDir, err, hint)
 	}

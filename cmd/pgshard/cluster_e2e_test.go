@@ -398,3 +398,82 @@ func mapJSON(ctx context.Context, t *testing.T, n *clusterNodeProc) string {
 	}
 	return string(v.Map)
 }
+
+// TestDaemonDataDirErrors: a missing or damaged data dir stops the daemon at
+// start with an error that names the problem and what to do, never an
+// empty map.
+func TestDaemonDataDirErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(dataDir string, bootstrap bool) string {
+		conf := filepath.Join(dir, "c.toml")
+		body := fmt.Sprintf(`listen = "127.0.0.1:%d"
+admin_listen = "127.0.0.1:%d"
+[[users]]
+name = "app"
+password = "app"
+[[shards]]
+name = "shard0"
+primary = "host=127.0.0.1 port=1"
+[cluster]
+node_id = "n0"
+raft_listen = "127.0.0.1:%d"
+data_dir = %q
+bootstrap = %v
+`, freePort(t), freePort(t), freePort(t), dataDir, bootstrap)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return conf
+	}
+	run := func(conf string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, daemon(t), "-config", conf).CombinedOutput()
+		if err == nil || ctx.Err() != nil {
+			t.Fatalf("pgshard started (or hung) with a bad data dir: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+
+	missing := filepath.Join(dir, "missing")
+	out := run(write(missing, false))
+	for _, want := range []string{"does not exist", "cluster.bootstrap = true", "cluster.join"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing data dir: output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := os.Stat(missing); !os.IsNotExist(err) {
+		t.Errorf("missing data dir was created: %v", err)
+	}
+
+	// A real data dir, then its log store damaged.
+	data := filepath.Join(dir, "data")
+	conf := write(data, true)
+	cmd := exec.Command(daemon(t), "-config", conf)
+	log := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		if !strings.Contains(log.String(), "seeded the shard map") {
+			return fmt.Errorf("not seeded yet")
+		}
+		return nil
+	})
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, log.String())
+	}
+	db := filepath.Join(data, "raft", "raft.db")
+	if err := os.WriteFile(db, []byte("not a bolt database at all, but long enough to look like one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out = run(conf)
+	for _, want := range []string{db, "corrupt", "restore the data dir"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("damaged raft.db: output lacks %q:\n%s", want, out)
+		}
+	}
+}
