@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/topology/topotest"
@@ -40,7 +42,11 @@ func (h *harness) clientEnv() []string {
 
 func (h *harness) run(name string, stdin string, args ...string) string {
 	h.t.Helper()
-	cmd := exec.Command(tool(h.t, name), args...)
+	// Bounded: a stuck session fails the test with its output, not the
+	// whole package at the test timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, tool(h.t, name), args...)
 	cmd.Env = h.clientEnv()
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
