@@ -314,13 +314,25 @@ func devUp(args []string, foreground bool) (err error) {
 	for i, d := range daemons {
 		go func() { <-d.done; exited <- i }()
 	}
+	// With several nodes, one node's exit is part of trying failover (kill
+	// the leader, watch another take over); everything stops at Ctrl-C or
+	// when no node is left.
 	var exitErr error
-	select {
-	case <-ctx.Done():
-		fmt.Fprintln(os.Stderr, "\nstopping pgshard and PostgreSQL ...")
-	case i := <-exited:
-		exitErr = fmt.Errorf("pgshard node %d exited unexpectedly (%v); log: %s", i, daemons[i].err, o.logFile(i))
-		fmt.Fprintf(os.Stderr, "%v; stopping the rest ...\n", exitErr)
+	for alive := len(daemons); exitErr == nil; {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(os.Stderr, "\nstopping pgshard and PostgreSQL ...")
+		case i := <-exited:
+			alive--
+			if alive > 0 {
+				fmt.Fprintf(os.Stderr, "pgshard node %d exited (%v); %d node(s) still running; log: %s; restart it by hand with: %s -config %s\n",
+					i, daemons[i].err, alive, o.logFile(i), bin, o.cfgFile(i))
+				continue
+			}
+			exitErr = fmt.Errorf("pgshard node %d exited unexpectedly (%v); log: %s", i, daemons[i].err, o.logFile(i))
+			fmt.Fprintf(os.Stderr, "%v; stopping PostgreSQL ...\n", exitErr)
+		}
+		break
 	}
 	var errs []error
 	for i, d := range daemons {
