@@ -29,7 +29,9 @@
 //
 // # Reads, writes and forwarding
 //
-// Reads answer from the node's local copy of the map. A write sent to a
+// Reads answer from the node's local copy of the map: on a follower they may
+// trail the leader by about one heartbeat (a follower learns that an entry is
+// committed with the leader's next message). A write sent to a
 // follower is forwarded, body and token unchanged, to the leader's admin API;
 // the follower then waits (briefly) until its own map reaches the version the
 // leader returned, so a client that reads from the same node next sees its
