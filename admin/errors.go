@@ -66,7 +66,7 @@ func toAPIError(err error) *APIError {
 	case errors.Is(err, shardmap.ErrShardExists):
 		return e(http.StatusConflict, CodeShardExists, "choose another name, or change the shard's DSNs with `pgshardctl shards set-endpoints`")
 	case errors.Is(err, shardmap.ErrShardOnRing):
-		return e(http.StatusConflict, CodeShardOnRing, "move its ranges to other shards with a reshard job first")
+		return e(http.StatusConflict, CodeShardOnRing, "`pgshardctl map show` lists its ranges")
 	case errors.Is(err, shardmap.ErrLastShard):
 		return e(http.StatusConflict, CodeShardOnRing, "a ring needs at least one shard")
 	case errors.Is(err, shardmap.ErrUnknownShard):

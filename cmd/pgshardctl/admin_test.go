@@ -152,6 +152,13 @@ func TestAdminCommands(t *testing.T) {
 		t.Errorf("cluster status:\n%s", out)
 	}
 	fails(1, "unknown Raft server", "cluster", "leave", "nope")
+	must("n9 (127.0.0.1:1) is a nonvoter", "cluster", "join", "n9", "127.0.0.1:1", "--nonvoter", "--node-admin-url", "http://127.0.0.1:2")
+	out = must("n9", "cluster", "status")
+	if !strings.Contains(out, "n9  nonvoter  127.0.0.1:1") || !strings.Contains(out, "http://127.0.0.1:2") {
+		t.Errorf("cluster status after join:\n%s", out)
+	}
+	must("n9 removed from the cluster", "cluster", "leave", "n9")
+	fails(2, "want NODE_ID RAFT_ADDR", "cluster", "join", "n9")
 
 	// Token and URL errors say what to do, with their exit codes.
 	fails(3, "--token or PGSHARD_ADMIN_TOKEN", "--token", "wrong", "shards", "list")
