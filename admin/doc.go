@@ -29,9 +29,12 @@
 //
 // # Reads, writes and forwarding
 //
-// Reads answer from the node's local copy of the map: on a follower they may
-// trail the leader by about one heartbeat (a follower learns that an entry is
-// committed with the leader's next message). A write sent to a
+// Reads answer from the node's local copy of the map. On a follower, the
+// map reads (shards, map, locate, tables) first ask the leader for its map
+// version and wait (at most 2s) until the local copy has it, so a change made
+// through any node shows in the next read through any other; ?stale=1 skips
+// that, and without a reachable leader the local copy answers as it is.
+// GET /v1/cluster always reports this node's own view. A write sent to a
 // follower is forwarded, body and token unchanged, to the leader's admin API;
 // the follower then waits (briefly) until its own map reaches the version the
 // leader returned, so a client that reads from the same node next sees its

@@ -394,11 +394,13 @@ func shardInfos(m *shardmap.Map) []ShardInfo {
 }
 
 func (s *Server) getShards(w http.ResponseWriter, r *http.Request) {
+	s.catchUp(r)
 	m := s.store.Map()
 	writeJSON(w, http.StatusOK, ShardsList{MapVersion: m.Version(), Shards: shardInfos(m)})
 }
 
 func (s *Server) getMap(w http.ResponseWriter, r *http.Request) {
+	s.catchUp(r)
 	m := s.store.Map()
 	b, err := m.MarshalJSON()
 	if err != nil {
@@ -430,6 +432,7 @@ func Locate(m *shardmap.Map, typ, key string) (Location, error) {
 }
 
 func (s *Server) getLocate(w http.ResponseWriter, r *http.Request) {
+	s.catchUp(r)
 	q := r.URL.Query()
 	if !q.Has("key") {
 		writeError(w, badRequest("missing query parameter key (e.g. /v1/map/locate?key=42&type=int)"))
@@ -444,12 +447,35 @@ func (s *Server) getLocate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getTables(w http.ResponseWriter, r *http.Request) {
+	s.catchUp(r)
 	m := s.store.Map()
 	ts := m.Tables()
 	if ts == nil {
 		ts = []shardmap.Table{}
 	}
 	writeJSON(w, http.StatusOK, TablesList{MapVersion: m.Version(), Tables: ts})
+}
+
+// catchUp makes a read on a follower wait (briefly) until the local map has
+// the version the leader holds now, so that a change made through any node
+// is seen by the next read through this one. ?stale=1 skips it; without a
+// reachable leader the local map answers as it is.
+func (s *Server) catchUp(r *http.Request) {
+	if r.URL.Query().Get("stale") != "" || s.store.IsLeader() {
+		return
+	}
+	leader := s.store.LeaderID()
+	u := s.AdminURLOf(leader)
+	if leader == "" || u == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var st Status
+	if err := s.call(ctx, http.MethodGet, u+"/v1/cluster", nil, &st); err != nil || st.NodeID != leader {
+		return
+	}
+	_ = s.store.WaitForVersion(ctx, st.MapVersion)
 }
 
 // ---- writes

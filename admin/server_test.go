@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -294,6 +295,22 @@ func TestClusterWritesForwardedAndErrors(t *testing.T) {
 	}
 	if loc, err := f.Locate(ctx, "héllo", "text"); err != nil || loc.Hash != shardmap.HashText("héllo") {
 		t.Errorf("locate text: %+v %v", loc, err)
+	}
+
+	// A write through the leader is seen by the next read through a
+	// follower (which catches up to the leader's version first).
+	for i := range 10 {
+		name := fmt.Sprintf("rw%d", i)
+		if _, err := nodes[0].client.AddTable(ctx, admin.AddTableRequest{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+		tl, err := nodes[1+i%2].client.Tables(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(tl.Tables, func(tb shardmap.Table) bool { return tb.Name == name }) {
+			t.Errorf("table %s written through the leader is not seen by the next read through n%d (version %d)", name, 1+i%2, tl.MapVersion)
+		}
 	}
 
 	// Leave through a follower, then the status shows two servers.
