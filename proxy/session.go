@@ -1247,7 +1247,9 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	}
 	head := s.q.front()
 	forward := head == nil || !head.swallow
-	if s.rt.active {
+	if s.rt.active && forward {
+		// Only what would reach the client decides (the answers to a
+		// settings replay pgshard injected do not).
 		switch typ {
 		case '1', '2', '3', 't', 'n', 'T', 'Z', 'E':
 			// Nothing the client could act on yet: still retryable.
