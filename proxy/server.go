@@ -177,9 +177,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("accepting client connections", "addr", ln.Addr().String())
 	s.mu.Lock()
 	s.serveCtx = ctx
+	shards := s.shardList()
 	s.mu.Unlock()
-	for _, rt := range s.shardList() {
-		rt.start(ctx)
+	for _, rt := range shards {
+		rt.start(ctx) // idempotent: SetShards may have started it
 	}
 	go func() {
 		<-ctx.Done()
@@ -401,9 +402,6 @@ func (s *Server) SetShards(shards []config.Shard) error {
 	for _, rt := range s.shardList() {
 		old[rt.name] = rt
 	}
-	s.mu.Lock()
-	ctx := s.serveCtx
-	s.mu.Unlock()
 	next := make([]*shardRT, 0, len(shards))
 	var started []*shardRT
 	for _, sh := range shards {
@@ -422,12 +420,17 @@ func (s *Server) SetShards(shards []config.Shard) error {
 		next = append(next, rt)
 		started = append(started, rt)
 	}
-	for _, rt := range started {
-		if ctx != nil {
+	// Publish and read the serving context together with Serve, so that
+	// every new monitor is started exactly once, by one of the two.
+	s.mu.Lock()
+	ctx := s.serveCtx
+	s.shardsPtr.Store(&next)
+	s.mu.Unlock()
+	if ctx != nil {
+		for _, rt := range started {
 			rt.start(ctx)
 		}
 	}
-	s.shardsPtr.Store(&next)
 	for _, rt := range old {
 		rt.close()
 	}

@@ -23,6 +23,7 @@ type shardRT struct {
 	replicas []string // connection strings
 	monitor  *replication.Monitor
 	policy   replication.Policy
+	started  atomic.Bool
 
 	outstanding []atomic.Int64 // batches in flight per replica
 	routed      []prometheus.Counter
@@ -121,7 +122,7 @@ func (rt *shardRT) pick(wroteAt time.Time) (int, bool) {
 }
 
 func (rt *shardRT) start(ctx context.Context) {
-	if rt.monitor != nil {
+	if rt.monitor != nil && rt.started.CompareAndSwap(false, true) {
 		rt.monitor.Start(ctx)
 	}
 }
