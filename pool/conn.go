@@ -42,6 +42,8 @@ type Conn struct {
 
 	broken atomic.Bool
 	held   atomic.Bool // handed out by Acquire, not yet Released or Discarded
+	// Counters for diagnosis (tests print them when a session is stuck).
+	Writes, Messages, Dropped atomic.Uint64
 	done   chan struct{}
 }
 
@@ -79,6 +81,7 @@ func (c *Conn) SetHandler(h Handler) bool {
 
 // Write sends raw protocol bytes to the backend. Only the holder writes.
 func (c *Conn) Write(b []byte) error {
+	c.Writes.Add(1)
 	if _, err := c.nc.Write(b); err != nil {
 		c.broken.Store(true)
 		return err
@@ -118,7 +121,9 @@ func (c *Conn) readLoop() {
 			}
 			return
 		}
+		c.Messages.Add(1)
 		if h == nil {
+			c.Dropped.Add(1)
 			// Idle: only asynchronous messages can arrive. An error here is
 			// the server ending the session (shutdown, terminate).
 			if typ == 'E' {

@@ -13,9 +13,12 @@ func (s *Server) DebugSessions() string {
 	for _, sess := range s.sessions {
 		sess.mu.Lock()
 		pid := uint32(0)
+		var w, m, d uint64
 		if sess.sc != nil {
 			pid = sess.sc.PID
+			w, m, d = sess.sc.Writes.Load(), sess.sc.Messages.Load(), sess.sc.Dropped.Load()
 		}
+		fmt.Fprintf(&b, "conn writes=%d messages=%d dropped-idle=%d\n", w, m, d)
 		fmt.Fprintf(&b, "session %d: backend pid %d attached=%v node=%d q=%d busy=%v tx=%c unsynced=%v srvErr=%v rt=%+v out=%d want=%+v skip=%v\n",
 			sess.key.ProcessID, pid, sess.sc != nil, sess.node, sess.q.len(), sess.busy, sess.txStatus, sess.unsynced, sess.srvErr,
 			sess.rt, len(sess.out), sess.want, sess.skipUntilSync)

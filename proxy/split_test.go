@@ -318,7 +318,7 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 		watchdog := time.AfterFunc(40*time.Second, func() {
 			t.Logf("pgbench stuck; sessions:\n%s", h.srv.DebugSessions())
 			for _, r := range topo.Shards[0].Servers() {
-				v, err := r.QueryValue(context.Background(), "postgres", "SELECT string_agg(pid || ' ' || coalesce(state,'') || ' ' || coalesce(wait_event,'') || ' ' || left(query, 40), E'\\n') FROM pg_stat_activity WHERE usename = 'app'")
+				v, err := r.QueryValue(context.Background(), "postgres", "SELECT string_agg(pid || ' ' || coalesce(state,'') || ' ' || coalesce(wait_event,'') || ' ' || backend_start::time || ' ' || state_change::time || ' ' || left(query, 40), E'\\n') FROM pg_stat_activity WHERE usename = 'app'")
 				t.Logf("%s: %v\n%s", r.Name, err, v)
 			}
 		})
