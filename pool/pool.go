@@ -277,6 +277,14 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		return nil, &wire.Error{Severity: "ERROR", Code: wire.CodeConnectionFailure,
 			Message: fmt.Sprintf("pgshard: cannot connect to backend %s", p.name), Err: err}
 	}
+	// pgconn may still have a background reader on the socket (started when
+	// a write during startup was slow); it would steal the first bytes of
+	// the first answer. SyncConn stops it and drains pgconn's buffers.
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(ctx)
+		return nil, &wire.Error{Severity: "ERROR", Code: wire.CodeConnectionFailure,
+			Message: fmt.Sprintf("pgshard: cannot prepare backend connection %s", p.name), Err: err}
+	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		pc.Close(ctx)
