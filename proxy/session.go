@@ -816,34 +816,48 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 	if !ok {
 		return errMalformed("Bind")
 	}
-	var def *stmtDef
-	if len(stmt) > 0 {
-		if def, ok = s.lookupStmt(string(stmt)); !ok {
-			return s.raise(wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(stmt))
-		}
+	def, ok, err := s.useStatement(ctx, stmt)
+	if !ok {
+		return err
 	}
-	if err := s.ensureServer(ctx); err != nil {
-		return s.failBatch(err, false)
-	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.unsynced = true
-	if s.srvErr {
-		return nil
-	}
 	if s.node < 0 && ((def == nil && !s.unnamedRead) || (def != nil && !def.read)) {
 		s.attWrite = true
 	}
+	s.push(entry{kind: 'B'})
 	if def == nil {
-		s.unnamedOn()
-		s.push(entry{kind: 'B'})
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
 	}
-	s.prepareOn(def)
-	s.push(entry{kind: 'B'})
 	s.sbuf = appendWithStmt(s.sbuf, 'B', body[:len(portal)+1], def.name, rest)
 	return nil
+}
+
+// useStatement resolves the statement a Bind or Describe names (empty: the
+// unnamed one), attaches a backend and makes sure the backend has the
+// statement. When ok, it returns with s.mu held and the caller pushes its
+// entry; when not ok, err (if any) ends the session and nothing is held.
+func (s *session) useStatement(ctx context.Context, name []byte) (def *stmtDef, ok bool, err error) {
+	if len(name) > 0 {
+		if def, ok = s.lookupStmt(string(name)); !ok {
+			return nil, false, s.raise(wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(name))
+		}
+	}
+	if err := s.ensureServer(ctx); err != nil {
+		return nil, false, s.failBatch(err, false)
+	}
+	s.mu.Lock()
+	s.unsynced = true
+	if s.srvErr {
+		s.mu.Unlock()
+		return nil, false, nil // the backend skips to Sync; so does PostgreSQL
+	}
+	if def == nil {
+		s.unnamedOn()
+	} else {
+		s.prepareOn(def)
+	}
+	return def, true, nil
 }
 
 func (s *session) handleDescribe(ctx context.Context, msg []byte) error {
@@ -858,29 +872,16 @@ func (s *session) handleDescribe(ctx context.Context, msg []byte) error {
 	if body[0] != 'S' {
 		return s.forwardExtended(ctx, 'D', msg)
 	}
-	var def *stmtDef
-	if len(name) > 0 {
-		if def, ok = s.lookupStmt(string(name)); !ok {
-			return s.raise(wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(name))
-		}
+	def, ok, err := s.useStatement(ctx, name)
+	if !ok {
+		return err
 	}
-	if err := s.ensureServer(ctx); err != nil {
-		return s.failBatch(err, false)
-	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.unsynced = true
-	if s.srvErr {
-		return nil
-	}
+	s.push(entry{kind: 'd'})
 	if def == nil {
-		s.unnamedOn()
-		s.push(entry{kind: 'd'})
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
 	}
-	s.prepareOn(def)
-	s.push(entry{kind: 'd'})
 	s.sbuf = appendWithStmt(s.sbuf, 'D', []byte{'S'}, def.name, nil)
 	return nil
 }
