@@ -44,7 +44,7 @@ type Conn struct {
 	held   atomic.Bool // handed out by Acquire, not yet Released or Discarded
 	// Counters for diagnosis (tests print them when a session is stuck).
 	Writes, Messages, Dropped atomic.Uint64
-	done   chan struct{}
+	done                      chan struct{}
 }
 
 func newConn(p *Pool, hc *pgconn.HijackedConn) *Conn {
