@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,33 +17,6 @@ import (
 	"github.com/pgshard/pgshard/admin"
 	"github.com/pgshard/pgshard/topology/topotest"
 )
-
-var ctlOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-// ctl builds pgshardctl once per test binary.
-func ctl(t *testing.T) string {
-	t.Helper()
-	ctlOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "pgshardctl-bin-")
-		if err != nil {
-			ctlOnce.err = err
-			return
-		}
-		ctlOnce.path = filepath.Join(dir, "pgshardctl")
-		out, err := exec.Command("go", "build", "-o", ctlOnce.path, "../pgshardctl").CombinedOutput()
-		if err != nil {
-			ctlOnce.err = fmt.Errorf("go build pgshardctl: %v\n%s", err, out)
-		}
-	})
-	if ctlOnce.err != nil {
-		t.Fatal(ctlOnce.err)
-	}
-	return ctlOnce.path
-}
 
 const e2eToken = "e2e-token"
 

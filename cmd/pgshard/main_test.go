@@ -25,32 +25,39 @@ func TestMain(m *testing.M) {
 	topotest.Main(m, topology.Config{Shards: 1, Replicas: 0})
 }
 
-// buildDaemon builds the pgshard binary once per test binary.
-var buildOnce struct {
-	sync.Once
+// builtBinary is a program of this repository built once per test binary.
+type builtBinary struct {
+	once sync.Once
 	path string
 	err  error
 }
 
-func daemon(t *testing.T) string {
+// get builds package pkg (relative to this directory) as name, once.
+func (b *builtBinary) get(t *testing.T, pkg, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "pgshard-bin-")
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", name+"-bin-")
 		if err != nil {
-			buildOnce.err = err
+			b.err = err
 			return
 		}
-		buildOnce.path = filepath.Join(dir, "pgshard")
-		out, err := exec.Command("go", "build", "-o", buildOnce.path, ".").CombinedOutput()
+		b.path = filepath.Join(dir, name)
+		out, err := exec.Command("go", "build", "-o", b.path, pkg).CombinedOutput()
 		if err != nil {
-			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 		}
 	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return buildOnce.path
+	return b.path
 }
+
+var daemonBin, ctlBin builtBinary
+
+// daemon returns the pgshard binary; ctl the pgshardctl binary.
+func daemon(t *testing.T) string { return daemonBin.get(t, ".", "pgshard") }
+func ctl(t *testing.T) string    { return ctlBin.get(t, "../pgshardctl", "pgshardctl") }
 
 func freePort(t *testing.T) int {
 	t.Helper()
