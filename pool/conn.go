@@ -2,6 +2,7 @@ package pool
 
 import (
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,6 +134,21 @@ func (c *Conn) readLoop() {
 			}
 			continue
 		}
-		h.ServerMessage(c, typ, msg, c.r.Buffered() > 0)
+		c.deliver(h, typ, msg)
 	}
+}
+
+// deliver hands one message to the holder. A panic in the holder (a bug)
+// closes this connection, so that the holder hears ServerGone, instead of
+// ending the process.
+func (c *Conn) deliver(h Handler, typ byte, msg []byte) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.pool.log.Error("BUG: handling a backend message panicked; closing the backend connection",
+				"pid", c.PID, "panic", r, "stack", string(debug.Stack()))
+			c.broken.Store(true)
+			_ = c.nc.Close()
+		}
+	}()
+	h.ServerMessage(c, typ, msg, c.r.Buffered() > 0)
 }

@@ -753,3 +753,24 @@ func TestMain_NoGoroutineLeak(t *testing.T) {
 	// its cleanup, and must leave no goroutine behind.
 	goleak.VerifyNone(t, goleak.IgnoreCurrent())
 }
+
+func TestOddTextsDoNotHurtTheSession(t *testing.T) {
+	h := startProxy(t, nil)
+	ctx := testCtx(t)
+	c := h.pgconn(ctx)
+	// Texts the scanner must survive (found by FuzzInspect: "/*/" once
+	// crashed the routing-hint reader); the backend judges them.
+	for _, q := range []string{"/*/", "/*", "'", "$$", "E'\\\\", "/* pgshard:primary", "SET", "RESET"} {
+		_, err := c.Exec(ctx, q).ReadAll()
+		if err == nil {
+			continue
+		}
+		if sqlState(err) == "" {
+			t.Fatalf("%q: %v", q, err)
+		}
+	}
+	res, err := c.Exec(ctx, "SELECT 'alive'").ReadAll()
+	if err != nil || string(res[0].Rows[0][0]) != "alive" {
+		t.Fatalf("session after odd texts: %v", err)
+	}
+}

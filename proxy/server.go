@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -217,6 +218,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
+	defer func() {
+		// A bug must cost one client its connection, not every client the
+		// process: say so to the client, log the stack, go on serving.
+		if r := recover(); r != nil {
+			s.metrics.rejected.WithLabelValues("internal_error").Inc()
+			s.log.Error("BUG: session panicked; connection closed", "panic", r, "stack", string(debug.Stack()))
+			_, _ = conn.Write(wire.AppendError(nil, wire.Fatalf(wire.CodeInternalError, "pgshard: internal error; the connection is closed")))
+		}
+	}()
 	cfg := s.cfg.Load()
 	users := *s.users.Load()
 	st, err := wire.Accept(ctx, conn, &wire.ServerConfig{

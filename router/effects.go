@@ -72,11 +72,11 @@ func hint(sql string) Route {
 	if !strings.HasPrefix(s, "/*") {
 		return RouteAuto
 	}
-	end := strings.Index(s, "*/")
+	end := strings.Index(s[2:], "*/")
 	if end < 0 {
 		return RouteAuto
 	}
-	body := strings.TrimSpace(s[2:end])
+	body := strings.TrimSpace(s[2 : 2+end])
 	v, ok := strings.CutPrefix(body, "pgshard:")
 	if !ok {
 		return RouteAuto
