@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -59,14 +60,35 @@ var daemonBin, ctlBin builtBinary
 func daemon(t *testing.T) string { return daemonBin.get(t, ".", "pgshard") }
 func ctl(t *testing.T) string    { return ctlBin.get(t, "../pgshardctl", "pgshardctl") }
 
+// usedPorts are the ports freePort handed out in this test binary: the
+// kernel may offer a just-released port again, and two of our own servers
+// must never be given the same one.
+var usedPorts = struct {
+	sync.Mutex
+	m map[int]bool
+}{m: map[int]bool{}}
+
+// freePort returns a port in [20000, 32000) (below the ephemeral range)
+// that is free now and was not handed out before in this process.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	usedPorts.Lock()
+	defer usedPorts.Unlock()
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		if usedPorts.m[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		usedPorts.m[p] = true
+		return p
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in [20000, 32000)")
+	return 0
 }
 
 // syncBuffer collects the daemon's log.
