@@ -146,7 +146,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 			return fmt.Errorf("%s missing (run scripts/install-deps.sh bench): %w", bin, err)
 		}
 	}
-	runAs, err := unprivileged()
+	runAs, err := topology.PostgresOSUser()
 	if err != nil {
 		return err
 	}

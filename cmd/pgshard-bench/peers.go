@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/pgshard/pgshard/topology"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,7 @@ type backend struct {
 // peerConfig is what every peer shares.
 type peerConfig struct {
 	dir      string // base directory; each peer gets a subdirectory
-	runAs    *osUser
+	runAs    *topology.OSUser
 	poolSize int
 	clients  int
 	split    bool // pgshard: give it the replicas (read/write splitting)
@@ -59,7 +60,7 @@ func (pc peerConfig) peerDir(name string) (string, error) {
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return "", fmt.Errorf("mkdir %s: %w", d, err)
 	}
-	return d, pc.runAs.chown(d)
+	return d, pc.runAs.Chown(d)
 }
 
 // pgbouncerConfig returns pgbouncer.ini for one database "app" on the
@@ -97,11 +98,11 @@ func startPgbouncer(name, poolMode string, port int, pc peerConfig) (*proc, erro
 		return nil, err
 	}
 	ini := filepath.Join(dir, "pgbouncer.ini")
-	if err := pc.runAs.writeFile(ini, pgbouncerConfig(dir, port, poolMode, pc), 0o600); err != nil {
+	if err := pc.runAs.WriteFile(ini, []byte(pgbouncerConfig(dir, port, poolMode, pc)), 0o600); err != nil {
 		return nil, err
 	}
 	userlist := fmt.Sprintf("%q %q\n", appUser, appPassword)
-	if err := pc.runAs.writeFile(filepath.Join(dir, "userlist.txt"), userlist, 0o600); err != nil {
+	if err := pc.runAs.WriteFile(filepath.Join(dir, "userlist.txt"), []byte(userlist), 0o600); err != nil {
 		return nil, err
 	}
 	// SIGTERM is pgbouncer 1.18's immediate shutdown (SIGINT would wait for
@@ -187,7 +188,7 @@ func startPgpool(port, pcpPort int, pc peerConfig) (*proc, error) {
 		filepath.Join(dir, "pool_hba.conf"): "",
 	}
 	for path, data := range files {
-		if err := pc.runAs.writeFile(path, data, 0o600); err != nil {
+		if err := pc.runAs.WriteFile(path, []byte(data), 0o600); err != nil {
 			return nil, err
 		}
 	}

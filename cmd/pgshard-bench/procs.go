@@ -5,11 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pgshard/pgshard/topology"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,52 +17,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
-
-// osUser is an unprivileged OS user to run a child as (nil: ourselves).
-type osUser struct {
-	name     string
-	uid, gid int
-}
-
-// unprivileged returns the postgres OS user when we run as root (pgbouncer
-// refuses to run as root), else nil.
-func unprivileged() (*osUser, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("look up the postgres OS user: %w", err)
-	}
-	uid, err := strconv.Atoi(u.Uid)
-	if err != nil {
-		return nil, fmt.Errorf("parse uid of postgres: %w", err)
-	}
-	gid, err := strconv.Atoi(u.Gid)
-	if err != nil {
-		return nil, fmt.Errorf("parse gid of postgres: %w", err)
-	}
-	return &osUser{name: u.Username, uid: uid, gid: gid}, nil
-}
-
-// chown gives path to u; a no-op for nil.
-func (u *osUser) chown(path string) error {
-	if u == nil {
-		return nil
-	}
-	if err := os.Chown(path, u.uid, u.gid); err != nil {
-		return fmt.Errorf("chown %s: %w", path, err)
-	}
-	return nil
-}
-
-// writeFile writes a file owned by u.
-func (u *osUser) writeFile(path, data string, mode os.FileMode) error {
-	if err := os.WriteFile(path, []byte(data), mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return u.chown(path)
-}
 
 // proc is a long-running child (a proxy) in its own process group.
 type proc struct {
@@ -77,8 +31,8 @@ type proc struct {
 
 // startProc starts argv with stdout and stderr going to logPath, in its own
 // process group (a terminal's Ctrl-C does not reach it; we stop it in
-// order), as user u when u is not nil.
-func startProc(name string, argv []string, dir, logPath string, u *osUser, stopSig syscall.Signal) (*proc, error) {
+// order), as user u (the postgres user when we are root).
+func startProc(name string, argv []string, dir, logPath string, u *topology.OSUser, stopSig syscall.Signal) (*proc, error) {
 	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: open log: %w", name, err)
@@ -88,10 +42,7 @@ func startProc(name string, argv []string, dir, logPath string, u *osUser, stopS
 	cmd.Env = childEnv()
 	cmd.Stdout = lf
 	cmd.Stderr = lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if u != nil {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid)}
-	}
+	cmd.SysProcAttr = u.SysProcAttr()
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
