@@ -218,6 +218,13 @@ func (a *acceptor) run(ctx context.Context) (*Startup, error) {
 	for {
 		body, err := a.r.NextUntyped()
 		if err != nil {
+			if a.terminateFirst() {
+				// A Terminate before the startup packet: the client leaves.
+				// PostgreSQL reads it as an impossible length and closes
+				// without a word (it only logs it); so do we.
+				a.noReply = true
+				return nil, errors.New("client sent Terminate before its startup packet")
+			}
 			return nil, a.readErr(err)
 		}
 		code := binary.BigEndian.Uint32(body)
@@ -276,6 +283,14 @@ func (a *acceptor) run(ctx context.Context) (*Startup, error) {
 			return a.startup(code, body)
 		}
 	}
+}
+
+// terminateFirst reports whether the unread input starts like a Terminate
+// message ('X' and the high bytes of its length, 4), which a client sends
+// when it gives up before its startup packet.
+func (a *acceptor) terminateFirst() bool {
+	b, _ := a.r.br.Peek(4)
+	return string(b) == "X\x00\x00\x00"
 }
 
 // tlsHandshakeRecord is the first byte of a TLS ClientHello.

@@ -24,7 +24,10 @@
 //     Protocol 3.0 is spoken; a client asking for 3.x (x > 0) or for "_pq_."
 //     protocol options gets a NegotiateProtocolVersion that downgrades it
 //     to 3.0, and any other major version is refused (0A000). Replication
-//     connections are refused (0A000).
+//     connections are refused (0A000). A client that closes, or sends
+//     Terminate, before its startup packet is let go silently, as by
+//     PostgreSQL; other malformed or oversized startup packets are answered
+//     with an error.
 //
 //  3. Authentication, by the user's method: trust, md5 or SCRAM-SHA-256
 //     (RFC 5802/7677, server side implemented here, no channel binding).

@@ -21,11 +21,22 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/topology"
+	"github.com/pgshard/pgshard/topology/topotest"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(sharedPGRunner{m})
+}
+
+// sharedPGRunner runs the tests with a real PostgreSQL 15 shared by the
+// tests that compare with it (started on first use, see realPG) and stops
+// it before the goroutine-leak check.
+type sharedPGRunner struct{ m *testing.M }
+
+func (r sharedPGRunner) Run() int {
+	return topotest.Run(r.m, topology.Config{Shards: 1})
 }
 
 // Test users. The stored SCRAM verifier is computed by testVerifier, an
