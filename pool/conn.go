@@ -92,9 +92,6 @@ func (c *Conn) Write(b []byte) error {
 
 func (c *Conn) isBroken() bool { return c.broken.Load() }
 
-// MarkBroken makes the pool close c instead of reusing it.
-func (c *Conn) MarkBroken() { c.broken.Store(true) }
-
 func (c *Conn) close() {
 	c.broken.Store(true)
 	_ = c.nc.Close()

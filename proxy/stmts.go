@@ -17,7 +17,6 @@ type stmtDef struct {
 	name  string
 	parse []byte // a complete Parse message that creates it under name
 	read  bool   // a replica may answer it (router.Classifier)
-	pin   bool   // it changes session state (see pinForExtended)
 }
 
 // stmtCache interns statement definitions. It grows with the number of
@@ -47,7 +46,7 @@ func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (r
 	}
 	c.next++
 	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next)}
-	d.read, d.pin = classify(query)
+	d.read, _ = classify(query)
 	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
 	d.parse, _ = p.Encode(nil)
 	c.defs[key] = d
@@ -114,25 +113,4 @@ func errorCode(msg []byte) string {
 		b = rest
 	}
 	return ""
-}
-
-// errorSeverity returns the non-localized severity of a raw ErrorResponse.
-func errorSeverity(msg []byte) string {
-	b := msg[5:]
-	sev := ""
-	for len(b) > 0 && b[0] != 0 {
-		f := b[0]
-		v, rest, ok := cstringBytes(b[1:])
-		if !ok {
-			return sev
-		}
-		if f == 'V' {
-			return string(v)
-		}
-		if f == 'S' {
-			sev = string(v)
-		}
-		b = rest
-	}
-	return sev
 }

@@ -230,17 +230,6 @@ func (s *Server) waitReady(ctx context.Context, p *process, logOff int64) error 
 	}
 }
 
-// WaitReady waits until the server accepts connections.
-func (s *Server) WaitReady(ctx context.Context) error {
-	s.mu.Lock()
-	p := s.proc
-	s.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("topology: %s: %w", s.Name, ErrNotRunning)
-	}
-	return s.waitReady(ctx, p, 0)
-}
-
 // Stop shuts the server down with a fast shutdown (SIGINT) and waits for
 // it to exit; when ctx ends first it kills the process group. Stopping a
 // stopped server is not an error.
