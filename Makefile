@@ -23,7 +23,7 @@ BENCH_ARGS ?=
 DEV_FLAGS = --dir $(DEV_DIR) --shards $(SHARDS) --replicas $(REPLICAS) --spare $(SPARE) --nodes $(NODES)
 
 .DEFAULT_GOAL := build
-.PHONY: build deps deps-bench run dev-up dev-down test fmt-check vet bench fuzz clean
+.PHONY: build deps deps-bench run dev-up dev-down test fmt-check vet bench fuzz compat clean
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -57,6 +57,12 @@ test: deps build fmt-check vet
 bench: deps-bench build
 	@if [[ ! -d cmd/pgshard-bench ]]; then echo "cmd/pgshard-bench does not exist yet" >&2; exit 1; fi
 	$(GO) run ./cmd/pgshard-bench $(BENCH_ARGS)
+
+# pgx v5's own test suite through pgshard and directly (cmd/pgshard-compat);
+# e.g. make compat COMPAT_ARGS='-run TestConnQuery -pkgs .,./pgconn'.
+COMPAT_ARGS ?=
+compat: deps build
+	$(GO) run ./cmd/pgshard-compat -no-build $(COMPAT_ARGS)
 
 # Runs every native fuzz target for FUZZTIME each.
 fuzz:
