@@ -31,6 +31,9 @@
 //
 //  3. Authentication, by the user's method: trust, md5 or SCRAM-SHA-256
 //     (RFC 5802/7677, server side implemented here, no channel binding).
+//     Plaintext passwords are normalised with SASLprep (RFC 4013) before
+//     hashing, falling back to the raw bytes, exactly as PostgreSQL does,
+//     so verifiers match the ones in pg_authid.
 //     Unknown users go through a SCRAM exchange that cannot succeed, so they
 //     are indistinguishable from wrong passwords (28P01). Accept ends with
 //     AuthenticationOk; the caller then sends ParameterStatus,

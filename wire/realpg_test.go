@@ -3,13 +3,18 @@ package wire
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
@@ -138,6 +143,132 @@ func TestAcceptLeaveBeforeStartupLikePostgres(t *testing.T) {
 				t.Fatalf("Accept: %v (want an error for the log, with nothing sent)", r.err)
 			}
 			t.Logf("PostgreSQL sent %q; Accept: %v", want, r.err)
+		})
+	}
+}
+
+// psqlLogin runs psql -c "select 1" as user on db at port and returns its
+// output; err is set when it could not log in.
+func psqlLogin(t *testing.T, psql string, port int, user, db, password string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, psql, "-X", "-A", "-t", "-w", "-c", "select 1",
+		fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable connect_timeout=20", port, user, db))
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+password, "PGGSSENCMODE=disable", "HOME="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// pgconnLogin logs in with pgconn and reports the error.
+func pgconnLogin(port int, user, db, password string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d sslmode=disable connect_timeout=20", port))
+	if err != nil {
+		return err
+	}
+	cfg.User, cfg.Database, cfg.Password = user, db, password
+	c, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return c.Close(ctx)
+}
+
+// saslPrepPasswords exercise SASLprep (RFC 4013): mappings, NFKC, and the
+// cases where PostgreSQL falls back to the raw bytes.
+var saslPrepPasswords = []struct{ name, password string }{
+	{"ascii", "plain-ascii"},
+	{"ascii control", "a\x07b"},
+	{"roman numeral NFKC", "IX-\u2168"},
+	{"ligature NFKC", "\ufb01x"},
+	{"fullwidth NFKC", "\uff21\uff22c"},
+	{"combining NFC", "A\u0308pfel"},
+	{"latin1 and euro", "pässwörd€"},
+	{"nbsp to space", "a\u00a0b"},
+	{"ideographic space", "x\u3000y"},
+	{"soft hyphen to nothing", "pa\u00adss"},
+	{"zero width joiner to nothing", "pa\u200dss"},
+	{"only mapped to nothing", "\u00ad\u034f"},
+	{"zero width space", "a\u200bb"},
+	{"zero width space and soft hyphen", "\u00ad\u200b"},
+	{"bidi mixed: raw", "\u05d0a"},
+	{"bidi ok", "\u05d0\u05d1"},
+	{"unassigned in 3.2: raw", "pw\U0001f600"},
+	{"private use: raw", "pw\ue000"},
+	{"prohibited after NFKC", "a\u2028b"},
+}
+
+// TestSCRAMSASLprepLikePostgres checks SCRAM verifiers against the ones a
+// real PostgreSQL 15 stores for the same passwords (CREATE ROLE ...
+// PASSWORD with password_encryption = scram-sha-256): the same salt and
+// iterations must give the same keys. Then psql (libpq, which applies
+// SASLprep too) and pgconn log in with each password to PostgreSQL and to
+// Accept, once with PostgreSQL's stored verifier and once with the
+// plaintext password in the configuration: every login must end as it does
+// on PostgreSQL.
+func TestSCRAMSASLprepLikePostgres(t *testing.T) {
+	pg := realPG(t)
+	psql := psqlPath(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stored := map[string]Credentials{}
+	plain := map[string]Credentials{}
+	lookup := func(m map[string]Credentials) func(string) (Credentials, bool) {
+		return func(u string) (Credentials, bool) { c, ok := m[u]; return c, ok }
+	}
+	for i, tc := range saslPrepPasswords {
+		user := fmt.Sprintf("saslprep%d", i)
+		if err := pg.Exec(ctx, "postgres", fmt.Sprintf("SET password_encryption = 'scram-sha-256'; DROP ROLE IF EXISTS %s; CREATE ROLE %s LOGIN PASSWORD $pw$%s$pw$", user, user, tc.password)); err != nil {
+			t.Fatal(err)
+		}
+		secret, err := pg.QueryValue(ctx, "postgres", fmt.Sprintf("SELECT rolpassword FROM pg_authid WHERE rolname = '%s'", user))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored[user] = Credentials{Method: AuthSCRAM, Password: secret}
+		plain[user] = Credentials{Method: AuthSCRAM, Password: tc.password}
+	}
+	// The maps are complete before the servers start reading them.
+	sStored := startTestServer(t, &ServerConfig{Lookup: lookup(stored)})
+	sPlain := startTestServer(t, &ServerConfig{Lookup: lookup(plain)})
+	for i, tc := range saslPrepPasswords {
+		user := fmt.Sprintf("saslprep%d", i)
+		secret := stored[user].Password
+		t.Run(tc.name, func(t *testing.T) {
+			v, ok := parseSCRAMVerifier(secret)
+			if !ok {
+				t.Fatalf("cannot parse PostgreSQL's secret %q", secret)
+			}
+			ours, err := computeVerifier(tc.password, v.salt, v.iterations)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ours.String() != secret {
+				t.Errorf("verifier of %q:\n got %s\nwant %s (PostgreSQL)", tc.password, ours, secret)
+			}
+			if out, err := psqlLogin(t, psql, pg.Port, user, "postgres", tc.password); err != nil {
+				t.Fatalf("psql to PostgreSQL: %v: %s", err, out)
+			}
+			for _, s := range []struct {
+				name string
+				srv  *testServer
+			}{{"stored verifier", sStored}, {"plaintext", sPlain}} {
+				if out, err := psqlLogin(t, psql, s.srv.addr().Port, user, "postgres", tc.password); err != nil || out != "ok" {
+					t.Errorf("psql to Accept (%s): %v: %s (server: %v)", s.name, err, out, s.srv.result().err)
+				} else {
+					s.srv.result()
+				}
+				// pgconn normalises with PRECIS, not SASLprep, so it cannot
+				// log in with some of these passwords, to PostgreSQL either.
+				pgErr := pgconnLogin(pg.Port, user, "postgres", tc.password)
+				ourErr := pgconnLogin(s.srv.addr().Port, user, "postgres", tc.password)
+				s.srv.result()
+				if (pgErr == nil) != (ourErr == nil) || pgCode(pgErr) != pgCode(ourErr) {
+					t.Errorf("pgconn to Accept (%s): %v; to PostgreSQL: %v", s.name, ourErr, pgErr)
+				}
+			}
 		})
 	}
 }

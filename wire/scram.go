@@ -12,8 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
-	"golang.org/x/text/secure/precis"
+	"github.com/xdg-go/stringprep"
 )
 
 // SCRAMIterations is the PBKDF2 iteration count of verifiers computed from
@@ -72,10 +73,11 @@ func computeVerifier(password string, salt []byte, iterations int) (*scramVerifi
 	}, nil
 }
 
-// saslPrep normalises a password as PostgreSQL does before hashing it: with
-// SASLprep when the password is valid for it, unchanged otherwise.
-// (PostgreSQL's SASLprep uses Unicode 3.2 tables and precis newer ones; the
-// two can differ for code points assigned since. Plain ASCII is unaffected.)
+// saslPrep normalises a password as PostgreSQL does before hashing it
+// (pg_saslprep in src/common/saslprep.c): ASCII is used as it is; otherwise
+// SASLprep (RFC 4013: RFC 3454's Unicode 3.2 tables, NFKC), and the raw
+// bytes when the password is not valid UTF-8 or SASLprep refuses it
+// (prohibited, unassigned in Unicode 3.2, mixed bidi, or nothing left).
 func saslPrep(password string) string {
 	ascii := true
 	for i := 0; i < len(password); i++ {
@@ -84,11 +86,14 @@ func saslPrep(password string) string {
 			break
 		}
 	}
-	if ascii {
+	if ascii || !utf8.ValidString(password) {
 		return password
 	}
-	p, err := precis.OpaqueString.String(password)
-	if err != nil {
+	// U+200B ZERO WIDTH SPACE is in both of SASLprep's mapping tables;
+	// PostgreSQL maps it to a space, stringprep to nothing.
+	p, err := stringprep.SASLprep.Prepare(strings.ReplaceAll(password, "\u200b", " "))
+	if err != nil || p == "" {
+		// PostgreSQL also refuses a password that maps to nothing.
 		return password
 	}
 	return p
