@@ -361,7 +361,9 @@ func (a *acceptor) startup(version uint32, body []byte) (*Startup, error) {
 				return nil, Fatalf(CodeFeatureNotSupported, "replication connections are not supported")
 			}
 			if !ok {
-				return nil, Fatalf(CodeInvalidParameterValue, "invalid value for parameter \"replication\": %q", v)
+				e := Fatalf(CodeInvalidParameterValue, "invalid value for parameter \"replication\": \"%s\"", v)
+				e.Hint = `Valid values are: "false", 0, "true", 1, "database".`
+				return nil, e
 			}
 		case strings.HasPrefix(k, "_pq_."):
 			unknownOptions = append(unknownOptions, k)

@@ -50,7 +50,8 @@ func (a *acceptor) authenticate(user string) error {
 // passwordFailed is the error for any failed password check, whatever the
 // reason, as PostgreSQL words it.
 func passwordFailed(user string) error {
-	return Fatalf(CodeInvalidPassword, "password authentication failed for user %q", user)
+	// Quoted as PostgreSQL does, without escaping.
+	return Fatalf(CodeInvalidPassword, "password authentication failed for user \"%s\"", user)
 }
 
 // isMD5Hash reports whether s has PostgreSQL's md5 secret format.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
@@ -268,6 +269,100 @@ func TestSCRAMSASLprepLikePostgres(t *testing.T) {
 				if (pgErr == nil) != (ourErr == nil) || pgCode(pgErr) != pgCode(ourErr) {
 					t.Errorf("pgconn to Accept (%s): %v; to PostgreSQL: %v", s.name, ourErr, pgErr)
 				}
+			}
+		})
+	}
+}
+
+// startupError sends a startup packet with params to addr and returns the
+// ErrorResponse that answers it.
+func startupError(t *testing.T, addr string, params map[string]string) *pgproto3.ErrorResponse {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := startupMsg(params).Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	fe := pgproto3.NewFrontend(conn, conn)
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("no error response: %v", err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			return e
+		}
+	}
+}
+
+// TestAuthErrorsLikePostgres compares the error a client gets for unknown
+// users, wrong passwords and a missing user name with PostgreSQL 15's:
+// SQLSTATE, severity and message must be the same. An unknown user under
+// trust is the one difference, on purpose: PostgreSQL says 28000 "role
+// does not exist" there, but the proxy knows no method for a user it does
+// not know and always answers like a wrong password (28P01), so that roles
+// cannot be enumerated.
+func TestAuthErrorsLikePostgres(t *testing.T) {
+	pg := realPG(t)
+	users := map[string]Credentials{
+		"known":    {Method: AuthSCRAM, Password: "secret"},
+		"knownmd5": {Method: AuthMD5, Password: "secret"},
+	}
+	s := startTestServer(t, &ServerConfig{Lookup: func(u string) (Credentials, bool) { c, ok := users[u]; return c, ok }})
+	cases := []struct {
+		name, user, db, password string
+		ourDB                    string // database for Accept when not db
+	}{
+		{"unknown user, scram", "ghost", "postgres", "x", ""},
+		{"unknown user, md5", "ghost", "md5db", "x", ""},
+		{"unknown user with a quote", `gh"o'st`, "postgres", "x", ""},
+		{"unknown user, non-ASCII", "gäst€", "postgres", "x", ""},
+		{"wrong password, scram", "known", "postgres", "wrong", ""},
+		{"wrong password, md5", "knownmd5", "md5db", "wrong", ""},
+		{"empty password, scram", "known", "postgres", "", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			want := pgconnLogin(pg.Port, tc.user, tc.db, tc.password)
+			got := pgconnLogin(s.addr().Port, tc.user, tc.db, tc.password)
+			s.result()
+			var we, ge *pgconn.PgError
+			if !errors.As(want, &we) || !errors.As(got, &ge) {
+				t.Fatalf("PostgreSQL: %v; Accept: %v", want, got)
+			}
+			if ge.Code != we.Code || ge.Severity != we.Severity || ge.Message != we.Message || ge.Detail != we.Detail {
+				t.Errorf("Accept: %s %s %q (detail %q)\nPostgreSQL: %s %s %q (detail %q)", ge.Severity, ge.Code, ge.Message, ge.Detail, we.Severity, we.Code, we.Message, we.Detail)
+			}
+		})
+	}
+	t.Run("unknown user, trust", func(t *testing.T) {
+		want := pgconnLogin(pg.Port, "ghost", "trustdb", "x")
+		got := pgconnLogin(s.addr().Port, "ghost", "trustdb", "x")
+		s.result()
+		if pgCode(want) != CodeInvalidAuthorization || pgCode(got) != CodeInvalidPassword {
+			t.Fatalf("PostgreSQL: %v (want 28000); Accept: %v (want 28P01)", want, got)
+		}
+	})
+	for _, params := range []map[string]string{
+		{"database": "postgres"},
+		{"user": "", "database": "postgres"},
+		{},
+		{"user": "known", "replication": `bo"gus`},
+	} {
+		t.Run(fmt.Sprintf("startup %v", params), func(t *testing.T) {
+			want := startupError(t, pg.Addr(), params)
+			got := startupError(t, s.addr().String(), params)
+			s.result()
+			if got.Code != want.Code || got.Severity != want.Severity || got.Message != want.Message || got.Hint != want.Hint {
+				t.Errorf("Accept: %s %s %q (hint %q); PostgreSQL: %s %s %q (hint %q)", got.Severity, got.Code, got.Message, got.Hint, want.Severity, want.Code, want.Message, want.Hint)
 			}
 		})
 	}
