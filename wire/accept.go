@@ -106,7 +106,8 @@ type Startup struct {
 	// Reader continues reading messages from Conn after the startup.
 	Reader *Reader
 	// User and Database come from the startup packet; Database defaults to
-	// User, as in PostgreSQL.
+	// User, as in PostgreSQL. Both are cut to 63 bytes (NAMEDATALEN-1) as
+	// PostgreSQL 15 does, at the byte even inside a character.
 	User, Database string
 	// Params holds every other startup parameter (application_name,
 	// client_encoding, options, DateStyle, ...). Protocol options ("_pq_.")
@@ -385,6 +386,9 @@ func (a *acceptor) startup(version uint32, body []byte) (*Startup, error) {
 	if st.Database == "" {
 		st.Database = st.User
 	}
+	// As PostgreSQL 15 (ProcessStartupPacket), which cuts at the byte, not
+	// at a character boundary.
+	st.User, st.Database = truncateName(st.User), truncateName(st.Database)
 	if err := a.authenticate(st.User); err != nil {
 		return nil, err
 	}
@@ -392,6 +396,17 @@ func (a *acceptor) startup(version uint32, body []byte) (*Startup, error) {
 		return nil, err
 	}
 	return st, nil
+}
+
+// maxNameLen is PostgreSQL's NAMEDATALEN-1.
+const maxNameLen = 63
+
+// truncateName cuts a user or database name to maxNameLen bytes.
+func truncateName(s string) string {
+	if len(s) > maxNameLen {
+		return s[:maxNameLen]
+	}
+	return s
 }
 
 // decodeStartup decodes the parameters of a protocol 3.x startup packet.

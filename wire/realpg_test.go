@@ -367,3 +367,62 @@ func TestAuthErrorsLikePostgres(t *testing.T) {
 		})
 	}
 }
+
+// TestLongNamesTruncatedLikePostgres: user and database names longer than
+// NAMEDATALEN-1 (63) bytes are cut as PostgreSQL 15 cuts them (at byte 63,
+// even inside a character); its error messages show the names it looked up.
+func TestLongNamesTruncatedLikePostgres(t *testing.T) {
+	pg := realPG(t)
+	s := startTestServer(t, &ServerConfig{Lookup: func(u string) (Credentials, bool) {
+		return Credentials{Method: AuthSCRAM, Password: "secret"}, true
+	}})
+	names := []string{
+		strings.Repeat("a", 63),
+		strings.Repeat("b", 64),
+		strings.Repeat("c", 100),
+		"long" + strings.Repeat("é", 40), // 84 bytes, byte 63 is inside a character
+		"long" + strings.Repeat("€", 30), // 94 bytes
+	}
+	for _, name := range names {
+		t.Run(fmt.Sprintf("user %d bytes", len(name)), func(t *testing.T) {
+			want := pgconnLogin(pg.Port, name, "postgres", "x")
+			pgUser, ok := strings.CutPrefix(errMessage(want), "password authentication failed for user \"")
+			if !ok {
+				t.Fatalf("PostgreSQL: %v", want)
+			}
+			pgUser = strings.TrimSuffix(pgUser, "\"")
+			got := pgconnLogin(s.addr().Port, name, "postgres", "secret")
+			r := s.result()
+			if got != nil || r.err != nil {
+				t.Fatalf("Accept: %v (server %v)", got, r.err)
+			}
+			if r.st.User != pgUser || r.st.Database != "postgres" {
+				t.Errorf("user %q, PostgreSQL uses %q", r.st.User, pgUser)
+			}
+		})
+		t.Run(fmt.Sprintf("database %d bytes", len(name)), func(t *testing.T) {
+			want := pgconnLogin(pg.Port, "known", name, "secret")
+			pgDB, ok := strings.CutPrefix(errMessage(want), "database \"")
+			if !ok {
+				t.Fatalf("PostgreSQL: %v", want)
+			}
+			pgDB = strings.TrimSuffix(pgDB, "\" does not exist")
+			got := pgconnLogin(s.addr().Port, "known", name, "secret")
+			r := s.result()
+			if got != nil || r.err != nil {
+				t.Fatalf("Accept: %v (server %v)", got, r.err)
+			}
+			if r.st.Database != pgDB {
+				t.Errorf("database %q, PostgreSQL uses %q", r.st.Database, pgDB)
+			}
+		})
+	}
+}
+
+func errMessage(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Message
+	}
+	return ""
+}
