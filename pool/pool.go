@@ -60,6 +60,7 @@ type Pool struct {
 	size    int
 	closed  bool
 	all     map[*Conn]struct{}
+	paused  int // Pause calls not yet matched by Resume
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -164,7 +165,7 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	for len(p.idle) > 0 {
+	for p.paused == 0 && len(p.idle) > 0 {
 		c := p.idle[len(p.idle)-1]
 		p.idle = p.idle[:len(p.idle)-1]
 		if c.isBroken() {
@@ -179,7 +180,7 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		p.mu.Unlock()
 		return c, nil
 	}
-	if p.total < p.size {
+	if p.paused == 0 && p.total < p.size {
 		p.total++
 		p.dialing++
 		p.mu.Unlock()
@@ -219,6 +220,11 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		if c := p.cancelWait(ch); c != nil {
 			return c, nil
 		}
+		if p.isPaused() {
+			return nil, &wire.Error{Severity: "ERROR", Code: codeObjectInUse,
+				Message: fmt.Sprintf("pgshard: no connection to %s within %s: another client is dropping, renaming or copying database %q", p.name, wait, p.cfg.Database),
+				Hint:    "retry when that DROP/CREATE/ALTER DATABASE has finished"}
+		}
 		return nil, &wire.Error{Severity: "ERROR", Code: wire.CodeTooManyConnections,
 			Message: fmt.Sprintf("pgshard: no connection to %s became free within %s (pool size %d)", p.name, wait, p.Stats().Size),
 			Hint:    "raise pool.size or pool.wait_timeout, or shorten transactions"}
@@ -252,7 +258,7 @@ func (p *Pool) cancelWait(ch chan *Conn) *Conn {
 // wakeOne tells the first waiter that a slot to dial is free.
 func (p *Pool) wakeOne() {
 	p.mu.Lock()
-	if len(p.waiters) > 0 && p.total < p.size {
+	if p.paused == 0 && len(p.waiters) > 0 && p.total < p.size {
 		w := p.waiters[0]
 		p.waiters = p.waiters[1:]
 		p.mu.Unlock()
@@ -306,7 +312,7 @@ func (p *Pool) Release(c *Conn) {
 	now := time.Now()
 	p.mu.Lock()
 	p.active--
-	if p.closed || c.isBroken() || p.total > p.size ||
+	if p.closed || p.paused > 0 || c.isBroken() || p.total > p.size ||
 		(p.cfg.MaxLifetime > 0 && now.Sub(c.created) > p.cfg.MaxLifetime) {
 		p.total--
 		delete(p.all, c)
@@ -398,6 +404,85 @@ func (p *Pool) reap(now time.Time) {
 		p.log.Debug("closing idle backend connection", "pid", c.PID)
 		c.close()
 	}
+}
+
+// codeObjectInUse is SQLSTATE object_in_use, as PostgreSQL reports a
+// database that others are using.
+const codeObjectInUse = "55006"
+
+// CloseIdle closes every idle connection at once and returns how many it
+// closed. Connections handed out are not touched.
+func (p *Pool) CloseIdle() int {
+	p.mu.Lock()
+	drop := p.takeIdle()
+	p.mu.Unlock()
+	for _, c := range drop {
+		c.close()
+	}
+	return len(drop)
+}
+
+// takeIdle removes every idle connection from the pool and returns them
+// for the caller to close. Called with p.mu held.
+func (p *Pool) takeIdle() []*Conn {
+	drop := p.idle
+	for _, c := range drop {
+		p.total--
+		delete(p.all, c)
+	}
+	p.idle = nil
+	return drop
+}
+
+// Pause keeps the pool from holding any connection it does not have to,
+// so that the database can be dropped, renamed or used as a template: idle
+// connections are closed at once, connections released while paused are
+// closed instead of kept, and Acquire opens none and hands out none: it
+// waits (in the same FIFO, bounded by the wait timeout) until Resume, then
+// fails with SQLSTATE 55006 (object_in_use) if the pause outlasted the wait.
+// Connections handed out before the pause (and dials already under way)
+// stay with their holders. Pauses nest: every Pause needs one Resume.
+func (p *Pool) Pause() {
+	p.mu.Lock()
+	p.paused++
+	drop := p.takeIdle()
+	p.mu.Unlock()
+	for _, c := range drop {
+		c.close()
+	}
+	if len(drop) > 0 {
+		p.log.Debug("pool paused; idle backend connections closed", "closed", len(drop))
+	}
+}
+
+// Resume ends one Pause. When the last one ends, waiting Acquires dial
+// (up to the pool's size).
+func (p *Pool) Resume() {
+	p.mu.Lock()
+	if p.paused == 0 {
+		p.mu.Unlock()
+		p.log.Error("BUG: pool resumed more often than paused")
+		return
+	}
+	p.paused--
+	var wake []chan *Conn
+	if p.paused == 0 {
+		n := min(len(p.waiters), p.size-p.total)
+		if n > 0 {
+			wake = append(wake, p.waiters[:n]...)
+			p.waiters = append(p.waiters[:0], p.waiters[n:]...)
+		}
+	}
+	p.mu.Unlock()
+	for _, w := range wake {
+		w <- nil // a slot to dial in
+	}
+}
+
+func (p *Pool) isPaused() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.paused > 0
 }
 
 // Close closes every connection, idle or not, and fails waiters.

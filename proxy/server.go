@@ -39,6 +39,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	poolsBy  map[poolKey]*pool.Pool
+	dbq      dbQuiesces // pools paused for DROP/CREATE/ALTER DATABASE (dbops.go)
 	sessions map[wire.CancelKey]*session
 	nclients int
 	ln       net.Listener
@@ -167,6 +168,7 @@ func (s *Server) poolFor(addr string, u config.User, db string) (*pool.Pool, err
 		return nil, err
 	}
 	s.poolsBy[key] = p
+	s.dbq.adopt(db, p)
 	return p, nil
 }
 
