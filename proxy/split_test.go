@@ -104,31 +104,49 @@ func TestReadWriteSplit(t *testing.T) {
 		t.Fatalf("read after own write: %d, %v", seen, err)
 	}
 
-	// Writes that look like reads run on the primary without error (on
-	// another connection: the advisory lock pins that session).
-	other := h.connect(ctx)
+	// Writes that look like reads run on the primary, in both protocols.
+	// Each runs on a fresh session whose reads reach a replica, so neither
+	// read-your-writes nor a pin left by an earlier one can hide a misrouted
+	// write; the advisory lock and unlock share one session (the unlock must
+	// release the lock). A write sent to a replica fails there with 25006
+	// and is re-run on the primary without an error: only the counters
+	// tell, so none of them may move.
 	exec("CREATE SEQUENCE s; CREATE TABLE w (id int PRIMARY KEY, v text); INSERT INTO w VALUES (1, 'a'), (2, 'b')")
 	exec(`CREATE FUNCTION sneaky() RETURNS int LANGUAGE sql AS $$ INSERT INTO w VALUES (100, 'sneaky') RETURNING id $$`)
-	for _, sql := range []string{
-		"SELECT nextval('s')",
-		"SELECT * FROM w WHERE id = 1 FOR UPDATE",
-		"WITH x AS (DELETE FROM w WHERE id = 2 RETURNING *) SELECT * FROM x",
-		"SELECT pg_advisory_lock(1)",
-		"SELECT pg_advisory_unlock(1)",
-		"SELECT set_config('work_mem', '8MB', false)",
-	} {
-		for _, m := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
-			if strings.Contains(sql, "DELETE") && m != pgx.QueryExecModeSimpleProtocol {
+	for _, m := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		for _, group := range [][]string{
+			{"SELECT nextval('s')"},
+			{"SELECT * FROM w WHERE id = 1 FOR UPDATE"},
+			{"WITH x AS (DELETE FROM w WHERE id = 2 RETURNING *) SELECT * FROM x"},
+			{"SELECT pg_advisory_lock(1)", "SELECT pg_advisory_unlock(1)"},
+			{"SELECT set_config('work_mem', '8MB', false)"},
+		} {
+			if strings.Contains(group[0], "DELETE") && m != pgx.QueryExecModeSimpleProtocol {
 				continue // the row is gone after the first run
 			}
-			rows, err := other.Query(ctx, sql, m)
-			if err == nil {
-				for rows.Next() {
+			fresh := h.connect(ctx)
+			waitReplicaReads(t, ctx, fresh)
+			for _, sql := range group {
+				retries := metric(t, h, "pgshard_read_retries_total", nil)
+				onReplicas := metric(t, h, "pgshard_routed_queries_total", map[string]string{"role": "replica"})
+				rows, err := fresh.Query(ctx, sql, m)
+				if err == nil {
+					for rows.Next() {
+					}
+					err = rows.Err()
 				}
-				err = rows.Err()
+				if err != nil {
+					t.Errorf("%s (%v): %v", sql, m, err)
+				}
+				if after := metric(t, h, "pgshard_read_retries_total", nil); after != retries {
+					t.Errorf("%s (%v): read retries went from %v to %v: it was sent to a replica first", sql, m, retries, after)
+				}
+				if after := metric(t, h, "pgshard_routed_queries_total", map[string]string{"role": "replica"}); after != onReplicas {
+					t.Errorf("%s (%v): queries on replicas went from %v to %v", sql, m, onReplicas, after)
+				}
 			}
-			if err != nil {
-				t.Errorf("%s (%v): %v", sql, m, err)
+			if err := fresh.Close(ctx); err != nil {
+				t.Fatal(err)
 			}
 		}
 	}
@@ -183,14 +201,16 @@ func TestReadWriteSplit(t *testing.T) {
 	}
 }
 
-// metric returns the value of a counter or gauge with the given labels
-// from the harness's registry (0 when absent).
+// metric returns the sum of the counters or gauges called name whose
+// labels include the given ones (all of them for nil) from the harness's
+// registry (0 when absent).
 func metric(t *testing.T, h *harness, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := h.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -207,12 +227,13 @@ func metric(t *testing.T, h *harness, name string, labels map[string]string) flo
 				}
 			}
 			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue()
+			} else {
+				sum += m.GetGauge().GetValue()
 			}
-			return m.GetGauge().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 func TestReadYourWrites(t *testing.T) {
