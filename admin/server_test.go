@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pgshard/pgshard/admin"
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/shardmap"
 )
 
@@ -93,21 +94,6 @@ func startNode(t *testing.T, id string, bootstrap bool, peers ...string) *node {
 	return n
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: gave up after %s: %v", what, d, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -127,7 +113,7 @@ func cluster(t *testing.T, n int) []*node {
 	t.Helper()
 	ctx := ctxT(t)
 	nodes := []*node{startNode(t, "n0", true)}
-	waitFor(t, 10*time.Second, "n0 leads", func() error {
+	testutil.WaitFor(t, 10*time.Second, "n0 leads", func() error {
 		if !nodes[0].store.IsLeader() {
 			return errors.New("not yet")
 		}
@@ -141,7 +127,7 @@ func cluster(t *testing.T, n int) []*node {
 		nodes = append(nodes, nd)
 	}
 	for _, nd := range nodes {
-		waitFor(t, 10*time.Second, nd.store.ID()+" sees all members", func() error {
+		testutil.WaitFor(t, 10*time.Second, nd.store.ID()+" sees all members", func() error {
 			sv, err := nd.store.Servers()
 			if err != nil || len(sv) != n || nd.store.LeaderID() == "" {
 				return fmt.Errorf("servers %v, leader %q, %v", sv, nd.store.LeaderID(), err)
@@ -258,7 +244,7 @@ func TestClusterWritesForwardedAndErrors(t *testing.T) {
 	// Every node answers reads from its own copy and converges.
 	lead := nodes[0].store.Map()
 	for _, n := range nodes {
-		waitFor(t, 5*time.Second, n.store.ID()+" catches up", func() error {
+		testutil.WaitFor(t, 5*time.Second, n.store.ID()+" catches up", func() error {
 			if v := n.store.Map().Version(); v != lead.Version() {
 				return fmt.Errorf("version %d, leader %d", v, lead.Version())
 			}
@@ -335,7 +321,7 @@ func TestForwardAfterLeaderLoss(t *testing.T) {
 	if _, err := nodes[2].client.AddShard(ctx, admin.AddShardRequest{Name: "s0", Primary: "p0"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "n1 and n2 learn each other's admin URL", func() error {
+	testutil.WaitFor(t, 5*time.Second, "n1 and n2 learn each other's admin URL", func() error {
 		if nodes[2].srv.AdminURLOf("n1") != nodes[1].url || nodes[1].srv.AdminURLOf("n2") != nodes[2].url {
 			return errors.New("not yet")
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
 	"github.com/pgshard/pgshard/wire"
@@ -29,15 +30,15 @@ func newPool(t *testing.T, cfg Config) *Pool {
 	return p
 }
 
+// waitFor waits up to 15 s for a condition on the pool's state.
 func waitFor(t *testing.T, what string, f func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.WaitFor(t, 15*time.Second, what, func() error {
+		if !f() {
+			return errors.New("not yet")
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestSizeWaitAndHandOff(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
 )
@@ -63,25 +64,6 @@ func startMonitor(t *testing.T, sh *topology.Shard, cfg Config) *Monitor {
 		}
 	}
 	return m
-}
-
-// waitFor polls f until it returns nil; it fails the test after d. It
-// returns how long it took.
-func waitFor(t *testing.T, d time.Duration, what string, f func() error) time.Duration {
-	t.Helper()
-	start := time.Now()
-	tk := time.NewTicker(10 * time.Millisecond)
-	defer tk.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %s: %v", what, d, err)
-		}
-		<-tk.C
-	}
 }
 
 func allUsable(m *Monitor) error {
@@ -134,7 +116,7 @@ func setApplyDelay(t *testing.T, s *topology.Server, delay string) {
 		want = "0"
 	}
 	ctx := ctxT(t, 30*time.Second)
-	waitFor(t, 20*time.Second, "recovery_min_apply_delay = "+want, func() error {
+	testutil.WaitFor(t, 20*time.Second, "recovery_min_apply_delay = "+want, func() error {
 		v, err := s.QueryValue(ctx, "postgres", "SHOW recovery_min_apply_delay")
 		if err != nil {
 			return err
@@ -168,7 +150,7 @@ func TestHealthyReplicas(t *testing.T) {
 	if m.Replicas() != 2 {
 		t.Fatalf("Replicas() = %d", m.Replicas())
 	}
-	waitFor(t, 20*time.Second, "replicas usable with no lag", func() error { return allUsable(m) })
+	testutil.WaitFor(t, 20*time.Second, "replicas usable with no lag", func() error { return allUsable(m) })
 	p := m.Primary()
 	lsn, at := m.PrimaryLSN()
 	if !p.Healthy || lsn == 0 || at.IsZero() || p.LSN != lsn {
@@ -190,7 +172,7 @@ func TestHealthyReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	wrote := time.Now()
-	d := waitFor(t, 10*time.Second, "eligible after a write", func() error {
+	d := testutil.WaitFor(t, 10*time.Second, "eligible after a write", func() error {
 		for i := range 2 {
 			if !m.Eligible(i, wrote) {
 				return fmt.Errorf("replica %d not eligible: %+v", i, m.Status()[i])
@@ -229,7 +211,7 @@ func TestReadYourWrites(t *testing.T) {
 		wrote := time.Now() // the INSERT's ReadyForQuery has arrived
 		var became [2]time.Duration
 		done := [2]bool{}
-		d := waitFor(t, 15*time.Second, "eligible for the writer", func() error {
+		d := testutil.WaitFor(t, 15*time.Second, "eligible for the writer", func() error {
 			for r := range 2 {
 				if done[r] {
 					continue
@@ -287,14 +269,14 @@ func TestKillReplica(t *testing.T) {
 		}
 	})
 	m := startMonitor(t, sh, defaults)
-	waitFor(t, 20*time.Second, "replicas usable", func() error { return allUsable(m) })
+	testutil.WaitFor(t, 20*time.Second, "replicas usable", func() error { return allUsable(m) })
 
 	killed := time.Now()
 	if err := victim.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	gone := time.Since(killed)
-	d := waitFor(t, 10*time.Second, "killed replica excluded", func() error {
+	d := testutil.WaitFor(t, 10*time.Second, "killed replica excluded", func() error {
 		if st := m.Status()[1]; !st.Excluded || m.Eligible(1, time.Time{}) {
 			return fmt.Errorf("%+v", st)
 		}
@@ -318,7 +300,7 @@ func TestKillReplica(t *testing.T) {
 	if err := victim.Start(ctxT(t, time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	d = waitFor(t, 30*time.Second, "restarted replica eligible", func() error {
+	d = testutil.WaitFor(t, 30*time.Second, "restarted replica eligible", func() error {
 		if !m.Eligible(1, time.Time{}) {
 			return fmt.Errorf("%+v", m.Status()[1])
 		}
@@ -349,7 +331,7 @@ func TestLagBound(t *testing.T) {
 			withApplyDelay(t, sh, sh.Replicas[0], "1s")
 			m := startMonitor(t, sh, c.cfg)
 			// Idle: within the bound, delay or not.
-			waitFor(t, 20*time.Second, "idle replica usable", func() error {
+			testutil.WaitFor(t, 20*time.Second, "idle replica usable", func() error {
 				if st := m.Status()[0]; st.Excluded || !m.Eligible(0, time.Time{}) {
 					return fmt.Errorf("%+v", st)
 				}
@@ -391,7 +373,7 @@ func TestLagBound(t *testing.T) {
 			}
 			defer stop()
 			var seen ReplicaStatus
-			d := waitFor(t, 15*time.Second, "lagging replica excluded", func() error {
+			d := testutil.WaitFor(t, 15*time.Second, "lagging replica excluded", func() error {
 				st := m.Status()[0]
 				if !st.Excluded || !st.Healthy || !c.check(st) || m.Eligible(0, time.Time{}) {
 					return fmt.Errorf("%+v", st)
@@ -401,7 +383,7 @@ func TestLagBound(t *testing.T) {
 			})
 			stop()
 			t.Logf("excluded after %s: %q (lag %d bytes, %s)", d.Round(time.Millisecond), seen.Reason, seen.LagBytes, seen.LagTime)
-			d = waitFor(t, 20*time.Second, "replica back after catching up", func() error {
+			d = testutil.WaitFor(t, 20*time.Second, "replica back after catching up", func() error {
 				if st := m.Status()[0]; st.Excluded || !m.Eligible(0, time.Time{}) {
 					return fmt.Errorf("%+v", st)
 				}
@@ -430,7 +412,7 @@ func TestIdleAfterWALSwitch(t *testing.T) {
 	}
 	insert, _ := ParseLSN(raw)
 	wrote := time.Now()
-	d := waitFor(t, 5*time.Second, "replicas caught up after a WAL switch", func() error {
+	d := testutil.WaitFor(t, 5*time.Second, "replicas caught up after a WAL switch", func() error {
 		for i, st := range m.Status() {
 			if st.Excluded || st.LagBytes != 0 || !m.Eligible(i, wrote) {
 				return fmt.Errorf("replica %d: %+v", i, st)
@@ -488,7 +470,7 @@ func TestHungNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Start(context.Background())
-	waitFor(t, 20*time.Second, "several failed checks", func() error {
+	testutil.WaitFor(t, 20*time.Second, "several failed checks", func() error {
 		if st := m.Status()[0]; st.Failures < 5 || !st.Excluded {
 			return fmt.Errorf("%+v", st)
 		}
@@ -516,11 +498,11 @@ func TestPromotedReplica(t *testing.T) {
 	topo := topotest.Start(t, topology.Config{Shards: 1, Replicas: 1})
 	sh := topo.Shards[0]
 	m := startMonitor(t, sh, defaults)
-	waitFor(t, 20*time.Second, "replica usable", func() error { return allUsable(m) })
+	testutil.WaitFor(t, 20*time.Second, "replica usable", func() error { return allUsable(m) })
 	if err := sh.Replicas[0].Promote(ctxT(t, time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	d := waitFor(t, 10*time.Second, "promoted replica excluded", func() error {
+	d := testutil.WaitFor(t, 10*time.Second, "promoted replica excluded", func() error {
 		if st := m.Status()[0]; !st.Excluded || st.Reason != "not in recovery" || m.Eligible(0, time.Time{}) {
 			return fmt.Errorf("%+v", st)
 		}

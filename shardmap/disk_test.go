@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/pgshard/pgshard/internal/testutil"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,7 +52,7 @@ func openErr(t *testing.T, dir string, bootstrap, join bool) error {
 
 func waitLeader(t *testing.T, s *Store) {
 	t.Helper()
-	waitFor(t, 10*time.Second, s.ID()+" leadership", func() error {
+	testutil.WaitFor(t, 10*time.Second, s.ID()+" leadership", func() error {
 		if !s.IsLeader() {
 			return errors.New("not leader")
 		}
@@ -290,7 +291,7 @@ func TestClusterOnDiskTCP(t *testing.T) {
 		}
 	}
 	var leader *Store
-	waitFor(t, 10*time.Second, "a leader", func() error {
+	testutil.WaitFor(t, 10*time.Second, "a leader", func() error {
 		for _, s := range stores {
 			if s.IsLeader() {
 				leader = s

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/pgshard/pgshard/internal/testutil"
 )
 
 // tlog is a slog handler target that writes to t.Log until the test ends
@@ -42,22 +43,6 @@ func testLogger(t testing.TB) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-}
-
-// waitFor polls f until it returns nil or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func ctxT(t testing.TB, d time.Duration) context.Context {
@@ -190,7 +175,7 @@ func (c *cluster) leader(running ...*node) *node {
 		running = c.nodes
 	}
 	var l *node
-	waitFor(c.t, 10*time.Second, "a leader", func() error {
+	testutil.WaitFor(c.t, 10*time.Second, "a leader", func() error {
 		l = nil
 		for _, nd := range running {
 			if nd.s.IsLeader() {
@@ -217,7 +202,7 @@ func (c *cluster) leader(running ...*node) *node {
 func (c *cluster) apply(cmd Command, running ...*node) *Map {
 	c.t.Helper()
 	var m *Map
-	waitFor(c.t, 10*time.Second, "apply "+string(cmd.Type), func() error {
+	testutil.WaitFor(c.t, 10*time.Second, "apply "+string(cmd.Type), func() error {
 		l := c.leader(running...)
 		var err error
 		m, err = l.s.Apply(ctxT(c.t, 2*time.Second), cmd)
@@ -268,7 +253,7 @@ func TestStoreSingleNode(t *testing.T) {
 	if err := s.WaitForLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "leadership", func() error {
+	testutil.WaitFor(t, 5*time.Second, "leadership", func() error {
 		if !s.IsLeader() {
 			return errors.New("not leader")
 		}

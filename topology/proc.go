@@ -120,9 +120,10 @@ func (r *runAs) checkTraversable(dir string) error {
 	}
 }
 
-// childEnv is the environment for PostgreSQL programs: ours without PG*
-// variables (PGPORT, PGDATA... would change their behaviour), in the C locale.
-func childEnv() []string {
+// ChildEnv is the environment for PostgreSQL programs (postgres, initdb,
+// pgbench, pgbouncer...): ours without PG* variables (PGPORT, PGDATA...
+// would change their behaviour) and locale variables, in the C locale.
+func ChildEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG") {

@@ -170,7 +170,7 @@ func (s *Server) launch() (*process, int64, error) {
 	off, _ := lf.Seek(0, io.SeekEnd)
 	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", s.DataDir)
 	cmd.Dir = s.Dir
-	cmd.Env = childEnv()
+	cmd.Env = ChildEnv()
 	cmd.Stdout = lf
 	cmd.Stderr = lf
 	cmd.SysProcAttr = s.run.sysProcAttr(!s.keep)

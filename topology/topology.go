@@ -392,7 +392,7 @@ func (t *Topology) runTool(ctx context.Context, s *Server, tool string, args ...
 	off, _ := lf.Seek(0, 2)
 	cmd := exec.CommandContext(ctx, filepath.Join(t.bin, tool), args...)
 	cmd.Dir = s.Dir
-	cmd.Env = childEnv()
+	cmd.Env = ChildEnv()
 	cmd.Stdout = lf
 	cmd.Stderr = lf
 	cmd.SysProcAttr = t.run.sysProcAttr(!t.keep)
@@ -560,7 +560,7 @@ func (p *portAssigner) next() (int, error) {
 	}
 	port := p.base + p.n
 	p.n++
-	if !portFree(port) {
+	if !PortFree(port) {
 		return 0, fmt.Errorf("topology: port %d on 127.0.0.1 is in use", port)
 	}
 	return port, nil
@@ -579,7 +579,7 @@ func pickPort() (int, error) {
 	defer portsMu.Unlock()
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
-		if portsUsed[port] || !portFree(port) {
+		if portsUsed[port] || !PortFree(port) {
 			continue
 		}
 		portsUsed[port] = true
@@ -588,7 +588,8 @@ func pickPort() (int, error) {
 	return 0, errors.New("topology: no free port found in [20000,32000)")
 }
 
-func portFree(port int) bool {
+// PortFree reports whether a TCP port on 127.0.0.1 can be listened on now.
+func PortFree(port int) bool {
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		return false

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
 )
@@ -51,22 +52,6 @@ func mustQuery(t *testing.T, ctx context.Context, url, sql string) string {
 		t.Fatalf("%s on %s: %v", sql, url, err)
 	}
 	return v
-}
-
-// waitFor polls f until it returns nil or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func TestPrimaryReplica(t *testing.T) {
@@ -208,7 +193,7 @@ func TestKillRestart(t *testing.T) {
 	if err := p.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, func() error {
+	testutil.WaitFor(t, 30*time.Second, "work_mem = 9MB after the reload", func() error {
 		if got, err := query(ctx, p.URL("postgres", "", "postgres"), "SHOW work_mem"); err != nil || got != "9MB" {
 			return errors.New("work_mem = " + got)
 		}
@@ -368,7 +353,7 @@ func TestServersDieWithProcess(t *testing.T) {
 	if len(pids) != 2 {
 		t.Fatalf("PIDs of the child's servers: %v; output:\n%s", pids, out)
 	}
-	waitFor(t, time.Minute, func() error {
+	testutil.WaitFor(t, time.Minute, "the child's servers to exit", func() error {
 		for name, pid := range pids {
 			b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat")
 			cmdline, _ := os.ReadFile("/proc/" + itoa(pid) + "/cmdline")

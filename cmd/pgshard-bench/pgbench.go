@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgshard/pgshard/topology"
 )
 
 // pgbenchStats is what we read from pgbench's report.
@@ -91,7 +93,7 @@ func pgbenchInit(ctx context.Context, port, scale int) error {
 
 func runPgbench(ctx context.Context, args []string) (string, int, error) {
 	cmd := exec.CommandContext(ctx, pgbenchBin, args...)
-	cmd.Env = append(childEnv(), "PGPASSWORD="+appPassword, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=5")
+	cmd.Env = append(topology.ChildEnv(), "PGPASSWORD="+appPassword, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=5")
 	var buf bytes.Buffer
 	cmd.Stdout = &buf
 	cmd.Stderr = &buf

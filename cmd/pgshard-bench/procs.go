@@ -39,7 +39,7 @@ func startProc(name string, argv []string, dir, logPath string, u *topology.OSUs
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
-	cmd.Env = childEnv()
+	cmd.Env = topology.ChildEnv()
 	cmd.Stdout = lf
 	cmd.Stderr = lf
 	cmd.SysProcAttr = u.SysProcAttr()
@@ -109,19 +109,6 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// childEnv is our environment without PG* and locale variables, in the C
-// locale.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return append(env, "LC_ALL=C", "LANG=C")
 }
 
 // waitAccepting waits until dsn accepts a connection and answers SELECT 1,

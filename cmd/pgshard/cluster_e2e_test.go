@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgshard/pgshard/admin"
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/topology/topotest"
 )
 
@@ -158,7 +159,7 @@ election_timeout = "500ms"
 
 	// All three are voters, the map is seeded from [[shards]], every node
 	// holds the same version.
-	waitFor(t, 30*time.Second, func() error { return agree(ctx, nodes, 3, 0) })
+	testutil.WaitFor(t, 30*time.Second, "three voters agreeing on the seeded map", func() error { return agree(ctx, nodes, 3, 0) })
 	st, _ := nodes[0].client().Status(ctx)
 	t.Logf("cluster formed: leader %s, map version %d", st.LeaderID, st.MapVersion)
 
@@ -171,7 +172,7 @@ election_timeout = "500ms"
 	if _, err := runCtl(t, nodes[2], "tables", "add", "countries", "--reference"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() error { return agree(ctx, nodes, 3, 0) })
+	testutil.WaitFor(t, 10*time.Second, "every node holding the reference table", func() error { return agree(ctx, nodes, 3, 0) })
 
 	// Kill the leader with SIGKILL; a survivor reports a new leader.
 	st, err := nodes[1].client().Status(ctx)
@@ -193,7 +194,7 @@ election_timeout = "500ms"
 	killed := time.Now()
 	leader.stop(t, syscall.SIGKILL)
 	var newLeader string
-	waitFor(t, 15*time.Second, func() error {
+	testutil.WaitFor(t, 15*time.Second, "a new leader", func() error {
 		out, err := runCtl(t, survivors[0], "cluster", "status", "--json")
 		if err != nil {
 			return err
@@ -254,7 +255,7 @@ election_timeout = "500ms"
 	// The killed node, restarted, catches up to the same map version.
 	restarted := time.Now()
 	leader.start(t)
-	waitFor(t, 30*time.Second, func() error { return agree(ctx, nodes, 3, added.MapVersion) })
+	testutil.WaitFor(t, 30*time.Second, "the restarted node at the new map version", func() error { return agree(ctx, nodes, 3, added.MapVersion) })
 	t.Logf("%s restarted and at map version %d after %s", leader.id, added.MapVersion, time.Since(restarted).Round(time.Millisecond))
 
 	// Every proxy follows the map: both shards have a runtime, and clients
@@ -287,7 +288,7 @@ election_timeout = "500ms"
 	for _, n := range nodes {
 		n.start(t)
 	}
-	waitFor(t, 30*time.Second, func() error { return agree(ctx, nodes, 3, added.MapVersion) })
+	testutil.WaitFor(t, 30*time.Second, "the restarted cluster at the same map version", func() error { return agree(ctx, nodes, 3, added.MapVersion) })
 	for _, n := range nodes {
 		if got := mapJSON(ctx, t, n); got != mapBefore {
 			t.Errorf("%s: map after restart differs:\n%s\nbefore:\n%s", n.id, got, mapBefore)
@@ -428,7 +429,7 @@ bootstrap = %v
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, func() error {
+	testutil.WaitFor(t, 20*time.Second, "the shard map seeded", func() error {
 		if !strings.Contains(log.String(), "seeded the shard map") {
 			return fmt.Errorf("not seeded yet")
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
 )
@@ -157,7 +158,7 @@ func start(t *testing.T, poolSize int, extraEnv ...string) *proc {
 			t.Logf("pgshard log:\n%s", p.log.String())
 		}
 	})
-	waitFor(t, 15*time.Second, func() error {
+	testutil.WaitFor(t, 15*time.Second, "pgshard healthy", func() error {
 		resp, err := http.Get(p.admin + "/healthz")
 		if err != nil {
 			return err
@@ -175,21 +176,6 @@ func (p *proc) write(t *testing.T, port, aport, size int, password, dsn string) 
 	t.Helper()
 	if err := os.WriteFile(p.conf, []byte(fmt.Sprintf(confTemplate, port, aport, size, password, dsn)), 0o600); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func waitFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %s: %v", d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -245,7 +231,7 @@ func TestDaemonServesMetricsReloadsAndShutsDownGracefully(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() error {
+	testutil.WaitFor(t, 10*time.Second, "queries served after SIGHUP", func() error {
 		_, err := b.Exec(ctx, "SELECT 1").ReadAll()
 		return err
 	})
@@ -255,7 +241,7 @@ func TestDaemonServesMetricsReloadsAndShutsDownGracefully(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() error {
+	testutil.WaitFor(t, 10*time.Second, "new connections refused after SIGTERM", func() error {
 		c, err := pgconn.Connect(ctx, p.url)
 		if err == nil {
 			c.Close(ctx)

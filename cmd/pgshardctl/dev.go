@@ -26,7 +26,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -210,7 +209,7 @@ func devUp(args []string, foreground bool) (err error) {
 	}
 	for i := range o.nodes {
 		for _, p := range []int{o.port + i, o.adminPort + i, o.raftPort + i} {
-			if !portFree(p) {
+			if !topology.PortFree(p) {
 				return fmt.Errorf("port 127.0.0.1:%d is in use (another pgshard or pgbouncer?); choose other ones with --port/--admin-port/--raft-port", p)
 			}
 		}
@@ -707,15 +706,6 @@ func randomHex(n int) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(b), nil
-}
-
-func portFree(port int) bool {
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	_ = ln.Close()
-	return true
 }
 
 func readPID(path string) int {

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
 )
 
@@ -25,7 +26,7 @@ func freePorts(t *testing.T, n int) int {
 		base := 20000 + rand.IntN(12000-n)
 		ok := true
 		for p := base; p < base+n && ok; p++ {
-			ok = portFree(p)
+			ok = topology.PortFree(p)
 		}
 		if ok {
 			return base

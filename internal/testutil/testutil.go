@@ -1,0 +1,41 @@
+// Package testutil holds the helpers that the tests of several packages
+// share: waiting for a condition under a deadline instead of sleeping.
+package testutil
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// Interval is how often Poll and WaitFor call their condition.
+const Interval = 10 * time.Millisecond
+
+// Poll calls f every Interval until it returns nil, and returns nil then.
+// When d has passed, it returns f's last error, wrapped with how long it
+// waited. f runs at least once.
+func Poll(d time.Duration, f func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s: %w", d, err)
+		}
+		time.Sleep(Interval)
+	}
+}
+
+// WaitFor is Poll that fails tb (Fatal) when f does not succeed within d,
+// naming what it waited for. It returns how long the wait took. Call it
+// from the test's goroutine only (it calls tb.Fatalf).
+func WaitFor(tb testing.TB, d time.Duration, what string, f func() error) time.Duration {
+	tb.Helper()
+	start := time.Now()
+	if err := Poll(d, f); err != nil {
+		tb.Fatalf("waiting for %s: %v", what, err)
+	}
+	return time.Since(start)
+}
