@@ -337,7 +337,12 @@ func (s *Server) unregister(sess *session) {
 	s.mu.Unlock()
 }
 
-// cancel forwards a client's CancelRequest to the backend running its query.
+// cancel forwards a client's CancelRequest to the backend running its
+// query, if one is. The session keeps that backend until the server has
+// handled the request (it closes the cancel connection after signalling the
+// backend), so in transaction pooling a cancel never reaches another
+// client's query: a signal that lands after the query ended is discarded
+// by PostgreSQL when the backend reads its next command.
 func (s *Server) cancel(ctx context.Context, k wire.CancelKey) {
 	s.mu.Lock()
 	sess := s.sessions[k]
@@ -345,10 +350,11 @@ func (s *Server) cancel(ctx context.Context, k wire.CancelKey) {
 	if sess == nil {
 		return // as PostgreSQL does: no answer, no error
 	}
-	sc := sess.attached()
+	sc, done := sess.cancelTarget()
 	if sc == nil {
-		return
+		return // nothing of the client's is running: nothing to cancel
 	}
+	defer done()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := wire.SendCancel(ctx, sc.Pool().Addr(), sc.PID, sc.SecretKey); err != nil {

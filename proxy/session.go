@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -30,10 +31,15 @@ type entry struct {
 	def     *stmtDef
 	name    string // Parse: the client's statement name
 	start   time.Time
-	fx      *router.Effects // Query: session effects to apply if it succeeds
 	failed  bool
-	done    chan error // internal query: told the outcome at ReadyForQuery
-	errMsg  []byte     // internal query: the first error
+	done    chan error  // internal query: told the outcome at ReadyForQuery
+	errMsg  []byte      // internal query: the first error
+	check   chan error  // swallowed Describe of def: told whether the backend's description matches def's
+	ops     []router.Op // Query: its settings and transaction statements (see settleOps)
+	stmts   int         // Query: statements that completed (CommandComplete or EmptyQueryResponse)
+	schema  bool        // Query: DDL; prepared statements planned before it may not fit
+	discard bool        // Query: the backend forgets its prepared statements (DISCARD, DEALLOCATE ALL)
+	release func()      // Query: ends a database quiesce (dbops.go) at ReadyForQuery
 }
 
 // target is the routing decision for the next attachment.
@@ -44,15 +50,30 @@ type target struct {
 	retryable bool // the whole batch is known and nothing else is outstanding
 }
 
-// retryState tracks a read sent to a replica that may still be re-sent
-// elsewhere: nothing of its answer has reached the client yet.
+// retryState tracks a batch that may still be re-sent on another backend:
+// it was sent on a backend attached for it while the session was idle, and
+// nothing of its answer has reached the client. Answers are held back in
+// out from outStart meanwhile. gbuf holds the batch.
+//
+// On a replica (held), a read stays retryable until rows flow: a refusal
+// (25006 and kin) re-sends it to the primary, a lost connection elsewhere.
+// On any backend, a FATAL or a lost connection before the batch got any
+// answer means the backend went away on its own (terminated while idle in
+// the pool, server shutting down): the batch never ran there, so it is
+// re-sent on a fresh backend; the client sees nothing of it.
 type retryState struct {
-	active   bool // answers are held back in out from outStart
+	active   bool
+	held     bool // a read on a replica: retryable until rows flow
+	want     target
 	outStart int
-	failed   bool // the replica refused it (25006 and kin): re-send at ReadyForQuery
-	pending  bool // a retry is running or about to
+	failed   bool   // the replica refused it (25006 and kin): re-send at ReadyForQuery
+	fatal    []byte // the backend's FATAL, swallowed while the batch is re-sent
+	pending  bool   // a retry is running or about to
 	done     chan struct{}
 }
+
+// maxRetries bounds the re-sends of one batch.
+const maxRetries = 4
 
 // connState is what a backend has been told, kept on pool.Conn.State.
 type connState struct {
@@ -103,8 +124,10 @@ type session struct {
 	replaying    bool         // the session loop is re-sending a group
 	gbuf         []byte       // the group of messages being routed (session loop)
 	cmu          sync.Mutex   // held while composing: the session loop or a retry
-	retries      int
-	deadConns    int // connections found dead on attach, in a row
+	retries      int          // re-sends of the current batch (under mu)
+	deadConns    int          // connections found dead on attach, in a row
+	pushback     []byte       // a message read ahead while a retry was pending (session loop)
+	attachErr    error        // see attachLocked (session loop)
 
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend
@@ -113,28 +136,31 @@ type session struct {
 	skipUntilSync bool // after an error pgshard raised, drop messages up to Sync
 	unnamedRead   bool // the unnamed statement is a read
 
-	mu       sync.Mutex
-	node     int       // attached node: -1 the primary, i replica i
-	attWrite bool      // the attachment is not a routed read: it may write
-	wroteAt  time.Time // when the session's last write ended (read-your-writes)
-	rt       retryState
-	sc       *pool.Conn
-	st       *connState
-	q        queue
-	busy     bool // the session loop is composing a batch for sc
-	unsynced bool // extended-protocol messages sent since the last Sync
-	srvErr   bool // the backend reported an error and skips to the next Sync
-	txStatus byte
-	pinned   bool
-	closing  bool
-	resetReq bool
-	stmts    map[string]*stmtDef
-	sets     map[string]string // name -> SQL text of the value
-	setsKey  string
-	staged   []router.Effects // SETs made inside the open transaction
-	out      []byte           // pending bytes for the client
-	dead     bool             // writing to the client failed
-	lastTag  string
+	mu         sync.Mutex
+	node       int       // attached node: -1 the primary, i replica i
+	attWrite   bool      // the attachment is not a routed read: it may write
+	wroteAt    time.Time // when the session's last write ended (read-your-writes)
+	rt         retryState
+	sc         *pool.Conn
+	st         *connState
+	q          queue
+	busy       bool // the session loop is composing a batch for sc
+	unsynced   bool // extended-protocol messages sent since the last Sync
+	srvErr     bool // the backend reported an error and skips to the next Sync
+	txStatus   byte
+	pinned     bool
+	closing    bool
+	resetReq   bool
+	stmts      map[string]*stmtDef
+	sets       map[string]string // name -> SQL text of the value
+	setsKey    string
+	staged     []router.Op // SETs and savepoints of the open transaction (see settle)
+	lastTag    string      // COMMIT or ROLLBACK when the last CommandComplete said so
+	out        []byte      // pending bytes for the client
+	dead       bool        // writing to the client failed
+	gotFatal   bool        // the backend's own FATAL reached the client: pgshard adds none
+	cancelling int         // cancel requests in flight for sc: it is not released meanwhile
+	execDef    *stmtDef    // the named statement last bound (stale-plan errors at Execute)
 
 	wmu     sync.Mutex
 	spare   []byte
@@ -154,11 +180,11 @@ func newSession(srv *Server, st *wire.Startup, u config.User, rt *shardRT, p *po
 		switch {
 		case k == "options":
 			for name, val := range parseOptions(v) {
-				s.sets[strings.ToLower(name)] = quoteLiteral(val)
+				s.sets[strings.ToLower(name)] = rawSetting + val
 			}
 		case strings.HasPrefix(k, "_pq_."), k == "replication":
 		default:
-			s.sets[strings.ToLower(k)] = quoteLiteral(v)
+			s.sets[strings.ToLower(k)] = rawSetting + v
 		}
 	}
 	s.setsKey = settingsKey(s.sets)
@@ -222,13 +248,28 @@ func (s *session) replaySQL() string {
 	var b strings.Builder
 	b.WriteString("RESET ALL")
 	for _, k := range names {
+		v := s.sets[k]
+		if raw, ok := strings.CutPrefix(v, rawSetting); ok {
+			// As PostgreSQL applies a startup parameter: the value is the
+			// setting's own text (a list stays a list: search_path=a, b).
+			b.WriteString("; SELECT pg_catalog.set_config(")
+			b.WriteString(quoteLiteral(k))
+			b.WriteString(", ")
+			b.WriteString(quoteLiteral(raw))
+			b.WriteString(", false)")
+			continue
+		}
 		b.WriteString("; SET ")
 		b.WriteString(quoteIdentPath(k))
 		b.WriteString(" TO ")
-		b.WriteString(s.sets[k])
+		b.WriteString(v)
 	}
 	return b.String()
 }
+
+// rawSetting marks a value in session.sets that is a startup parameter's
+// text rather than SQL (see replaySQL).
+const rawSetting = "\x00"
 
 // quoteIdentPath double-quotes each dotted part of a setting name.
 func quoteIdentPath(name string) string {
@@ -240,6 +281,10 @@ func quoteIdentPath(name string) string {
 }
 
 var errTerminate = errors.New("client terminated")
+
+// errRetrying is attach's answer while the batch is being re-sent: the
+// message at hand is part of it (see retryState).
+var errRetrying = errors.New("batch being re-sent")
 
 // start brings a new session to ReadyForQuery: it applies the session's
 // settings on a backend and tells the client the resulting parameters.
@@ -289,7 +334,14 @@ func (s *session) start(ctx context.Context) error {
 // run is the session loop. It returns when the client leaves or fails.
 func (s *session) run(ctx context.Context) error {
 	for {
-		typ, msg, err := s.cr.Next()
+		var typ byte
+		var msg []byte
+		var err error
+		if s.pushback != nil {
+			typ, msg, s.pushback = s.pushback[0], s.pushback, nil
+		} else {
+			typ, msg, err = s.cr.Next()
+		}
 		if err != nil {
 			var pe *wire.ProtocolError
 			if errors.As(err, &pe) {
@@ -302,7 +354,7 @@ func (s *session) run(ctx context.Context) error {
 		}
 		s.waitRetry()
 		s.cmu.Lock()
-		if s.split && isExtended(typ) && s.attached() == nil {
+		if isExtended(typ) && s.attached() == nil {
 			err = s.handleGroup(ctx, typ, msg)
 		} else {
 			s.want = target{}
@@ -359,10 +411,23 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		return err
 	}
 	if extra != nil {
+		if s.retryPending() {
+			// The batch is being re-sent; what follows it waits its turn.
+			s.pushback = append([]byte(nil), extra...)
+			return nil
+		}
 		s.want = target{}
 		return s.handle(ctx, extra[0], extra)
 	}
 	return nil
+}
+
+// retryPending reports whether a re-send of the current batch is scheduled
+// or running.
+func (s *session) retryPending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rt.pending
 }
 
 // replayGroup handles the messages in gbuf.
@@ -377,16 +442,22 @@ func (s *session) replayGroup(ctx context.Context) error {
 	return nil
 }
 
+// idleForBatch reports whether the session is between transactions with
+// nothing outstanding, so that the next batch gets a backend of its own and
+// may be re-sent elsewhere.
+func (s *session) idleForBatch() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.txStatus == 'I' && s.q.len() == 0 && !s.pinned && s.mode == config.PoolTransaction
+}
+
 // routeGroup decides where an extended-protocol batch goes.
 func (s *session) routeGroup(group []byte, complete bool) target {
-	if s.route == router.RoutePrimary || s.forcePrimary {
+	if !complete || !s.idleForBatch() {
 		return target{}
 	}
-	s.mu.Lock()
-	idle := s.txStatus == 'I' && s.q.len() == 0 && !s.pinned
-	s.mu.Unlock()
-	if !idle || !complete {
-		return target{}
+	if !s.split || s.route == router.RoutePrimary || s.forcePrimary {
+		return target{retryable: true}
 	}
 	hinted := s.route == router.RouteReplica
 	unnamedRead := s.unnamedRead
@@ -433,7 +504,7 @@ func (s *session) routeGroup(group []byte, complete bool) target {
 	if hinted {
 		read = true
 	}
-	return target{read: read, anyLag: hinted, retryable: read}
+	return target{read: read, anyLag: hinted, retryable: true}
 }
 
 // classify says whether a statement text is a read, and whether it changes
@@ -462,6 +533,11 @@ func (s *session) clientError(err error) {
 
 // handle processes one client message.
 func (s *session) handle(ctx context.Context, typ byte, msg []byte) error {
+	if !s.replaying && s.retryPending() {
+		// The backend went away while this batch was being composed: the
+		// retry re-sends the whole batch (gbuf holds this message too).
+		return nil
+	}
 	if s.skipUntilSync && typ != 'S' && typ != 'X' {
 		switch typ {
 		case 'P', 'B', 'D', 'E', 'C', 'H':
@@ -494,10 +570,9 @@ func (s *session) handle(ctx context.Context, typ byte, msg []byte) error {
 		}
 		return nil
 	case 'F':
-		if err := s.ensureServer(ctx); err != nil {
-			return s.failBatch(err, true)
+		if !s.attachLocked(ctx, true) {
+			return s.attachErr
 		}
-		s.mu.Lock()
 		s.push(entry{kind: 'F', start: time.Now()})
 		s.mu.Unlock()
 		s.sbuf = append(s.sbuf, msg...)
@@ -527,67 +602,137 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	if done, err := s.localSet(fx); done || err != nil {
 		return err
 	}
-	if s.split {
-		if s.attached() == nil {
-			s.want = s.routeQuery(sql, fx)
-			if s.want.retryable {
-				s.gbuf = append(s.gbuf[:0], msg...)
-			}
-		} else if !fx.TxnControl && !s.srv.classifier.IsRead(sql, fx.Shape) {
-			s.noteWrite()
+	if s.localDeallocate(fx) {
+		return nil
+	}
+	if s.attached() == nil {
+		s.want = s.routeQuery(sql, fx)
+		if s.want.retryable && !s.replaying {
+			s.gbuf = append(s.gbuf[:0], msg...)
 		}
+	} else if s.split && !fx.TxnControl && !s.srv.classifier.IsRead(sql, fx.Shape) {
+		s.noteWrite()
 	}
-	if err := s.ensureServer(ctx); err != nil {
-		return s.failBatch(err, true)
+	if fx.Schema {
+		s.srv.stmts.bump()
 	}
+	if !s.attachLocked(ctx, true) {
+		return s.attachErr
+	}
+	s.mu.Unlock()
+	release := s.quiesceFor(sql) // DROP/CREATE/ALTER DATABASE: see dbops.go
 	s.mu.Lock()
-	e := entry{kind: 'Q', start: time.Now()}
-	if len(fx.Sets) > 0 || fx.ResetAll || fx.Discard {
-		kept := fx.Clone()
-		e.fx = &kept
+	defer s.mu.Unlock()
+	if s.sc == nil {
+		if release != nil {
+			release()
+		}
+		return nil
+	}
+	e := entry{kind: 'Q', start: time.Now(), release: release, schema: fx.Schema}
+	if len(fx.Sets) > 0 || fx.ResetAll || fx.Discard || (fx.AnyTxnControl && len(s.staged) > 0) {
+		e.ops = router.Ops(sql)
+	}
+	if fx.Discard || (fx.DeallocateAll && fx.Statements == 1) {
+		// The backend forgets the statements pgshard prepared on it.
+		e.discard = true
 	}
 	if fx.Pin && !s.pinned {
 		s.pinned = true
 		s.logger.Debug("session pinned to its backend", "reason", fx.PinReason)
 	}
+	// A simple Query destroys the unnamed statement, the client's and the
+	// backend's (PostgreSQL's exec_simple_query).
+	s.unnamed = s.unnamed[:0]
+	s.st.unnamedOwner = nil
 	s.push(e)
-	s.mu.Unlock()
 	s.sbuf = append(s.sbuf, msg...)
 	return nil
 }
 
+// localDeallocate answers a lone SQL DEALLOCATE of the client's own
+// protocol-level statements: they live under pgshard's names on the
+// backends, so only the client's name is forgotten (as Close does).
+// DEALLOCATE ALL on a pinned session also goes to the backend, for the
+// statements prepared there with SQL PREPARE.
+func (s *session) localDeallocate(fx router.Effects) bool {
+	if fx.Statements != 1 || (fx.Deallocate == "" && !fx.DeallocateAll) {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.txStatus == 'E' {
+		return false // the backend refuses it as PostgreSQL does
+	}
+	tag := "DEALLOCATE"
+	if fx.DeallocateAll {
+		clear(s.stmts)
+		if s.pinned {
+			return false
+		}
+		tag = "DEALLOCATE ALL"
+	} else {
+		if _, ok := s.stmts[fx.Deallocate]; !ok {
+			return false
+		}
+		delete(s.stmts, fx.Deallocate)
+	}
+	b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
+	s.push(entry{synth: b})
+	s.push(entry{synth: readyForQuery(s.txStatus)})
+	return true
+}
+
+// attachLocked attaches a backend for the current message and returns
+// true with s.mu held. It returns false, with nothing held, when no backend
+// could be had (s.attachErr is then what the caller returns: nil after the
+// client was answered, or an error that ends the session) or when the
+// backend was lost before the message could be queued: the message is then
+// dropped, as a retry re-sends the batch or the session ends.
+func (s *session) attachLocked(ctx context.Context, simple bool) bool {
+	s.attachErr = nil
+	if _, err := s.attach(ctx, nil); err != nil {
+		if err != errRetrying {
+			s.attachErr = s.failBatch(err, simple)
+		}
+		return false
+	}
+	s.mu.Lock()
+	if s.sc == nil {
+		s.mu.Unlock()
+		return false
+	}
+	return true
+}
+
 // routeQuery decides where a simple query goes.
 func (s *session) routeQuery(sql string, fx router.Effects) target {
-	if fx.Pin || s.forcePrimary {
+	if !s.idleForBatch() {
 		return target{}
 	}
+	t := target{retryable: true}
+	if !s.split || fx.Pin || s.forcePrimary {
+		return t
+	}
 	if fx.TxnControl && !fx.ReadOnly {
-		return target{clean: true}
+		t.clean = true
+		return t
 	}
 	hint := fx.Route
 	if hint == router.RouteAuto {
 		hint = s.route
 	}
-	s.mu.Lock()
-	idle := s.txStatus == 'I' && s.q.len() == 0 && !s.pinned
-	s.mu.Unlock()
-	if !idle {
-		return target{}
-	}
 	switch {
 	case hint == router.RoutePrimary:
-		return target{}
 	case hint == router.RouteReplica:
-		return target{read: true, anyLag: true, retryable: true}
+		t.read, t.anyLag = true, true
 	case fx.Begin && fx.ReadOnly && fx.Statements == 1:
-		return target{read: true}
+		t.read = true
 	case len(fx.Sets) > 0 || fx.ResetAll || fx.Discard:
-		return target{}
+	default:
+		t.read = s.srv.classifier.IsRead(sql, fx.Shape)
 	}
-	if s.srv.classifier.IsRead(sql, fx.Shape) {
-		return target{read: true, retryable: true}
-	}
-	return target{}
+	return t
 }
 
 // noteWrite records that the attached primary backend ran something that
@@ -714,15 +859,17 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 			return errMalformed("Parse")
 		}
 		fx := router.Inspect(string(q))
+		if fx.Schema {
+			s.srv.stmts.bump()
+		}
 		s.unnamed = append(s.unnamed[:0], msg...)
 		s.unnamedGen++
 		if s.split {
 			s.unnamedRead, _ = s.classify(string(q))
 		}
-		if err := s.ensureServer(ctx); err != nil {
-			return s.failBatch(err, false)
+		if !s.attachLocked(ctx, false) {
+			return s.attachErr
 		}
-		s.mu.Lock()
 		s.pinForExtended(fx)
 		if !s.srvErr {
 			s.push(entry{kind: 'P'})
@@ -745,10 +892,12 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 		return s.raise(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name)
 	}
 	fx := router.Inspect(p.Query)
-	if err := s.ensureServer(ctx); err != nil {
-		return s.failBatch(err, false)
+	if fx.Schema {
+		s.srv.stmts.bump()
 	}
-	s.mu.Lock()
+	if !s.attachLocked(ctx, false) {
+		return s.attachErr
+	}
 	defer s.mu.Unlock()
 	s.pinForExtended(fx)
 	s.unsynced = true
@@ -824,7 +973,8 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 	if s.node < 0 && ((def == nil && !s.unnamedRead) || (def != nil && !def.read)) {
 		s.attWrite = true
 	}
-	s.push(entry{kind: 'B'})
+	s.push(entry{kind: 'B', def: def})
+	s.execDef = def
 	if def == nil {
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
@@ -837,16 +987,23 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 // unnamed one), attaches a backend and makes sure the backend has the
 // statement. When ok, it returns with s.mu held and the caller pushes its
 // entry; when not ok, err (if any) ends the session and nothing is held.
+//
+// A named statement whose result description is known (a client described
+// it) is prepared on a backend that lacks it with a round trip: Parse,
+// Describe and Flush, and the answer compared with the known description
+// before the client's message is sent. If the schema changed meanwhile, the
+// client gets what PostgreSQL would raise for its own stale statement
+// (0A000 cached plan must not change result type) instead of rows that do
+// not match the description it decodes them with.
 func (s *session) useStatement(ctx context.Context, name []byte) (def *stmtDef, ok bool, err error) {
 	if len(name) > 0 {
 		if def, ok = s.lookupStmt(string(name)); !ok {
 			return nil, false, s.raise(wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(name))
 		}
 	}
-	if err := s.ensureServer(ctx); err != nil {
-		return nil, false, s.failBatch(err, false)
+	if !s.attachLocked(ctx, false) {
+		return nil, false, s.attachErr
 	}
-	s.mu.Lock()
 	s.unsynced = true
 	if s.srvErr {
 		s.mu.Unlock()
@@ -854,10 +1011,49 @@ func (s *session) useStatement(ctx context.Context, name []byte) (def *stmtDef, 
 	}
 	if def == nil {
 		s.unnamedOn()
-	} else {
-		s.prepareOn(def)
+		return nil, true, nil
 	}
-	return def, true, nil
+	if _, has := s.st.prepared[def]; has || !def.described() {
+		s.prepareOn(def)
+		return def, true, nil
+	}
+	check := make(chan error, 1)
+	s.st.prepared[def] = struct{}{}
+	s.push(entry{kind: 'P', def: def, swallow: true})
+	s.push(entry{kind: 'd', def: def, swallow: true, check: check})
+	s.sbuf = append(s.sbuf, def.parse...)
+	s.sbuf = appendWithStmt(s.sbuf, 'D', []byte{'S'}, def.name, nil)
+	s.sbuf = append(s.sbuf, msgFlush...)
+	sc := s.sc
+	s.mu.Unlock()
+	werr := sc.Write(s.sbuf)
+	s.sbuf = s.sbuf[:0]
+	if werr != nil {
+		return nil, false, nil // the reader reports the loss
+	}
+	select {
+	case err = <-check:
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+	s.mu.Lock()
+	if s.sc != sc || s.srvErr {
+		// Lost, or the Parse failed (the client has the error; the
+		// backend skips to Sync).
+		s.mu.Unlock()
+		return nil, false, nil
+	}
+	if err == nil {
+		return def, true, nil
+	}
+	// Planned against another schema: the backend must not keep it under
+	// a name other clients of def would use.
+	s.srv.stmts.retire(def)
+	delete(s.st.prepared, def)
+	s.push(entry{kind: 'C', swallow: true})
+	s.sbuf = appendClose(s.sbuf, 'S', def.name)
+	s.mu.Unlock()
+	return nil, false, s.raise(wire.CodeFeatureNotSupported, "cached plan must not change result type")
 }
 
 func (s *session) handleDescribe(ctx context.Context, msg []byte) error {
@@ -877,7 +1073,7 @@ func (s *session) handleDescribe(ctx context.Context, msg []byte) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	s.push(entry{kind: 'd'})
+	s.push(entry{kind: 'd', def: def})
 	if def == nil {
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
@@ -898,10 +1094,9 @@ func (s *session) handleClose(ctx context.Context, msg []byte) error {
 	if body[0] == 'S' && name != "" {
 		// Statements are shared on the backends; closing only forgets the
 		// client's name for it, as the client expects.
-		if err := s.ensureServer(ctx); err != nil {
-			return s.failBatch(err, false)
+		if !s.attachLocked(ctx, false) {
+			return s.attachErr
 		}
-		s.mu.Lock()
 		s.unsynced = true
 		if !s.srvErr {
 			delete(s.stmts, name)
@@ -918,13 +1113,16 @@ func (s *session) handleClose(ctx context.Context, msg []byte) error {
 
 // forwardExtended passes an extended-protocol message through as it is.
 func (s *session) forwardExtended(ctx context.Context, kind byte, msg []byte) error {
-	if err := s.ensureServer(ctx); err != nil {
-		return s.failBatch(err, false)
+	if !s.attachLocked(ctx, false) {
+		return s.attachErr
 	}
-	s.mu.Lock()
 	s.unsynced = true
 	if !s.srvErr {
-		s.push(entry{kind: kind})
+		e := entry{kind: kind}
+		if kind == 'E' {
+			e.def = s.execDef
+		}
+		s.push(e)
 	}
 	s.mu.Unlock()
 	s.sbuf = append(s.sbuf, msg...)
@@ -935,6 +1133,9 @@ func (s *session) handleSync(ctx context.Context, msg []byte) error {
 	wasSkipping := s.skipUntilSync
 	s.skipUntilSync = false
 	if err := s.ensureServer(ctx); err != nil {
+		if err == errRetrying {
+			return nil
+		}
 		if !wasSkipping {
 			return s.failBatch(err, true)
 		}
@@ -945,6 +1146,10 @@ func (s *session) handleSync(ctx context.Context, msg []byte) error {
 		return nil
 	}
 	s.mu.Lock()
+	if s.sc == nil {
+		s.mu.Unlock()
+		return nil // lost meanwhile: re-sent by a retry, or the session ends
+	}
 	s.unsynced = false
 	s.srvErr = false
 	s.push(entry{kind: 'S', start: time.Now()})
@@ -968,6 +1173,10 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		s.busy = true
 		s.mu.Unlock()
 		return false, nil
+	}
+	if s.rt.pending && !s.replaying {
+		s.mu.Unlock()
+		return false, errRetrying
 	}
 	wroteAt := s.wroteAt
 	s.mu.Unlock()
@@ -1012,18 +1221,21 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		return s.attach(ctx, done)
 	}
 	s.deadConns = 0
+	s.gotFatal = false
 	s.attWrite = node < 0 && !s.want.read && !s.want.clean
 	if node >= 0 {
 		s.shard.outstanding[node].Add(1)
-		if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {
-			s.rt.active, s.rt.outStart, s.rt.failed = true, len(s.out), false
-		}
+	}
+	if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {
+		s.rt.active, s.rt.held, s.rt.want = true, node >= 0, s.want
+		s.rt.outStart, s.rt.failed, s.rt.fatal = len(s.out), false, nil
 	}
 	if s.st.setsKey != s.setsKey {
 		replayed = true
 		s.push(entry{kind: 'x', swallow: true, done: done})
 		s.sbuf = append(s.sbuf, queryMsg(s.replaySQL())...)
 		s.st.setsKey = s.setsKey
+		s.st.unnamedOwner = nil // a simple Query drops the unnamed statement
 	}
 	s.mu.Unlock()
 	return replayed, nil
@@ -1046,25 +1258,32 @@ func (s *session) replicaPool(i int) *pool.Pool {
 // waitRetry waits for a retry in progress, and ends the chance to retry
 // the previous batch: the client is sending more.
 func (s *session) waitRetry() {
-	s.mu.Lock()
-	done := s.rt.done
-	pending := s.rt.pending
-	if !pending {
-		s.rt.active = false
-	}
-	s.mu.Unlock()
-	if pending {
+	for {
+		s.mu.Lock()
+		done, pending := s.rt.done, s.rt.pending
+		if !pending {
+			s.rt.active = false
+		}
+		s.mu.Unlock()
+		if !pending {
+			return
+		}
 		<-done
 	}
 }
 
-// startRetry re-sends the held batch on another node. Called with s.mu
+// startRetry re-sends the held batch on another backend. Called with s.mu
 // held; the backend that failed is already detached.
 func (s *session) startRetry(toPrimary bool, reason string) {
 	if s.rt.outStart <= len(s.out) {
 		s.out = s.out[:s.rt.outStart]
 	}
+	want := s.rt.want
 	s.rt = retryState{pending: true, done: make(chan struct{})}
+	s.retries++
+	if toPrimary || (want.read && s.retries > 2) {
+		want.read, want.anyLag = false, false
+	}
 	s.srv.metrics.retries.WithLabelValues(reason).Inc()
 	done := s.rt.done
 	s.retryWG.Add(1)
@@ -1073,10 +1292,21 @@ func (s *session) startRetry(toPrimary bool, reason string) {
 		defer close(done)
 		s.cmu.Lock()
 		defer s.cmu.Unlock()
-		s.retries++
-		s.forcePrimary = toPrimary || s.retries > 2
+		// Whatever the session loop composed for the lost backend after it
+		// was lost is dropped: the batch is re-sent whole.
+		s.sbuf = s.sbuf[:0]
+		s.mu.Lock()
+		s.q.clear()
+		if sc := s.sc; sc != nil {
+			// Attached by a composer that had not yet seen the loss: its
+			// state is unknown.
+			s.detach()
+			sc.Pool().Discard(sc)
+		}
+		s.mu.Unlock()
+		s.forcePrimary = !want.read
 		s.replaying = true
-		s.want = target{read: !s.forcePrimary, retryable: !s.forcePrimary}
+		s.want = want
 		err := s.replayGroup(context.Background())
 		s.replaying, s.forcePrimary = false, false
 		if err == nil {
@@ -1086,7 +1316,9 @@ func (s *session) startRetry(toPrimary bool, reason string) {
 			_ = s.conn.Close()
 		}
 		s.mu.Lock()
-		s.rt.pending = false
+		if s.rt.done == done {
+			s.rt.pending = false
+		}
 		s.mu.Unlock()
 	}()
 }
@@ -1157,7 +1389,7 @@ func (s *session) flushClient() {
 // held.
 func (s *session) maybeRelease() {
 	sc := s.sc
-	if sc == nil || s.busy || s.q.len() > 0 {
+	if sc == nil || s.busy || s.q.len() > 0 || s.cancelling > 0 {
 		return
 	}
 	if s.closing {
@@ -1208,6 +1440,7 @@ func (s *session) detach() {
 // internalQuery sends sql on the attached backend with its answer
 // swallowed. Called with s.mu held, when nothing else is being composed.
 func (s *session) internalQuery(sql string) {
+	s.st.unnamedOwner = nil // a simple Query drops the unnamed statement
 	s.push(entry{kind: 'x', swallow: true})
 	if err := s.sc.Write(queryMsg(sql)); err != nil {
 		sc := s.sc
@@ -1248,11 +1481,23 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	}
 	head := s.q.front()
 	forward := head == nil || !head.swallow
+	if typ == 'E' && isFatal(msg) {
+		if s.rt.active && !s.closing {
+			// The backend is going away before the batch got any answer
+			// (terminated while idle in the pool, shutting down): not
+			// this client's backend. The batch is re-sent when the
+			// connection closes (ServerGone).
+			s.rt.fatal = append(s.rt.fatal[:0], msg...)
+			s.mu.Unlock()
+			return
+		}
+		s.gotFatal = forward
+	}
 	if s.rt.active && forward {
-		// Only what would reach the client decides (the answers to a
-		// settings replay pgshard injected do not).
-		switch typ {
-		case '1', '2', '3', 't', 'n', 'T', 'Z', 'E':
+		switch {
+		case !s.rt.held:
+			s.rt.active = false // the backend answered: this attempt stands
+		case typ == '1', typ == '2', typ == '3', typ == 't', typ == 'n', typ == 'T', typ == 'Z', typ == 'E':
 			// Nothing the client could act on yet: still retryable.
 		default:
 			s.rt.active = false // results are flowing: this answer stands
@@ -1281,7 +1526,8 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 			s.pop()
 		}
 	case 'E':
-		if s.rt.active && !s.rt.failed && retryOnPrimary(errorCode(msg)) {
+		code := errorCode(msg)
+		if s.rt.active && s.rt.held && !s.rt.failed && retryOnPrimary(code) {
 			// The replica refused a read (read-only, recovery conflict,
 			// shutting down): answer nothing, re-send it to the primary
 			// once this backend is back at ReadyForQuery.
@@ -1296,7 +1542,10 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 		if head != nil && head.swallow && head.kind != 'x' && !s.rt.failed {
 			forward = true // an injected Parse failed: the client must know
 		}
-		s.srv.metrics.errors.WithLabelValues(errorCode(msg)).Inc()
+		if head != nil && head.def != nil && stalePlan(code, msg) {
+			s.srv.stmts.retire(head.def)
+		}
+		s.srv.metrics.errors.WithLabelValues(code).Inc()
 		if head != nil && head.kind == 'x' && head.errMsg == nil {
 			head.errMsg = append([]byte(nil), msg...)
 		}
@@ -1319,12 +1568,30 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 		}
 	case 'T', 'n':
 		if head != nil && (head.kind == 'D' || head.kind == 'd') {
+			if head.kind == 'd' && head.def != nil {
+				match := head.def.noteDesc(msg)
+				if head.check != nil {
+					if match {
+						head.check <- nil
+					} else {
+						head.check <- errStaleDesc
+					}
+					head.check = nil
+				}
+			}
 			s.pop()
 		}
-	case 'C', 'I', 's':
+	case 'C', 'I':
 		if typ == 'C' {
 			s.lastTag = commandTag(msg)
 		}
+		if head != nil && head.kind == 'Q' {
+			head.stmts++
+		}
+		if head != nil && head.kind == 'E' {
+			s.pop()
+		}
+	case 's':
 		if head != nil && head.kind == 'E' {
 			s.pop()
 		}
@@ -1337,6 +1604,7 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 		failed := s.rt.active && s.rt.failed && s.q.len() == 0
 		if !failed && s.q.len() == 0 {
 			s.rt.active = false
+			s.retries = 0
 		}
 		s.maybeRelease()
 		if failed {
@@ -1356,6 +1624,47 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	}
 }
 
+// errStaleDesc tells a checked prepare that the backend describes the
+// statement differently from what its client was told.
+var errStaleDesc = errors.New("statement description changed")
+
+// errGone tells a checked prepare that its answer will not come.
+var errGone = errors.New("no answer: the Parse failed or the backend is gone")
+
+// stalePlan reports the errors with which a backend says that a prepared
+// statement's plan no longer fits the schema.
+func stalePlan(code string, msg []byte) bool {
+	switch code {
+	case wire.CodeFeatureNotSupported:
+		return bytes.Contains(msg, []byte("cached plan must not change result type"))
+	case wire.CodeInternalError:
+		return bytes.Contains(msg, []byte("cache lookup failed for"))
+	}
+	return false
+}
+
+// isFatal reports whether a raw ErrorResponse ends the backend session.
+func isFatal(msg []byte) bool {
+	b := msg[5:]
+	sev := ""
+	for len(b) > 0 && b[0] != 0 {
+		f := b[0]
+		v, rest, ok := cstringBytes(b[1:])
+		if !ok {
+			break
+		}
+		if f == 'V' {
+			sev = string(v) // not localized: preferred
+			break
+		}
+		if f == 'S' {
+			sev = string(v)
+		}
+		b = rest
+	}
+	return sev == "FATAL" || sev == "PANIC"
+}
+
 func isTerminal(kind byte) bool {
 	return kind == 'Q' || kind == 'S' || kind == 'x' || kind == 'F'
 }
@@ -1363,6 +1672,9 @@ func isTerminal(kind byte) bool {
 // completeZ finishes a Query, Sync or internal entry at ReadyForQuery.
 // Called with s.mu held.
 func (s *session) completeZ(e *entry) {
+	if e.release != nil {
+		e.release()
+	}
 	if !e.start.IsZero() {
 		now := time.Now()
 		s.srv.metrics.queries.Inc()
@@ -1389,43 +1701,91 @@ func (s *session) completeZ(e *entry) {
 		s.logger.Warn("internal query failed on backend", "code", errorCode(e.errMsg))
 		s.st.setsKey = "?" // unknown: replay next time
 	}
-	if e.fx != nil && !e.failed {
-		if s.txStatus == 'I' {
-			s.applyEffects(*e.fx)
-		} else {
-			s.staged = append(s.staged, *e.fx) // kept only if the transaction commits
-		}
+	if e.schema {
+		s.srv.stmts.bump() // again, now that the change is visible
 	}
-	if s.txStatus == 'I' && len(s.staged) > 0 {
-		if s.lastTag != "ROLLBACK" {
-			for _, fx := range s.staged {
-				s.applyEffects(fx)
-			}
+	if e.discard && s.st != nil {
+		s.st.prepared = map[*stmtDef]struct{}{}
+		s.st.unnamedOwner = nil
+	}
+	if e.kind == 'Q' {
+		s.settle(e)
+	} else if s.txStatus == 'I' && len(s.staged) > 0 {
+		// A transaction with SETs in it ended through the extended
+		// protocol: its last command says how.
+		if s.lastTag == "COMMIT" {
+			s.commitStaged()
 		}
 		s.staged = s.staged[:0]
 	}
 }
 
-// applyEffects records SET/RESET in the session. The attached backend
-// already has them. Called with s.mu held.
-func (s *session) applyEffects(fx router.Effects) {
-	if fx.ResetAll {
-		clear(s.sets)
-	}
-	for _, set := range fx.Sets {
-		if set.Reset {
-			delete(s.sets, set.Name)
-		} else {
-			s.sets[set.Name] = set.Value
+// settle records what a finished Query did to the session's settings: the
+// SETs of its first e.stmts statements (those that ran) are staged, and
+// kept only when their transaction commits (an explicit one at COMMIT, the
+// implicit one of a Query at its ReadyForQuery when nothing failed);
+// ROLLBACK drops them, ROLLBACK TO SAVEPOINT those made since the
+// savepoint. Called with s.mu held.
+func (s *session) settle(e *entry) {
+	for _, op := range e.ops {
+		if op.Stmt >= e.stmts {
+			break
 		}
+		switch op.Kind {
+		case router.OpSet, router.OpResetAll, router.OpSavepoint:
+			s.staged = append(s.staged, op)
+		case router.OpCommit:
+			s.commitStaged()
+		case router.OpRollback:
+			s.staged = s.staged[:0]
+		case router.OpRelease, router.OpRollbackTo:
+			i := len(s.staged) - 1
+			for i >= 0 && !(s.staged[i].Kind == router.OpSavepoint && s.staged[i].Name == op.Name) {
+				i--
+			}
+			if op.Kind == router.OpRelease {
+				if i >= 0 {
+					s.staged = append(s.staged[:i], s.staged[i+1:]...)
+				}
+				break
+			}
+			// Without its marker, the savepoint predates every staged SET.
+			s.staged = s.staged[:i+1]
+		}
+	}
+	if s.txStatus == 'I' {
+		if !e.failed {
+			s.commitStaged()
+		}
+		s.staged = s.staged[:0]
+	}
+}
+
+// commitStaged applies the staged SETs to the session's record; the
+// attached backend already has them. Called with s.mu held.
+func (s *session) commitStaged() {
+	changed := false
+	for _, op := range s.staged {
+		switch op.Kind {
+		case router.OpResetAll:
+			clear(s.sets)
+			changed = true
+		case router.OpSet:
+			if op.Set.Reset {
+				delete(s.sets, op.Set.Name)
+			} else {
+				s.sets[op.Set.Name] = op.Set.Value
+			}
+			changed = true
+		}
+	}
+	s.staged = s.staged[:0]
+	if !changed {
+		return
 	}
 	s.setsKey = settingsKey(s.sets)
 	if s.st != nil {
 		s.st.setsKey = s.setsKey
-		if fx.Discard {
-			s.st.prepared = map[*stmtDef]struct{}{}
-			s.st.unnamedOwner = nil
-		}
 	}
 }
 
@@ -1449,6 +1809,13 @@ func (s *session) pop() { s.q.pop() }
 // would have created.
 func (s *session) dropHead() {
 	e := s.q.front()
+	if e.check != nil {
+		e.check <- errGone // the Parse before it failed
+		e.check = nil
+	}
+	if e.release != nil {
+		e.release()
+	}
 	if e.kind == 'P' && e.def != nil && s.st != nil {
 		delete(s.st.prepared, e.def)
 	}
@@ -1482,22 +1849,60 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 	if node >= 0 {
 		s.shard.monitor.MarkDown(node, err)
 	}
-	if s.rt.active && !s.closing {
-		// A read on a replica that died before answering anything: send
-		// it elsewhere.
-		s.logger.Warn("replica connection lost; retrying the read elsewhere", "replica", replicaName(node), "err", err)
-		s.startRetry(false, "replica_lost")
+	fatal := s.rt.fatal
+	if s.rt.active && !s.closing && (s.rt.held || fatal != nil) && s.retries < maxRetries {
+		// The backend went away before the batch got an answer: a read
+		// on a replica that died, or a backend that ended on its own
+		// (its FATAL swallowed). Re-send the batch elsewhere.
+		reason := "replica_lost"
+		if !s.rt.held {
+			reason = "backend_terminated"
+		}
+		s.logger.Info("backend lost before answering; re-sending the batch", "node", nodeName(node), "reason", reason, "err", err)
+		s.startRetry(false, reason)
 		s.mu.Unlock()
 		c.Pool().Discard(c)
 		return
 	}
+	s.rt.active = false
 	closing := s.closing
-	s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeConnectionFailure, "pgshard: lost the connection to the backend: %v", err))
+	switch {
+	case fatal != nil:
+		s.out = append(s.out, fatal...) // the backend's own reason
+	case !s.gotFatal:
+		// The backend's own FATAL, when it sent one, already said why.
+		s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeConnectionFailure, "pgshard: lost the connection to the backend: %v", err))
+	}
 	s.mu.Unlock()
 	c.Pool().Discard(c)
 	if !closing {
 		s.logger.Warn("backend connection lost", "err", err)
 		s.closeAfterFlush()
+	}
+}
+
+// nodeName names node i of the session's shard for logs.
+func nodeName(i int) string {
+	if i < 0 {
+		return "primary"
+	}
+	return replicaName(i)
+}
+
+// cancelTarget returns the backend running the session's query, if any,
+// and keeps it attached until done is called (see Server.cancel).
+func (s *session) cancelTarget() (sc *pool.Conn, done func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sc == nil || s.q.len() == 0 {
+		return nil, nil
+	}
+	s.cancelling++
+	return s.sc, func() {
+		s.mu.Lock()
+		s.cancelling--
+		s.maybeRelease()
+		s.mu.Unlock()
 	}
 }
 
@@ -1536,6 +1941,14 @@ func (q *queue) pop() {
 }
 
 func (q *queue) clear() {
+	for i := q.head; i < len(q.buf); i++ {
+		if r := q.buf[i].release; r != nil {
+			r() // a database quiesce whose ReadyForQuery will not come
+		}
+		if c := q.buf[i].check; c != nil {
+			c <- errGone // a checked prepare whose answer will not come
+		}
+	}
 	clear(q.buf)
 	q.buf, q.head = q.buf[:0], 0
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/wire"
@@ -15,16 +17,72 @@ import (
 // on the backends.
 type stmtDef struct {
 	name  string
+	key   string // its key in stmtCache.defs
 	parse []byte // a complete Parse message that creates it under name
 	read  bool   // a replica may answer it (router.Classifier)
+	// desc is the result description a client was given for it (see
+	// descKey), once one was: a backend that prepares it later must
+	// describe it alike.
+	desc atomic.Pointer[string]
 }
 
-// stmtCache interns statement definitions. It grows with the number of
-// distinct statements ever prepared through this process.
+func (d *stmtDef) described() bool { return d.desc.Load() != nil }
+
+// noteDesc records the description of a RowDescription or NoData answer to
+// a Describe of d, if none is recorded; it reports whether the answer
+// matches the recorded one.
+func (d *stmtDef) noteDesc(msg []byte) bool {
+	k := descKey(msg)
+	if d.desc.CompareAndSwap(nil, &k) {
+		return true
+	}
+	return *d.desc.Load() == k
+}
+
+// descKey reduces a RowDescription (or NoData) to what PostgreSQL compares
+// when it decides that a cached plan changed its result type: the columns'
+// names, types and type modifiers (not their source tables, which differ
+// when a table is dropped and created again).
+func descKey(msg []byte) string {
+	if msg[0] != 'T' {
+		return ""
+	}
+	var rd pgproto3.RowDescription
+	if rd.Decode(msg[5:]) != nil {
+		return string(msg) // compared as it is
+	}
+	var b strings.Builder
+	for _, f := range rd.Fields {
+		fmt.Fprintf(&b, "%s\x00%d\x00%d\x00", f.Name, f.DataTypeOID, f.TypeModifier)
+	}
+	return b.String()
+}
+
+// stmtCache interns statement definitions. Definitions interned before a
+// schema change (bump) or found stale on a backend (retire) are no longer
+// handed out: a client that prepares the same text afterwards gets a new
+// definition, planned afresh on every backend, as it would on its own
+// PostgreSQL session.
 type stmtCache struct {
 	mu   sync.Mutex
 	defs map[string]*stmtDef
 	next uint64
+}
+
+// bump forgets every definition: DDL went through pgshard.
+func (c *stmtCache) bump() {
+	c.mu.Lock()
+	clear(c.defs)
+	c.mu.Unlock()
+}
+
+// retire forgets d: a backend found its plan stale.
+func (c *stmtCache) retire(d *stmtDef) {
+	c.mu.Lock()
+	if c.defs[d.key] == d {
+		delete(c.defs, d.key)
+	}
+	c.mu.Unlock()
 }
 
 func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (read, pin bool)) *stmtDef {
@@ -45,7 +103,7 @@ func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (r
 		c.defs = map[string]*stmtDef{}
 	}
 	c.next++
-	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next)}
+	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key}
 	d.read, _ = classify(query)
 	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
 	d.parse, _ = p.Encode(nil)
@@ -89,7 +147,13 @@ func appendWithStmt(dst []byte, typ byte, prefix []byte, name string, rest []byt
 var (
 	msgParseComplete = []byte{'1', 0, 0, 0, 4}
 	msgCloseComplete = []byte{'3', 0, 0, 0, 4}
+	msgFlush         = []byte{'H', 0, 0, 0, 4}
 )
+
+// appendClose appends a Close of the statement ('S') or portal ('P') name.
+func appendClose(dst []byte, what byte, name string) []byte {
+	return appendWithStmt(dst, 'C', []byte{what}, name, nil)
+}
 
 func readyForQuery(status byte) []byte { return []byte{'Z', 0, 0, 0, 5, status} }
 

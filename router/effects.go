@@ -32,6 +32,16 @@ type Effects struct {
 	// (BEGIN, COMMIT, ROLLBACK, END, ABORT, SAVEPOINT, RELEASE), which
 	// writes nothing.
 	TxnControl bool
+	// AnyTxnControl is set when some statement is transaction control
+	// (see Ops for which).
+	AnyTxnControl bool
+	// Schema is set when a statement starts with CREATE, ALTER, DROP or
+	// COMMENT: plans prepared before it may no longer fit.
+	Schema bool
+	// Deallocate names the statement of a lone DEALLOCATE [PREPARE] name;
+	// DeallocateAll is set by a lone DEALLOCATE [PREPARE] ALL.
+	Deallocate    string
+	DeallocateAll bool
 }
 
 // Route is a routing hint.
@@ -157,9 +167,14 @@ func (e *Effects) add(sql string, toks []token) {
 	case "begin", "start", "commit", "rollback", "end", "abort", "savepoint", "release":
 		if len(toks) > 1 && toks[1].word == "prepared" {
 			e.TxnControl = false // COMMIT/ROLLBACK PREPARED finish a two-phase transaction
+		} else {
+			e.AnyTxnControl = true
 		}
 	default:
 		e.TxnControl = false
+	}
+	if keywordIs(first.word, "create") || keywordIs(first.word, "alter") || keywordIs(first.word, "drop") || keywordIs(first.word, "comment") {
+		e.Schema = true
 	}
 	if readOnlyTxn(toks) {
 		e.ReadOnly = true
@@ -176,8 +191,21 @@ func (e *Effects) add(sql string, toks []token) {
 			return
 		}
 		e.pin("SQL PREPARE")
-	case "deallocate", "load":
-		e.pin(strings.ToUpper(first.word))
+	case "deallocate":
+		if e.Statements == 1 {
+			rest := toks[1:]
+			if len(rest) > 0 && rest[0].word == "prepare" {
+				rest = rest[1:]
+			}
+			if len(rest) == 1 && rest[0].kind == tokIdent && rest[0].word == "all" {
+				e.DeallocateAll = true
+			} else if len(rest) == 1 && (rest[0].kind == tokIdent || rest[0].kind == tokQIdent) {
+				e.Deallocate = savepointName(sql, rest[0])
+			}
+		}
+		e.pin("DEALLOCATE")
+	case "load":
+		e.pin("LOAD")
 	case "discard":
 		e.Discard = true
 		if len(toks) > 1 && toks[1].word == "all" {

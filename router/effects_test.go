@@ -28,8 +28,15 @@ func TestInspect(t *testing.T) {
 		{"SET ROLE admin", Effects{Statements: 1, Pin: true, PinReason: "SET ROLE"}},
 		{"SET SESSION AUTHORIZATION bob", Effects{Statements: 1, Pin: true, PinReason: "SET SESSION AUTHORIZATION"}},
 		{"LISTEN jobs", Effects{Statements: 1, Pin: true, PinReason: "LISTEN"}},
-		{"CREATE TEMP TABLE x (a int)", Effects{Statements: 1, Pin: true, PinReason: "temporary table"}},
-		{"create temporary table x as select 1", Effects{Statements: 1, Pin: true, PinReason: "temporary table"}},
+		{"CREATE TEMP TABLE x (a int)", Effects{Statements: 1, Pin: true, PinReason: "temporary table", Schema: true}},
+		{"create temporary table x as select 1", Effects{Statements: 1, Pin: true, PinReason: "temporary table", Schema: true}},
+		{"ALTER TABLE t DROP COLUMN a", Effects{Statements: 1, Schema: true}},
+		{"select 1; Drop Type e", Effects{Statements: 2, Schema: true}},
+		{"DEALLOCATE stmtcache_1", Effects{Statements: 1, Pin: true, PinReason: "DEALLOCATE", Deallocate: "stmtcache_1"}},
+		{"deallocate prepare \"My Stmt\"", Effects{Statements: 1, Pin: true, PinReason: "DEALLOCATE", Deallocate: "My Stmt"}},
+		{"DEALLOCATE ALL", Effects{Statements: 1, Pin: true, PinReason: "DEALLOCATE", DeallocateAll: true}},
+		{"SELECT 1; DEALLOCATE x", Effects{Statements: 2, Pin: true, PinReason: "DEALLOCATE"}},
+		{"BEGIN; SELECT 1", Effects{Statements: 2, Begin: true, AnyTxnControl: true}},
 		{"SELECT pg_advisory_lock(1)", Effects{Statements: 1, Pin: true, PinReason: "session advisory lock"}},
 		{"SELECT PG_TRY_ADVISORY_LOCK(1)", Effects{Statements: 1, Pin: true, PinReason: "session advisory lock"}},
 		{"SELECT pg_advisory_xact_lock(1)", Effects{Statements: 1}},
@@ -37,6 +44,7 @@ func TestInspect(t *testing.T) {
 		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", Effects{Statements: 1, Pin: true, PinReason: "WITH HOLD cursor"}},
 		{"PREPARE p AS SELECT 1", Effects{Statements: 1, Pin: true, PinReason: "SQL PREPARE"}},
 		{"PREPARE TRANSACTION 'x'", Effects{Statements: 1}},
+		{"ROLLBACK TO SAVEPOINT a", Effects{Statements: 1, TxnControl: true, AnyTxnControl: true}},
 		// Words inside strings, comments and quoted identifiers do not count.
 		{"SELECT 'LISTEN temp hold; SET x = 1'", Effects{Statements: 1}},
 		{"SELECT $$ set a = 1; listen x $$, $tag$ temp $tag$", Effects{Statements: 1}},
@@ -150,5 +158,31 @@ func BenchmarkInspect(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		_ = Inspect("SELECT abalance FROM pgbench_accounts WHERE aid = 123456;")
+	}
+}
+
+func TestOps(t *testing.T) {
+	set := func(stmt int, name, value string) Op {
+		return Op{Stmt: stmt, Kind: OpSet, Set: Set{Name: name, Value: value}}
+	}
+	for _, c := range []struct {
+		sql  string
+		want []Op
+	}{
+		{"SELECT 1", nil},
+		{"SET a.b = 1", []Op{set(0, "a.b", "1")}},
+		{"BEGIN; SET x = 1; ROLLBACK", []Op{{Stmt: 0, Kind: OpBegin}, set(1, "x", "1"), {Stmt: 2, Kind: OpRollback}}},
+		{"ROLLBACK; SELECT 1", []Op{{Stmt: 0, Kind: OpRollback}}},
+		{"savepoint S1; set x to 2; rollback to savepoint s1; release \"S1\"", []Op{
+			{Stmt: 0, Kind: OpSavepoint, Name: "s1"}, set(1, "x", "2"),
+			{Stmt: 2, Kind: OpRollbackTo, Name: "s1"}, {Stmt: 3, Kind: OpRelease, Name: "S1"}}},
+		{"ROLLBACK WORK TO a; ABORT; END; COMMIT PREPARED 'g'; ROLLBACK PREPARED 'g'", []Op{
+			{Stmt: 0, Kind: OpRollbackTo, Name: "a"}, {Stmt: 1, Kind: OpRollback}, {Stmt: 2, Kind: OpCommit}}},
+		{"SELECT 1; RESET ALL; RESET x; DISCARD ALL", []Op{{Stmt: 1, Kind: OpResetAll}, {Stmt: 2, Kind: OpSet, Set: Set{Name: "x", Reset: true}}, {Stmt: 3, Kind: OpResetAll}}},
+		{"START TRANSACTION; PREPARE TRANSACTION 'g'", []Op{{Stmt: 0, Kind: OpBegin}, {Stmt: 1, Kind: OpCommit}}},
+	} {
+		if got := Ops(c.sql); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("Ops(%q)\n got %+v\nwant %+v", c.sql, got, c.want)
+		}
 	}
 }
