@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/proxy"
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
@@ -586,14 +587,35 @@ func TestCancelRequest(t *testing.T) {
 	h := startProxy(t, nil)
 	ctx := testCtx(t)
 	c := h.pgconn(ctx)
-	go func() {
-		time.Sleep(300 * time.Millisecond) // give the query time to start; the test does not depend on it
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		_ = c.CancelRequest(cctx)
-	}()
 	start := time.Now()
-	_, err := c.Exec(ctx, "SELECT pg_sleep(60)").ReadAll()
+	queryDone := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, "SELECT pg_sleep(60)").ReadAll()
+		queryDone <- err
+	}()
+	// Cancel once the backend runs the query (asked on the primary
+	// directly), so the cancel cannot arrive before it.
+	running := testutil.Poll(30*time.Second, func() error {
+		n, err := h.topo.Shards[0].Primary.QueryValue(ctx, h.db,
+			"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query = 'SELECT pg_sleep(60)'")
+		if err != nil {
+			return err
+		}
+		if n != "1" {
+			return fmt.Errorf("%s backends run it", n)
+		}
+		return nil
+	})
+	// Cancel even when the wait failed: the query must end before c closes.
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.CancelRequest(cctx); err != nil {
+		t.Errorf("cancel request: %v", err)
+	}
+	err := <-queryDone
+	if running != nil {
+		t.Fatalf("the query never ran on the primary: %v", running)
+	}
 	if sqlState(err) != "57014" {
 		t.Fatalf("cancelled query: %v after %s, want 57014", err, time.Since(start))
 	}
