@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -37,6 +38,7 @@ type entry struct {
 	check   chan error  // swallowed Describe of def: told whether the backend's description matches def's
 	ops     []router.Op // Query: its settings and transaction statements (see settleOps)
 	stmts   int         // Query: statements that completed (CommandComplete or EmptyQueryResponse)
+	rolled  []int       // Query with ops: statements whose tag was ROLLBACK (a COMMIT of a failed transaction)
 	schema  bool        // Query: DDL; prepared statements planned before it may not fit
 	discard bool        // Query: the backend forgets its prepared statements (DISCARD, DEALLOCATE ALL)
 	release func()      // Query: ends a database quiesce (dbops.go) at ReadyForQuery
@@ -1586,6 +1588,9 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 			s.lastTag = commandTag(msg)
 		}
 		if head != nil && head.kind == 'Q' {
+			if head.ops != nil && s.lastTag == "ROLLBACK" && typ == 'C' {
+				head.rolled = append(head.rolled, head.stmts)
+			}
 			head.stmts++
 		}
 		if head != nil && head.kind == 'E' {
@@ -1735,6 +1740,10 @@ func (s *session) settle(e *entry) {
 		case router.OpSet, router.OpResetAll, router.OpSavepoint:
 			s.staged = append(s.staged, op)
 		case router.OpCommit:
+			if slices.Contains(e.rolled, op.Stmt) {
+				s.staged = s.staged[:0] // COMMIT of a failed transaction rolls back
+				break
+			}
 			s.commitStaged()
 		case router.OpRollback:
 			s.staged = s.staged[:0]
