@@ -35,9 +35,13 @@
 // a backend that lacks the statement gets a Parse injected in front of it
 // (its ParseComplete swallowed), and a client's Parse of a statement the
 // backend has is answered without a round trip. The unnamed statement is
-// re-parsed when the backend last parsed someone else's. Session settings
-// (startup parameters and SET) are kept per session and replayed with
-// RESET ALL; SET ... when the backend's settings differ. LISTEN, temporary
+// re-parsed when the backend last parsed someone else's or ran a simple
+// Query since (which drops it). Session settings (startup parameters and
+// SET) are kept per session and replayed with RESET ALL; SET ... when the
+// backend's settings differ (startup parameters through set_config, as
+// PostgreSQL applies them). A SET inside a transaction is kept only if the
+// transaction commits: settle follows COMMIT, ROLLBACK and savepoints
+// statement by statement. LISTEN, temporary
 // tables, session advisory locks, WITH HOLD cursors and SQL PREPARE pin the
 // session to its backend until it ends (see router.Inspect).
 //
@@ -52,10 +56,42 @@
 // bounds, and, for a session that wrote, past the primary's WAL position
 // sampled after that write (read-your-writes; the watermark comes from the
 // monitor's samples of pg_current_wal_insert_lsn(), so writes cost no extra
-// round trip). A read on a replica is retryable while nothing the client can
-// act on has been answered: its answers are held back in the output buffer,
-// and if the replica refuses it (25006, 40001, 57P0x) or dies, the held
-// answers are dropped and the batch is re-sent elsewhere by a retry
+// round trip).
+//
+// # Re-sending a batch
+//
+// A batch sent on a backend attached for it while the session was idle is
+// kept (gbuf) and its answers are held back in the output buffer until the
+// backend answers it (retryState). If the backend instead ends the session
+// first (a FATAL: terminated by an administrator while it sat in the pool,
+// server shutdown), the batch never ran there: pgshard swallows the FATAL
+// and re-sends the batch on a fresh backend, so a client never sees the end
+// of a backend it did not own. A read on a replica stays re-sendable longer,
+// until rows flow: if the replica refuses it (25006, 40001, 57P0x) it goes
+// to the primary, if the replica dies, elsewhere. The re-send runs on a
 // goroutine that takes the session's composer lock (cmu) like the session
-// loop does.
+// loop; while it is pending the session loop composes nothing (the message
+// at hand is part of the batch being re-sent) and attaches nothing.
+//
+// # Statements and schema changes
+//
+// A statement definition is shared by every client that prepares the same
+// text, but only until the schema may have changed: DDL through pgshard
+// (CREATE, ALTER, DROP, COMMENT) starts new definitions, and a backend that
+// reports a stale plan (0A000 "cached plan must not change result type",
+// XX000 "cache lookup failed") retires the one it ran. The result
+// description a client was given for a statement is remembered; preparing
+// that statement on another backend then costs one round trip (Parse,
+// Describe, Flush) to compare descriptions before the client's Bind is
+// sent, and a difference raises 0A000 as PostgreSQL would on the client's
+// own backend, never rows decoded with the wrong description.
+//
+// # Cancel requests
+//
+// A CancelRequest is forwarded only while the client's query is outstanding,
+// and the session keeps that backend until PostgreSQL has handled the
+// request (it closes the cancel connection after signalling the backend).
+// A signal that arrives after the query ended is discarded by PostgreSQL
+// when the backend reads its next command, so a cancel never reaches
+// another client's query.
 package proxy
