@@ -418,6 +418,9 @@ func runSuite(ctx context.Context, o *options, pgxDir, name, url string) (*side,
 	}
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = pgxDir
+	// On Ctrl-C, stop go test and the test binaries it runs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	// Only the variables set here: the others make their tests skip.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "PGX_") && !strings.HasPrefix(kv, "PG") {
