@@ -1622,7 +1622,11 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 			s.startRetry(true, "replica_refused")
 		}
 	}
-	flush := (!more || len(s.out) > flushThreshold) && !s.rt.active
+	// What is buffered behind this message is for this session only while
+	// it still holds the backend: once released at ReadyForQuery (or
+	// lost), whatever follows (a FATAL as the server goes away, say) is
+	// not this session's, so its answers go out now.
+	flush := (!more || len(s.out) > flushThreshold || s.sc != c) && !s.rt.active
 	s.mu.Unlock()
 	if flush {
 		s.flushClient()
