@@ -152,6 +152,8 @@ func (e *Effects) add(sql string, toks []token) {
 		switch w := t.word; {
 		case w == "temp" || w == "temporary":
 			e.pin("temporary table")
+		case len(w) >= 7 && keywordIs(w[:7], "pg_temp"):
+			e.pin("temporary object") // pg_temp.name, pg_temp_3.name
 		case w == "hold":
 			e.pin("WITH HOLD cursor")
 		case containsFold(w, "advisory") && !containsFold(w, "xact") && !containsFold(w, "unlock"):

@@ -37,6 +37,8 @@ func TestInspect(t *testing.T) {
 		{"DEALLOCATE ALL", Effects{Statements: 1, Pin: true, PinReason: "DEALLOCATE", DeallocateAll: true}},
 		{"SELECT 1; DEALLOCATE x", Effects{Statements: 2, Pin: true, PinReason: "DEALLOCATE"}},
 		{"BEGIN; SELECT 1", Effects{Statements: 2, Begin: true, AnyTxnControl: true}},
+		{"create type pg_temp.text_bounds_range as range (subtype = text)", Effects{Statements: 1, Pin: true, PinReason: "temporary object", Schema: true}},
+		{"SELECT * FROM PG_TEMP_3.t", Effects{Statements: 1, Pin: true, PinReason: "temporary object"}},
 		{"SELECT pg_advisory_lock(1)", Effects{Statements: 1, Pin: true, PinReason: "session advisory lock"}},
 		{"SELECT PG_TRY_ADVISORY_LOCK(1)", Effects{Statements: 1, Pin: true, PinReason: "session advisory lock"}},
 		{"SELECT pg_advisory_xact_lock(1)", Effects{Statements: 1}},
