@@ -51,8 +51,14 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
+# The compatibility run in make test leaves out two tests that only end at
+# their 120 s timeout through pgshard (they terminate a backend by the
+# client's PID; see cmd/pgshard-compat/known.txt and README Limits).
+COMPAT_TEST_ARGS ?= -skip 'TestConnCopyFromConnectionTerminated|TestConnCheckConn'
+
 test: deps build fmt-check vet
 	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) run ./cmd/pgshard-compat -no-build $(COMPAT_TEST_ARGS)
 
 bench: deps-bench build
 	@if [[ ! -d cmd/pgshard-bench ]]; then echo "cmd/pgshard-bench does not exist yet" >&2; exit 1; fi
