@@ -133,8 +133,6 @@ func (s *Server) poolSizeFor(user string) int {
 	return s.cfg.Load().Pool.Size
 }
 
-func (s *Server) shuttingDown() bool { return s.closing.Load() }
-
 // pools returns every pool (for metrics).
 func (s *Server) pools() []*pool.Pool {
 	s.mu.Lock()

@@ -1421,7 +1421,7 @@ func (s *session) maybeRelease() {
 	}
 	s.detach()
 	sc.Pool().Release(sc)
-	if s.srv.shuttingDown() {
+	if s.srv.ShuttingDown() {
 		s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
 		go s.closeAfterFlush()
 	}
