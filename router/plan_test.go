@@ -1,0 +1,252 @@
+package router
+
+import (
+	"encoding/binary"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgshard/pgshard/shardmap"
+)
+
+// testCatalog: users, orders (sharded by int user_id), docs (text key),
+// sessions (uuid key), countries (reference), "Mixed" (quoted name).
+type testCatalog map[string]TableInfo
+
+func (c testCatalog) Table(schema, name string) TableInfo { return c[schema+"."+name] }
+
+var planCat = testCatalog{
+	"public.users":     {Kind: TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt, KeyOrdinal: 1},
+	"public.orders":    {Kind: TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt},
+	"public.docs":      {Kind: TableSharded, KeyColumn: "owner", KeyType: shardmap.KeyText},
+	"public.sessions":  {Kind: TableSharded, KeyColumn: "sid", KeyType: shardmap.KeyUUID},
+	"public.countries": {Kind: TableReference},
+	"app.events":       {Kind: TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt},
+	"public.Mixed":     {Kind: TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt},
+}
+
+func testRing(t testing.TB) *shardmap.Ring {
+	t.Helper()
+	r := shardmap.InitialRing("s1", 16)
+	r, err := r.AddShard("s2", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err = r.AddShard("s3", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// shardOf returns the shard of an integer key.
+func shardOf(r *shardmap.Ring, v int64) string { return r.Lookup(shardmap.HashInt64(v)) }
+
+// pick returns two int keys on different shards and one more on the
+// first key's shard.
+func pick(t testing.TB, r *shardmap.Ring) (a, b, sameAsA int64) {
+	a = 1
+	for b = 2; shardOf(r, b) == shardOf(r, a); b++ {
+	}
+	for sameAsA = b + 1; shardOf(r, sameAsA) != shardOf(r, a); sameAsA++ {
+	}
+	return
+}
+
+func int8bin(v int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(v)) }
+
+func TestPlanRules(t *testing.T) {
+	r := testRing(t)
+	a, b, c := pick(t, r)
+	sa, sb := shardOf(r, a), shardOf(r, b)
+	both := []string{sa, sb}
+	slices.Sort(both)
+	itoa := func(v int64) string { return strings.TrimSpace(strings.Repeat(" ", 0) + fmtInt(v)) }
+	A, B, C := itoa(a), itoa(b), itoa(c)
+	uuidS := "12345678-9abc-def0-1234-56789abcdef0"
+	u, _ := shardmap.ParseUUID(uuidS)
+	uuidShard := r.Lookup(shardmap.HashUUID(u))
+	textShard := r.Lookup(shardmap.HashText("alice"))
+
+	tests := []struct {
+		name   string
+		sql    string
+		params *Params
+		kind   Kind
+		shard  string   // Single
+		shards []string // Multi
+		read   bool
+		err    string // Refuse: substring of the message
+	}{
+		{name: "key = const", sql: "SELECT * FROM users WHERE user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "const = key", sql: "SELECT * FROM users WHERE " + A + " = user_id", kind: Single, shard: sa, read: true},
+		{name: "qualified", sql: "SELECT * FROM public.users u WHERE u.user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "string literal for int key", sql: "SELECT * FROM users WHERE user_id = '" + A + "'", kind: Single, shard: sa, read: true},
+		{name: "cast literal", sql: "SELECT * FROM users WHERE user_id = '" + A + "'::bigint", kind: Single, shard: sa, read: true},
+		{name: "negative", sql: "SELECT * FROM users WHERE user_id = -7", kind: Single, shard: shardOf(r, -7), read: true},
+		{name: "key = $1 text", sql: "SELECT * FROM users WHERE user_id = $1", params: &Params{Values: [][]byte{[]byte(B)}}, kind: Single, shard: sb, read: true},
+		{name: "$1 = key binary int8", sql: "SELECT * FROM users WHERE $1 = user_id", params: &Params{Values: [][]byte{int8bin(b)}, Formats: []int16{1}, Types: []uint32{20}}, kind: Single, shard: sb, read: true},
+		{name: "$1::bigint binary int4", sql: "SELECT * FROM users WHERE user_id = $1::bigint", params: &Params{Values: [][]byte{binary.BigEndian.AppendUint32(nil, uint32(b))}, Formats: []int16{1}, Types: []uint32{23}}, kind: Single, shard: sb, read: true},
+		{name: "binary int2", sql: "SELECT * FROM users WHERE user_id = $1", params: &Params{Values: [][]byte{binary.BigEndian.AppendUint16(nil, uint16(b))}, Formats: []int16{1}, Types: []uint32{21}}, kind: Single, shard: sb, read: true},
+		{name: "IN", sql: "SELECT * FROM users WHERE user_id IN (" + A + ", " + B + ")", kind: Multi, shards: both, read: true},
+		{name: "IN same shard", sql: "SELECT * FROM users WHERE user_id IN (" + A + ", " + C + ")", kind: Single, shard: sa, read: true},
+		{name: "ANY text array", sql: "SELECT * FROM users WHERE user_id = ANY($1)", params: &Params{Values: [][]byte{[]byte("{" + A + "," + B + "}")}}, kind: Multi, shards: both, read: true},
+		{name: "ANY binary array", sql: "SELECT * FROM users WHERE user_id = ANY($1::bigint[])", params: &Params{Values: [][]byte{binArray(a, c)}, Formats: []int16{1}}, kind: Single, shard: sa, read: true},
+		{name: "ANY ARRAY literal", sql: "SELECT * FROM users WHERE user_id = ANY(ARRAY[" + A + "," + B + "])", kind: Multi, shards: both, read: true},
+		{name: "AND narrows", sql: "SELECT * FROM users WHERE user_id IN (" + A + "," + B + ") AND user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "AND other column", sql: "SELECT * FROM users WHERE name = 'x' AND user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "OR unites", sql: "SELECT * FROM users WHERE user_id = " + A + " OR user_id = " + B, kind: Multi, shards: both, read: true},
+		{name: "OR with other column scatters", sql: "SELECT * FROM users WHERE user_id = " + A + " OR name = 'x'", kind: Scatter, read: true},
+		{name: "range scatters", sql: "SELECT * FROM users WHERE user_id > " + A, kind: Scatter, read: true},
+		{name: "between scatters", sql: "SELECT * FROM users WHERE user_id BETWEEN 1 AND 5", kind: Scatter, read: true},
+		{name: "<> scatters", sql: "SELECT * FROM users WHERE user_id <> 5", kind: Scatter, read: true},
+		{name: "function of key scatters", sql: "SELECT * FROM users WHERE abs(user_id) = 5", kind: Scatter, read: true},
+		{name: "NOT scatters", sql: "SELECT * FROM users WHERE NOT (user_id = 5)", kind: Scatter, read: true},
+		{name: "text key", sql: "SELECT * FROM docs WHERE owner = 'alice'", kind: Single, shard: textShard, read: true},
+		{name: "text key binary", sql: "SELECT * FROM docs WHERE owner = $1", params: &Params{Values: [][]byte{[]byte("alice")}, Formats: []int16{1}, Types: []uint32{25}}, kind: Single, shard: textShard, read: true},
+		{name: "uuid key", sql: "SELECT * FROM sessions WHERE sid = '" + uuidS + "'", kind: Single, shard: uuidShard, read: true},
+		{name: "uuid key binary", sql: "SELECT * FROM sessions WHERE sid = $1", params: &Params{Values: [][]byte{u[:]}, Formats: []int16{1}, Types: []uint32{2950}}, kind: Single, shard: uuidShard, read: true},
+		{name: "uuid key text param", sql: "SELECT * FROM sessions WHERE sid = $1", params: &Params{Values: [][]byte{[]byte(strings.ToUpper(uuidS))}}, kind: Single, shard: uuidShard, read: true},
+		{name: "schema qualified", sql: "SELECT * FROM app.events WHERE user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "quoted name", sql: `SELECT * FROM "Mixed" WHERE user_id = ` + A, kind: Single, shard: sa, read: true},
+		{name: "unquoted name folds", sql: `SELECT * FROM USERS WHERE USER_ID = ` + A, kind: Single, shard: sa, read: true},
+		{name: "unknown table any shard", sql: "SELECT * FROM mixed", kind: AnyShard, read: true},
+		{name: "no table", sql: "SELECT 1", kind: AnyShard, read: true},
+		{name: "reference read", sql: "SELECT * FROM countries", kind: AnyShard, read: true},
+		{name: "join reference follows", sql: "SELECT * FROM users u JOIN countries c ON c.code = u.country WHERE u.user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "join pinned same key", sql: "SELECT * FROM users a JOIN orders b ON a.user_id = b.user_id WHERE a.user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "join pinned via where", sql: "SELECT * FROM users a, orders b WHERE a.user_id = b.user_id AND b.user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "join USING", sql: "SELECT * FROM users JOIN orders USING (user_id) WHERE users.user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "join co-located scatter", sql: "SELECT * FROM users a JOIN orders b ON a.user_id = b.user_id", kind: Scatter, read: true},
+		{name: "join both pinned same shard", sql: "SELECT * FROM users a, orders b WHERE a.user_id = " + A + " AND b.user_id = " + C, kind: Single, shard: sa, read: true},
+		{name: "cross-shard join", sql: "SELECT * FROM users a, orders b WHERE a.user_id = " + A + " AND b.user_id = " + B, kind: Refuse, err: "cross-shard join"},
+		{name: "cross-shard join unpinned", sql: "SELECT * FROM users a JOIN orders b ON a.name = b.name", kind: Refuse, err: "cross-shard join"},
+		{name: "outer join ON pin does not pin", sql: "SELECT * FROM users a LEFT JOIN orders b ON a.user_id = b.user_id AND b.user_id = 5", kind: Scatter, read: true},
+		{name: "correlated subquery co-located", sql: "SELECT * FROM users a WHERE EXISTS (SELECT 1 FROM orders b WHERE b.user_id = a.user_id) AND a.user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "pinned subquery", sql: "SELECT * FROM users WHERE user_id = " + A + " AND name IN (SELECT name FROM orders WHERE user_id = " + C + ")", kind: Single, shard: sa, read: true},
+		{name: "unpinned subquery", sql: "SELECT * FROM users WHERE user_id = " + A + " AND name IN (SELECT name FROM orders)", kind: Refuse, err: "subquery on sharded table orders"},
+		{name: "subquery other shard", sql: "SELECT * FROM users WHERE user_id = " + A + " AND name IN (SELECT name FROM orders WHERE user_id = " + B + ")", kind: Refuse, err: "cross-shard"},
+		{name: "subquery in reference query", sql: "SELECT * FROM countries WHERE code IN (SELECT country FROM users WHERE user_id IN (" + A + "," + B + "))", kind: Refuse, err: "spans several shards"},
+		{name: "reference subquery fine", sql: "SELECT * FROM users WHERE country IN (SELECT code FROM countries) AND user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "window scatter refused", sql: "SELECT user_id, row_number() OVER () FROM users", kind: Refuse, err: "window function row_number() across shards"},
+		{name: "window single fine", sql: "SELECT user_id, row_number() OVER () FROM users WHERE user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "distinct on refused", sql: "SELECT DISTINCT ON (name) name FROM users", kind: Refuse, err: "DISTINCT ON"},
+		{name: "for update across", sql: "SELECT * FROM users FOR UPDATE", kind: Refuse, err: "FOR UPDATE"},
+		{name: "for update single", sql: "SELECT * FROM users WHERE user_id = " + A + " FOR UPDATE", kind: Single, shard: sa},
+		{name: "union across", sql: "SELECT name FROM users UNION SELECT name FROM orders", kind: Refuse, err: "UNION"},
+		{name: "writing CTE", sql: "WITH x AS (DELETE FROM users WHERE user_id = 1 RETURNING *) SELECT * FROM x", kind: Refuse, err: "data-modifying statement in WITH"},
+		{name: "other aggregate", sql: "SELECT string_agg(name, ',') FROM users", kind: Refuse, err: "aggregate string_agg() across shards"},
+		{name: "count distinct", sql: "SELECT count(DISTINCT name) FROM users", kind: Refuse, err: "count(DISTINCT …) across shards"},
+		{name: "expression over aggregate", sql: "SELECT count(*) + 1 FROM users", kind: Refuse, err: "expression over the aggregate count()"},
+		{name: "grouping sets", sql: "SELECT name, count(*) FROM users GROUP BY ROLLUP (name)", kind: Refuse, err: "ROLLUP"},
+		{name: "ungrouped column", sql: "SELECT name, count(*) FROM users", kind: Refuse, err: "neither grouped nor an aggregate"},
+		{name: "insert single", sql: "INSERT INTO users (user_id, name) VALUES (" + A + ", 'x')", kind: Single, shard: sa},
+		{name: "insert no column list", sql: "INSERT INTO users VALUES (" + A + ", 'x')", kind: Single, shard: sa},
+		{name: "insert no column list unknown position", sql: "INSERT INTO orders VALUES (1, 'x')", kind: Refuse, err: "without a column list"},
+		{name: "insert split", sql: "INSERT INTO users (name, user_id) VALUES ('a', " + A + "), ('b', " + B + "), ('c', " + C + ")", kind: Multi, shards: both},
+		{name: "insert params", sql: "INSERT INTO users (user_id, name) VALUES ($1, $2)", params: &Params{Values: [][]byte{int8bin(b), []byte("x")}, Formats: []int16{1, 0}}, kind: Single, shard: sb},
+		{name: "insert on conflict", sql: "INSERT INTO users (user_id, name) VALUES (" + A + ", 'x') ON CONFLICT (user_id) DO UPDATE SET name = excluded.name", kind: Single, shard: sa},
+		{name: "insert on conflict sets key", sql: "INSERT INTO users (user_id, name) VALUES (1, 'x') ON CONFLICT (name) DO UPDATE SET user_id = 2", kind: Refuse, err: "ON CONFLICT DO UPDATE that sets the shard key"},
+		{name: "insert without key", sql: "INSERT INTO users (name) VALUES ('x')", kind: Refuse, err: "without its shard key column user_id"},
+		{name: "insert key expression", sql: "INSERT INTO users (user_id) VALUES (1 + 1)", kind: Refuse, err: "not a constant or parameter (row 1)"},
+		{name: "insert null key", sql: "INSERT INTO users (user_id) VALUES (NULL)", kind: Refuse, err: "NULL shard key"},
+		{name: "insert select", sql: "INSERT INTO users (user_id) SELECT user_id FROM orders", kind: Refuse, err: "INSERT … SELECT into sharded table users"},
+		{name: "insert reference", sql: "INSERT INTO countries VALUES ('fr')", kind: AllShards},
+		{name: "insert reference from sharded", sql: "INSERT INTO countries SELECT country FROM users", kind: Refuse, err: "write to a reference table that reads sharded table users"},
+		{name: "update by key", sql: "UPDATE users SET name = 'x' WHERE user_id = " + A, kind: Single, shard: sa},
+		{name: "update scatter", sql: "UPDATE users SET name = 'x' WHERE name = 'y'", kind: Scatter},
+		{name: "update key same shard", sql: "UPDATE users SET user_id = " + C + " WHERE user_id = " + A, kind: Single, shard: sa},
+		{name: "update key other shard", sql: "UPDATE users SET user_id = " + B + " WHERE user_id = " + A, kind: Refuse, err: "UPDATE moves a row to another shard"},
+		{name: "update key param other shard", sql: "UPDATE users SET user_id = $1 WHERE user_id = $2", params: &Params{Values: [][]byte{[]byte(B), []byte(A)}}, kind: Refuse, err: "UPDATE moves a row"},
+		{name: "update key expression", sql: "UPDATE users SET user_id = user_id + 1 WHERE user_id = 1", kind: Refuse, err: "to an expression"},
+		{name: "update key scatter", sql: "UPDATE users SET user_id = 5", kind: Refuse, err: "UPDATE of the shard key across shards"},
+		{name: "update reference", sql: "UPDATE countries SET name = 'x'", kind: AllShards},
+		{name: "delete by key", sql: "DELETE FROM users WHERE user_id = $1", params: &Params{Values: [][]byte{[]byte(A)}}, kind: Single, shard: sa},
+		{name: "delete scatter", sql: "DELETE FROM users", kind: Scatter},
+		{name: "ddl", sql: "CREATE TABLE t (user_id bigint)", kind: AllShards},
+		{name: "ddl index", sql: "CREATE INDEX ON users (name)", kind: AllShards},
+		{name: "truncate", sql: "TRUNCATE users", kind: AllShards},
+		{name: "utility", sql: "BEGIN", kind: Utility},
+		{name: "set", sql: "SET search_path = public", kind: Utility},
+		{name: "multi statement one shard", sql: "UPDATE users SET name = 'x' WHERE user_id = " + A + "; SELECT * FROM users WHERE user_id = " + C, kind: Single, shard: sa},
+		{name: "multi statement two shards", sql: "UPDATE users SET name = 'x' WHERE user_id = " + A + "; SELECT * FROM users WHERE user_id = " + B, kind: Refuse, err: "several statements"},
+		{name: "txn wrapped", sql: "BEGIN; UPDATE users SET name = 'x' WHERE user_id = " + A + "; COMMIT", kind: Single, shard: sa},
+		{name: "explain single", sql: "EXPLAIN SELECT * FROM users WHERE user_id = " + A, kind: Single, shard: sa, read: true},
+		{name: "explain scatter", sql: "EXPLAIN SELECT * FROM users", kind: Refuse, err: "EXPLAIN"},
+		{name: "DO", sql: "DO $$ BEGIN END $$", kind: Refuse, err: "DO block"},
+		{name: "copy sharded", sql: "COPY users FROM STDIN", kind: Refuse, err: "COPY on sharded table users"},
+		{name: "copy reference", sql: "COPY countries FROM STDIN", kind: AllShards},
+		{name: "nextval is a write", sql: "SELECT nextval('s')", kind: AnyShard, read: false},
+		{name: "null key matches nothing", sql: "SELECT * FROM users WHERE user_id = $1", params: &Params{Values: [][]byte{nil}}, kind: Single, shard: r.Lookup(0), read: true},
+		{name: "float key scatters", sql: "SELECT * FROM users WHERE user_id = 5.5", kind: Scatter, read: true},
+		{name: "bad key", sql: "SELECT * FROM users WHERE user_id = $1", params: &Params{Values: [][]byte{[]byte("x1")}}, kind: Refuse, err: "cannot be read"},
+	}
+	p := NewPlanner(PlannerConfig{Catalog: planCat})
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for round := 0; round < 2; round++ { // the second round uses the cached template
+				got := p.Plan(tc.sql, tc.params, r)
+				if got.Kind != tc.kind {
+					t.Fatalf("round %d: kind %v, want %v (err %v)", round, got.Kind, tc.kind, got.Err)
+				}
+				switch tc.kind {
+				case Single:
+					if got.Shard != tc.shard {
+						t.Fatalf("shard %q, want %q", got.Shard, tc.shard)
+					}
+				case Multi:
+					if !slices.Equal(got.Shards, tc.shards) {
+						t.Fatalf("shards %v, want %v", got.Shards, tc.shards)
+					}
+				case Refuse:
+					if got.Err == nil || !strings.Contains(got.Err.Message, tc.err) {
+						t.Fatalf("err %v, want %q", got.Err, tc.err)
+					}
+					if tc.err != "cannot be read" && (got.Err.SQLState() != "0A000" || !errors.Is(got.Err, ErrNotSupported)) {
+						t.Fatalf("err %v: SQLSTATE %s", got.Err, got.Err.SQLState())
+					}
+				}
+				if tc.kind != Refuse && tc.read != got.Read {
+					t.Fatalf("read %v, want %v", got.Read, tc.read)
+				}
+			}
+		})
+	}
+}
+
+func fmtInt(v int64) string {
+	var b [20]byte
+	i := len(b)
+	neg := v < 0
+	if neg {
+		v = -v
+	}
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			break
+		}
+	}
+	if neg {
+		i--
+		b[i] = '-'
+	}
+	return string(b[i:])
+}
+
+// binArray is array_send of a one-dimensional int8 array.
+func binArray(vs ...int64) []byte {
+	b := binary.BigEndian.AppendUint32(nil, 1) // ndim
+	b = binary.BigEndian.AppendUint32(b, 0)    // no nulls
+	b = binary.BigEndian.AppendUint32(b, 20)   // int8
+	b = binary.BigEndian.AppendUint32(b, uint32(len(vs)))
+	b = binary.BigEndian.AppendUint32(b, 1)
+	for _, v := range vs {
+		b = binary.BigEndian.AppendUint32(b, 8)
+		b = binary.BigEndian.AppendUint64(b, uint64(v))
+	}
+	return b
+}
