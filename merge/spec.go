@@ -1,0 +1,224 @@
+package merge
+
+import (
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Kind says how one output column is computed from the shards' rows.
+type Kind uint8
+
+const (
+	// Value passes the input column through (no aggregation anywhere).
+	Value Kind = iota
+	// GroupKey is a GROUP BY key (or a DISTINCT column): rows from all
+	// shards with equal keys form one group.
+	GroupKey
+	// Count adds the shards' count(x) or count(*) (int8). It also serves
+	// count(DISTINCT x) when the planner proves that equal values of x
+	// never live on two shards (x includes the shard key).
+	Count
+	// Sum adds the shards' sums. The input is the shards' sum column, so
+	// its type is already PostgreSQL's result type: int8 for
+	// sum(int2/int4), numeric for sum(int8/numeric), float4, float8.
+	Sum
+	// Min and Max keep the smallest or largest of the shards' values; the
+	// type is kept.
+	Min
+	Max
+	// Avg divides the added shards' sums (column Arg: sum(x), or
+	// sum(x::float8) for float4 x) by their added counts (column Arg2:
+	// count(x)). The result is numeric for integer and numeric sums (with
+	// numeric division's scale, as avg does) and float8 for float sums.
+	Avg
+)
+
+var kindNames = [...]string{"value", "group key", "count", "sum", "min", "max", "avg"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+func (k Kind) aggregate() bool { return k >= Count }
+
+// Column is one column of the merged result, before hidden columns are
+// dropped. ORDER BY and HAVING refer to columns by their index in
+// Spec.Columns.
+type Column struct {
+	Kind Kind
+	// Arg is the index of the input column (in Spec.Input) the column
+	// is computed from; Arg2 is Avg's count column.
+	Arg, Arg2 int
+	// Name is the name the client sees; "" keeps the input column's name.
+	Name string
+	// Format is the format the client asked for (TextFormat or
+	// BinaryFormat). For Value, GroupKey, Min and Max it must equal the
+	// input column's format: the proxy asks the shards for the client's
+	// formats and the bytes pass through unchanged. Count, Sum and Avg
+	// accept either input format.
+	Format int16
+	// Hidden columns are computed (for ORDER BY or HAVING) but not sent.
+	Hidden bool
+}
+
+// SortKey is one ORDER BY key.
+type SortKey struct {
+	Column     int // index into Spec.Columns
+	Desc       bool
+	NullsFirst bool // PostgreSQL's default is NullsFirst == Desc; the planner says it explicitly
+}
+
+// DefaultMaxGroups bounds the groups (and the rows sorted after grouping)
+// held in memory when Spec.MaxGroups is 0.
+const DefaultMaxGroups = 1 << 20
+
+// Spec describes how to merge the shards' results of one rewritten query.
+// The planner fills it; New checks it.
+type Spec struct {
+	// Input is the shards' RowDescription (every shard sends the same
+	// shape), including the formats the shards send in.
+	Input []pgproto3.FieldDescription
+	// Columns are the merged result's columns, hidden ones included.
+	Columns []Column
+	// Grouped says the query has GROUP BY (or DISTINCT, written as
+	// GroupKey columns): no input gives no rows. Aggregates without it
+	// give exactly one row, also when no shard has a row (count 0, the
+	// others NULL). A GroupKey column implies Grouped.
+	Grouped bool
+	// OrderBy is applied after grouping and HAVING. Without aggregation
+	// every shard must return its rows sorted by the same keys (the
+	// rewritten query keeps the ORDER BY) and the merge streams.
+	OrderBy []SortKey
+	// Limit (< 0: none) and Offset apply after ORDER BY. The shards get
+	// LIMIT Limit+Offset and no OFFSET.
+	Limit, Offset int64
+	// Having filters groups after the merge; nil keeps all.
+	Having Expr
+	// MaxGroups bounds the groups held in memory (0: DefaultMaxGroups).
+	// Beyond it Next fails with ErrTooManyGroups (SQLSTATE 54000).
+	MaxGroups int
+}
+
+func (s *Spec) aggregated() bool {
+	if s.Grouped {
+		return true
+	}
+	for _, c := range s.Columns {
+		if c.Kind != Value {
+			return true
+		}
+	}
+	return false
+}
+
+// check validates the spec and returns the type of each column as the
+// client sees it.
+func (s *Spec) check() ([]colType, error) {
+	agg := s.aggregated()
+	types := make([]colType, len(s.Columns))
+	argOK := func(i int) bool { return i >= 0 && i < len(s.Input) }
+	groupKeys := 0
+	for i, c := range s.Columns {
+		if !argOK(c.Arg) {
+			return nil, unsupported("merge: column %d refers to input column %d of %d", i, c.Arg, len(s.Input))
+		}
+		if c.Format != TextFormat && c.Format != BinaryFormat {
+			return nil, unsupported("merge: column %d: unknown format %d", i, c.Format)
+		}
+		in := s.Input[c.Arg]
+		t := colType{oid: in.DataTypeOID, format: c.Format}
+		switch c.Kind {
+		case Value, GroupKey, Min, Max:
+			if in.Format != c.Format {
+				return nil, unsupported("merge: column %d: shards must send the client's format", i)
+			}
+			if c.Kind == Value && agg {
+				return nil, unsupported("merge: column %d is neither grouped nor aggregated", i)
+			}
+			if c.Kind != Value && !supported(in.DataTypeOID) {
+				return nil, unsupported("merge: %s of type %d cannot be merged", c.Kind, in.DataTypeOID)
+			}
+			if c.Kind == GroupKey {
+				groupKeys++
+			}
+		case Count:
+			if in.DataTypeOID != OIDInt8 {
+				return nil, unsupported("merge: count column %d is not bigint", i)
+			}
+		case Sum:
+			switch in.DataTypeOID {
+			case OIDInt8, OIDNumeric, OIDFloat4, OIDFloat8:
+			default:
+				return nil, unsupported("merge: sum of type %d cannot be merged", in.DataTypeOID)
+			}
+		case Avg:
+			if !argOK(c.Arg2) || s.Input[c.Arg2].DataTypeOID != OIDInt8 {
+				return nil, unsupported("merge: avg column %d needs a bigint count column", i)
+			}
+			switch in.DataTypeOID {
+			case OIDInt8, OIDNumeric:
+				t.oid = OIDNumeric
+			case OIDFloat4, OIDFloat8:
+				t.oid = OIDFloat8
+			default:
+				return nil, unsupported("merge: avg of type %d cannot be merged", in.DataTypeOID)
+			}
+		default:
+			return nil, unsupported("merge: column %d: unknown kind %d", i, c.Kind)
+		}
+		types[i] = t
+	}
+	if s.Grouped && groupKeys == 0 {
+		return nil, unsupported("merge: GROUP BY without group key columns")
+	}
+	if s.Having != nil {
+		if !agg {
+			return nil, unsupported("merge: HAVING without aggregation")
+		}
+		if err := checkExpr(s.Having, types); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range s.OrderBy {
+		if k.Column < 0 || k.Column >= len(types) {
+			return nil, unsupported("merge: ORDER BY refers to column %d of %d", k.Column, len(types))
+		}
+		if !supported(types[k.Column].oid) {
+			return nil, unsupported("merge: ORDER BY on type %d cannot be merged", types[k.Column].oid)
+		}
+	}
+	if s.Offset < 0 {
+		return nil, unsupported("merge: negative OFFSET")
+	}
+	return types, nil
+}
+
+// rowDescription is what one PostgreSQL would send: the shards' fields
+// (names, types, typmods), renamed, with avg's result type, in the
+// client's formats, hidden columns dropped.
+func (s *Spec) rowDescription(types []colType) *pgproto3.RowDescription {
+	rd := &pgproto3.RowDescription{}
+	for i, c := range s.Columns {
+		if c.Hidden {
+			continue
+		}
+		f := s.Input[c.Arg]
+		f.Name = append([]byte(nil), f.Name...)
+		if c.Name != "" {
+			f.Name = []byte(c.Name)
+		}
+		f.Format = c.Format
+		if c.Kind == Avg {
+			f.TableOID, f.TableAttributeNumber, f.TypeModifier = 0, 0, -1
+			f.DataTypeOID = types[i].oid
+			f.DataTypeSize = -1
+			if f.DataTypeOID == OIDFloat8 {
+				f.DataTypeSize = 8
+			}
+		}
+		rd.Fields = append(rd.Fields, f)
+	}
+	return rd
+}
