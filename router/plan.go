@@ -267,30 +267,33 @@ func (p *Planner) Plan(sql string, params *Params, loc Locator) Plan {
 	p.mu.RLock()
 	t := p.cache[sc.shape]
 	p.mu.RUnlock()
-	if t == nil {
-		t = p.build(sql, &sc)
-		if t.cacheable {
-			p.mu.Lock()
-			if len(p.cache) >= p.max {
-				for k := range p.cache { // evict one at random
-					delete(p.cache, k)
-					break
-				}
-			}
-			p.cache[sc.shape] = t
-			p.mu.Unlock()
-		}
-	}
-	if t.nlits == sc.n {
+	if t != nil && t.nlits == sc.n {
 		if pl, ok := t.eval(sql, &sc, params, loc); ok {
 			return p.finish(sql, t, pl)
 		}
 	}
-	// A literal the template cannot read here: plan this text alone.
-	t = p.build(sql, &sc)
+	return p.planSlow(sql, sc, t != nil, params, loc)
+}
+
+// planSlow parses sql: its shape is not cached, or the cached template
+// cannot read a literal of this text. sc is a copy, so that the fast
+// path's scan stays on the stack.
+func (p *Planner) planSlow(sql string, sc planScan, cached bool, params *Params, loc Locator) Plan {
+	t := p.build(sql, &sc)
+	if !cached && t.cacheable {
+		p.mu.Lock()
+		if len(p.cache) >= p.max {
+			for k := range p.cache { // evict one at random
+				delete(p.cache, k)
+				break
+			}
+		}
+		p.cache[sc.shape] = t
+		p.mu.Unlock()
+	}
 	pl, ok := t.eval(sql, &sc, params, loc)
 	if !ok {
-		return Plan{Kind: Refuse, Err: &Error{Code: CodeBadValue, Message: "shard key value cannot be read"}}
+		return Plan{Kind: Refuse, Read: t.read, Err: &Error{Code: CodeBadValue, Message: "shard key value cannot be read as its column's type"}}
 	}
 	return p.finish(sql, t, pl)
 }
@@ -523,7 +526,7 @@ func resolveLimit(sql string, sc *planScan, params *Params, v valSrc) (int64, bo
 			}
 			return 0, false
 		}
-		return parseInt(string(b))
+		return parseInt(b)
 	}
 	return 0, false
 }

@@ -3,6 +3,7 @@ package router
 import (
 	"encoding/binary"
 	"strings"
+	"unsafe"
 
 	"github.com/pgshard/pgshard/shardmap"
 )
@@ -252,7 +253,7 @@ func stringLiteral(tok string) (string, bool) {
 
 // parseInt parses a decimal integer with optional sign and surrounding
 // spaces (int8in accepts them), without allocating.
-func parseInt(s string) (int64, bool) {
+func parseInt[T string | []byte](s T) (int64, bool) {
 	for len(s) > 0 && isSpace(s[0]) {
 		s = s[1:]
 	}
@@ -292,8 +293,8 @@ func isSpace(c byte) bool {
 }
 
 // hashText hashes the text form of a key of type t; ok is false when the
-// text is not a valid value of t.
-func hashText(t shardmap.KeyType, s string) (int64, bool) {
+// text is not a valid value of t. It does not allocate.
+func hashText[T string | []byte](t shardmap.KeyType, s T) (int64, bool) {
 	switch t {
 	case shardmap.KeyInt:
 		v, ok := parseInt(s)
@@ -302,13 +303,71 @@ func hashText(t shardmap.KeyType, s string) (int64, bool) {
 		}
 		return shardmap.HashInt64(v), true
 	case shardmap.KeyText:
-		return shardmap.HashText(s), true
+		return shardmap.HashText(noCopyString(s)), true
 	case shardmap.KeyUUID:
-		u, err := shardmap.ParseUUID(s)
-		if err != nil {
+		u, ok := parseUUID(s)
+		if !ok {
 			return 0, false
 		}
 		return shardmap.HashUUID(u), true
+	}
+	return 0, false
+}
+
+// noCopyString views s as a string for a call that does not keep it.
+func noCopyString[T string | []byte](s T) string {
+	switch v := any(s).(type) {
+	case string:
+		return v
+	case []byte:
+		if len(v) == 0 {
+			return ""
+		}
+		return unsafe.String(&v[0], len(v))
+	}
+	return ""
+}
+
+// parseUUID is shardmap.ParseUUID (uuid_in's forms) without allocating.
+func parseUUID[T string | []byte](s T) ([16]byte, bool) {
+	var u [16]byte
+	if len(s) > 0 && s[0] == '{' {
+		if s[len(s)-1] != '}' {
+			return u, false
+		}
+		s = s[1 : len(s)-1]
+	}
+	n := 0
+	for i := 0; i < len(s); {
+		if n == 32 || i+1 >= len(s) {
+			return u, false
+		}
+		hi, ok1 := unhex(s[i])
+		lo, ok2 := unhex(s[i+1])
+		if !ok1 || !ok2 {
+			return u, false
+		}
+		u[n/2] = hi<<4 | lo
+		n += 2
+		i += 2
+		if i < len(s) && s[i] == '-' && n%4 == 0 && n < 32 {
+			i++
+			if i == len(s) {
+				return u, false
+			}
+		}
+	}
+	return u, n == 32
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
 	}
 	return 0, false
 }
@@ -342,9 +401,8 @@ func hashBinary(t shardmap.KeyType, oid uint32, b []byte) (int64, bool) {
 	return 0, false
 }
 
-// hashTextBytes is shardmap.HashText over bytes; the conversion does not
-// allocate (the compiler sees it is only read).
-func hashTextBytes(b []byte) int64 { return shardmap.HashText(string(b)) }
+// hashTextBytes is shardmap.HashText over bytes, without copying them.
+func hashTextBytes(b []byte) int64 { return shardmap.HashText(noCopyString(b)) }
 
 // Params are the values of a Bind message and the types of the Parse it
 // binds.
@@ -392,7 +450,7 @@ func (p *Params) paramHash(t shardmap.KeyType, i int) (h int64, null, ok bool) {
 		h, ok = hashBinary(t, p.oid(i), v)
 		return h, false, ok
 	}
-	h, ok = hashText(t, string(v))
+	h, ok = hashText(t, v)
 	return h, false, ok
 }
 
@@ -409,7 +467,7 @@ func (p *Params) paramArray(t shardmap.KeyType, i int, f func(int64)) bool {
 	if p.format(i) == 1 {
 		return binaryArray(t, v, f)
 	}
-	return textArray(t, string(v), f)
+	return textArray(t, noCopyString(v), f)
 }
 
 // binaryArray decodes array_send's format: ndim, hasnull, element OID,
