@@ -462,6 +462,9 @@ func (m *Merger) accumulate(g *group, row [][]byte) error {
 					continue
 				}
 			}
+			if g.vals[i] == nil {
+				g.vals[i] = make([]byte, 0, len(v)) // non-nil: '' is not NULL
+			}
 			g.vals[i] = append(g.vals[i][:0], v...)
 		}
 	}
@@ -501,7 +504,9 @@ func (m *Merger) addSum(a *acc, t colType, v []byte, avg bool) error {
 			return badInput("merge: bad sum")
 		}
 		old := a.f
-		if t.oid == OIDFloat4 && !avg {
+		if !a.valid && !avg {
+			a.f = x // sum has no initial value: sum of -0 is -0 (avg starts at 0)
+		} else if t.oid == OIDFloat4 && !avg {
 			a.f = float64(float32(a.f) + float32(x))
 		} else {
 			a.f += x

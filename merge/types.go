@@ -173,6 +173,11 @@ func (t colType) float(b []byte) (float64, bool) {
 		bits = 32
 	}
 	v, err := strconv.ParseFloat(string(b), bits)
+	if v != v {
+		// float8in's NaN, as x86 arithmetic then propagates it (Go's
+		// math.NaN has another payload, visible in binary output).
+		v = math.Float64frombits(0x7ff8000000000000)
+	}
 	if err != nil {
 		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
 			return v, true
