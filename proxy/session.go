@@ -80,6 +80,7 @@ const maxRetries = 4
 // connState is what a backend has been told, kept on pool.Conn.State.
 type connState struct {
 	prepared     map[*stmtDef]struct{}
+	stmtGen      uint64 // stmtCache generation its retired statements were swept at
 	unnamedOwner *session
 	unnamedGen   uint64
 	setsKey      string            // the session settings applied ("" = defaults)
@@ -615,8 +616,8 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	} else if s.split && !fx.TxnControl && !s.srv.classifier.IsRead(sql, fx.Shape) {
 		s.noteWrite()
 	}
-	if fx.Schema {
-		s.srv.stmts.bump()
+	if fx.Schema && !fx.Pin {
+		s.srv.stmts.bump() // (temporary objects pin the session: no bump)
 	}
 	if !s.attachLocked(ctx, true) {
 		return s.attachErr
@@ -631,7 +632,7 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 		}
 		return nil
 	}
-	e := entry{kind: 'Q', start: time.Now(), release: release, schema: fx.Schema}
+	e := entry{kind: 'Q', start: time.Now(), release: release, schema: fx.Schema && !fx.Pin}
 	if len(fx.Sets) > 0 || fx.ResetAll || fx.Discard || (fx.AnyTxnControl && len(s.staged) > 0) {
 		e.ops = router.Ops(sql)
 	}
@@ -1232,6 +1233,7 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		s.rt.active, s.rt.held, s.rt.want = true, node >= 0, s.want
 		s.rt.outStart, s.rt.failed, s.rt.fatal = len(s.out), false, nil
 	}
+	s.sweepRetired()
 	if s.st.setsKey != s.setsKey {
 		replayed = true
 		s.push(entry{kind: 'x', swallow: true, done: done})
@@ -1241,6 +1243,26 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	}
 	s.mu.Unlock()
 	return replayed, nil
+}
+
+// sweepRetired closes, on the attached backend, the statements pgshard no
+// longer hands out (a schema change or a stale plan retired them), so that
+// backends do not pile up statements nobody will run again. A client still
+// holding one gets it prepared again, checked (see useStatement). Called
+// with s.mu held.
+func (s *session) sweepRetired() {
+	g := s.srv.stmts.generation()
+	if s.st.stmtGen == g {
+		return
+	}
+	s.st.stmtGen = g
+	for def := range s.st.prepared {
+		if def.retired.Load() {
+			delete(s.st.prepared, def)
+			s.push(entry{kind: 'C', swallow: true})
+			s.sbuf = appendClose(s.sbuf, 'S', def.name)
+		}
+	}
 }
 
 // replicaPool returns the pool of replica i for the session's user and

@@ -30,6 +30,9 @@ type stmtDef struct {
 	// is not, and may rightly differ between backends (a FETCH prepared
 	// before its cursor was declared).
 	planned bool
+	// retired is set once the definition is no longer handed out; backends
+	// that have it close it when next attached (sweepRetired).
+	retired atomic.Bool
 }
 
 func (d *stmtDef) described() bool { return d.planned && d.desc.Load() != nil }
@@ -107,12 +110,17 @@ type stmtCache struct {
 	mu   sync.Mutex
 	defs map[string]*stmtDef
 	next uint64
+	gen  atomic.Uint64
 }
 
 // bump forgets every definition: DDL went through pgshard.
 func (c *stmtCache) bump() {
 	c.mu.Lock()
+	for _, d := range c.defs {
+		d.retired.Store(true)
+	}
 	clear(c.defs)
+	c.gen.Add(1)
 	c.mu.Unlock()
 }
 
@@ -122,8 +130,15 @@ func (c *stmtCache) retire(d *stmtDef) {
 	if c.defs[d.key] == d {
 		delete(c.defs, d.key)
 	}
+	if !d.retired.Swap(true) {
+		c.gen.Add(1)
+	}
 	c.mu.Unlock()
 }
+
+// generation changes whenever a definition is retired: a backend whose
+// statements were swept at an older generation may hold retired ones.
+func (c *stmtCache) generation() uint64 { return c.gen.Load() }
 
 func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (read, pin bool)) *stmtDef {
 	var kb bytes.Buffer

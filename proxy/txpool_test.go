@@ -521,3 +521,26 @@ func TestDeallocateProtocolStatement(t *testing.T) {
 		t.Fatalf("EXECUTE after DEALLOCATE: %v", err)
 	}
 }
+
+// Statements retired by schema changes are closed on the backends, so that
+// a backend does not pile up statements nobody runs again.
+func TestRetiredStatementsAreClosed(t *testing.T) {
+	h := startProxy(t, func(c *config.Config) { c.Pool.Size = 1 })
+	ctx := testCtx(t)
+	c := h.connect(ctx)
+	for i := 0; i < 10; i++ {
+		mustExec(t, c, fmt.Sprintf("DROP TABLE IF EXISTS r; CREATE TABLE r (a int, b%d int)", i))
+		var n int
+		// A text of its own each time: prepared once, never run again.
+		if err := c.QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM r WHERE a = $1 AND b%d IS NULL", i), i).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements", pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n > 2 {
+		t.Fatalf("the backend holds %d prepared statements after 10 schema changes; want the current one", n)
+	}
+}
