@@ -3,6 +3,7 @@ package merge
 import (
 	"encoding/binary"
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 )
@@ -25,7 +26,7 @@ func appendFloatText(buf []byte, f float64, bits int) []byte {
 		}
 		return append(buf, '0')
 	}
-	s := strconv.FormatFloat(f, 'e', -1, bits) // -d.ddde±XX
+	s := shortestFloat(f, bits) // -d.ddde±XX
 	if s[0] == '-' {
 		buf = append(buf, '-')
 		s = s[1:]
@@ -67,6 +68,57 @@ func appendFloatText(buf []byte, f float64, bits int) []byte {
 	buf = append(buf, digits[:exp+1]...)
 	buf = append(buf, '.')
 	return append(buf, digits[exp+1:]...)
+}
+
+// shortestFloat is strconv's shortest 'e' format, except that, as
+// PostgreSQL's Ryu, a decimal exactly halfway to a neighbouring float is
+// not accepted as representing f: then the shortest decimal strictly
+// inside the rounding interval is used.
+func shortestFloat(f float64, bits int) string {
+	s := strconv.FormatFloat(f, 'e', -1, bits)
+	if !onBoundary(s, f, bits) {
+		return s
+	}
+	e := strings.IndexByte(s, 'e')
+	n := len(strings.Replace(strings.TrimPrefix(s[:e], "-"), ".", "", 1))
+	for p := n + 1; p <= 17; p++ {
+		t := strconv.FormatFloat(f, 'e', p-1, bits)
+		if !onBoundary(t, f, bits) {
+			e := strings.IndexByte(t, 'e')
+			m := t[:e]
+			if strings.Contains(m, ".") {
+				m = strings.TrimRight(strings.TrimRight(m, "0"), ".")
+			}
+			return m + t[e:]
+		}
+	}
+	return s
+}
+
+// onBoundary reports whether decimal s is not strictly closer to f than
+// to its neighbouring floats.
+func onBoundary(s string, f float64, bits int) bool {
+	var lo, hi float64
+	if bits == 32 {
+		lo = float64(math.Nextafter32(float32(f), float32(math.Inf(-1))))
+		hi = float64(math.Nextafter32(float32(f), float32(math.Inf(1))))
+	} else {
+		lo, hi = math.Nextafter(f, math.Inf(-1)), math.Nextafter(f, math.Inf(1))
+	}
+	if math.IsInf(lo, 0) || math.IsInf(hi, 0) {
+		return false
+	}
+	d, ok := new(big.Rat).SetString(s)
+	if !ok {
+		return false
+	}
+	x := new(big.Rat).SetFloat64(f)
+	two := big.NewRat(1, 2)
+	loMid := new(big.Rat).Add(x, new(big.Rat).SetFloat64(lo))
+	loMid.Mul(loMid, two)
+	hiMid := new(big.Rat).Add(x, new(big.Rat).SetFloat64(hi))
+	hiMid.Mul(hiMid, two)
+	return d.Cmp(loMid) <= 0 || d.Cmp(hiMid) >= 0
 }
 
 // appendFloat appends f as a float4 or float8 in format.

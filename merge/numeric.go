@@ -160,6 +160,11 @@ func (d *decimal) appendBinary(buf []byte) []byte {
 	case specNaN, specPInf, specNInf:
 		sign := map[int8]uint16{specNaN: numNaN, specPInf: numPInf, specNInf: numNInf}[d.special]
 		binary.BigEndian.PutUint16(hdr[4:], sign)
+		if d.special != specNaN {
+			// numeric_send reads the dscale bits of the header, where
+			// ±Infinity's sign word leaves 32.
+			binary.BigEndian.PutUint16(hdr[6:], 32)
+		}
 		return append(buf, hdr[:]...)
 	}
 	var abs big.Int
