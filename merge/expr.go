@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"strconv"
+	"strings"
 )
 
 // Expr is a HAVING condition or a part of one, evaluated over a merged
@@ -19,6 +21,9 @@ type Col struct{ Index int }
 
 // Const is a constant of type Type (a type OID this package supports)
 // written as PostgreSQL would print it in text format; Null makes it NULL.
+// Type 0 is a literal as written in SQL: digits are int4, int8 or numeric
+// as PostgreSQL types them (1.5 and 1e3 are numeric), anything else is a
+// string literal that takes the type of what it is compared with.
 type Const struct {
 	Type uint32
 	Text string
@@ -143,7 +148,7 @@ func (c Col) eval(row [][]byte, types []colType) (val, error) {
 }
 
 func (c Const) check([]colType) error {
-	if c.Null {
+	if c.Null || c.Type == 0 {
 		return nil
 	}
 	if !supported(c.Type) {
@@ -162,6 +167,9 @@ func (c Const) check([]colType) error {
 func (c Const) eval([][]byte, []colType) (val, error) {
 	if c.Null {
 		return val{kind: vNull}, nil
+	}
+	if c.Type == 0 {
+		return literal(c.Text), nil
 	}
 	return decodeVal(colType{oid: c.Type, format: TextFormat}, []byte(c.Text))
 }
@@ -235,6 +243,67 @@ func (c Cmp) eval(row [][]byte, t []colType) (val, error) {
 
 func evalExpr(e Expr, row [][]byte, t []colType) (val, error) { return e.eval(row, t) }
 
+// literal types an untyped SQL literal as PostgreSQL's scanner does.
+func literal(s string) val {
+	if v, ok := parseInt([]byte(s)); ok {
+		if v >= math.MinInt32 && v <= math.MaxInt32 {
+			return val{kind: vInt, oid: OIDInt4, i: v}
+		}
+		return val{kind: vInt, oid: OIDInt8, i: v}
+	}
+	if r, ok := new(big.Rat).SetString(s); ok && s != "" && strings.Trim(s, "0123456789.eE+-") == "" {
+		// numeric: the scale is the digits after the point less the exponent
+		d := decimal{}
+		mant, exp := s, 0
+		if i := strings.IndexAny(s, "eE"); i >= 0 {
+			mant = s[:i]
+			exp, _ = strconv.Atoi(s[i+1:])
+		}
+		sc := 0
+		if i := strings.IndexByte(mant, '.'); i >= 0 {
+			sc = len(mant) - i - 1
+		}
+		sc = max(sc-exp, 0)
+		r.Mul(r, new(big.Rat).SetInt(pow10(int32(sc))))
+		d.coef.Set(r.Num())
+		d.scale = int32(sc)
+		return val{kind: vNum, d: d}
+	}
+	return val{kind: vOther, oid: 0, raw: []byte(s), ct: colType{format: TextFormat}}
+}
+
+// typeOf is the type an unknown literal compared with v takes.
+func typeOf(v val) uint32 {
+	switch v.kind {
+	case vInt, vOther:
+		return v.oid
+	case vNum:
+		return OIDNumeric
+	case vFloat:
+		return OIDFloat8
+	case vBool:
+		return OIDBool
+	}
+	return 0
+}
+
+// resolveUnknown types a string literal by the other operand.
+func resolveUnknown(v, other val) (val, error) {
+	if v.kind != vOther || v.oid != 0 {
+		return v, nil
+	}
+	t := typeOf(other)
+	if t == 0 || !supported(t) {
+		return val{}, unsupported("merge: cannot type the literal %q in HAVING", v.raw)
+	}
+	if t == OIDDate || t == OIDTimestamp || t == OIDTimestampTZ {
+		if _, err := (colType{oid: t}).temporal(v.raw); err != nil {
+			return val{}, err
+		}
+	}
+	return decodeVal(colType{oid: t, format: TextFormat}, v.raw)
+}
+
 func asDecimal(v val) decimal {
 	if v.kind == vInt {
 		return decimalFromInt(v.i)
@@ -264,6 +333,13 @@ func asFloat(v val) float64 {
 func numeric(k vkind) bool { return k == vInt || k == vNum || k == vFloat }
 
 func compareVals(l, r val) (int, error) {
+	var err error
+	if l, err = resolveUnknown(l, r); err != nil {
+		return 0, err
+	}
+	if r, err = resolveUnknown(r, l); err != nil {
+		return 0, err
+	}
 	switch {
 	case numeric(l.kind) && numeric(r.kind):
 		switch {

@@ -273,7 +273,9 @@ func sortedRows(rows [][]string) [][]string {
 	return out
 }
 
-func (db *realDB) check(t *testing.T, name string, c diffCase) {
+// check runs c directly and merged over every split and returns the
+// number of rows compared.
+func (db *realDB) check(t *testing.T, name string, c diffCase) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -281,6 +283,7 @@ func (db *realDB) check(t *testing.T, name string, c diffCase) {
 	if direct.err != "" {
 		t.Fatalf("%s: direct query failed: %s\n%s", name, direct.err, c.Full)
 	}
+	rows := 0
 	for _, n := range shardCounts {
 		merged, err := db.merged(ctx, c, n)
 		if err != nil {
@@ -290,7 +293,9 @@ func (db *realDB) check(t *testing.T, name string, c diffCase) {
 		if d := compareResults(direct, merged, c.Ordered); d != "" {
 			t.Errorf("%s over %d shards: %s\n%s", name, n, d, c.Full)
 		}
+		rows += len(direct.rows)
 	}
+	return rows
 }
 
 func formats(n int, f int16) []int16 {
