@@ -41,8 +41,12 @@ package router
 //     integer key is 42; binary parameters are laid out by their type OID
 //     (int2/int4/int8 big-endian, text bytes, 16-byte uuid).
 //   - Sharded tables joined on key equality (a.k = b.k, in WHERE or in any
-//     join's ON, or correlated in a subquery) are co-located: the join is
-//     answered on each shard and routed by the key of the outer scope.
+//     join's ON or USING, or a qualified correlated reference in a
+//     subquery) are co-located: the join is answered on each shard and
+//     routed by the key of the outermost scope (a key filter inside a
+//     subquery never narrows the outer query: NOT EXISTS). An unqualified
+//     column name is matched only against the key columns of the tables of
+//     its own scope.
 //     Otherwise every sharded table must be pinned to key values that all
 //     live on the same single shard, or the statement is refused as a
 //     cross-shard join (or subquery).
@@ -61,6 +65,22 @@ package router
 //     set operations, locking clauses, other aggregates, count(DISTINCT),
 //     expressions over aggregates, data-modifying CTEs and cursors are
 //     refused when the plan spans more than one shard.
+
+// Using it: call Plan at Bind (extended protocol: with the Bind's values,
+// the Parse's type OIDs) or per Query (simple protocol: params nil). A
+// statement whose key is a parameter planned without values is refused
+// with SQLSTATE 42P02. For a Multi plan with Rows, SplitInsert gives each
+// shard's text (and, for the extended protocol, which parameters it
+// takes). For Multi and Scatter reads, send ShardSQL (when set) and merge
+// by Merge with Plan.Limit and Plan.Offset. Call Reset when the catalog
+// changes. Catalog and Locator are read, never kept beyond the call
+// (templates keep only the key's column type and position).
+//
+// Not covered: COPY (planned by the proxy), views over sharded tables
+// (the catalog must report them), user-defined aggregates (not
+// recognised: a scatter merge would be wrong; the catalog-free planner
+// cannot tell them from functions), text ORDER BY collation checks (the
+// merge must compare as the database does or refuse), sequences.
 
 import (
 	"errors"
@@ -205,6 +225,7 @@ func (e *Error) Unwrap() error {
 const (
 	CodeNotSupported = "0A000" // feature_not_supported
 	CodeBadValue     = "22P02" // invalid_text_representation
+	CodeNoParam      = "42P02" // undefined_parameter
 )
 
 // ErrNotSupported matches (errors.Is) every refusal of a construct that
@@ -292,6 +313,9 @@ func (p *Planner) planSlow(sql string, sc planScan, cached bool, params *Params,
 		p.mu.Unlock()
 	}
 	pl, ok := t.eval(sql, &sc, params, loc)
+	if !ok && t.missingParam(params) {
+		return Plan{Kind: Refuse, Read: t.read, Err: &Error{Code: CodeNoParam, Message: "the shard key is a parameter: plan the statement with its Bind values"}}
+	}
 	if !ok {
 		return Plan{Kind: Refuse, Read: t.read, Err: &Error{Code: CodeBadValue, Message: "shard key value cannot be read as its column's type"}}
 	}
@@ -662,3 +686,26 @@ func (t *tmpl) evalInsert(sql string, sc *planScan, params *Params, loc Locator)
 
 // parse is pg_query.Parse; a variable so that tests can count parses.
 var parse = pg_query.Parse
+
+// missingParam reports whether the template needs a parameter value that
+// params lacks.
+func (t *tmpl) missingParam(params *Params) bool {
+	n := 0
+	if params != nil {
+		n = len(params.Values)
+	}
+	miss := func(v valSrc) bool { return (v.kind == srcParam || v.kind == srcParamArr) && v.idx >= n }
+	for _, g := range t.groups {
+		for _, v := range g.keys.vals {
+			if miss(v) {
+				return true
+			}
+		}
+	}
+	for _, v := range t.insert {
+		if miss(v) {
+			return true
+		}
+	}
+	return t.keyUpdate != nil && miss(*t.keyUpdate) || miss(t.limit) || miss(t.offset)
+}

@@ -543,10 +543,12 @@ func (b *builder) keyCol(n *pg_query.Node, sc *scope) *occ {
 					found = o
 				}
 			}
-			if found != nil {
-				return found
-			}
-			continue
+			// An unqualified name belongs to the innermost scope that has
+			// it; only the catalog's key columns are known here, so a name
+			// not found in this scope is not looked for outside (it may be
+			// a column of a reference table here). Correlated references
+			// count only when qualified.
+			return found
 		}
 		q := parts[len(parts)-2]
 		for _, o := range x.occs {
