@@ -517,8 +517,9 @@ func opName(ae *pg_query.A_Expr) string {
 }
 
 // keyCol returns the sharded table occurrence whose key column n names.
+// A cast of the key column is not looked through: owner::int = 5 also
+// matches '05', which hashes elsewhere.
 func (b *builder) keyCol(n *pg_query.Node, sc *scope) *occ {
-	n = stripCast(n)
 	cr := n.GetColumnRef()
 	if cr == nil || len(cr.Fields) == 0 {
 		return nil
@@ -563,10 +564,17 @@ func (b *builder) keyCol(n *pg_query.Node, sc *scope) *occ {
 	return nil
 }
 
+// stripCast looks through casts of a value to the key types (without a
+// type modifier: 'alice'::varchar(3) is 'ali'); it stops at any other.
 func stripCast(n *pg_query.Node) *pg_query.Node {
 	for {
 		tc := n.GetTypeCast()
-		if tc == nil {
+		if tc == nil || tc.TypeName == nil || len(tc.TypeName.Typmods) > 0 || len(tc.TypeName.Names) == 0 {
+			return n
+		}
+		switch tc.TypeName.Names[len(tc.TypeName.Names)-1].GetString_().GetSval() {
+		case "int2", "int4", "int8", "text", "varchar", "uuid":
+		default:
 			return n
 		}
 		n = tc.Arg
