@@ -48,9 +48,10 @@ func (q *query) column(fullExpr string, c Column) int {
 	return len(q.cols) - 1
 }
 
-func (q *query) spec(grouped bool, keys []SortKey, limit, offset int64, having Expr) func([]pgproto3.FieldDescription) Spec {
+func (q *query) spec(grouped, sorted bool, keys []SortKey, limit, offset int64, having Expr) func([]pgproto3.FieldDescription) Spec {
 	return func(in []pgproto3.FieldDescription) Spec {
-		return Spec{Input: in, Columns: q.cols, Grouped: grouped, OrderBy: keys, Limit: limit, Offset: offset, Having: having}
+		return Spec{Input: in, Columns: q.cols, Grouped: grouped, SortedInput: sorted, OrderBy: keys,
+			Limit: limit, Offset: offset, Having: having}
 	}
 }
 
@@ -124,7 +125,7 @@ func randomOrderQuery(rnd *rand.Rand) diffCase {
 	return diffCase{
 		Full:         "SELECT " + strings.Join(q.full, ", ") + " FROM t" + order + limitSQL(limit, offset, false),
 		Shard:        "SELECT " + strings.Join(q.shardItems, ", ") + " FROM {T}" + order + limitSQL(limit, offset, true),
-		Spec:         q.spec(false, keys, limit, offset, nil),
+		Spec:         q.spec(false, false, keys, limit, offset, nil),
 		Formats:      q.fmts,
 		ShardFormats: q.shardFmts,
 		Ordered:      true,
@@ -268,7 +269,22 @@ func randomAggQuery(rnd *rand.Rand) diffCase {
 	var orderFull []string
 	limit, offset := int64(-1), int64(0)
 	ordered := len(groupBy) == 0
-	if rnd.IntN(3) > 0 {
+	sorted := len(groupBy) > 0 && rnd.IntN(2) == 0
+	var shardOrder string
+	if sorted {
+		// Group keys first: the shards sort their groups and the merge
+		// streams.
+		var shardKeys []string
+		for _, j := range rand.Perm(len(groupBy)) {
+			k := SortKey{Column: keyIdx[j], Desc: rnd.IntN(2) == 0, NullsFirst: rnd.IntN(2) == 0}
+			keys = append(keys, k)
+			orderFull = append(orderFull, orderSQL(groupBy[j], k))
+			shardKeys = append(shardKeys, orderSQL(groupBy[j], k))
+		}
+		shardOrder = " ORDER BY " + strings.Join(shardKeys, ", ")
+		ordered = true
+		limit, offset = q.limits()
+	} else if rnd.IntN(3) > 0 {
 		for i := 0; i < rnd.IntN(3); i++ {
 			j := rnd.IntN(len(aggIdx))
 			k := SortKey{Column: aggIdx[j], Desc: rnd.IntN(2) == 0, NullsFirst: rnd.IntN(2) == 0}
@@ -293,8 +309,8 @@ func randomAggQuery(rnd *rand.Rand) diffCase {
 	}
 	return diffCase{
 		Full:         "SELECT " + strings.Join(q.full, ", ") + " FROM t" + gb + havingSQL + order + limitSQL(limit, offset, false),
-		Shard:        "SELECT " + strings.Join(q.shardItems, ", ") + " FROM {T}" + gb,
-		Spec:         q.spec(grouped, keys, limit, offset, having),
+		Shard:        "SELECT " + strings.Join(q.shardItems, ", ") + " FROM {T}" + gb + shardOrder,
+		Spec:         q.spec(grouped, sorted, keys, limit, offset, having),
 		Formats:      q.fmts,
 		ShardFormats: q.shardFmts,
 		Ordered:      ordered,

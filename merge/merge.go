@@ -31,7 +31,11 @@ type Merger struct {
 	srcs  []Source
 	agg   bool
 	max   int
-	keys  []sortKey
+	keys  []sortKey // ORDER BY over merged rows (after grouping)
+	// inKeys order the input rows for the heap: ORDER BY when streaming,
+	// the group keys when grouping sorted input.
+	inKeys   []sortKey
+	sortedIn bool // grouping streams over input sorted by the group keys
 
 	// streaming
 	heap    []cursor
@@ -43,6 +47,7 @@ type Merger struct {
 	// aggregated
 	rows [][][]byte
 	pos  int
+	cur  *group // sortedIn: the group being read
 
 	skipped, sent int64
 	out           [][]byte
@@ -81,10 +86,20 @@ func New(spec Spec, sources []Source) (*Merger, error) {
 	}
 	for _, k := range spec.OrderBy {
 		sk := sortKey{idx: k.Column, t: types[k.Column], desc: k.Desc, nullsFirst: k.NullsFirst}
-		if !m.agg {
-			sk.idx = spec.Columns[k.Column].Arg
-		}
 		m.keys = append(m.keys, sk)
+		sk.idx = spec.Columns[k.Column].Arg
+		m.inKeys = append(m.inKeys, sk)
+	}
+	if m.agg {
+		m.inKeys = nil
+		if spec.SortedInput {
+			m.sortedIn = true
+			m.inKeys = m.inKeys[:0]
+			for _, k := range spec.OrderBy[:spec.groupKeys()] {
+				sk := sortKey{idx: spec.Columns[k.Column].Arg, t: types[k.Column], desc: k.Desc, nullsFirst: k.NullsFirst}
+				m.inKeys = append(m.inKeys, sk)
+			}
+		}
 	}
 	m.desc = spec.rowDescription(types)
 	return m, nil
@@ -120,9 +135,12 @@ func (m *Merger) Next() ([][]byte, bool, error) {
 		var row [][]byte
 		var ok bool
 		var err error
-		if m.agg {
+		switch {
+		case m.sortedIn:
+			row, ok, err = m.nextSortedGroup()
+		case m.agg:
 			row, ok, err = m.nextGroup()
-		} else {
+		default:
 			row, ok, err = m.pull()
 		}
 		if err != nil {
@@ -171,7 +189,7 @@ func (m *Merger) read(src int) ([][]byte, bool, error) {
 
 // pull returns the next input row in merged order.
 func (m *Merger) pull() ([][]byte, bool, error) {
-	if len(m.keys) == 0 {
+	if len(m.inKeys) == 0 {
 		for m.concat < len(m.srcs) {
 			row, ok, err := m.read(m.concat)
 			if err != nil {
@@ -223,7 +241,7 @@ func (m *Merger) pull() ([][]byte, bool, error) {
 }
 
 func (m *Merger) less(a, b cursor) bool {
-	c, err := m.compare(a.row, b.row)
+	c, err := compareRows(m.inKeys, a.row, b.row)
 	if err != nil && m.cmpErr == nil {
 		m.cmpErr = err
 	}
@@ -252,9 +270,9 @@ func (m *Merger) down(i int) {
 	}
 }
 
-// compare orders two rows by the ORDER BY keys.
-func (m *Merger) compare(a, b [][]byte) (int, error) {
-	for _, k := range m.keys {
+// compareRows orders two rows by keys.
+func compareRows(keys []sortKey, a, b [][]byte) (int, error) {
+	for _, k := range keys {
 		x, y := a[k.idx], b[k.idx]
 		switch {
 		case x == nil && y == nil:
@@ -387,7 +405,7 @@ func (m *Merger) aggregate() error {
 	if len(m.keys) > 0 {
 		var err error
 		sort.SliceStable(m.rows, func(i, j int) bool {
-			c, e := m.compare(m.rows[i], m.rows[j])
+			c, e := compareRows(m.keys, m.rows[i], m.rows[j])
 			if e != nil && err == nil {
 				err = e
 			}
@@ -398,6 +416,90 @@ func (m *Merger) aggregate() error {
 		}
 	}
 	return nil
+}
+
+// nextSortedGroup aggregates input sorted by the group keys: a group
+// ends when a row with other keys arrives, so one group is in memory.
+func (m *Merger) nextSortedGroup() ([][]byte, bool, error) {
+	for {
+		row, ok, err := m.pull()
+		if err != nil {
+			return nil, false, err
+		}
+		var done *group
+		switch {
+		case !ok:
+			done, m.cur = m.cur, nil
+			if done == nil {
+				return nil, false, nil
+			}
+		case m.cur != nil:
+			same, err := m.sameGroup(m.cur, row)
+			if err != nil {
+				return nil, false, err
+			}
+			if same {
+				if err := m.accumulate(m.cur, row); err != nil {
+					return nil, false, err
+				}
+				continue
+			}
+			done = m.cur
+			fallthrough
+		default:
+			m.cur = m.newGroup()
+			for i, c := range m.spec.Columns {
+				if c.Kind == GroupKey && row[c.Arg] != nil {
+					m.cur.vals[i] = append([]byte{}, row[c.Arg]...)
+				}
+			}
+			if err := m.accumulate(m.cur, row); err != nil {
+				return nil, false, err
+			}
+		}
+		if done == nil {
+			continue
+		}
+		out, err := m.finish(done)
+		if err != nil {
+			return nil, false, err
+		}
+		if m.spec.Having != nil {
+			v, err := evalBool(m.spec.Having, out, m.types)
+			if err != nil {
+				return nil, false, err
+			}
+			if v.kind != vBool || !v.b {
+				if !ok {
+					return nil, false, nil
+				}
+				continue
+			}
+		}
+		return out, true, nil
+	}
+}
+
+// sameGroup reports whether row belongs to group g (equal keys, as
+// PostgreSQL's equality says).
+func (m *Merger) sameGroup(g *group, row [][]byte) (bool, error) {
+	for i, c := range m.spec.Columns {
+		if c.Kind != GroupKey {
+			continue
+		}
+		a, b := g.vals[i], row[c.Arg]
+		if a == nil || b == nil {
+			if (a == nil) != (b == nil) {
+				return false, nil
+			}
+			continue
+		}
+		n, err := m.types[i].compare(a, b)
+		if err != nil || n != 0 {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 func (m *Merger) newGroup() *group {

@@ -387,3 +387,38 @@ func TestRowDescription(t *testing.T) {
 		t.Errorf("got %+v", got)
 	}
 }
+
+func TestSortedGroups(t *testing.T) {
+	spec := Spec{Input: fields(OIDInt4, OIDInt8, OIDNumeric), Grouped: true, SortedInput: true, Limit: 2, Offset: 1,
+		Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}, {Kind: Max, Arg: 2}},
+		OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}},
+		Having:  Cmp{Op: Ne, L: Col{0}, R: Const{Type: 0, Text: "3"}}}
+	a := &sliceSource{rows: textRows("NULL,1,1|5,2,1.5|3,1,1|2,1,7|1,1,1|0,1,1|-1,1,1")}
+	b := &sliceSource{rows: textRows("5,1,2|4,3,NaN|2,1,0.5|0,9,9|-2,1,1")}
+	m, err := New(spec, []Source{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		row, ok, err := m.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		got = append(got, fmt.Sprintf("%s,%s,%s", row[0], row[1], row[2]))
+	}
+	// NULL <> 3 is NULL: the NULL group fails HAVING.
+	if want := []string{"4,3,NaN", "2,2,7"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if a.pos == len(a.rows) && b.pos == len(b.rows) {
+		t.Error("LIMIT read every row")
+	}
+	spec.OrderBy = []SortKey{{Column: 1}}
+	if _, err := New(spec, nil); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("sorted input not ordered by the group keys: %v", err)
+	}
+}

@@ -91,14 +91,31 @@ type Spec struct {
 	// every shard must return its rows sorted by the same keys (the
 	// rewritten query keeps the ORDER BY) and the merge streams.
 	OrderBy []SortKey
-	// Limit (< 0: none) and Offset apply after ORDER BY. The shards get
-	// LIMIT Limit+Offset and no OFFSET.
+	// SortedInput says, for a grouped query, that OrderBy starts with
+	// all group keys (in any order and directions) and every shard
+	// returns its groups sorted by those keys: grouping then streams with
+	// one group in memory instead of a hash table, and LIMIT stops
+	// reading early. Without it the shards' order does not matter.
+	SortedInput bool
+	// Limit (< 0: none) and Offset apply after ORDER BY. Without
+	// aggregation the shards get LIMIT Limit+Offset and no OFFSET; with
+	// aggregation they get neither (a group may span shards).
 	Limit, Offset int64
 	// Having filters groups after the merge; nil keeps all.
 	Having Expr
 	// MaxGroups bounds the groups held in memory (0: DefaultMaxGroups).
 	// Beyond it Next fails with ErrTooManyGroups (SQLSTATE 54000).
 	MaxGroups int
+}
+
+func (s *Spec) groupKeys() int {
+	n := 0
+	for _, c := range s.Columns {
+		if c.Kind == GroupKey {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *Spec) aggregated() bool {
@@ -172,6 +189,18 @@ func (s *Spec) check() ([]colType, error) {
 	}
 	if s.Grouped && groupKeys == 0 {
 		return nil, unsupported("merge: GROUP BY without group key columns")
+	}
+	if s.SortedInput {
+		if !s.Grouped || len(s.OrderBy) < groupKeys {
+			return nil, unsupported("merge: sorted input needs ORDER BY starting with every group key")
+		}
+		seen := map[int]bool{}
+		for _, k := range s.OrderBy[:groupKeys] {
+			if k.Column < 0 || k.Column >= len(s.Columns) || s.Columns[k.Column].Kind != GroupKey || seen[k.Column] {
+				return nil, unsupported("merge: sorted input needs ORDER BY starting with every group key")
+			}
+			seen[k.Column] = true
+		}
 	}
 	if s.Having != nil {
 		if !agg {
