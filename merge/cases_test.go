@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-
 // TestDifferentialCases runs named queries directly and merged over 1-4
 // shards, in text and in binary format.
 func TestDifferentialCases(t *testing.T) {
