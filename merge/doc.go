@@ -36,15 +36,34 @@
 // rows in that order; ties go to the lower shard). OFFSET is skipped and
 // LIMIT stops the merge; the shards get LIMIT limit+offset.
 //
-// With aggregates or group keys every row is read first into a hash table
-// keyed by the canonical form of the group keys (1.0 and 1.00 are one
-// numeric group, -0 and 0 one float group, bpchar ignores trailing
-// spaces), bounded by Spec.MaxGroups: beyond it Next fails with
-// ErrTooManyGroups, SQLSTATE 54000 (program_limit_exceeded), rather than
-// use unbounded memory. Then the aggregates are finished, HAVING filters,
-// ORDER BY sorts in memory, and OFFSET/LIMIT apply. Aggregates without
-// GROUP BY give one row even when no shard has a row (count 0, others
-// NULL), as PostgreSQL does.
+// With aggregates or group keys (GROUP BY; DISTINCT is GROUP BY on every
+// column) there are two ways:
+//
+//   - Spec.SortedInput: ORDER BY starts with every group key and the
+//     shards return their groups in that order. The heap merges them, a
+//     group ends when a row with other keys arrives, and only that group
+//     is in memory; LIMIT stops reading early.
+//   - Otherwise every row is read first into a hash table keyed by the
+//     canonical form of the group keys (1.0 and 1.00 are one numeric
+//     group, -0 and 0 one float group, NaN one group, bpchar ignores
+//     trailing spaces), bounded by Spec.MaxGroups: beyond it Next fails
+//     with ErrTooManyGroups, SQLSTATE 54000 (program_limit_exceeded),
+//     rather than use unbounded memory. Then HAVING filters, ORDER BY
+//     sorts in memory and OFFSET/LIMIT apply.
+//
+// Either way the shards get no LIMIT (a group may span shards), HAVING is
+// evaluated here on the merged values, and aggregates without GROUP BY
+// give one row even when no shard has a row (count 0, others NULL), as
+// PostgreSQL does. A group's key is shown as its first row had it (as in
+// PostgreSQL, which of 1.0 and 1.00 a group shows is not defined).
+//
+// HAVING is a small tree: Col (a merged column, hidden ones included),
+// Const (typed, or Type 0 for a literal as written: 10 is int4, 1.5
+// numeric, 'b' takes the other side's type), Cmp, And, Or, Not, IsNull and
+// Arith (+ - * /) with PostgreSQL's types: integer arithmetic of the wider
+// width with overflow errors (22003) and truncating division, exact numeric
+// with numeric_div's scale, float8 when a float is involved; division by
+// zero is 22012.
 //
 // Aggregates keep PostgreSQL's result types, which the shards' sums already
 // have: count is int8; sum is int8 for int2/int4, numeric for int8 and
@@ -52,7 +71,10 @@
 // min/max keep the type; avg is sum/count, numeric for integer and numeric
 // arguments with numeric division's rounding and display scale
 // (select_div_scale: avg of 1 and 2 is 1.5000000000000000), float8 for
-// floats. Overflow is 22003, as in PostgreSQL.
+// float8 (the shards send sum(x::float8) for real). Overflow is 22003,
+// as in PostgreSQL. Results are encoded in the client's format exactly as
+// PostgreSQL encodes them (numeric_send's digits and dscale, float8out's
+// shortest digits, checked against a server in the tests).
 //
 // # Comparison
 //
@@ -70,16 +92,24 @@
 // New refuses (0A000): unknown types in keys or aggregates, plain columns
 // beside aggregates, HAVING without aggregation, Value/GroupKey/Min/Max
 // columns whose shard format differs from the client's (the proxy asks the
-// shards for the client's formats), and sums or averages of other types.
+// shards for the client's formats), sums or averages of other types (and
+// averages of real summed as real), and SortedInput whose ORDER BY does
+// not start with the group keys. At run time: date/time text in a
+// DateStyle other than ISO cannot be compared (0A000), a shard row that
+// does not decode is XX000.
 // Not handled here, so the planner must refuse them: count(DISTINCT x) and
 // DISTINCT aggregates unless x includes the shard key (then Count adds the
-// shards' counts exactly), ordered-set and other aggregates, window
-// functions, text ordering under a non-C collation, and nondeterministic
-// collations. Float text output assumes extra_float_digits > 0 (the
+// shards' counts exactly), DISTINCT over aggregated rows, other
+// aggregates, window functions, text ordering under a non-C collation,
+// nondeterministic collations, and types other than those listed above
+// (interval, time, money, json, arrays, ...) as keys or aggregates; such
+// types pass through as plain columns. Float text output assumes extra_float_digits > 0 (the
 // default since PostgreSQL 12); float sums may differ from one server's in
 // the last bit because addition order differs, as with PostgreSQL's own
-// parallel aggregation. Table OIDs in the RowDescription are the first
-// shard's.
+// parallel aggregation (the tests use exactly representable values). A
+// NaN's bits in binary output follow the arithmetic that made it, as in
+// PostgreSQL on x86-64. Table OIDs in the RowDescription are the first
+// shard's (each shard's table has its own OID).
 //
 // CombineTags adds the command tags of a statement run on every shard
 // ("UPDATE n", "DELETE n", "INSERT 0 n", ...).

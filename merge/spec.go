@@ -28,7 +28,8 @@ const (
 	// Avg divides the added shards' sums (column Arg: sum(x), or
 	// sum(x::float8) for float4 x) by their added counts (column Arg2:
 	// count(x)). The result is numeric for integer and numeric sums (with
-	// numeric division's scale, as avg does) and float8 for float sums.
+	// numeric division's scale, as avg does) and float8 for float8 sums;
+	// a float4 sum is refused.
 	Avg
 )
 
@@ -177,8 +178,12 @@ func (s *Spec) check() ([]colType, error) {
 			switch in.DataTypeOID {
 			case OIDInt8, OIDNumeric:
 				t.oid = OIDNumeric
-			case OIDFloat4, OIDFloat8:
+			case OIDFloat8:
 				t.oid = OIDFloat8
+			case OIDFloat4:
+				// avg(real) adds in double precision: the shards must
+				// send sum(x::float8), or the sum is rounded to real.
+				return nil, unsupported("merge: avg of real needs the shards' sum in double precision")
 			default:
 				return nil, unsupported("merge: avg of type %d cannot be merged", in.DataTypeOID)
 			}
