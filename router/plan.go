@@ -198,6 +198,9 @@ type Plan struct {
 	// Scatter read when the merge needs a different one (hidden columns,
 	// LIMIT pushed down, HAVING removed); empty: send the original.
 	ShardSQL string
+	// SetsKey: an UPDATE assigns the shard key column; the planner has
+	// checked that the new value belongs to Shard (else it refused).
+	SetsKey bool
 	// Err is set for Refuse.
 	Err *Error
 }
@@ -609,6 +612,7 @@ func (t *tmpl) eval(sql string, sc *planScan, params *Params, loc Locator) (Plan
 		if !ok {
 			return pl, false
 		}
+		pl.SetsKey = true
 		if null || loc.Lookup(h) != set.first {
 			pl.Kind, pl.Err = Refuse, refuse("UPDATE moves a row to another shard: the new shard key value belongs to a different shard")
 			return pl, true

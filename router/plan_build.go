@@ -365,13 +365,20 @@ func (b *builder) with(w *pg_query.WithClause, sc *scope) {
 	if w == nil {
 		return
 	}
+	if sc.ctes == nil {
+		sc.ctes = map[string]bool{}
+	}
+	if w.Recursive { // a recursive CTE's query names itself
+		for _, c := range w.Ctes {
+			if cte := c.GetCommonTableExpr(); cte != nil {
+				sc.ctes[cte.Ctename] = true
+			}
+		}
+	}
 	for _, c := range w.Ctes {
 		cte := c.GetCommonTableExpr()
 		if cte == nil {
 			continue
-		}
-		if sc.ctes == nil {
-			sc.ctes = map[string]bool{}
 		}
 		switch q := cte.Ctequery.GetNode().(type) {
 		case *pg_query.Node_SelectStmt:

@@ -226,6 +226,9 @@ func TestPlanRules(t *testing.T) {
 						t.Fatalf("err %v: SQLSTATE %s", got.Err, got.Err.SQLState())
 					}
 				}
+				if got.SetsKey != (tc.kind == Single && strings.Contains(tc.sql, "SET user_id")) {
+					t.Fatalf("SetsKey %v", got.SetsKey)
+				}
 				if tc.kind != Refuse && tc.read != got.Read {
 					t.Fatalf("read %v, want %v", got.Read, tc.read)
 				}
