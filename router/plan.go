@@ -612,11 +612,11 @@ func (t *tmpl) eval(sql string, sc *planScan, params *Params, loc Locator) (Plan
 		if !ok {
 			return pl, false
 		}
-		pl.SetsKey = true
 		if null || loc.Lookup(h) != set.first {
 			pl.Kind, pl.Err = Refuse, refuse("UPDATE moves a row to another shard: the new shard key value belongs to a different shard")
 			return pl, true
 		}
+		pl.SetsKey = true
 	}
 	switch {
 	case scatter:
