@@ -455,6 +455,7 @@ func (b *builder) fromItem(n *pg_query.Node, sc *scope, inner *[]*pg_query.Node)
 				b.link(l, r)
 			}
 		}
+		b.outerJoin(j.Jointype, sc.occs[before:mid], sc.occs[mid:])
 		if j.Quals != nil {
 			if j.Jointype == pg_query.JoinType_JOIN_INNER && inner != nil {
 				*inner = append(*inner, j.Quals)
@@ -480,6 +481,35 @@ func (b *builder) fromItem(n *pg_query.Node, sc *scope, inner *[]*pg_query.Node)
 		}
 	default:
 		b.walk(n, sc)
+	}
+}
+
+// outerJoin refuses, across shards, an outer join whose preserved side
+// has no sharded table while the other side has one: every shard would
+// return the preserved rows (each with only its own matches).
+func (b *builder) outerJoin(jt pg_query.JoinType, left, right []*occ) {
+	sharded := func(os []*occ) string {
+		for _, o := range os {
+			if o.info.Kind == TableSharded {
+				return o.table
+			}
+		}
+		return ""
+	}
+	l, r := sharded(left), sharded(right)
+	check := func(kept []*occ, keptSharded, other string) {
+		if keptSharded == "" && other != "" && len(kept) > 0 {
+			b.multiRefuse("outer join that keeps every row of %s (not sharded) against sharded table %s across shards", kept[0].table, other)
+		}
+	}
+	switch jt {
+	case pg_query.JoinType_JOIN_LEFT:
+		check(left, l, r)
+	case pg_query.JoinType_JOIN_RIGHT:
+		check(right, r, l)
+	case pg_query.JoinType_JOIN_FULL:
+		check(left, l, r)
+		check(right, r, l)
 	}
 }
 

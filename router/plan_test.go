@@ -198,6 +198,10 @@ func TestPlanRules(t *testing.T) {
 		{name: "cast of the key scatters", sql: "SELECT * FROM docs WHERE owner::int = 5", kind: Scatter, read: true},
 		{name: "truncating cast scatters", sql: "SELECT * FROM docs WHERE owner = 'alice'::varchar(3)", kind: Scatter, read: true},
 		{name: "varchar cast", sql: "SELECT * FROM docs WHERE owner = $1::varchar", params: &Params{Values: [][]byte{[]byte("alice")}}, kind: Single, shard: textShard, read: true},
+		{name: "reference LEFT JOIN sharded across", sql: "SELECT * FROM countries c LEFT JOIN users u ON u.country = c.code", kind: Refuse, err: "outer join that keeps every row of countries"},
+		{name: "reference LEFT JOIN sharded pinned", sql: "SELECT * FROM countries c LEFT JOIN users u ON u.country = c.code AND u.user_id = 1 WHERE c.code = 'x'", kind: Refuse, err: "outer join"},
+		{name: "sharded LEFT JOIN reference", sql: "SELECT * FROM users u LEFT JOIN countries c ON u.country = c.code", kind: Scatter, read: true},
+		{name: "sharded RIGHT JOIN reference across", sql: "SELECT * FROM users u RIGHT JOIN countries c ON u.country = c.code", kind: Refuse, err: "outer join"},
 		{name: "no params at Parse", sql: "SELECT * FROM users WHERE user_id = $1", kind: Refuse, err: "plan the statement with its Bind values"},
 		{name: "bad key", sql: "SELECT * FROM users WHERE user_id = $1", params: &Params{Values: [][]byte{[]byte("x1")}}, kind: Refuse, err: "cannot be read"},
 	}
