@@ -232,6 +232,11 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool) (*Merge, bool, bool, *E
 	}
 	star := false
 	hasAgg := len(sel.GroupClause) > 0 || sel.HavingClause != nil
+	for _, sc := range sel.SortClause {
+		if nestedAgg(sc) != "" {
+			hasAgg = true // ORDER BY count(*) makes the query an aggregate
+		}
+	}
 	for i, t := range sel.TargetList {
 		rt := t.GetResTarget()
 		ref := i

@@ -144,6 +144,7 @@ func TestPlanMerge(t *testing.T) {
 	for sql, want := range map[string]string{
 		"SELECT country, count(*) FROM users GROUP BY country HAVING string_agg(name, ',') = 'x'": "aggregate string_agg() across shards",
 		"SELECT country FROM users GROUP BY country HAVING random() > 0.5":                        "neither grouped nor an aggregate",
+		"SELECT 1 FROM users ORDER BY count(*)":                                                   "neither grouped nor an aggregate",
 		"SELECT * FROM users ORDER BY name USING <":                                               "USING",
 		"SELECT * FROM users ORDER BY name FETCH FIRST 3 ROWS WITH TIES":                          "WITH TIES",
 		"SELECT * FROM users LIMIT (SELECT 3)":                                                    "LIMIT with an expression",
