@@ -90,7 +90,14 @@ func (p *Planner) build(sql string, sc *planScan) *tmpl {
 		t.kind, t.read = AnyShard, false
 		return t
 	}
-	read, _ := p.cls.Explain(sql)
+	// The Classifier's verdict, from this parse (as Classifier.Explain).
+	read := true
+	for _, raw := range tree.Stmts {
+		if ok, _ := p.cls.isRead(raw.Stmt); !ok {
+			read = false
+			break
+		}
+	}
 	var parts []*tmpl
 	for _, raw := range tree.Stmts {
 		b := &builder{p: p, sql: sql, sc: sc, cacheable: true}
