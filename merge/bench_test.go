@@ -14,6 +14,7 @@ import (
 type genSource struct {
 	n, key, step int64
 	format       int16
+	decimal      bool // text keys as numerics with a fraction
 	row          [][]byte
 	buf          [8]byte
 	txt          []byte
@@ -30,6 +31,9 @@ func (g *genSource) Next() ([][]byte, bool, error) {
 		g.row[0] = g.buf[:]
 	} else {
 		g.txt = strconv.AppendInt(g.txt[:0], g.key, 10)
+		if g.decimal {
+			g.txt = append(g.txt, ".25"...)
+		}
 		g.row[0] = g.txt
 	}
 	g.row[1] = g.payload
@@ -38,9 +42,13 @@ func (g *genSource) Next() ([][]byte, bool, error) {
 }
 
 func benchMerge(b *testing.B, format int16, orderBy bool) {
+	benchMergeType(b, OIDInt8, format, orderBy)
+}
+
+func benchMergeType(b *testing.B, keyType uint32, format int16, orderBy bool) {
 	const total = 1_000_000
 	in := []pgproto3.FieldDescription{
-		{Name: []byte("k"), DataTypeOID: OIDInt8, Format: format},
+		{Name: []byte("k"), DataTypeOID: keyType, Format: format},
 		{Name: []byte("p"), DataTypeOID: OIDText, Format: format},
 	}
 	spec := Spec{Input: in, Columns: []Column{{Kind: Value, Arg: 0, Format: format}, {Kind: Value, Arg: 1, Format: format}}, Limit: -1}
@@ -51,8 +59,8 @@ func benchMerge(b *testing.B, format int16, orderBy bool) {
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
 		srcs := []Source{
-			&genSource{n: total / 2, key: 0, step: 2, format: format, row: make([][]byte, 2), payload: []byte("some payload text")},
-			&genSource{n: total / 2, key: 1, step: 2, format: format, row: make([][]byte, 2), payload: []byte("some payload text")},
+			&genSource{n: total / 2, key: 0, step: 2, format: format, row: make([][]byte, 2), payload: []byte("some payload text"), decimal: keyType == OIDNumeric},
+			&genSource{n: total / 2, key: 1, step: 2, format: format, row: make([][]byte, 2), payload: []byte("some payload text"), decimal: keyType == OIDNumeric},
 		}
 		m, err := New(spec, srcs)
 		if err != nil {
@@ -82,6 +90,7 @@ func benchMerge(b *testing.B, format int16, orderBy bool) {
 func BenchmarkMerge1M(b *testing.B) {
 	b.Run("orderby-binary", func(b *testing.B) { benchMerge(b, BinaryFormat, true) })
 	b.Run("orderby-text", func(b *testing.B) { benchMerge(b, TextFormat, true) })
+	b.Run("orderby-numeric-text", func(b *testing.B) { benchMergeType(b, OIDNumeric, TextFormat, true) })
 	b.Run("concat", func(b *testing.B) { benchMerge(b, TextFormat, false) })
 }
 

@@ -69,3 +69,28 @@ func FuzzFloat(f *testing.F) {
 		}
 	})
 }
+
+// FuzzNumericCompare checks the allocation-free comparisons against the
+// exact one.
+func FuzzNumericCompare(f *testing.F) {
+	f.Add("1", "1.0")
+	f.Add("-0.5", "0")
+	f.Add("100", "99.999")
+	f.Add("-100", "-99.999")
+	f.Add("0.0001", "0.001")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		x, ok1 := parseNumericText([]byte(a))
+		y, ok2 := parseNumericText([]byte(b))
+		if !ok1 || !ok2 || x.scale > 1000 || y.scale > 1000 || len(a) > 200 || len(b) > 200 ||
+			string(x.appendText(nil)) != a || string(y.appendText(nil)) != b {
+			return
+		}
+		want := cmpDecimal(&x, &y)
+		if c, ok := cmpNumericText([]byte(a), []byte(b)); ok && c != want {
+			t.Fatalf("text %q %q: %d, want %d", a, b, c, want)
+		}
+		if c, ok := cmpNumericBinary(x.appendBinary(nil), y.appendBinary(nil)); ok && c != want {
+			t.Fatalf("binary %q %q: %d, want %d", a, b, c, want)
+		}
+	})
+}

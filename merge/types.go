@@ -251,6 +251,16 @@ func (t colType) compare(a, b []byte) (int, error) {
 		}
 		return cmpFloat(x, y), nil
 	case OIDNumeric:
+		var c int
+		var fast bool
+		if t.format == BinaryFormat {
+			c, fast = cmpNumericBinary(a, b)
+		} else {
+			c, fast = cmpNumericText(a, b)
+		}
+		if fast {
+			return c, nil
+		}
 		x, ok1 := t.numeric(a)
 		y, ok2 := t.numeric(b)
 		if !ok1 || !ok2 {
