@@ -36,7 +36,9 @@ package router
 //     parameter, key = ANY(ARRAY[...]). AND narrows (either side's shards
 //     hold every matching row; the side with fewer values is used), OR
 //     unites, anything else (<, >, BETWEEN, <>, NOT, functions of the key,
-//     IS NULL) leaves the key unconstrained: scatter.
+//     IS NULL) leaves the key unconstrained: scatter. Casts of the value to
+//     a key type without a modifier are looked through; a cast of the key
+//     column (owner::int = 5 also matches '05') or to varchar(n) is not.
 //   - The key column's type decides how a value is read: '42' for an
 //     integer key is 42; binary parameters are laid out by their type OID
 //     (int2/int4/int8 big-endian, text bytes, 16-byte uuid).
@@ -46,25 +48,34 @@ package router
 //     routed by the key of the outermost scope (a key filter inside a
 //     subquery never narrows the outer query: NOT EXISTS). An unqualified
 //     column name is matched only against the key columns of the tables of
-//     its own scope.
-//     Otherwise every sharded table must be pinned to key values that all
-//     live on the same single shard, or the statement is refused as a
-//     cross-shard join (or subquery).
+//     its own scope. Otherwise every sharded table, including those in
+//     subqueries, derived tables and CTEs, must be pinned to key values that
+//     all live on one shard, or the statement is refused as a cross-shard
+//     join (or subquery).
 //   - Reference tables follow the sharded side; reads touching no sharded
 //     table go to any one shard; writes to reference tables and DDL go to
-//     all shards.
+//     all shards (refused when they read a sharded table). Across shards,
+//     an outer join that keeps every row of a non-sharded table against a
+//     sharded one is refused (each shard would return those rows).
+//   - Several statements in one text must all land on one shard (BEGIN,
+//     COMMIT, SET ... ride along), else they are refused.
 //   - INSERT ... VALUES routes each row by its key (a constant or a
 //     parameter); rows on different shards are split (Plan.Rows,
-//     Planner.SplitInsert). ON CONFLICT routes by the inserted key.
+//     SplitInsert). ON CONFLICT routes by the inserted key; DO UPDATE SET
+//     key, INSERT ... SELECT and DEFAULT VALUES into sharded tables are
+//     refused.
 //   - UPDATE ... SET key = v is allowed only when v lands on the shard the
-//     row is on (decided here: Single plans only), else refused.
+//     row is on (decided here for a constant or parameter, Single plans
+//     only; Plan.SetsKey), else refused.
 //   - Statements spanning several shards get a Merge: ORDER BY keys,
 //     LIMIT/OFFSET (pushed down as LIMIT limit+offset), DISTINCT, GROUP BY
 //     and the aggregates count/sum/min/max/avg (avg as sum and count),
 //     HAVING evaluated after the merge. Window functions, DISTINCT ON,
 //     set operations, locking clauses, other aggregates, count(DISTINCT),
-//     expressions over aggregates, data-modifying CTEs and cursors are
-//     refused when the plan spans more than one shard.
+//     expressions over aggregates, GROUPING SETS, ORDER BY ... USING,
+//     WITH TIES, EXPLAIN and cursors are refused when the plan spans more
+//     than one shard. Data-modifying CTEs, DO, CALL and MERGE are always
+//     refused.
 
 // Using it: call Plan at Bind (extended protocol: with the Bind's values,
 // the Parse's type OIDs) or per Query (simple protocol: params nil). A
@@ -73,8 +84,8 @@ package router
 // shard's text (and, for the extended protocol, which parameters it
 // takes). For Multi and Scatter reads, send ShardSQL (when set) and merge
 // by Merge with Plan.Limit and Plan.Offset. Call Reset when the catalog
-// changes. Catalog and Locator are read, never kept beyond the call
-// (templates keep only the key's column type and position).
+// changes: templates keep what the catalog said. The Locator is only
+// read during the call, so a new ring takes effect at once.
 //
 // Not covered: COPY (planned by the proxy), views over sharded tables
 // (the catalog must report them), user-defined aggregates (not
