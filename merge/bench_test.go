@@ -51,7 +51,7 @@ func benchMergeType(b *testing.B, keyType uint32, format int16, orderBy bool) {
 		{Name: []byte("k"), DataTypeOID: keyType, Format: format},
 		{Name: []byte("p"), DataTypeOID: OIDText, Format: format},
 	}
-	spec := Spec{Input: in, Columns: []Column{{Kind: Value, Arg: 0, Format: format}, {Kind: Value, Arg: 1, Format: format}}, Limit: -1}
+	spec := Spec{Input: in, Columns: []Column{{Kind: Value, Arg: 0, Format: format}, {Kind: Value, Arg: 1, Format: format}}}
 	if orderBy {
 		spec.OrderBy = []SortKey{{Column: 0}}
 	}
@@ -101,7 +101,7 @@ func BenchmarkGroupBy1M(b *testing.B) {
 		{Name: []byte("k"), DataTypeOID: OIDInt8, Format: BinaryFormat},
 		{Name: []byte("count"), DataTypeOID: OIDInt8, Format: BinaryFormat},
 	}
-	spec := Spec{Input: in, Grouped: true, Limit: -1,
+	spec := Spec{Input: in, Grouped: true,
 		Columns: []Column{{Kind: GroupKey, Arg: 0, Format: BinaryFormat}, {Kind: Count, Arg: 1, Format: BinaryFormat}}}
 	b.ReportAllocs()
 	start := time.Now()

@@ -29,7 +29,7 @@ func TestDifferentialCases(t *testing.T) {
 		{"order multi-key desc nulls", "SELECT id, g, s, n FROM t ORDER BY g DESC NULLS LAST, s NULLS FIRST, n DESC, id",
 			"SELECT id, g, s, n FROM {T} ORDER BY g DESC NULLS LAST, s NULLS FIRST, n DESC, id",
 			func(f int16) Spec {
-				return Spec{Columns: withFormat(plain(4), f), Limit: -1, OrderBy: []SortKey{{Column: 1, Desc: true},
+				return Spec{Columns: withFormat(plain(4), f), OrderBy: []SortKey{{Column: 1, Desc: true},
 					{Column: 2, NullsFirst: true}, {Column: 3, Desc: true, NullsFirst: true}, {Column: 0}}}
 			}, true},
 		{"order by hidden column, limit offset", "SELECT s, tz FROM t ORDER BY f NULLS FIRST, id DESC LIMIT 25 OFFSET 10",
@@ -37,14 +37,14 @@ func TestDifferentialCases(t *testing.T) {
 			func(f int16) Spec {
 				cols := withFormat(plain(4), f)
 				cols[2].Hidden, cols[3].Hidden = true, true
-				return Spec{Columns: cols, Limit: 25, Offset: 10, OrderBy: []SortKey{{Column: 2, NullsFirst: true}, {Column: 3, Desc: true, NullsFirst: true}}}
+				return Spec{Columns: cols, HasLimit: true, Limit: 25, Offset: 10, OrderBy: []SortKey{{Column: 2, NullsFirst: true}, {Column: 3, Desc: true, NullsFirst: true}}}
 			}, true},
 		{"limit 0", "SELECT id FROM t ORDER BY id LIMIT 0", "SELECT id FROM {T} ORDER BY id LIMIT 0",
 			func(f int16) Spec {
-				return Spec{Columns: withFormat(plain(1), f), Limit: 0, OrderBy: []SortKey{{Column: 0}}}
+				return Spec{Columns: withFormat(plain(1), f), HasLimit: true, Limit: 0, OrderBy: []SortKey{{Column: 0}}}
 			}, true},
 		{"concatenation", "SELECT id, by, u FROM t", "SELECT id, by, u FROM {T}",
-			func(f int16) Spec { return Spec{Columns: withFormat(plain(3), f), Limit: -1} }, false},
+			func(f int16) Spec { return Spec{Columns: withFormat(plain(3), f)} }, false},
 		{"aggregates by group with having",
 			"SELECT g, count(*), count(a), sum(a), sum(b), sum(n), sum(f), min(a), max(n), min(s), max(tz), avg(a), avg(b), avg(n), avg(f) " +
 				"FROM t GROUP BY g HAVING count(*) > 50 AND sum(a) / count(a) < 10 ORDER BY g",
@@ -55,7 +55,7 @@ func TestDifferentialCases(t *testing.T) {
 					{Kind: Sum, Arg: 4}, {Kind: Sum, Arg: 5}, {Kind: Sum, Arg: 6}, {Kind: Min, Arg: 7}, {Kind: Max, Arg: 8},
 					{Kind: Min, Arg: 9}, {Kind: Max, Arg: 10}, {Kind: Avg, Arg: 11, Arg2: 12}, {Kind: Avg, Arg: 13, Arg2: 14},
 					{Kind: Avg, Arg: 15, Arg2: 16}, {Kind: Avg, Arg: 17, Arg2: 18}}
-				return Spec{Columns: withFormat(cols, f), Grouped: true, Limit: -1, OrderBy: []SortKey{{Column: 0}},
+				return Spec{Columns: withFormat(cols, f), Grouped: true, OrderBy: []SortKey{{Column: 0}},
 					Having: And{Args: []Expr{Cmp{Op: Gt, L: Col{1}, R: Const{Text: "50"}},
 						Cmp{Op: Lt, L: Arith{Op: Div, L: Col{3}, R: Col{2}}, R: Const{Text: "10"}}}}}
 			}, true},
@@ -63,37 +63,37 @@ func TestDifferentialCases(t *testing.T) {
 			"SELECT count(*), sum(a), sum(b) AS avg, count(b), min(d) FROM {T} WHERE a > 1000",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: Count, Arg: 0}, {Kind: Sum, Arg: 1}, {Kind: Avg, Arg: 2, Arg2: 3},
-					{Kind: Min, Arg: 4}}, f), Limit: -1}
+					{Kind: Min, Arg: 4}}, f)}
 			}, true},
 		{"grouped nothing", "SELECT g, count(*) FROM t WHERE a > 1000 GROUP BY g",
 			"SELECT g, count(*) FROM {T} WHERE a > 1000 GROUP BY g",
 			func(f int16) Spec {
-				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}, f), Grouped: true, Limit: -1}
+				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}, f), Grouped: true}
 			}, false},
 		{"distinct", "SELECT DISTINCT g, bo FROM t ORDER BY bo DESC, g LIMIT 15",
 			"SELECT DISTINCT g, bo FROM {T}",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: GroupKey, Arg: 1}}, f), Grouped: true,
-					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}, {Column: 0}}, Limit: 15}
+					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}, {Column: 0}}, HasLimit: true, Limit: 15}
 			}, true},
 		{"count distinct of the shard key", "SELECT g, count(DISTINCT id) FROM t GROUP BY g ORDER BY 2 DESC, 1",
 			"SELECT g, count(DISTINCT id) FROM {T} GROUP BY g ORDER BY g",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}, f), Grouped: true,
-					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}, {Column: 0}}, Limit: -1}
+					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}, {Column: 0}}}
 			}, true},
 		{"sorted groups with limit", "SELECT d, count(*), max(ts) FROM t GROUP BY d ORDER BY d DESC LIMIT 7 OFFSET 3",
 			"SELECT d, count(*), max(ts) FROM {T} GROUP BY d ORDER BY d DESC",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}, {Kind: Max, Arg: 2}}, f),
-					Grouped: true, SortedInput: true, OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}}, Limit: 7, Offset: 3}
+					Grouped: true, SortedInput: true, OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}}, HasLimit: true, Limit: 7, Offset: 3}
 			}, true},
 		{"having on hidden aggregates and strings", "SELECT c, sum(h) FROM t GROUP BY c HAVING max(s) > 'b' OR min(d) < '1000-01-01' ORDER BY c",
 			"SELECT c, sum(h), max(s), min(d) FROM {T} GROUP BY c",
 			func(f int16) Spec {
 				cols := withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Sum, Arg: 1}, {Kind: Max, Arg: 2, Hidden: true},
 					{Kind: Min, Arg: 3, Hidden: true}}, f)
-				return Spec{Columns: cols, Grouped: true, Limit: -1, OrderBy: []SortKey{{Column: 0}},
+				return Spec{Columns: cols, Grouped: true, OrderBy: []SortKey{{Column: 0}},
 					Having: Or{Args: []Expr{Cmp{Op: Gt, L: Col{2}, R: Const{Text: "b"}}, Cmp{Op: Lt, L: Col{3}, R: Const{Text: "1000-01-01"}}}}}
 			}, true},
 	}
@@ -140,7 +140,7 @@ func TestAvgScale(t *testing.T) {
 		t.Fatal(res.Err)
 	}
 	in := fields(OIDInt8, OIDInt8)
-	got, err := runMerge(t, Spec{Input: in, Columns: []Column{{Kind: Avg, Arg: 0, Arg2: 1}}, Limit: -1}, "1,1", "2,1")
+	got, err := runMerge(t, Spec{Input: in, Columns: []Column{{Kind: Avg, Arg: 0, Arg2: 1}}}, "1,1", "2,1")
 	if err != nil {
 		t.Fatal(err)
 	}

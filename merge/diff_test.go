@@ -51,7 +51,7 @@ func (q *query) column(fullExpr string, c Column) int {
 func (q *query) spec(grouped, sorted bool, keys []SortKey, limit, offset int64, having Expr) func([]pgproto3.FieldDescription) Spec {
 	return func(in []pgproto3.FieldDescription) Spec {
 		return Spec{Input: in, Columns: q.cols, Grouped: grouped, SortedInput: sorted, OrderBy: keys,
-			Limit: limit, Offset: offset, Having: having}
+			HasLimit: limit >= 0, Limit: limit, Offset: offset, Having: having}
 	}
 }
 

@@ -31,11 +31,13 @@ var (
 
 // SQLSTATE codes this package returns.
 const (
-	CodeFeatureNotSupported  = "0A000"
-	CodeProgramLimitExceeded = "54000"
-	CodeInternalError        = "XX000"
-	CodeNumericOutOfRange    = "22003"
-	CodeDivisionByZero       = "22012"
+	CodeFeatureNotSupported     = "0A000"
+	CodeProgramLimitExceeded    = "54000"
+	CodeInternalError           = "XX000"
+	CodeNumericOutOfRange       = "22003"
+	CodeDivisionByZero          = "22012"
+	CodeInvalidRowCountInLimit  = "2201W"
+	CodeInvalidRowCountInOffset = "2201X"
 )
 
 func errorf(code string, sentinel error, format string, args ...any) error {

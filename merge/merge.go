@@ -127,7 +127,7 @@ func (m *Merger) Next() ([][]byte, bool, error) {
 	if m.done {
 		return nil, false, m.err
 	}
-	if m.spec.Limit >= 0 && m.sent >= m.spec.Limit {
+	if m.spec.HasLimit && m.sent >= m.spec.Limit {
 		m.done = true
 		return nil, false, nil
 	}

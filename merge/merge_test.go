@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshard/pgshard/wire"
 )
 
 // sliceSource is a Source over rows held in memory. It hands out a copy
@@ -119,60 +121,60 @@ func TestMergeText(t *testing.T) {
 		shards []string
 		want   string
 	}{
-		{"concat", Spec{Input: fields(OIDInt4), Columns: plain(1), Limit: -1},
+		{"concat", Spec{Input: fields(OIDInt4), Columns: plain(1)},
 			[]string{"3|1", "", "2"}, "3|1|2"},
-		{"concat limit offset", Spec{Input: fields(OIDInt4), Columns: plain(1), Limit: 2, Offset: 1},
+		{"concat limit offset", Spec{Input: fields(OIDInt4), Columns: plain(1), HasLimit: true, Limit: 2, Offset: 1},
 			[]string{"3|1", "", "2|5"}, "1|2"},
-		{"order asc nulls last", Spec{Input: fields(OIDInt4), Columns: plain(1), Limit: -1,
+		{"order asc nulls last", Spec{Input: fields(OIDInt4), Columns: plain(1),
 			OrderBy: []SortKey{{Column: 0}}},
 			[]string{"1|4|NULL", "-2|3|NULL", "0|10"}, "-2|0|1|3|4|10|NULL|NULL"},
-		{"order desc nulls first", Spec{Input: fields(OIDInt8), Columns: plain(1), Limit: -1,
+		{"order desc nulls first", Spec{Input: fields(OIDInt8), Columns: plain(1),
 			OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}}},
 			[]string{"NULL|4|1", "3|-2", "10|0"}, "NULL|10|4|3|1|0|-2"},
 		{"order two keys, hidden", Spec{Input: fields(OIDText, OIDNumeric),
-			Columns: []Column{{Kind: Value, Arg: 0}, {Kind: Value, Arg: 1, Hidden: true}}, Limit: 3, Offset: 1,
+			Columns: []Column{{Kind: Value, Arg: 0}, {Kind: Value, Arg: 1, Hidden: true}}, HasLimit: true, Limit: 3, Offset: 1,
 			OrderBy: []SortKey{{Column: 1, Desc: true}, {Column: 0}}},
 			[]string{"a,10.5|c,2", "b,10.50|e,-1"}, "b|c|e"},
-		{"numeric specials", Spec{Input: fields(OIDNumeric), Columns: plain(1), Limit: -1,
+		{"numeric specials", Spec{Input: fields(OIDNumeric), Columns: plain(1),
 			OrderBy: []SortKey{{Column: 0}}},
 			[]string{"-Infinity|1.5|NaN", "-7|Infinity"}, "-Infinity|-7|1.5|Infinity|NaN"},
-		{"float NaN and -0", Spec{Input: fields(OIDFloat8), Columns: plain(1), Limit: -1,
+		{"float NaN and -0", Spec{Input: fields(OIDFloat8), Columns: plain(1),
 			OrderBy: []SortKey{{Column: 0}}},
 			[]string{"-Infinity|-0|NaN", "-1|0|Infinity"}, "-Infinity|-1|-0|0|Infinity|NaN"},
-		{"bpchar and text bytes", Spec{Input: fields(OIDBPChar), Columns: plain(1), Limit: -1,
+		{"bpchar and text bytes", Spec{Input: fields(OIDBPChar), Columns: plain(1),
 			OrderBy: []SortKey{{Column: 0}}},
 			[]string{"B  |a  ", "A  |a b"}, "A  |B  |a  |a b"},
-		{"timestamptz", Spec{Input: fields(OIDTimestampTZ), Columns: plain(1), Limit: -1,
+		{"timestamptz", Spec{Input: fields(OIDTimestampTZ), Columns: plain(1),
 			OrderBy: []SortKey{{Column: 0}}},
 			[]string{"2024-01-01 10:00:00+02|infinity", "0044-03-15 12:00:00+00 BC|2024-01-01 09:30:00+00"},
 			"0044-03-15 12:00:00+00 BC|2024-01-01 10:00:00+02|2024-01-01 09:30:00+00|infinity"},
 		{"count sum avg group", Spec{Input: fields(OIDInt4, OIDInt8, OIDInt8, OIDInt8, OIDInt8),
 			Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}, {Kind: Sum, Arg: 2},
-				{Kind: Avg, Arg: 3, Arg2: 4}}, Limit: -1, Grouped: true,
+				{Kind: Avg, Arg: 3, Arg2: 4}}, Grouped: true,
 			OrderBy: []SortKey{{Column: 0}}},
 			[]string{"1,1,1,1,1|2,1,NULL,NULL,0", "1,1,2,2,1|NULL,3,3,3,3"},
 			"1,2,3,1.5000000000000000|2,1,NULL,NULL|NULL,3,3,1.00000000000000000000"},
 		{"empty, not grouped", Spec{Input: fields(OIDInt8, OIDInt8, OIDNumeric, OIDInt4),
-			Columns: []Column{{Kind: Count, Arg: 0}, {Kind: Avg, Arg: 1, Arg2: 0}, {Kind: Sum, Arg: 2}, {Kind: Max, Arg: 3}}, Limit: -1},
+			Columns: []Column{{Kind: Count, Arg: 0}, {Kind: Avg, Arg: 1, Arg2: 0}, {Kind: Sum, Arg: 2}, {Kind: Max, Arg: 3}}},
 			[]string{"", ""}, "0,NULL,NULL,NULL"},
 		{"empty, grouped", Spec{Input: fields(OIDInt4, OIDInt8), Grouped: true,
-			Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}, Limit: -1},
+			Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}},
 			[]string{"", ""}, ""},
 		{"numeric group key scale", Spec{Input: fields(OIDNumeric, OIDNumeric), Grouped: true,
-			Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Sum, Arg: 1}}, Limit: -1},
+			Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Sum, Arg: 1}}},
 			[]string{"1.0,1.5", "1.00,2.25|-0.0,1"}, "1.0,3.75|-0.0,1"},
 		{"min max", Spec{Input: fields(OIDText, OIDFloat8), Grouped: false,
-			Columns: []Column{{Kind: Min, Arg: 0}, {Kind: Max, Arg: 0}, {Kind: Min, Arg: 1}, {Kind: Max, Arg: 1}}, Limit: -1},
+			Columns: []Column{{Kind: Min, Arg: 0}, {Kind: Max, Arg: 0}, {Kind: Min, Arg: 1}, {Kind: Max, Arg: 1}}},
 			[]string{"b,NaN|NULL,1", "a,-0|c,NULL"}, "a,c,-0,NaN"},
 		{"having", Spec{Input: fields(OIDInt4, OIDInt8, OIDInt8), Grouped: true,
 			Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}, {Kind: Sum, Arg: 2, Hidden: true}},
 			Having: And{Args: []Expr{
 				Cmp{Op: Gt, L: Arith{Op: Div, L: Col{2}, R: Col{1}}, R: Const{Type: OIDNumeric, Text: "1.5"}},
 				Not{Arg: IsNull{Arg: Col{0}}}}},
-			OrderBy: []SortKey{{Column: 1, Desc: true}, {Column: 0}}, Limit: -1},
+			OrderBy: []SortKey{{Column: 1, Desc: true}, {Column: 0}}},
 			[]string{"1,1,5|2,2,2|3,1,2", "1,1,1|3,1,2|NULL,1,9"}, "1,2|3,2"},
 		{"distinct as group", Spec{Input: fields(OIDText), Grouped: true,
-			Columns: []Column{{Kind: GroupKey, Arg: 0}}, OrderBy: []SortKey{{Column: 0}}, Limit: 2},
+			Columns: []Column{{Kind: GroupKey, Arg: 0}}, OrderBy: []SortKey{{Column: 0}}, HasLimit: true, Limit: 2},
 			[]string{"b|a|NULL", "a|c"}, "a|b"},
 	}
 	for _, tt := range tests {
@@ -213,7 +215,7 @@ func TestRefused(t *testing.T) {
 }
 
 func TestTooManyGroups(t *testing.T) {
-	spec := Spec{Input: fields(OIDInt4), Grouped: true, Columns: []Column{{Kind: GroupKey, Arg: 0}}, Limit: -1, MaxGroups: 2}
+	spec := Spec{Input: fields(OIDInt4), Grouped: true, Columns: []Column{{Kind: GroupKey, Arg: 0}}, MaxGroups: 2}
 	_, err := runMerge(t, spec, "1|2", "2|3")
 	if !errors.Is(err, ErrTooManyGroups) || !strings.Contains(err.Error(), "54000") {
 		t.Fatalf("err %v", err)
@@ -225,7 +227,7 @@ func TestTooManyGroups(t *testing.T) {
 
 func TestSourceError(t *testing.T) {
 	boom := errors.New("boom")
-	m, err := New(Spec{Input: fields(OIDInt4), Columns: plain(1), Limit: -1, OrderBy: []SortKey{{Column: 0}}},
+	m, err := New(Spec{Input: fields(OIDInt4), Columns: plain(1), OrderBy: []SortKey{{Column: 0}}},
 		[]Source{&sliceSource{rows: textRows("1")}, &sliceSource{rows: textRows("2"), err: boom}})
 	if err != nil {
 		t.Fatal(err)
@@ -250,7 +252,7 @@ func TestSourceError(t *testing.T) {
 }
 
 func TestOverflow(t *testing.T) {
-	spec := Spec{Input: fields(OIDInt8), Columns: []Column{{Kind: Sum, Arg: 0}}, Limit: -1}
+	spec := Spec{Input: fields(OIDInt8), Columns: []Column{{Kind: Sum, Arg: 0}}}
 	_, err := runMerge(t, spec, "9223372036854775807", "1")
 	if !errors.Is(err, ErrOutOfRange) {
 		t.Fatalf("err %v", err)
@@ -260,7 +262,7 @@ func TestOverflow(t *testing.T) {
 func TestLimitReadsLazily(t *testing.T) {
 	a := &sliceSource{rows: textRows("1|3|5|7")}
 	b := &sliceSource{rows: textRows("2|4|6|8")}
-	m, err := New(Spec{Input: fields(OIDInt4), Columns: plain(1), Limit: 2, OrderBy: []SortKey{{Column: 0}}}, []Source{a, b})
+	m, err := New(Spec{Input: fields(OIDInt4), Columns: plain(1), HasLimit: true, Limit: 2, OrderBy: []SortKey{{Column: 0}}}, []Source{a, b})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +391,7 @@ func TestRowDescription(t *testing.T) {
 }
 
 func TestSortedGroups(t *testing.T) {
-	spec := Spec{Input: fields(OIDInt4, OIDInt8, OIDNumeric), Grouped: true, SortedInput: true, Limit: 2, Offset: 1,
+	spec := Spec{Input: fields(OIDInt4, OIDInt8, OIDNumeric), Grouped: true, SortedInput: true, HasLimit: true, Limit: 2, Offset: 1,
 		Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}, {Kind: Max, Arg: 2}},
 		OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}},
 		Having:  Cmp{Op: Ne, L: Col{0}, R: Const{Type: 0, Text: "3"}}}
@@ -420,5 +422,16 @@ func TestSortedGroups(t *testing.T) {
 	spec.OrderBy = []SortKey{{Column: 1}}
 	if _, err := New(spec, nil); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("sorted input not ordered by the group keys: %v", err)
+	}
+}
+
+func TestNegativeLimit(t *testing.T) {
+	for _, s := range []Spec{{HasLimit: true, Limit: -1}, {Offset: -1}} {
+		s.Input, s.Columns = fields(OIDInt4), plain(1)
+		_, err := New(s, nil)
+		var we *wire.Error
+		if !errors.As(err, &we) || (we.Code != CodeInvalidRowCountInLimit && we.Code != CodeInvalidRowCountInOffset) {
+			t.Errorf("%+v: %v", s, err)
+		}
 	}
 }

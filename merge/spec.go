@@ -98,9 +98,12 @@ type Spec struct {
 	// one group in memory instead of a hash table, and LIMIT stops
 	// reading early. Without it the shards' order does not matter.
 	SortedInput bool
-	// Limit (< 0: none) and Offset apply after ORDER BY. Without
-	// aggregation the shards get LIMIT Limit+Offset and no OFFSET; with
-	// aggregation they get neither (a group may span shards).
+	// Limit (when HasLimit; LIMIT NULL and LIMIT ALL have none) and
+	// Offset apply after ORDER BY. Without aggregation the shards get
+	// LIMIT Limit+Offset and no OFFSET; with aggregation they get neither
+	// (a group may span shards). Negative values are PostgreSQL's errors
+	// 2201W and 2201X.
+	HasLimit      bool
 	Limit, Offset int64
 	// Having filters groups after the merge; nil keeps all.
 	Having Expr
@@ -223,8 +226,11 @@ func (s *Spec) check() ([]colType, error) {
 			return nil, unsupported("merge: ORDER BY on type %d cannot be merged", types[k.Column].oid)
 		}
 	}
+	if s.HasLimit && s.Limit < 0 {
+		return nil, errorf(CodeInvalidRowCountInLimit, nil, "LIMIT must not be negative")
+	}
 	if s.Offset < 0 {
-		return nil, unsupported("merge: negative OFFSET")
+		return nil, errorf(CodeInvalidRowCountInOffset, nil, "OFFSET must not be negative")
 	}
 	return types, nil
 }
