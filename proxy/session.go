@@ -694,18 +694,25 @@ func (s *session) localDeallocate(fx router.Effects) bool {
 // dropped, as a retry re-sends the batch or the session ends.
 func (s *session) attachLocked(ctx context.Context, simple bool) bool {
 	s.attachErr = nil
-	if _, err := s.attach(ctx, nil); err != nil {
-		if err != errRetrying {
-			s.attachErr = s.failBatch(err, simple)
+	for tries := 0; ; tries++ {
+		if _, err := s.attach(ctx, nil); err != nil {
+			if err != errRetrying {
+				s.attachErr = s.failBatch(err, simple)
+			}
+			return false
 		}
-		return false
-	}
-	s.mu.Lock()
-	if s.sc == nil {
+		s.mu.Lock()
+		if s.sc != nil {
+			return true
+		}
+		again := !s.rt.pending && !s.dead && tries < maxRetries
 		s.mu.Unlock()
-		return false
+		if !again {
+			return false
+		}
+		// Lost before anything of this message was queued on it, with no
+		// re-send pending (an idle backend ending): take another.
 	}
-	return true
 }
 
 // routeQuery decides where a simple query goes.
@@ -1515,6 +1522,12 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 			s.mu.Unlock()
 			return
 		}
+		if s.idleAttachment() {
+			// Nothing of the client's is outstanding on it (the backend
+			// was about to be released): not the client's concern.
+			s.mu.Unlock()
+			return
+		}
 		s.gotFatal = forward
 	}
 	if s.rt.active && forward {
@@ -1879,10 +1892,19 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		return
 	}
 	node := s.node
+	idle := s.idleAttachment() && !s.rt.active
 	s.detach()
 	s.q.clear()
 	if node >= 0 {
 		s.shard.monitor.MarkDown(node, err)
+	}
+	if idle && !s.closing {
+		// Lost between batches, with nothing of the client's on it: in
+		// transaction pooling the next batch simply takes another backend.
+		s.mu.Unlock()
+		c.Pool().Discard(c)
+		s.logger.Debug("backend lost between batches", "node", nodeName(node), "err", err)
+		return
 	}
 	fatal := s.rt.fatal
 	if s.rt.active && !s.closing && (s.rt.held || fatal != nil) && s.retries < maxRetries {
@@ -1914,6 +1936,13 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		s.logger.Warn("backend connection lost", "err", err)
 		s.closeAfterFlush()
 	}
+}
+
+// idleAttachment reports whether the attached backend holds nothing of the
+// client's: no answer outstanding, no transaction, no session state.
+// Called with s.mu held.
+func (s *session) idleAttachment() bool {
+	return s.q.len() == 0 && s.txStatus == 'I' && !s.pinned && s.mode == config.PoolTransaction && !s.unsynced
 }
 
 // nodeName names node i of the session's shard for logs.
