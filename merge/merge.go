@@ -77,6 +77,9 @@ func New(spec Spec, sources []Source) (*Merger, error) {
 	if err != nil {
 		return nil, err
 	}
+	if spec.groupKeys() > 0 {
+		spec.Grouped = true // as documented: a group key implies GROUP BY
+	}
 	m := &Merger{spec: spec, types: types, srcs: sources, agg: spec.aggregated(), max: spec.MaxGroups}
 	if m.max <= 0 {
 		m.max = DefaultMaxGroups

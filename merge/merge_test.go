@@ -157,7 +157,7 @@ func TestMergeText(t *testing.T) {
 		{"empty, not grouped", Spec{Input: fields(OIDInt8, OIDInt8, OIDNumeric, OIDInt4),
 			Columns: []Column{{Kind: Count, Arg: 0}, {Kind: Avg, Arg: 1, Arg2: 0}, {Kind: Sum, Arg: 2}, {Kind: Max, Arg: 3}}},
 			[]string{"", ""}, "0,NULL,NULL,NULL"},
-		{"empty, grouped", Spec{Input: fields(OIDInt4, OIDInt8), Grouped: true,
+		{"empty, group key without Grouped", Spec{Input: fields(OIDInt4, OIDInt8),
 			Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}},
 			[]string{"", ""}, ""},
 		{"numeric group key scale", Spec{Input: fields(OIDNumeric, OIDNumeric), Grouped: true,

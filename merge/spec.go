@@ -199,7 +199,7 @@ func (s *Spec) check() ([]colType, error) {
 		return nil, unsupported("merge: GROUP BY without group key columns")
 	}
 	if s.SortedInput {
-		if !s.Grouped || len(s.OrderBy) < groupKeys {
+		if groupKeys == 0 || len(s.OrderBy) < groupKeys {
 			return nil, unsupported("merge: sorted input needs ORDER BY starting with every group key")
 		}
 		seen := map[int]bool{}
