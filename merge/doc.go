@@ -26,7 +26,9 @@
 // next call on that Source. Backpressure is natural: the Merger reads a
 // shard only when the client takes a row that needs it. The Merger starts
 // no goroutine; the caller owns the Sources and drains or cancels them
-// after the Merger reports the end (LIMIT stops reading early).
+// after the Merger reports the end (LIMIT stops reading early). Hash
+// grouping reads the Sources one after the other; a shard not being read
+// just waits on its full socket buffer, so nothing deadlocks.
 //
 // # How rows are merged
 //
@@ -34,7 +36,8 @@
 // shard in memory: the shards' results are concatenated in shard order,
 // or, with ORDER BY, merged with a binary heap (each shard must return its
 // rows in that order; ties go to the lower shard). OFFSET is skipped and
-// LIMIT stops the merge; the shards get LIMIT limit+offset.
+// LIMIT (Spec.HasLimit and Spec.Limit; the zero Spec has none) stops
+// the merge; the shards get LIMIT limit+offset.
 //
 // With aggregates or group keys (GROUP BY; DISTINCT is GROUP BY on every
 // column) there are two ways:
