@@ -120,17 +120,18 @@ type session struct {
 	primary      *pool.Pool
 	replicaPools []*pool.Pool
 	cuser        config.User
-	split        bool         // reads may go to replicas
-	route        router.Route // SET pgshard.route
-	want         target       // where the next attachment goes (session loop)
-	forcePrimary bool         // a retry after a replica refused
-	replaying    bool         // the session loop is re-sending a group
-	gbuf         []byte       // the group of messages being routed (session loop)
-	cmu          sync.Mutex   // held while composing: the session loop or a retry
-	retries      int          // re-sends of the current batch (under mu)
-	deadConns    int          // connections found dead on attach, in a row
-	pushback     []byte       // a message read ahead while a retry was pending (session loop)
-	attachErr    error        // see attachLocked (session loop)
+	split        bool          // reads may go to replicas
+	route        router.Route  // SET pgshard.route
+	want         target        // where the next attachment goes (session loop)
+	forcePrimary bool          // a retry after a replica refused
+	replaying    bool          // the session loop is re-sending a group
+	gbuf         []byte        // the group of messages being routed (session loop)
+	cmu          sync.Mutex    // held while composing: the session loop or a retry
+	retries      int           // re-sends of the current batch (under mu)
+	deadConns    int           // connections found dead on attach, in a row
+	pushback     []byte        // a message read ahead while a retry was pending (session loop)
+	batchDone    chan struct{} // closed when the attached batch is answered or the backend let go (waitReplicaBatch; under mu)
+	attachErr    error         // see attachLocked (session loop)
 
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend
@@ -356,6 +357,11 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		s.waitRetry()
+		if s.split {
+			if err := s.waitReplicaBatch(ctx); err != nil {
+				return err
+			}
+		}
 		s.cmu.Lock()
 		if isExtended(typ) && s.attached() == nil {
 			err = s.handleGroup(ctx, typ, msg)
@@ -1466,6 +1472,44 @@ func (s *session) detach() {
 		s.shard.outstanding[s.node].Add(-1)
 	}
 	s.sc, s.st, s.node = nil, nil, -1
+	s.signalBatchDone()
+}
+
+// waitReplicaBatch is called by the session loop before a client message
+// while a replica may still be answering the client's previous batch (a
+// client pipelining): the new message may write, so it waits until that
+// batch is answered and the replica released (or, in a BEGIN READ ONLY
+// transaction, until the transaction's statements go on there).
+func (s *session) waitReplicaBatch(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		if s.sc == nil || s.node < 0 || (s.q.len() == 0 && s.txStatus != 'I') || s.pinned {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.batchDone == nil {
+			s.batchDone = make(chan struct{})
+		}
+		ch := s.batchDone
+		s.mu.Unlock()
+		// What was composed for the replica goes out first.
+		s.cmu.Lock()
+		s.flushServer()
+		s.cmu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// signalBatchDone wakes waitReplicaBatch. Called with s.mu held.
+func (s *session) signalBatchDone() {
+	if s.batchDone != nil {
+		close(s.batchDone)
+		s.batchDone = nil
+	}
 }
 
 // internalQuery sends sql on the attached backend with its answer
@@ -1641,6 +1685,9 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	}
 	s.emitSynth()
 	if typ == 'Z' {
+		if s.q.len() == 0 {
+			s.signalBatchDone()
+		}
 		failed := s.rt.active && s.rt.failed && s.q.len() == 0
 		if !failed && s.q.len() == 0 {
 			s.rt.active = false

@@ -544,3 +544,68 @@ func TestRetiredStatementsAreClosed(t *testing.T) {
 		t.Fatalf("the backend holds %d prepared statements after 10 schema changes; want the current one", n)
 	}
 }
+
+// A client that pipelines a write behind a read that went to a replica:
+// the write waits for the read's answer and goes to the primary (never to
+// the replica, which would refuse it with 25006).
+func TestPipelinedWriteAfterReplicaRead(t *testing.T) {
+	topo := topotest.Shared(t)
+	h := startProxy(t, withReplicas(topo, func(c *config.Config) {
+		c.Users = append(c.Users, config.User{Name: "trusty", Auth: "trust", BackendUser: "app", BackendPassword: "app"})
+	}))
+	ctx := testCtx(t)
+	c := h.connect(ctx)
+	waitReplicaReads(t, ctx, c)
+	mustExec(t, c, "CREATE TABLE piped (v int)")
+	nc, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(60 * time.Second))
+	fe := pgproto3.NewFrontend(nc, nc)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": "trusty", "database": h.db}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	readyCount := func(n int) (rows []string, errs []string) {
+		for n > 0 {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := m.(type) {
+			case *pgproto3.ReadyForQuery:
+				n--
+			case *pgproto3.ErrorResponse:
+				errs = append(errs, m.Code+" "+m.Message)
+			case *pgproto3.DataRow:
+				rows = append(rows, string(m.Values[0]))
+			}
+		}
+		return rows, errs
+	}
+	readyCount(1)
+	const rounds = 50
+	for i := 0; i < rounds; i++ {
+		// One write of the socket: a read, then writes, then a read.
+		fe.Send(&pgproto3.Query{String: "SELECT pg_is_in_recovery()::text"})
+		fe.Send(&pgproto3.Query{String: fmt.Sprintf("INSERT INTO piped VALUES (%d)", i)})
+		fe.Send(&pgproto3.Parse{Query: "INSERT INTO piped VALUES ($1)"})
+		fe.Send(&pgproto3.Bind{Parameters: [][]byte{[]byte(strconv.Itoa(1000 + i))}})
+		fe.Send(&pgproto3.Execute{})
+		fe.Send(&pgproto3.Sync{})
+		fe.Send(&pgproto3.Query{String: "SELECT count(*)::text FROM piped"})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		rows, errs := readyCount(4)
+		if len(errs) > 0 {
+			t.Fatalf("round %d: %v", i, errs)
+		}
+		if len(rows) != 2 || rows[1] != strconv.Itoa(2*(i+1)) {
+			t.Fatalf("round %d: rows %v, want the count %d read back (read-your-writes)", i, rows, 2*(i+1))
+		}
+	}
+}
