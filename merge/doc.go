@@ -49,7 +49,8 @@
 //   - Otherwise every row is read first into a hash table keyed by the
 //     canonical form of the group keys (1.0 and 1.00 are one numeric
 //     group, -0 and 0 one float group, NaN one group, bpchar ignores
-//     trailing spaces), bounded by Spec.MaxGroups: beyond it Next fails
+//     trailing spaces), bounded by Spec.MaxGroups and Spec.MaxBytes (an
+//     estimate of the groups' memory): beyond either Next fails
 //     with ErrTooManyGroups, SQLSTATE 54000 (program_limit_exceeded),
 //     rather than use unbounded memory. Then HAVING filters, ORDER BY
 //     sorts in memory and OFFSET/LIMIT apply.

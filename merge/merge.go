@@ -31,6 +31,8 @@ type Merger struct {
 	srcs  []Source
 	agg   bool
 	max   int
+	maxB  int64
+	bytes int64 // estimated memory held by groups
 	keys  []sortKey // ORDER BY over merged rows (after grouping)
 	// inKeys order the input rows for the heap: ORDER BY when streaming,
 	// the group keys when grouping sorted input.
@@ -83,6 +85,9 @@ func New(spec Spec, sources []Source) (*Merger, error) {
 	m := &Merger{spec: spec, types: types, srcs: sources, agg: spec.aggregated(), max: spec.MaxGroups}
 	if m.max <= 0 {
 		m.max = DefaultMaxGroups
+	}
+	if m.maxB = spec.MaxBytes; m.maxB <= 0 {
+		m.maxB = DefaultMaxBytes
 	}
 	for _, f := range spec.Input {
 		m.in = append(m.in, colType{oid: f.DataTypeOID, format: f.Format})
@@ -308,9 +313,17 @@ func compareRows(keys []sortKey, a, b [][]byte) (int, error) {
 // group is one GROUP BY group: the values kept (group keys, min, max)
 // and the accumulators.
 type group struct {
-	vals [][]byte
-	acc  []acc
+	vals  [][]byte
+	acc   []acc
+	sizes []int32 // len(vals[i]) as counted in Merger.bytes
 }
+
+// Estimated bytes of a group beyond its values (map entry, structs,
+// slice headers, accumulators).
+const (
+	groupOverhead  = 128
+	columnOverhead = 24 + 4 + 96
+)
 
 type acc struct {
 	n     int64 // count, or avg's count
@@ -379,9 +392,20 @@ func (m *Merger) aggregate() error {
 				}
 				groups[string(key)] = g
 				order = append(order, g)
+				m.bytes += int64(len(key)) + groupOverhead + int64(len(m.spec.Columns))*columnOverhead
 			}
 			if err := m.accumulate(g, row); err != nil {
 				return err
+			}
+			for i, c := range m.spec.Columns {
+				if c.Kind != Value && i < len(g.vals) {
+					m.bytes += int64(len(g.vals[i])) - int64(g.sizes[i])
+					g.sizes[i] = int32(len(g.vals[i]))
+				}
+			}
+			if m.bytes > m.maxB {
+				return errorf(CodeProgramLimitExceeded, ErrTooManyGroups,
+					"merge: groups across shards need more than %d bytes (raise the limit or narrow the query)", m.maxB)
 			}
 		}
 	}
@@ -506,7 +530,8 @@ func (m *Merger) sameGroup(g *group, row [][]byte) (bool, error) {
 }
 
 func (m *Merger) newGroup() *group {
-	return &group{vals: make([][]byte, len(m.spec.Columns)), acc: make([]acc, len(m.spec.Columns))}
+	n := len(m.spec.Columns)
+	return &group{vals: make([][]byte, n), acc: make([]acc, n), sizes: make([]int32, n)}
 }
 
 var errBigintRange = errorf(CodeNumericOutOfRange, ErrOutOfRange, "bigint out of range")

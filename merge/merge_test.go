@@ -435,3 +435,15 @@ func TestNegativeLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestTooManyBytes(t *testing.T) {
+	spec := Spec{Input: fields(OIDText, OIDText), Grouped: true, MaxBytes: 4096,
+		Columns: []Column{{Kind: GroupKey, Arg: 0}, {Kind: Max, Arg: 1}}}
+	big := strings.Repeat("x", 5000)
+	if _, err := runMerge(t, spec, "a,b", "a,"+big); !errors.Is(err, ErrTooManyGroups) {
+		t.Fatalf("a large max value: %v", err)
+	}
+	if _, err := runMerge(t, spec, "a,b", "a,c|b,d"); err != nil {
+		t.Fatal(err)
+	}
+}

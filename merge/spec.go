@@ -75,6 +75,9 @@ type SortKey struct {
 // held in memory when Spec.MaxGroups is 0.
 const DefaultMaxGroups = 1 << 20
 
+// DefaultMaxBytes bounds the memory held by groups when Spec.MaxBytes is 0.
+const DefaultMaxBytes = 128 << 20
+
 // Spec describes how to merge the shards' results of one rewritten query.
 // The planner fills it; New checks it.
 type Spec struct {
@@ -110,6 +113,10 @@ type Spec struct {
 	// MaxGroups bounds the groups held in memory (0: DefaultMaxGroups).
 	// Beyond it Next fails with ErrTooManyGroups (SQLSTATE 54000).
 	MaxGroups int
+	// MaxBytes bounds the memory the groups hold (an estimate: keys, min
+	// and max values, accumulators; 0: DefaultMaxBytes), also an
+	// ErrTooManyGroups beyond it.
+	MaxBytes int64
 }
 
 func (s *Spec) groupKeys() int {
