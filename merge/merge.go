@@ -32,7 +32,7 @@ type Merger struct {
 	agg   bool
 	max   int
 	maxB  int64
-	bytes int64 // estimated memory held by groups
+	bytes int64     // estimated memory held by groups
 	keys  []sortKey // ORDER BY over merged rows (after grouping)
 	// inKeys order the input rows for the heap: ORDER BY when streaming,
 	// the group keys when grouping sorted input.
