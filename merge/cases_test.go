@@ -17,6 +17,7 @@ func TestDifferentialCases(t *testing.T) {
 		name, full, shard string
 		spec              func(f int16) Spec
 		ordered           bool
+		wantErr           string
 	}
 	withFormat := func(cols []Column, f int16) []Column {
 		out := append([]Column(nil), cols...)
@@ -31,20 +32,20 @@ func TestDifferentialCases(t *testing.T) {
 			func(f int16) Spec {
 				return Spec{Columns: withFormat(plain(4), f), OrderBy: []SortKey{{Column: 1, Desc: true},
 					{Column: 2, NullsFirst: true}, {Column: 3, Desc: true, NullsFirst: true}, {Column: 0}}}
-			}, true},
+			}, true, ""},
 		{"order by hidden column, limit offset", "SELECT s, tz FROM t ORDER BY f NULLS FIRST, id DESC LIMIT 25 OFFSET 10",
 			"SELECT s, tz, f, id FROM {T} ORDER BY f NULLS FIRST, id DESC LIMIT 35",
 			func(f int16) Spec {
 				cols := withFormat(plain(4), f)
 				cols[2].Hidden, cols[3].Hidden = true, true
 				return Spec{Columns: cols, HasLimit: true, Limit: 25, Offset: 10, OrderBy: []SortKey{{Column: 2, NullsFirst: true}, {Column: 3, Desc: true, NullsFirst: true}}}
-			}, true},
+			}, true, ""},
 		{"limit 0", "SELECT id FROM t ORDER BY id LIMIT 0", "SELECT id FROM {T} ORDER BY id LIMIT 0",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat(plain(1), f), HasLimit: true, Limit: 0, OrderBy: []SortKey{{Column: 0}}}
-			}, true},
+			}, true, ""},
 		{"concatenation", "SELECT id, by, u FROM t", "SELECT id, by, u FROM {T}",
-			func(f int16) Spec { return Spec{Columns: withFormat(plain(3), f)} }, false},
+			func(f int16) Spec { return Spec{Columns: withFormat(plain(3), f)} }, false, ""},
 		{"aggregates by group with having",
 			"SELECT g, count(*), count(a), sum(a), sum(b), sum(n), sum(f), min(a), max(n), min(s), max(tz), avg(a), avg(b), avg(n), avg(f) " +
 				"FROM t GROUP BY g HAVING count(*) > 50 AND sum(a) / count(a) < 10 ORDER BY g",
@@ -58,36 +59,36 @@ func TestDifferentialCases(t *testing.T) {
 				return Spec{Columns: withFormat(cols, f), Grouped: true, OrderBy: []SortKey{{Column: 0}},
 					Having: And{Args: []Expr{Cmp{Op: Gt, L: Col{1}, R: Const{Text: "50"}},
 						Cmp{Op: Lt, L: Arith{Op: Div, L: Col{3}, R: Col{2}}, R: Const{Text: "10"}}}}}
-			}, true},
+			}, true, ""},
 		{"aggregates of nothing", "SELECT count(*), sum(a), avg(b), min(d) FROM t WHERE a > 1000",
 			"SELECT count(*), sum(a), sum(b) AS avg, count(b), min(d) FROM {T} WHERE a > 1000",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: Count, Arg: 0}, {Kind: Sum, Arg: 1}, {Kind: Avg, Arg: 2, Arg2: 3},
 					{Kind: Min, Arg: 4}}, f)}
-			}, true},
+			}, true, ""},
 		{"grouped nothing", "SELECT g, count(*) FROM t WHERE a > 1000 GROUP BY g",
 			"SELECT g, count(*) FROM {T} WHERE a > 1000 GROUP BY g",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}, f), Grouped: true}
-			}, false},
+			}, false, ""},
 		{"distinct", "SELECT DISTINCT g, bo FROM t ORDER BY bo DESC, g LIMIT 15",
 			"SELECT DISTINCT g, bo FROM {T}",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: GroupKey, Arg: 1}}, f), Grouped: true,
 					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}, {Column: 0}}, HasLimit: true, Limit: 15}
-			}, true},
+			}, true, ""},
 		{"count distinct of the shard key", "SELECT g, count(DISTINCT id) FROM t GROUP BY g ORDER BY 2 DESC, 1",
 			"SELECT g, count(DISTINCT id) FROM {T} GROUP BY g ORDER BY g",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}}, f), Grouped: true,
 					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}, {Column: 0}}}
-			}, true},
+			}, true, ""},
 		{"sorted groups with limit", "SELECT d, count(*), max(ts) FROM t GROUP BY d ORDER BY d DESC LIMIT 7 OFFSET 3",
 			"SELECT d, count(*), max(ts) FROM {T} GROUP BY d ORDER BY d DESC",
 			func(f int16) Spec {
 				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Count, Arg: 1}, {Kind: Max, Arg: 2}}, f),
 					Grouped: true, SortedInput: true, OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}}, HasLimit: true, Limit: 7, Offset: 3}
-			}, true},
+			}, true, ""},
 		{"having on hidden aggregates and strings", "SELECT c, sum(h) FROM t GROUP BY c HAVING max(s) > 'b' OR min(d) < '1000-01-01' ORDER BY c",
 			"SELECT c, sum(h), max(s), min(d) FROM {T} GROUP BY c",
 			func(f int16) Spec {
@@ -95,8 +96,23 @@ func TestDifferentialCases(t *testing.T) {
 					{Kind: Min, Arg: 3, Hidden: true}}, f)
 				return Spec{Columns: cols, Grouped: true, OrderBy: []SortKey{{Column: 0}},
 					Having: Or{Args: []Expr{Cmp{Op: Gt, L: Col{2}, R: Const{Text: "b"}}, Cmp{Op: Lt, L: Col{3}, R: Const{Text: "1000-01-01"}}}}}
-			}, true},
+			}, true, ""},
 	}
+	cases = append(cases,
+		tc{"having divides by zero", "SELECT g FROM t GROUP BY g HAVING sum(a) / (count(*) - count(*)) > 0",
+			"SELECT g, sum(a), count(*) FROM {T} GROUP BY g",
+			func(f int16) Spec {
+				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Sum, Arg: 1, Hidden: true},
+					{Kind: Count, Arg: 2, Hidden: true}}, f), Grouped: true,
+					Having: Cmp{Op: Gt, L: Arith{Op: Div, L: Col{1}, R: Arith{Op: Sub, L: Col{2}, R: Col{2}}}, R: Const{Text: "0"}}}
+			}, false, CodeDivisionByZero},
+		tc{"having overflows integer", "SELECT g FROM t GROUP BY g HAVING max(h) * 100000 > 0",
+			"SELECT g, max(h) FROM {T} GROUP BY g",
+			func(f int16) Spec {
+				return Spec{Columns: withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: Max, Arg: 1, Hidden: true}}, f), Grouped: true,
+					Having: Cmp{Op: Gt, L: Arith{Op: Mul, L: Col{1}, R: Const{Text: "100000"}}, R: Const{Text: "0"}}}
+			}, false, CodeNumericOutOfRange},
+	)
 	for _, c := range cases {
 		for _, f := range []int16{TextFormat, BinaryFormat} {
 			spec := c.spec(f)
@@ -105,7 +121,7 @@ func TestDifferentialCases(t *testing.T) {
 				n = max(n, col.Arg+1, col.Arg2+1)
 			}
 			db.check(t, fmt.Sprintf("%s (format %d)", c.name, f), diffCase{
-				Full: c.full, Shard: c.shard, Ordered: c.ordered,
+				Full: c.full, Shard: c.shard, Ordered: c.ordered, WantErr: c.wantErr,
 				Formats: formats(len(db.describe(t, c.full)), f), ShardFormats: formats(n, f),
 				Spec: func(in []pgproto3.FieldDescription) Spec {
 					s := c.spec(f)

@@ -3,6 +3,7 @@ package merge
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
+	"github.com/pgshard/pgshard/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -146,6 +148,8 @@ type diffCase struct {
 	// Formats are the client's result formats; ShardFormats the shards'.
 	Formats, ShardFormats []int16
 	Ordered               bool
+	// WantErr is the SQLSTATE the query fails with, if it should.
+	WantErr string
 }
 
 type result struct {
@@ -153,6 +157,19 @@ type result struct {
 	rows   [][]string
 	tag    string
 	err    string
+	code   string // the error's SQLSTATE
+}
+
+func sqlState(err error) string {
+	var st interface{ SQLState() string }
+	if errors.As(err, &st) {
+		return st.SQLState()
+	}
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we.Code
+	}
+	return ""
 }
 
 func toFields(fds []pgconn.FieldDescription) []pgproto3.FieldDescription {
@@ -187,7 +204,7 @@ func (db *realDB) direct(ctx context.Context, c diffCase) result {
 	tag, err := rr.Close()
 	res.tag = tag.String()
 	if err != nil {
-		res.err = err.Error()
+		res.err, res.code = err.Error(), sqlState(err)
 	}
 	return res
 }
@@ -221,7 +238,7 @@ func (db *realDB) merged(ctx context.Context, c diffCase, n int) (result, error)
 	for {
 		row, ok, err := m.Next()
 		if err != nil {
-			res.err = err.Error()
+			res.err, res.code = err.Error(), sqlState(err)
 			break
 		}
 		if !ok {
@@ -236,7 +253,7 @@ func (db *realDB) merged(ctx context.Context, c diffCase, n int) (result, error)
 // compare reports the differences between a direct and a merged result.
 func compareResults(direct, merged result, ordered bool) string {
 	if direct.err != "" || merged.err != "" {
-		if (direct.err == "") != (merged.err == "") {
+		if (direct.err == "") != (merged.err == "") || direct.code != merged.code {
 			return fmt.Sprintf("error: direct %q, merged %q", direct.err, merged.err)
 		}
 		return ""
@@ -280,7 +297,7 @@ func (db *realDB) check(t *testing.T, name string, c diffCase) int {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	direct := db.direct(ctx, c)
-	if direct.err != "" {
+	if direct.code != c.WantErr {
 		t.Fatalf("%s: direct query failed: %s\n%s", name, direct.err, c.Full)
 	}
 	rows := 0
