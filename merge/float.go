@@ -121,18 +121,39 @@ func onBoundary(s string, f float64, bits int) bool {
 	return d.Cmp(loMid) <= 0 || d.Cmp(hiMid) >= 0
 }
 
-// appendFloat appends f as a float4 or float8 in format.
-func appendFloat(buf []byte, f float64, oid uint32, format int16) []byte {
+// appendFloat appends f as a float4 or float8 in format, in text with the
+// session's extra_float_digits (efd).
+func appendFloat(buf []byte, f float64, oid uint32, format int16, efd int) []byte {
 	if oid == OIDFloat4 {
 		if format == BinaryFormat {
 			return binary.BigEndian.AppendUint32(buf, math.Float32bits(float32(f)))
+		}
+		if efd <= 0 {
+			return appendFloatPrintf(buf, float64(float32(f)), max(6+efd, 1))
 		}
 		return appendFloatText(buf, float64(float32(f)), 32)
 	}
 	if format == BinaryFormat {
 		return binary.BigEndian.AppendUint64(buf, math.Float64bits(f))
 	}
+	if efd <= 0 {
+		return appendFloatPrintf(buf, f, max(15+efd, 1))
+	}
 	return appendFloatText(buf, f, 64)
+}
+
+// appendFloatPrintf is float8out/float4out with extra_float_digits <= 0:
+// C's "%.*g" with FLT_DIG/DBL_DIG + extra_float_digits digits.
+func appendFloatPrintf(buf []byte, f float64, digits int) []byte {
+	switch {
+	case math.IsNaN(f):
+		return append(buf, "NaN"...)
+	case math.IsInf(f, 1):
+		return append(buf, "Infinity"...)
+	case math.IsInf(f, -1):
+		return append(buf, "-Infinity"...)
+	}
+	return strconv.AppendFloat(buf, f, 'g', digits, 64)
 }
 
 func appendInt8(buf []byte, v int64, format int16) []byte {

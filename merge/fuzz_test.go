@@ -56,7 +56,7 @@ func FuzzFloat(f *testing.F) {
 		if v, err := strconv.ParseFloat(string(tx), 64); err != nil || (v != x && !(v != v && x != x)) {
 			t.Fatalf("%v formats as %s", x, tx)
 		}
-		bx, by := appendFloat(nil, x, OIDFloat8, BinaryFormat), appendFloat(nil, y, OIDFloat8, BinaryFormat)
+		bx, by := appendFloat(nil, x, OIDFloat8, BinaryFormat, 1), appendFloat(nil, y, OIDFloat8, BinaryFormat, 1)
 		tc, _ := colType{oid: OIDFloat8}.compare(tx, ty)
 		bc, _ := colType{oid: OIDFloat8, format: BinaryFormat}.compare(bx, by)
 		if tc != bc || tc != cmpFloat(x, y) {

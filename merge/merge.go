@@ -32,6 +32,7 @@ type Merger struct {
 	agg   bool
 	max   int
 	maxB  int64
+	efd   int       // extra_float_digits
 	bytes int64     // estimated memory held by groups
 	keys  []sortKey // ORDER BY over merged rows (after grouping)
 	// inKeys order the input rows for the heap: ORDER BY when streaming,
@@ -85,6 +86,10 @@ func New(spec Spec, sources []Source) (*Merger, error) {
 	m := &Merger{spec: spec, types: types, srcs: sources, agg: spec.aggregated(), max: spec.MaxGroups}
 	if m.max <= 0 {
 		m.max = DefaultMaxGroups
+	}
+	m.efd = 1
+	if spec.ExtraFloatDigits != nil {
+		m.efd = *spec.ExtraFloatDigits
 	}
 	if m.maxB = spec.MaxBytes; m.maxB <= 0 {
 		m.maxB = DefaultMaxBytes
@@ -668,14 +673,14 @@ func (m *Merger) finish(g *group) ([][]byte, error) {
 			case OIDNumeric:
 				row[i] = appendNumeric(nil, &a.d, f)
 			default:
-				row[i] = appendFloat(nil, a.f, t, f)
+				row[i] = appendFloat(nil, a.f, t, f, m.efd)
 			}
 		case Avg:
 			if a.n == 0 || !a.valid {
 				continue
 			}
 			if m.types[i].oid == OIDFloat8 {
-				row[i] = appendFloat(nil, a.f/float64(a.n), OIDFloat8, f)
+				row[i] = appendFloat(nil, a.f/float64(a.n), OIDFloat8, f, m.efd)
 				continue
 			}
 			n := decimalFromInt(a.n)

@@ -117,6 +117,11 @@ type Spec struct {
 	// and max values, accumulators; 0: DefaultMaxBytes), also an
 	// ErrTooManyGroups beyond it.
 	MaxBytes int64
+	// ExtraFloatDigits is the session's extra_float_digits, which shapes
+	// the text of float sums and averages: nil means PostgreSQL's default
+	// (1: shortest exact digits); 0 or less gives 15+n significant digits
+	// (6+n for real), as PostgreSQL does.
+	ExtraFloatDigits *int
 }
 
 func (s *Spec) groupKeys() int {

@@ -113,25 +113,27 @@ func TestFloatTextAgainstPostgres(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := c.Exec(ctx, "SET extra_float_digits = 1").ReadAll(); err != nil {
-		t.Fatal(err)
-	}
-	// The values travel in binary, so no parsing stands between them.
-	for i, f := range f8 {
-		g := f4[i]
-		p8 := appendFloat(nil, f, OIDFloat8, BinaryFormat)
-		p4 := appendFloat(nil, float64(g), OIDFloat4, BinaryFormat)
-		res := c.ExecParams(ctx, "SELECT $1::float8, $2::float4", [][]byte{p8, p4}, []uint32{OIDFloat8, OIDFloat4},
-			[]int16{1, 1}, []int16{0, 0}).Read()
-		if res.Err != nil {
-			t.Fatal(res.Err)
+	for _, efd := range []int{1, 3, 0, -4} {
+		if _, err := c.Exec(ctx, fmt.Sprintf("SET extra_float_digits = %d", efd)).ReadAll(); err != nil {
+			t.Fatal(err)
 		}
-		row := res.Rows[0]
-		if got := appendFloatText(nil, f, 64); string(got) != string(row[0]) {
-			t.Errorf("float8 %x: got %s, PostgreSQL %s", p8, got, row[0])
-		}
-		if got := appendFloatText(nil, float64(g), 32); string(got) != string(row[1]) {
-			t.Errorf("float4 %x: got %s, PostgreSQL %s", p4, got, row[1])
+		// The values travel in binary, so no parsing stands between them.
+		for i, f := range f8 {
+			g := f4[i]
+			p8 := appendFloat(nil, f, OIDFloat8, BinaryFormat, efd)
+			p4 := appendFloat(nil, float64(g), OIDFloat4, BinaryFormat, efd)
+			res := c.ExecParams(ctx, "SELECT $1::float8, $2::float4", [][]byte{p8, p4}, []uint32{OIDFloat8, OIDFloat4},
+				[]int16{1, 1}, []int16{0, 0}).Read()
+			if res.Err != nil {
+				t.Fatal(res.Err)
+			}
+			row := res.Rows[0]
+			if got := appendFloat(nil, f, OIDFloat8, TextFormat, efd); string(got) != string(row[0]) {
+				t.Errorf("extra_float_digits %d: float8 %x: got %s, PostgreSQL %s", efd, p8, got, row[0])
+			}
+			if got := appendFloat(nil, float64(g), OIDFloat4, TextFormat, efd); string(got) != string(row[1]) {
+				t.Errorf("extra_float_digits %d: float4 %x: got %s, PostgreSQL %s", efd, p4, got, row[1])
+			}
 		}
 	}
 }
