@@ -107,13 +107,16 @@
 // aggregates, window functions, text ordering under a non-C collation,
 // nondeterministic collations, and types other than those listed above
 // (interval, time, money, json, arrays, ...) as keys or aggregates; such
-// types pass through as plain columns. Float text output assumes extra_float_digits > 0 (the
-// default since PostgreSQL 12); float sums may differ from one server's in
-// the last bit because addition order differs, as with PostgreSQL's own
-// parallel aggregation (the tests use exactly representable values). A
-// NaN's bits in binary output follow the arithmetic that made it, as in
-// PostgreSQL on x86-64. Table OIDs in the RowDescription are the first
-// shard's (each shard's table has its own OID).
+// types pass through as plain columns.
+//
+// Float sums and averages are printed for the session's
+// extra_float_digits (Spec.ExtraFloatDigits; the proxy tracks SET). They
+// may differ from one server's in the last bit because the order of
+// addition differs, as with PostgreSQL's own parallel aggregation (the
+// tests use exactly representable values). A NaN's bits in binary output
+// follow the arithmetic that made it, as in PostgreSQL on x86-64. Table
+// OIDs in the RowDescription are the first shard's (each shard's table
+// has its own OID). Date/time text must be in DateStyle ISO.
 //
 // CombineTags adds the command tags of a statement run on every shard
 // ("UPDATE n", "DELETE n", "INSERT 0 n", ...).
