@@ -31,7 +31,8 @@ type Server struct {
 	tls            *tls.Config
 	classifier     *router.Classifier
 	shardsPtr      atomic.Pointer[[]*shardRT]
-	serveCtx       context.Context // set by Serve; monitors of shards added later start with it
+	routing        atomic.Pointer[routingState] // from the shard map (routing.go)
+	serveCtx       context.Context              // set by Serve; monitors of shards added later start with it
 	readYourWrites bool
 
 	cfg   atomic.Pointer[config.Config]

@@ -614,6 +614,14 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	if s.localDeallocate(fx) {
 		return nil
 	}
+	if e := s.srv.unshardable(sql); e != nil {
+		s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
+		s.mu.Lock()
+		s.push(entry{synth: wire.AppendError(nil, e)})
+		s.push(entry{synth: readyForQuery(s.txStatus)})
+		s.mu.Unlock()
+		return nil
+	}
 	if s.attached() == nil {
 		s.want = s.routeQuery(sql, fx)
 		if s.want.retryable && !s.replaying {
@@ -853,12 +861,17 @@ func sqlstate(err error) string {
 // raise answers the current extended-protocol message with an error, as
 // PostgreSQL would, and skips to the next Sync.
 func (s *session) raise(code, format string, args ...any) error {
+	return s.raiseErr(wire.Errorf(code, format, args...))
+}
+
+// raiseErr is raise with a ready error.
+func (s *session) raiseErr(e *wire.Error) error {
 	s.mu.Lock()
 	if !s.srvErr {
-		s.push(entry{synth: wire.AppendError(nil, wire.Errorf(code, format, args...))})
+		s.push(entry{synth: wire.AppendError(nil, e)})
 	}
 	s.mu.Unlock()
-	s.srv.metrics.errors.WithLabelValues(code).Inc()
+	s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
 	s.skipUntilSync = true
 	return nil
 }
@@ -873,6 +886,9 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 		q, _, ok := cstringBytes(rest)
 		if !ok {
 			return errMalformed("Parse")
+		}
+		if e := s.srv.unshardable(string(q)); e != nil {
+			return s.raiseErr(e)
 		}
 		fx := router.Inspect(string(q))
 		if fx.Schema {
@@ -899,6 +915,9 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	var p pgproto3.Parse
 	if err := p.Decode(msg[5:]); err != nil {
 		return errMalformed("Parse")
+	}
+	if e := s.srv.unshardable(p.Query); e != nil {
+		return s.raiseErr(e)
 	}
 	def := s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
 	s.mu.Lock()

@@ -22,6 +22,7 @@ import (
 // shardFollower is what the cluster needs of the proxy.
 type shardFollower interface {
 	SetShards(shards []config.Shard) error
+	SetMap(m *shardmap.Map)
 }
 
 // clusterNode owns the store and the goroutines that join, seed and follow.
@@ -209,6 +210,7 @@ func (n *clusterNode) follow(ctx context.Context, proxy shardFollower) {
 			if !ok {
 				return
 			}
+			proxy.SetMap(m) // the ring and tables, at every version
 			shards := configShards(m)
 			if len(shards) == 0 || slices.EqualFunc(shards, last, shardEqual) {
 				continue
