@@ -1496,13 +1496,17 @@ func (s *session) detach() {
 
 // waitReplicaBatch is called by the session loop before a client message
 // while a replica may still be answering the client's previous batch (a
-// client pipelining): the new message may write, so it waits until that
-// batch is answered and the replica released (or, in a BEGIN READ ONLY
-// transaction, until the transaction's statements go on there).
+// client pipelining): the new message starts a batch that may write, so it
+// waits until that batch is answered and the replica released (or, if it
+// opened a READ ONLY transaction, until the transaction's statements may
+// go on there).
 func (s *session) waitReplicaBatch(ctx context.Context) error {
 	for {
 		s.mu.Lock()
-		if s.sc == nil || s.node < 0 || (s.q.len() == 0 && s.txStatus != 'I') || s.pinned {
+		// Only between batches outside a transaction: within an
+		// extended-protocol batch (unsynced) the backend answers nothing
+		// before the Sync, and a transaction stays where it began.
+		if s.sc == nil || s.node < 0 || s.txStatus != 'I' || s.unsynced || s.pinned {
 			s.mu.Unlock()
 			return nil
 		}
