@@ -305,7 +305,7 @@ func hashText[T string | []byte](t shardmap.KeyType, s T) (int64, bool) {
 	case shardmap.KeyText:
 		return shardmap.HashText(noCopyString(s)), true
 	case shardmap.KeyUUID:
-		u, ok := parseUUID(s)
+		u, ok := shardmap.ParseUUIDText(s)
 		if !ok {
 			return 0, false
 		}
@@ -326,50 +326,6 @@ func noCopyString[T string | []byte](s T) string {
 		return unsafe.String(&v[0], len(v))
 	}
 	return ""
-}
-
-// parseUUID is shardmap.ParseUUID (uuid_in's forms) without allocating.
-func parseUUID[T string | []byte](s T) ([16]byte, bool) {
-	var u [16]byte
-	if len(s) > 0 && s[0] == '{' {
-		if s[len(s)-1] != '}' {
-			return u, false
-		}
-		s = s[1 : len(s)-1]
-	}
-	n := 0
-	for i := 0; i < len(s); {
-		if n == 32 || i+1 >= len(s) {
-			return u, false
-		}
-		hi, ok1 := unhex(s[i])
-		lo, ok2 := unhex(s[i+1])
-		if !ok1 || !ok2 {
-			return u, false
-		}
-		u[n/2] = hi<<4 | lo
-		n += 2
-		i += 2
-		if i < len(s) && s[i] == '-' && n%4 == 0 && n < 32 {
-			i++
-			if i == len(s) {
-				return u, false
-			}
-		}
-	}
-	return u, n == 32
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // hashBinary hashes a binary-format parameter for a key of type t. The

@@ -312,43 +312,44 @@ func HashKey(t KeyType, s string) (int64, error) {
 // optionally in braces, optionally with a hyphen after any group of four
 // digits (the canonical form is 8-4-4-4-12).
 func ParseUUID(s string) ([16]byte, error) {
-	var u [16]byte
-	src := s
-	if strings.HasPrefix(src, "{") {
-		if !strings.HasSuffix(src, "}") {
-			return u, fmt.Errorf("uuid %q: %w", s, ErrInvalidKey)
-		}
-		src = src[1 : len(src)-1]
+	u, ok := ParseUUIDText(s)
+	if !ok {
+		return u, fmt.Errorf("uuid %q: %w", s, ErrInvalidKey)
 	}
-	n := 0 // hex digits consumed
-	for i := 0; i < len(src); {
-		if n == 32 {
-			return u, fmt.Errorf("uuid %q: %w", s, ErrInvalidKey)
+	return u, nil
+}
+
+// ParseUUIDText is ParseUUID without allocating: ok is false where
+// ParseUUID fails. The router reads keys with it on its no-allocation path.
+func ParseUUIDText[T string | []byte](s T) ([16]byte, bool) {
+	var u [16]byte
+	if len(s) > 0 && s[0] == '{' {
+		if s[len(s)-1] != '}' {
+			return u, false
 		}
-		hi, ok1 := unhex(src[i])
-		if i+1 >= len(src) {
-			return u, fmt.Errorf("uuid %q: %w", s, ErrInvalidKey)
+		s = s[1 : len(s)-1]
+	}
+	n := 0
+	for i := 0; i < len(s); {
+		if n == 32 || i+1 >= len(s) {
+			return u, false
 		}
-		lo, ok2 := unhex(src[i+1])
+		hi, ok1 := unhex(s[i])
+		lo, ok2 := unhex(s[i+1])
 		if !ok1 || !ok2 {
-			return u, fmt.Errorf("uuid %q: %w", s, ErrInvalidKey)
+			return u, false
 		}
 		u[n/2] = hi<<4 | lo
 		n += 2
 		i += 2
-		// uuid_in allows one hyphen after each group of four hex digits,
-		// but not at the end.
-		if i < len(src) && src[i] == '-' && n%4 == 0 && n < 32 {
+		if i < len(s) && s[i] == '-' && n%4 == 0 && n < 32 {
 			i++
-			if i == len(src) {
-				return u, fmt.Errorf("uuid %q: %w", s, ErrInvalidKey)
+			if i == len(s) {
+				return u, false
 			}
 		}
 	}
-	if n != 32 {
-		return u, fmt.Errorf("uuid %q: %w", s, ErrInvalidKey)
-	}
-	return u, nil
+	return u, n == 32
 }
 
 func unhex(c byte) (byte, bool) {
