@@ -28,14 +28,7 @@ func TestPauseClosesIdleAndGatesAcquire(t *testing.T) {
 	if st := p.Stats(); st.Idle != 0 || st.Active != 1 {
 		t.Fatalf("after Pause: %+v, want no idle and b still active", st)
 	}
-	got := make(chan *Conn, 1)
-	go func() {
-		c, err := p.Acquire(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- c
-	}()
+	got := acquireAsync(ctx, t, p)
 	waitFor(t, "a waiter", func() bool { return p.Stats().Waiting == 1 })
 	// Released while paused: closed, not handed to the waiter.
 	p.Release(b)

@@ -62,14 +62,7 @@ func TestSizeWaitAndHandOff(t *testing.T) {
 		t.Fatalf("full pool: %v, want 53300", err)
 	}
 	// A waiter gets the released connection.
-	got := make(chan *Conn, 1)
-	go func() {
-		c, err := p.Acquire(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- c
-	}()
+	got := acquireAsync(ctx, t, p)
 	waitFor(t, "a waiter", func() bool { return p.Stats().Waiting == 1 })
 	p.Release(a)
 	c := <-got
@@ -150,4 +143,18 @@ func TestConnectErrorKeepsTheBackendsSQLSTATE(t *testing.T) {
 	if st := p.Stats(); st.Active != 0 || st.Dialing != 0 {
 		t.Fatalf("failed dial left counts: %+v", st)
 	}
+}
+
+// acquireAsync acquires a connection from p on another goroutine; the
+// channel gets it (nil after an error, which fails the test).
+func acquireAsync(ctx context.Context, t *testing.T, p *Pool) <-chan *Conn {
+	got := make(chan *Conn, 1)
+	go func() {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	return got
 }
