@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/router"
 	"github.com/pgshard/pgshard/wire"
 )
 
@@ -36,40 +37,6 @@ type stmtDef struct {
 }
 
 func (d *stmtDef) described() bool { return d.planned && d.desc.Load() != nil }
-
-// plannable reports whether a statement text starts with a keyword of a
-// statement PostgreSQL plans (see stmtDef.planned).
-func plannable(q string) bool {
-	for i := 0; i < len(q); {
-		switch c := q[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '(':
-			i++
-		case strings.HasPrefix(q[i:], "--"):
-			j := strings.IndexByte(q[i:], '\n')
-			if j < 0 {
-				return false
-			}
-			i += j + 1
-		case strings.HasPrefix(q[i:], "/*"):
-			j := strings.Index(q[i+2:], "*/")
-			if j < 0 {
-				return false
-			}
-			i += j + 4
-		default:
-			j := i
-			for j < len(q) && (q[j] >= 'a' && q[j] <= 'z' || q[j] >= 'A' && q[j] <= 'Z') {
-				j++
-			}
-			switch strings.ToLower(q[i:j]) {
-			case "select", "with", "values", "table", "insert", "update", "delete":
-				return true
-			}
-			return false
-		}
-	}
-	return false
-}
 
 // noteDesc records the description of a RowDescription or NoData answer to
 // a Describe of d, if none is recorded; it reports whether the answer
@@ -158,7 +125,7 @@ func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (r
 		c.defs = map[string]*stmtDef{}
 	}
 	c.next++
-	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key, planned: plannable(query)}
+	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key, planned: router.Planned(query)}
 	d.read, _ = classify(query)
 	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
 	d.parse, _ = p.Encode(nil)

@@ -335,3 +335,27 @@ func readOnlyTxn(toks []token) bool {
 }
 
 func keywordIs(w, kw string) bool { return len(w) == len(kw) && containsFold(w, kw) }
+
+// Planned reports whether sql's first statement is one PostgreSQL plans
+// (SELECT, WITH, VALUES, TABLE, INSERT, UPDATE, DELETE, possibly in
+// parentheses), as opposed to a utility statement (FETCH, SHOW, ...):
+// only a planned statement's result type is fixed when it is prepared.
+func Planned(sql string) bool {
+	lx := lexer{s: sql, shape: fnvOffset}
+	toks, _ := lx.statement()
+	for _, t := range toks {
+		if t.kind == tokPunct && t.word == "(" {
+			continue
+		}
+		if t.kind != tokIdent {
+			return false
+		}
+		for _, kw := range [...]string{"select", "with", "values", "table", "insert", "update", "delete"} {
+			if keywordIs(t.word, kw) {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}

@@ -188,3 +188,15 @@ func TestOps(t *testing.T) {
 		}
 	}
 }
+
+func TestPlanned(t *testing.T) {
+	for sql, want := range map[string]bool{
+		"SELECT 1": true, " /* c */ -- x\n(select 1)": true, "WITH a AS (SELECT 1) SELECT * FROM a": true,
+		"values (1)": true, "TABLE t": true, "insert into t values (1)": true, "UPDATE t SET a = 1": true,
+		"DELETE FROM t": true, "FETCH ALL FROM c": false, "SHOW work_mem": false, "": false, "EXPLAIN SELECT 1": false,
+	} {
+		if got := Planned(sql); got != want {
+			t.Errorf("Planned(%q) = %v, want %v", sql, got, want)
+		}
+	}
+}
