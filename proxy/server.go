@@ -34,6 +34,8 @@ type Server struct {
 	routing        atomic.Pointer[routingState] // from the shard map (routing.go)
 	serveCtx       context.Context              // set by Serve; monitors of shards added later start with it
 	readYourWrites bool
+	txnLog         atomic.Pointer[TxnLog]         // coord.go
+	registrar      atomic.Pointer[TableRegistrar] // coord.go
 
 	cfg   atomic.Pointer[config.Config]
 	users atomic.Pointer[map[string]config.User]
