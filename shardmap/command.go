@@ -36,12 +36,14 @@ const (
 	CmdRemoveTable   CommandType = "remove_table"
 	CmdPutJob        CommandType = "put_job"
 	CmdDeleteJob     CommandType = "delete_job"
+	CmdDecideTxn     CommandType = "decide_txn"
+	CmdForgetTxn     CommandType = "forget_txn"
 )
 
 func knownCommand(t CommandType) bool {
 	switch t {
 	case CmdAddShard, CmdRemoveShard, CmdSetRing, CmdSetEndpoints, CmdSetShardState,
-		CmdAddTable, CmdRemoveTable, CmdPutJob, CmdDeleteJob:
+		CmdAddTable, CmdRemoveTable, CmdPutJob, CmdDeleteJob, CmdDecideTxn, CmdForgetTxn:
 		return true
 	}
 	return false
@@ -273,6 +275,16 @@ func (m *Map) Apply(cmd Command) (*Map, error) {
 		if err = decodeData(cmd, &d); err == nil {
 			next, err = m.deleteJob(d.ID)
 		}
+	case CmdDecideTxn:
+		var d decideTxnData
+		if err = decodeData(cmd, &d); err == nil {
+			next, err = m.decideTxn(d)
+		}
+	case CmdForgetTxn:
+		var d gidData
+		if err = decodeData(cmd, &d); err == nil {
+			next, err = m.forgetTxn(d.GID)
+		}
 	default:
 		return nil, fmt.Errorf("apply: command type %q: %w", cmd.Type, ErrUnsupportedCommand)
 	}
@@ -334,6 +346,11 @@ func checkShard(s Shard) error {
 	}
 	return nil
 }
+
+// NormalizeTable returns t as AddTable stores it: kind sharded when
+// empty; for a sharded table, key column DefaultKeyColumn and key type
+// KeyInt when empty. Compare a definition with a stored one through it.
+func NormalizeTable(t Table) Table { return normalizeTable(t) }
 
 func normalizeTable(t Table) Table {
 	if t.Kind == "" {

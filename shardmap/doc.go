@@ -23,14 +23,15 @@
 //
 // Map (map.go) is the whole state every pgshard node shares: the shards
 // (name, primary and replica DSNs, state), the ring, the sharded and
-// reference tables, and the reshard jobs with their checkpoints, at a
-// Version that grows by one with every accepted command. A *Map is an
-// immutable value; routing reads it without locks (Map.Locate, Map.Shard,
-// Map.Table).
+// reference tables, the reshard jobs with their checkpoints, and the
+// outcomes of two-phase commit transactions (txn.go), at a Version that
+// grows by one with every accepted command. A *Map is an immutable value;
+// routing reads it without locks (Map.Locate, Map.Shard, Map.Table).
 //
 // A Map changes only through Commands (command.go): typed, versioned JSON
 // envelopes built by AddShard, AddSpareShard, RemoveShard, SetRing,
-// SetEndpoints, SetShardState, AddTable, RemoveTable, PutJob and DeleteJob.
+// SetEndpoints, SetShardState, AddTable, RemoveTable, PutJob, DeleteJob,
+// DecideTxn (first decision wins) and ForgetTxn.
 // Map.Apply is deterministic and returns a new map or a typed error
 // (errors.go) without changing anything.
 //

@@ -27,6 +27,12 @@ var (
 	ErrUnknownTable = errors.New("shardmap: unknown table")
 	// ErrUnknownJob reports a reshard job that does not exist.
 	ErrUnknownJob = errors.New("shardmap: unknown reshard job")
+	// ErrUnknownTxn reports forgetting a two-phase commit decision that is
+	// not recorded.
+	ErrUnknownTxn = errors.New("shardmap: no decision recorded for the transaction")
+	// ErrTxnTableFull reports a two-phase commit decision refused because
+	// the map already holds MaxTxnDecisions.
+	ErrTxnTableFull = errors.New("shardmap: too many two-phase commit decisions recorded (is the recovery pass forgetting finished ones?)")
 	// ErrInvalidCommand reports a command whose contents are not valid
 	// (empty name, bad state, bad ring, invalid JSON data, …).
 	ErrInvalidCommand = errors.New("shardmap: invalid command")

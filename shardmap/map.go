@@ -86,18 +86,19 @@ func (j Job) clone() Job {
 	return j
 }
 
-// Map is the whole replicated state: shards, the ring, tables and reshard
-// jobs, at a version. A *Map is never modified after it is built (Apply
-// returns a new one), so it can be shared and read concurrently without
-// locks. Accessors return copies of slices. The zero Map (and a nil *Map) is
+// Map is the whole replicated state: shards, the ring, tables, reshard
+// jobs and two-phase commit decisions, at a version. A *Map is never
+// modified after it is built (Apply returns a new one), so it can be shared
+// and read concurrently without locks. Accessors return copies of slices. The zero Map (and a nil *Map) is
 // the empty map at version 0.
 type Map struct {
 	version     uint64
 	ringVersion uint64
-	shards      []Shard // sorted by name
-	ring        *Ring   // nil until a shard is placed
-	tables      []Table // sorted by name
-	jobs        []Job   // sorted by ID
+	shards      []Shard   // sorted by name
+	ring        *Ring     // nil until a shard is placed
+	tables      []Table   // sorted by name
+	jobs        []Job     // sorted by ID
+	txns        *txnTable // two-phase commit decisions (txn.go); nil when none
 }
 
 // Version counts the accepted commands: every command that Apply accepts
@@ -272,6 +273,9 @@ type mapJSON struct {
 	Ring        []tokenJSON `json:"ring"`
 	Tables      []Table     `json:"tables"`
 	Jobs        []Job       `json:"jobs"`
+	// Txns is left out when empty, so a map without decisions encodes
+	// as before they existed.
+	Txns []TxnDecision `json:"txns,omitempty"`
 }
 
 type tokenJSON struct {
@@ -315,6 +319,7 @@ func (m *Map) MarshalJSON() ([]byte, error) {
 		Ring:        tokensJSON(m.ring),
 		Tables:      m.tables,
 		Jobs:        m.jobs,
+		Txns:        m.txns.all(),
 	}
 	if j.Shards == nil {
 		j.Shards = []Shard{}
@@ -364,6 +369,9 @@ func DecodeMap(b []byte) (*Map, error) {
 		ring:        ring,
 		tables:      nilIfEmpty(j.Tables),
 		jobs:        nilIfEmpty(j.Jobs),
+	}
+	if m.txns, err = newTxnTable(j.Txns, m.version); err != nil {
+		return nil, fmt.Errorf("decode map: %w: %w", ErrCorrupt, err)
 	}
 	if err := m.check(); err != nil {
 		return nil, fmt.Errorf("decode map: %w: %w", ErrCorrupt, err)
