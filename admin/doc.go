@@ -20,6 +20,10 @@
 //	GET    /v1/tables
 //	POST   /v1/tables                      {"name","kind":"sharded|reference","key_column","key_type"}
 //	DELETE /v1/tables/{name}
+//	GET    /v1/txns                        the recorded two-phase commit decisions
+//	POST   /v1/txns                        {"gid","commit"} → the decision that stands (the first recorded wins)
+//	GET    /v1/txns/{gid}                  one transaction's decision ("decided": false when none)
+//	DELETE /v1/txns/{gid}                  forget a decision (the recovery pass does, once no shard holds it prepared)
 //
 // Writes answer with the map version they produced (field map_version and
 // header X-Pgshard-Map-Version). Errors are {"error","code","hint"} with an

@@ -22,6 +22,8 @@ const (
 	CodeTableExists    ErrorCode = "table_exists"
 	CodeUnknownTable   ErrorCode = "unknown_table"
 	CodeUnknownServer  ErrorCode = "unknown_server"
+	CodeUnknownTxn     ErrorCode = "unknown_txn"
+	CodeTxnTableFull   ErrorCode = "txn_table_full"
 	CodeInvalidKey     ErrorCode = "invalid_key"
 	CodeNoRing         ErrorCode = "no_ring"
 	CodeStaleVersion   ErrorCode = "stale_version"
@@ -75,6 +77,10 @@ func toAPIError(err error) *APIError {
 		return e(http.StatusConflict, CodeTableExists, "remove it first with `pgshardctl tables remove` to redefine it")
 	case errors.Is(err, shardmap.ErrUnknownTable):
 		return e(http.StatusNotFound, CodeUnknownTable, "list tables with `pgshardctl tables list`")
+	case errors.Is(err, shardmap.ErrUnknownTxn):
+		return e(http.StatusNotFound, CodeUnknownTxn, "list recorded decisions with GET /v1/txns")
+	case errors.Is(err, shardmap.ErrTxnTableFull):
+		return e(http.StatusServiceUnavailable, CodeTxnTableFull, "the leader's recovery pass forgets finished transactions: check its log for shards it cannot reach")
 	case errors.Is(err, shardmap.ErrUnknownServer):
 		return e(http.StatusNotFound, CodeUnknownServer, "list members with `pgshardctl cluster status`")
 	case errors.Is(err, shardmap.ErrInvalidKey), errors.Is(err, shardmap.ErrUnknownKeyType):

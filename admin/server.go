@@ -137,6 +137,10 @@ func (s *Server) Register(mux *http.ServeMux) {
 	h("GET /v1/tables", s.getTables)
 	h("POST /v1/tables", s.postTable)
 	h("DELETE /v1/tables/{name}", s.deleteTable)
+	h("GET /v1/txns", s.getTxns)
+	h("POST /v1/txns", s.postTxn)
+	h("GET /v1/txns/{gid}", s.getTxn)
+	h("DELETE /v1/txns/{gid}", s.deleteTxn)
 	h("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(http.StatusNotFound, CodeNotFound, "see `pgshardctl help` or the admin package documentation for the endpoints",
 			"no endpoint %s %s", r.Method, r.URL.Path))
