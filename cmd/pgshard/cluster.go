@@ -1,8 +1,9 @@
 package main
 
 // The node's part of the Raft cluster that replicates the shard map: open
-// the store, join the cluster, seed an empty map from [[shards]], and keep
-// the proxy following the map.
+// the store, join the cluster, seed an empty map from [[shards]], keep
+// the proxy following the map, and (on the leader) finish in-doubt
+// prepared transactions (coord.go).
 
 import (
 	"context"
@@ -23,6 +24,13 @@ import (
 type shardFollower interface {
 	SetShards(shards []config.Shard) error
 	SetMap(m *shardmap.Map)
+}
+
+// nodeProxy is the proxy as the cluster node drives it: it follows the
+// map, and the leader has it finish in-doubt prepared transactions.
+type nodeProxy interface {
+	shardFollower
+	preparedRecoverer
 }
 
 // clusterNode owns the store and the goroutines that join, seed and follow.
@@ -80,8 +88,8 @@ func openCluster(ctx context.Context, cfg config.Config, log *slog.Logger) (*clu
 	return &clusterNode{cfg: cfg, log: log, store: st}, nil
 }
 
-// start runs the join, seed and follow loops until ctx ends.
-func (n *clusterNode) start(ctx context.Context, adminURL string, proxy shardFollower) {
+// start runs the join, seed, follow and recovery loops until ctx ends.
+func (n *clusterNode) start(ctx context.Context, adminURL string, proxy nodeProxy) {
 	if len(n.cfg.Cluster.Join) > 0 {
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.joinLoop(ctx, adminURL) }()
@@ -92,6 +100,8 @@ func (n *clusterNode) start(ctx context.Context, adminURL string, proxy shardFol
 	}
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.follow(ctx, proxy) }()
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.recoverLoop(ctx, proxy, recoverInterval, recoverGrace) }()
 }
 
 // close waits for the loops (ctx must be cancelled first) and closes the store.

@@ -8,7 +8,10 @@
 // replicates the shard map (package shardmap): it bootstraps a new cluster
 // (cluster.bootstrap) or asks a member to add it (cluster.join), the leader
 // seeds an empty map from [[shards]], and the proxy follows the map's shards
-// from then on. Without it the node routes to the file's [[shards]] alone.
+// from then on. Two-phase commit decisions and tables created through
+// pgshard are recorded in the map, and the leader finishes prepared
+// transactions a crashed coordinator left in doubt. Without it the node
+// routes to the file's [[shards]] alone.
 //
 // Signals: SIGHUP reloads users and pool sizes from the file; SIGTERM and
 // SIGINT stop accepting, let open transactions finish within
@@ -200,6 +203,14 @@ func run(args []string) error {
 		}()
 		adminAPI.Start(ctx)
 		log.Info("admin API listening", "addr", aln.Addr().String(), "url", adminURL)
+	}
+	if node != nil {
+		// Two-phase commit decisions and tables created through pgshard
+		// go to the Raft map (through the leader); set before the first
+		// client is served.
+		coord := newMapCoord(node.store, adminURL, cfg.AdminToken, log.With("component", "coord"))
+		srv.SetTxnLog(coord)
+		srv.SetRegistrar(coord)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
