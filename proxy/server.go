@@ -40,13 +40,14 @@ type Server struct {
 	cfg   atomic.Pointer[config.Config]
 	users atomic.Pointer[map[string]config.User]
 
-	mu       sync.Mutex
-	poolsBy  map[poolKey]*pool.Pool
-	dbq      dbQuiesces // pools paused for DROP/CREATE/ALTER DATABASE (dbops.go)
-	sessions map[wire.CancelKey]*session
-	nclients int
-	ln       net.Listener
-	closing  atomic.Bool
+	mu         sync.Mutex
+	poolsBy    map[poolKey]*pool.Pool
+	dbq        dbQuiesces        // pools paused for DROP/CREATE/ALTER DATABASE (dbops.go)
+	collations map[string]string // database -> its collation on the shards (spreadspec.go)
+	sessions   map[wire.CancelKey]*session
+	nclients   int
+	ln         net.Listener
+	closing    atomic.Bool
 
 	wg sync.WaitGroup // one per session goroutine
 }
@@ -269,13 +270,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		fail("no_shards", wire.Fatalf(wire.CodeCannotConnectNow, "pgshard: the shard map has no shards yet"))
 		return
 	}
-	rt := shards[0]
-	p, err := s.poolFor(rt.primary, u, st.Database)
-	if err != nil {
-		fail("config", wire.Fatalf(wire.CodeInternalError, "pgshard: %v", err))
-		return
-	}
-	sess := newSession(s, st, u, rt, p, cfg.Pool.Mode, cfg.Routing.ReadWriteSplit)
+	sess := newSession(s, st, u, cfg.Pool.Mode, cfg.Routing.ReadWriteSplit)
 	if !s.register(sess, cfg.MaxClients) {
 		fail("max_clients", wire.Fatalf(wire.CodeTooManyConnections, "sorry, too many clients already (max_clients = %d)", cfg.MaxClients))
 		return

@@ -46,10 +46,11 @@ type entry struct {
 
 // target is the routing decision for the next attachment.
 type target struct {
-	read      bool // a replica may answer
-	clean     bool // transaction control only (BEGIN ...): writes nothing by itself
-	anyLag    bool // a hint asked for a replica: read-your-writes does not apply
-	retryable bool // the whole batch is known and nothing else is outstanding
+	shard     string // the shard ("": the session's last one, or the default)
+	read      bool   // a replica may answer
+	clean     bool   // transaction control only (BEGIN ...): writes nothing by itself
+	anyLag    bool   // a hint asked for a replica: read-your-writes does not apply
+	retryable bool   // the whole batch is known and nothing else is outstanding
 }
 
 // retryState tracks a batch that may still be re-sent on another backend:
@@ -107,7 +108,6 @@ type session struct {
 	key    wire.CancelKey
 	user   string
 	db     string
-	pool   *pool.Pool
 	mode   config.PoolMode
 	logger interface {
 		Debug(string, ...any)
@@ -115,10 +115,8 @@ type session struct {
 		Warn(string, ...any)
 	}
 
-	// Routing (read/write splitting).
-	shard        *shardRT
-	primary      *pool.Pool
-	replicaPools []*pool.Pool
+	// Routing (sharding and read/write splitting).
+	binds        map[string]*shardBinding // by shard name (session loop; see bindingFor)
 	cuser        config.User
 	split        bool          // reads may go to replicas
 	route        router.Route  // SET pgshard.route
@@ -132,6 +130,11 @@ type session struct {
 	pushback     []byte        // a message read ahead while a retry was pending (session loop)
 	batchDone    chan struct{} // closed when the attached batch is answered or the backend let go (waitReplicaBatch; under mu)
 	attachErr    error         // see attachLocked (session loop)
+	lazyBegin    string        // a BEGIN answered by pgshard, sent with the transaction's first statement (lazyTxn)
+	lazyReadOnly bool          // lazyBegin opens a READ ONLY transaction
+	params       router.Params // a Bind's parameters being planned (session loop)
+	txnBegin     string        // the BEGIN lazyTxn sent with the transaction's first message (under mu)
+	txnFresh     bool          // ... and nothing that reads or writes ran in it yet (under mu)
 
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend
@@ -141,9 +144,10 @@ type session struct {
 	unnamedRead   bool // the unnamed statement is a read
 
 	mu         sync.Mutex
-	node       int       // attached node: -1 the primary, i replica i
-	attWrite   bool      // the attachment is not a routed read: it may write
-	wroteAt    time.Time // when the session's last write ended (read-your-writes)
+	att        *shardBinding // the shard of the attached backend (or of the last one)
+	node       int           // attached node of att: -1 the primary, i replica i
+	attWrite   bool          // the attachment is not a routed read: it may write
+	wroteAt    time.Time     // when the session's last write ended (read-your-writes)
 	rt         retryState
 	sc         *pool.Conn
 	st         *connState
@@ -171,14 +175,17 @@ type session struct {
 	retryWG sync.WaitGroup
 }
 
-func newSession(srv *Server, st *wire.Startup, u config.User, rt *shardRT, p *pool.Pool, mode config.PoolMode, split bool) *session {
+func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMode, split bool) *session {
 	s := &session{
-		srv: srv, conn: st.Conn, cr: st.Reader, user: st.User, db: st.Database, pool: p, mode: mode,
+		srv: srv, conn: st.Conn, cr: st.Reader, user: st.User, db: st.Database, mode: mode,
 		txStatus: 'I', stmts: map[string]*stmtDef{}, sets: map[string]string{},
-		shard: rt, primary: p, cuser: u, node: -1,
-		split: split && mode == config.PoolTransaction && rt.monitor != nil,
+		cuser: u, node: -1, binds: map[string]*shardBinding{},
 	}
-	s.replicaPools = make([]*pool.Pool, len(rt.replicas))
+	if split && mode == config.PoolTransaction {
+		for _, rt := range srv.shardList() {
+			s.split = s.split || rt.monitor != nil
+		}
+	}
 	s.logger = srv.log.With("user", st.User, "db", st.Database, "client", st.Conn.RemoteAddr().String())
 	for k, v := range st.Params {
 		switch {
@@ -357,13 +364,13 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		s.waitRetry()
-		if s.split {
+		if s.split || s.srv.owners() > 1 {
 			if err := s.waitReplicaBatch(ctx); err != nil {
 				return err
 			}
 		}
 		s.cmu.Lock()
-		if isExtended(typ) && s.attached() == nil {
+		if isExtended(typ) && s.newBatch() {
 			err = s.handleGroup(ctx, typ, msg)
 		} else {
 			s.want = target{}
@@ -416,6 +423,14 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		last = t
 	}
 	s.want = s.routeGroup(s.gbuf, last == 'S')
+	if last == 'S' && extra == nil {
+		if done, err := s.groupSpread(ctx, s.gbuf); done || err != nil {
+			return err
+		}
+	}
+	if s.want.shard = s.groupShard(s.gbuf); s.want.shard != "" {
+		s.shardFor(ctx, s.want.shard) // moves a transaction that ran nothing yet
+	}
 	if err := s.replayGroup(ctx); err != nil {
 		return err
 	}
@@ -582,6 +597,7 @@ func (s *session) handle(ctx context.Context, typ byte, msg []byte) error {
 		if !s.attachLocked(ctx, true) {
 			return s.attachErr
 		}
+		s.txnFresh = false
 		s.push(entry{kind: 'F', start: time.Now()})
 		s.mu.Unlock()
 		s.sbuf = append(s.sbuf, msg...)
@@ -614,16 +630,16 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	if s.localDeallocate(fx) {
 		return nil
 	}
-	if e := s.srv.unshardable(sql); e != nil {
-		s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
-		s.mu.Lock()
-		s.push(entry{synth: wire.AppendError(nil, e)})
-		s.push(entry{synth: readyForQuery(s.txStatus)})
-		s.mu.Unlock()
-		return nil
+	shard, done, err := s.routeSimple(ctx, sql, fx)
+	if done || err != nil {
+		return err
 	}
 	if s.attached() == nil {
 		s.want = s.routeQuery(sql, fx)
+		s.want.shard = shard
+		if s.lazyBegin != "" && s.lazyReadOnly && s.split {
+			s.want.read = true
+		}
 		if s.want.retryable && !s.replaying {
 			s.gbuf = append(s.gbuf[:0], msg...)
 		}
@@ -646,6 +662,7 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 		}
 		return nil
 	}
+	s.txnFresh = false
 	e := entry{kind: 'Q', start: time.Now(), release: release, schema: fx.Schema && !fx.Pin}
 	if len(fx.Sets) > 0 || fx.ResetAll || fx.Discard || (fx.AnyTxnControl && len(s.staged) > 0) {
 		e.ops = router.Ops(sql)
@@ -887,9 +904,6 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 		if !ok {
 			return errMalformed("Parse")
 		}
-		if e := s.srv.unshardable(string(q)); e != nil {
-			return s.raiseErr(e)
-		}
 		fx := router.Inspect(string(q))
 		if fx.Schema {
 			s.srv.stmts.bump()
@@ -915,9 +929,6 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	var p pgproto3.Parse
 	if err := p.Decode(msg[5:]); err != nil {
 		return errMalformed("Parse")
-	}
-	if e := s.srv.unshardable(p.Query); e != nil {
-		return s.raiseErr(e)
 	}
 	def := s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
 	s.mu.Lock()
@@ -1000,11 +1011,15 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 	if !ok {
 		return errMalformed("Bind")
 	}
+	if done, err := s.routeBind(ctx, stmt, rest); done || err != nil {
+		return err
+	}
 	def, ok, err := s.useStatement(ctx, stmt)
 	if !ok {
 		return err
 	}
 	defer s.mu.Unlock()
+	s.txnFresh = false
 	if s.node < 0 && ((def == nil && !s.unnamedRead) || (def != nil && !def.read)) {
 		s.attWrite = true
 	}
@@ -1215,36 +1230,39 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	}
 	wroteAt := s.wroteAt
 	s.mu.Unlock()
+	b, err := s.bindingFor(s.want.shard)
+	if err != nil {
+		return false, err
+	}
 	node := -1
 	if s.want.read && s.split {
 		if s.want.anyLag || !s.srv.readYourWrites {
 			wroteAt = time.Time{}
 		}
-		if i, ok := s.shard.pick(wroteAt); ok {
+		if i, ok := b.rt.pick(wroteAt); ok {
 			node = i
 		}
 	}
 	var sc *pool.Conn
-	var err error
 	if node >= 0 {
-		sc, err = s.replicaPool(node).Acquire(ctx)
+		sc, err = s.replicaPool(b, node).Acquire(ctx)
 		if err != nil {
 			// The replica cannot take it: out it goes, the primary answers.
-			s.shard.monitor.MarkDown(node, err)
+			b.rt.monitor.MarkDown(node, err)
 			s.srv.metrics.retries.WithLabelValues("replica_connect").Inc()
-			s.logger.Warn("replica unavailable; reading from the primary", "replica", replicaName(node), "err", err)
+			s.logger.Warn("replica unavailable; reading from the primary", "shard", b.rt.name, "replica", replicaName(node), "err", err)
 			node = -1
 		}
 	}
 	if node < 0 {
-		sc, err = s.primary.Acquire(ctx)
+		sc, err = b.primary.Acquire(ctx)
 	}
 	if err != nil {
 		return false, err
 	}
 	replayed := false
 	s.mu.Lock()
-	s.sc, s.st, s.busy, s.node = sc, stateOf(sc), true, node
+	s.sc, s.st, s.busy, s.node, s.att = sc, stateOf(sc), true, node, b
 	if !sc.SetHandler(s) {
 		// It died in the pool just as we took it; nothing was sent yet.
 		s.detach()
@@ -1259,7 +1277,7 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	s.gotFatal = false
 	s.attWrite = node < 0 && !s.want.read && !s.want.clean
 	if node >= 0 {
-		s.shard.outstanding[node].Add(1)
+		b.rt.outstanding[node].Add(1)
 	}
 	if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {
 		s.rt.active, s.rt.held, s.rt.want = true, node >= 0, s.want
@@ -1272,6 +1290,14 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		s.sbuf = append(s.sbuf, queryMsg(s.replaySQL())...)
 		s.st.setsKey = s.setsKey
 		s.st.unnamedOwner = nil // a simple Query drops the unnamed statement
+	}
+	if s.lazyBegin != "" {
+		// The transaction pgshard answered BEGIN for starts here.
+		s.push(entry{kind: 'x', swallow: true})
+		s.sbuf = append(s.sbuf, queryMsg(s.lazyBegin)...)
+		s.txnBegin, s.txnFresh = s.lazyBegin, true
+		s.lazyBegin = ""
+		s.st.unnamedOwner = nil
 	}
 	s.mu.Unlock()
 	return replayed, nil
@@ -1297,17 +1323,17 @@ func (s *session) sweepRetired() {
 	}
 }
 
-// replicaPool returns the pool of replica i for the session's user and
-// database.
-func (s *session) replicaPool(i int) *pool.Pool {
-	if p := s.replicaPools[i]; p != nil {
+// replicaPool returns the pool of replica i of b for the session's user
+// and database.
+func (s *session) replicaPool(b *shardBinding, i int) *pool.Pool {
+	if p := b.replicas[i]; p != nil {
 		return p
 	}
-	p, err := s.srv.poolFor(s.shard.replicas[i], s.cuser, s.db)
+	p, err := s.srv.poolFor(b.rt.replicas[i], s.cuser, s.db)
 	if err != nil {
-		return s.primary
+		return b.primary
 	}
-	s.replicaPools[i] = p
+	b.replicas[i] = p
 	return p
 }
 
@@ -1488,7 +1514,7 @@ func (s *session) closeAfterFlush() {
 
 func (s *session) detach() {
 	if s.node >= 0 {
-		s.shard.outstanding[s.node].Add(-1)
+		s.att.rt.outstanding[s.node].Add(-1)
 	}
 	s.sc, s.st, s.node = nil, nil, -1
 	s.signalBatchDone()
@@ -1506,7 +1532,7 @@ func (s *session) waitReplicaBatch(ctx context.Context) error {
 		// Only between batches outside a transaction: within an
 		// extended-protocol batch (unsynced) the backend answers nothing
 		// before the Sync, and a transaction stays where it began.
-		if s.sc == nil || s.node < 0 || s.txStatus != 'I' || s.unsynced || s.pinned {
+		if s.sc == nil || (s.node < 0 && s.srv.owners() < 2) || s.txStatus != 'I' || s.unsynced || s.pinned || s.mode != config.PoolTransaction {
 			s.mu.Unlock()
 			return nil
 		}
@@ -1793,10 +1819,10 @@ func (s *session) completeZ(e *entry) {
 		now := time.Now()
 		s.srv.metrics.queries.Inc()
 		s.srv.metrics.latency.Observe(now.Sub(e.start).Seconds())
-		if s.node >= 0 {
-			s.shard.routed[s.node].Inc()
-		} else {
-			s.shard.routedPrim.Inc()
+		if s.att != nil && s.node >= 0 {
+			s.att.rt.routed[s.node].Inc()
+		} else if s.att != nil {
+			s.att.rt.routedPrim.Inc()
 		}
 		if s.attWrite && s.txStatus == 'I' {
 			s.wroteAt = now
@@ -1961,12 +1987,12 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		s.mu.Unlock()
 		return
 	}
-	node := s.node
+	node, att := s.node, s.att
 	idle := s.idleAttachment() && !s.rt.active
 	s.detach()
 	s.q.clear()
 	if node >= 0 {
-		s.shard.monitor.MarkDown(node, err)
+		att.rt.monitor.MarkDown(node, err)
 	}
 	if idle && !s.closing {
 		// Lost between batches, with nothing of the client's on it: in

@@ -18,9 +18,11 @@ import (
 // on the backends.
 type stmtDef struct {
 	name  string
-	key   string // its key in stmtCache.defs
-	parse []byte // a complete Parse message that creates it under name
-	read  bool   // a replica may answer it (router.Classifier)
+	key   string   // its key in stmtCache.defs
+	sql   string   // the statement text
+	types []uint32 // its parameter types as the client's Parse gave them
+	parse []byte   // a complete Parse message that creates it under name
+	read  bool     // a replica may answer it (router.Classifier)
 	// desc is the result description a client was given for it (see
 	// descKey), once one was: a backend that prepares it later must
 	// describe it alike.
@@ -125,7 +127,7 @@ func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (r
 		c.defs = map[string]*stmtDef{}
 	}
 	c.next++
-	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key, planned: router.Planned(query)}
+	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key, sql: query, types: oids, planned: router.Planned(query)}
 	d.read, _ = classify(query)
 	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
 	d.parse, _ = p.Encode(nil)
@@ -170,6 +172,9 @@ var (
 	msgParseComplete = []byte{'1', 0, 0, 0, 4}
 	msgCloseComplete = []byte{'3', 0, 0, 0, 4}
 	msgFlush         = []byte{'H', 0, 0, 0, 4}
+	msgSync          = []byte{'S', 0, 0, 0, 4}
+	msgBindComplete  = []byte{'2', 0, 0, 0, 4}
+	msgNoData        = []byte{'n', 0, 0, 0, 4}
 )
 
 // appendClose appends a Close of the statement ('S') or portal ('P') name.

@@ -95,6 +95,7 @@ package router
 
 import (
 	"errors"
+	"strings"
 	"sort"
 	"strconv"
 	"sync"
@@ -542,6 +543,13 @@ func resolveLimit(sql string, sc *planScan, params *Params, v valSrc) (int64, bo
 		return -1, true
 	case srcLit:
 		l := sc.lit(v.idx)
+		if l.kind == litString {
+			t, ok := stringLiteral(sql[l.pos:l.end])
+			if !ok {
+				return 0, false
+			}
+			return parseInt(strings.TrimSpace(t))
+		}
 		if l.kind != litNumber {
 			return 0, false
 		}

@@ -159,8 +159,8 @@ func (b *builder) limitSrc(n *pg_query.Node) (valSrc, bool) {
 	if c.Isnull {
 		return valSrc{kind: srcNull}, true
 	}
-	if c.GetIval() == nil {
-		return valSrc{}, false
+	if c.GetIval() == nil && c.GetSval() == nil {
+		return valSrc{}, false // LIMIT '3' is an integer too (pgx's simple protocol writes it so)
 	}
 	idx, ok := b.sc.litIndex(int(c.Location))
 	if !ok {

@@ -1,0 +1,375 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/proxy"
+	"github.com/pgshard/pgshard/shardmap"
+	"github.com/pgshard/pgshard/topology"
+	"github.com/pgshard/pgshard/topology/topotest"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// shardedHarness is a proxy over n shards of a topology of their own,
+// following an in-memory shard map.
+type shardedHarness struct {
+	*harness
+	mu  sync.Mutex
+	m   *shardmap.Map
+	dbs []string // the shards' names in order
+}
+
+// startSharded starts a topology of n shards (one replica each) and a
+// proxy whose shard map spreads the ring over all of them.
+func startSharded(t *testing.T, n int) *shardedHarness {
+	t.Helper()
+	topo := topotest.Start(t, topology.Config{Shards: n, Replicas: 1})
+	sh := &shardedHarness{m: &shardmap.Map{}}
+	h := startProxyOn(t, topo, func(cfg *config.Config) {
+		cfg.Shards = nil
+		for i, s := range topo.Shards {
+			c := config.Shard{Name: fmt.Sprintf("shard%d", i), Primary: s.Primary.DSN()}
+			for _, r := range s.Replicas {
+				c.Replicas = append(c.Replicas, r.DSN())
+			}
+			cfg.Shards = append(cfg.Shards, c)
+		}
+	})
+	sh.harness = h
+	var err error
+	for i, s := range topo.Shards {
+		name := fmt.Sprintf("shard%d", i)
+		sh.dbs = append(sh.dbs, name)
+		if sh.m, err = sh.m.Apply(shardmap.AddShard(shardmap.Shard{Name: name, Primary: s.Primary.DSN()}, 16)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.srv.SetMap(sh.m)
+	h.srv.SetRegistrar(sh)
+	return sh
+}
+
+// RegisterTable is the harness's in-memory proxy.TableRegistrar.
+func (sh *shardedHarness) RegisterTable(_ context.Context, tb shardmap.Table) error {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	m, err := sh.m.Apply(shardmap.AddTable(tb))
+	if err != nil {
+		return err
+	}
+	sh.m = m
+	sh.srv.SetMap(m)
+	return nil
+}
+
+// shardConn connects to shard i's primary directly.
+func (sh *shardedHarness) shardConn(ctx context.Context, i int) *pgx.Conn {
+	sh.t.Helper()
+	c, err := pgx.Connect(ctx, sh.topo.Shards[i].Primary.URL("app", "app", sh.db))
+	if err != nil {
+		sh.t.Fatal(err)
+	}
+	sh.t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+// onEveryShard runs sql on every shard directly.
+func (sh *shardedHarness) onEveryShard(ctx context.Context, sql string) {
+	sh.t.Helper()
+	for i := range sh.topo.Shards {
+		if _, err := sh.shardConn(ctx, i).Exec(ctx, sql); err != nil {
+			sh.t.Fatalf("shard %d: %s: %v", i, sql, err)
+		}
+	}
+}
+
+// owner returns the index of the shard that owns an int key.
+func (sh *shardedHarness) owner(key int64) int {
+	name := sh.m.Ring().Lookup(shardmap.HashInt64(key))
+	for i, n := range sh.dbs {
+		if n == name {
+			return i
+		}
+	}
+	sh.t.Fatalf("no shard owns %d", key)
+	return -1
+}
+
+var allModes = []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec}
+
+// Keyed statements land on the shard that owns their key, in every
+// protocol mode, and read back from there.
+func TestKeyedStatementsLandOnTheirShard(t *testing.T) {
+	sh := startSharded(t, 2)
+	ctx := testCtx(t)
+	sh.onEveryShard(ctx, "CREATE TABLE orders (user_id bigint, v int)")
+	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "orders", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
+		t.Fatal(err)
+	}
+	c := sh.connect(ctx)
+	const keys = 60
+	for k := int64(0); k < keys; k++ {
+		mode := allModes[k%int64(len(allModes))]
+		if _, err := c.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, $2)", mode, k, k*10); err != nil {
+			t.Fatalf("insert %d (%v): %v", k, mode, err)
+		}
+	}
+	counts := make([]int, 2)
+	for i := range counts {
+		rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range ks {
+			if o := sh.owner(k); o != i {
+				t.Errorf("key %d is on shard %d, owned by shard %d", k, i, o)
+			}
+		}
+		counts[i] = len(ks)
+	}
+	if counts[0]+counts[1] != keys || counts[0] == 0 || counts[1] == 0 {
+		t.Fatalf("rows per shard %v, want %d in all and some on each", counts, keys)
+	}
+	for k := int64(0); k < keys; k++ {
+		mode := allModes[(k+1)%int64(len(allModes))]
+		var v int64
+		if err := c.QueryRow(ctx, "SELECT v FROM orders WHERE user_id = $1", mode, k).Scan(&v); err != nil || v != k*10 {
+			t.Fatalf("read %d (%v): %d, %v", k, mode, v, err)
+		}
+	}
+	var v int64
+	if err := c.QueryRow(ctx, "SELECT v FROM orders WHERE user_id = 7", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != 70 {
+		t.Fatalf("literal key: %d, %v", v, err)
+	}
+}
+
+// A transaction follows the shard of its first keyed statement (BEGIN is
+// sent there lazily); a statement on another shard is refused with 0A000
+// and fails the transaction, as an error would on PostgreSQL.
+func TestTransactionStaysOnOneShard(t *testing.T) {
+	sh := startSharded(t, 2)
+	ctx := testCtx(t)
+	sh.onEveryShard(ctx, "CREATE TABLE orders (user_id bigint, v int)")
+	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "orders", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
+		t.Fatal(err)
+	}
+	// Two keys on different shards.
+	a, b := int64(1), int64(2)
+	for sh.owner(b) == sh.owner(a) {
+		b++
+	}
+	c := sh.connect(ctx)
+	for _, mode := range allModes {
+		mustExec(t, c, "DELETE FROM orders WHERE user_id = "+fmt.Sprint(a))
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 1)", mode, a); err != nil {
+			t.Fatalf("%v: first insert: %v", mode, err)
+		}
+		_, err = tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 2)", mode, b)
+		if sqlState(err) != "0A000" {
+			t.Fatalf("%v: insert on the other shard: %v, want 0A000", mode, err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1", mode); sqlState(err) != "25P02" {
+			t.Fatalf("%v: after the refusal: %v, want 25P02", mode, err)
+		}
+		if err := tx.Commit(ctx); err != pgx.ErrTxCommitRollback {
+			t.Fatalf("%v: commit: %v, want a rollback", mode, err)
+		}
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id = $1", a).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("%v: rows after the failed transaction: %d, %v", mode, n, err)
+		}
+		// A transaction on the other shard commits there.
+		tx, err = c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 3)", mode, b); err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatalf("%v: commit: %v", mode, err)
+		}
+		var v int
+		if err := sh.shardConn(ctx, sh.owner(b)).QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id = $1", b).Scan(&v); err != nil || v == 0 {
+			t.Fatalf("%v: the row is not on its shard: %d, %v", mode, v, err)
+		}
+	}
+	// An empty transaction needs no backend.
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Tables created through pgshard exist on every shard and are registered;
+// multi-row inserts split by shard with one command tag; statements
+// without a key scatter and merge exactly.
+func TestScatterAndSpreadWrites(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE events (user_id bigint NOT NULL, kind text, amount int, PRIMARY KEY (user_id, amount))")
+	mustExec(t, c, "CREATE TABLE kinds (kind text PRIMARY KEY, label text)")
+	for i := range sh.topo.Shards {
+		var n int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename IN ('events', 'kinds')").Scan(&n); err != nil || n != 2 {
+			t.Fatalf("shard %d has %d of the tables (%v)", i, n, err)
+		}
+	}
+	if _, err := c.Exec(ctx, "CREATE TABLE bad (user_id bigint, email text UNIQUE)"); sqlState(err) != "0A000" {
+		t.Fatalf("unique without the key: %v, want 0A000", err)
+	}
+	tag, err := c.Exec(ctx, "INSERT INTO kinds VALUES ('a', 'Alpha'), ('b', 'Beta')")
+	if err != nil || tag.String() != "INSERT 0 2" {
+		t.Fatalf("reference insert: %v %v", tag, err)
+	}
+	var vals []string
+	want := map[int64][3]int64{} // per kind index: count, sum
+	total, sum := int64(0), int64(0)
+	for k := int64(1); k <= 40; k++ {
+		for j := int64(0); j < 3; j++ {
+			kind := []string{"a", "b"}[(k+j)%2]
+			vals = append(vals, fmt.Sprintf("(%d, '%s', %d)", k, kind, k*10+j))
+			total++
+			sum += k*10 + j
+			_ = want
+		}
+	}
+	tag, err = c.Exec(ctx, "INSERT INTO events (user_id, kind, amount) VALUES "+strings.Join(vals, ", "))
+	if err != nil || tag.String() != fmt.Sprintf("INSERT 0 %d", total) {
+		t.Fatalf("multi-row insert: %v %v", tag, err)
+	}
+	var n, s int64
+	if err := c.QueryRow(ctx, "SELECT count(*), sum(amount) FROM events", pgx.QueryExecModeSimpleProtocol).Scan(&n, &s); err != nil || n != total || s != sum {
+		t.Fatalf("count, sum: %d %d %v, want %d %d", n, s, err, total, sum)
+	}
+	rows, err := c.Query(ctx, "SELECT amount FROM events ORDER BY amount DESC LIMIT 5 OFFSET 2", pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil || fmt.Sprint(got) != "[400 392 391 390 382]" {
+		t.Fatalf("ORDER BY LIMIT OFFSET: %v %v", got, err)
+	}
+	rows, err = c.Query(ctx, "SELECT user_id % 4 AS g, count(*), avg(amount) FROM events GROUP BY 1 HAVING count(*) > 29 ORDER BY 1", pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type grp struct {
+		G   int64
+		N   int64
+		Avg float64
+	}
+	gs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[grp])
+	if err != nil || len(gs) != 4 || gs[0].N != 30 {
+		t.Fatalf("GROUP BY HAVING: %+v %v", gs, err)
+	}
+	tag, err = c.Exec(ctx, "UPDATE events SET amount = amount + 1000 WHERE kind = 'a'")
+	if err != nil || tag.String() != fmt.Sprintf("UPDATE %d", total/2) {
+		t.Fatalf("scatter update: %v %v", tag, err)
+	}
+	if _, err := c.Exec(ctx, "SELECT user_id, row_number() OVER () FROM events", pgx.QueryExecModeSimpleProtocol); sqlState(err) != "0A000" {
+		t.Fatalf("window function across shards: %v, want 0A000", err)
+	}
+	// A failure on one shard leaves no shard changed.
+	if _, err := c.Exec(ctx, "UPDATE events SET kind = (1 / (user_id - 7))::text"); sqlState(err) != "22012" {
+		t.Fatalf("division by zero on one shard: %v", err)
+	}
+	if err := c.QueryRow(ctx, "SELECT sum(amount) FROM events", pgx.QueryExecModeSimpleProtocol).Scan(&s); err != nil || s != sum+1000*total/2 {
+		t.Fatalf("after the failed update: sum %d %v, want %d", s, err, sum+1000*total/2)
+	}
+	for i := range sh.topo.Shards {
+		var left int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&left); err != nil || left != 0 {
+			t.Fatalf("shard %d: %d prepared transactions left (%v)", i, left, err)
+		}
+	}
+	// Every protocol mode, with parameters.
+	for _, mode := range allModes {
+		var n2, s2 int64
+		if err := c.QueryRow(ctx, "SELECT count(*), sum(amount) FROM events WHERE amount > $1", mode, 0).Scan(&n2, &s2); err != nil || n2 != total || s2 != sum+1000*total/2 {
+			t.Fatalf("%v: count, sum: %d %d %v", mode, n2, s2, err)
+		}
+		rows, err := c.Query(ctx, "SELECT user_id, amount FROM events WHERE amount < $1 ORDER BY amount LIMIT $2", mode, 1000, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type ua struct{ U, A int64 }
+		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[ua])
+		if err != nil || fmt.Sprint(got) != "[{1 10} {1 12} {2 21}]" {
+			t.Fatalf("%v: ORDER BY LIMIT $2: %v %v", mode, got, err)
+		}
+		tag, err := c.Exec(ctx, "INSERT INTO events (user_id, kind, amount) VALUES ($1, 'c', 5000), ($2, 'c', 5000), ($3, 'c', 5000) RETURNING user_id", mode, 101, 102, 103)
+		if err != nil || tag.String() != "INSERT 0 3" {
+			t.Fatalf("%v: split insert: %v %v", mode, tag, err)
+		}
+		tag, err = c.Exec(ctx, "DELETE FROM events WHERE kind = $1", mode, "c")
+		if err != nil || tag.String() != "DELETE 3" {
+			t.Fatalf("%v: scatter delete: %v %v", mode, tag, err)
+		}
+	}
+	// Reference tables join on one shard.
+	var label string
+	if err := c.QueryRow(ctx, "SELECT k.label FROM events e JOIN kinds k USING (kind) WHERE e.user_id = 3 ORDER BY e.amount LIMIT 1").Scan(&label); err != nil || label != "Beta" {
+		t.Fatalf("reference join: %q %v", label, err)
+	}
+}
+
+// shardedTxnLog is an in-memory proxy.TxnLog (the real one is the Raft map).
+type shardedTxnLog struct {
+	mu sync.Mutex
+	d  map[string]bool
+}
+
+func newShardedTxnLog() *shardedTxnLog { return &shardedTxnLog{d: map[string]bool{}} }
+
+func (l *shardedTxnLog) Decide(_ context.Context, gid string, commit bool) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c, ok := l.d[gid]; ok {
+		return c, nil
+	}
+	l.d[gid] = commit
+	return commit, nil
+}
+
+func (l *shardedTxnLog) Decision(_ context.Context, gid string) (bool, bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.d[gid]
+	return c, ok, nil
+}
+
+func (l *shardedTxnLog) Forget(_ context.Context, gid string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.d, gid)
+	return nil
+}
+
+var _ = slog.Default
+var _ = net.Dial
+var _ = time.Second
+var _ = prometheus.NewRegistry
+var _ proxy.TableRegistrar = (*shardedHarness)(nil)

@@ -1,0 +1,641 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/pool"
+	"github.com/pgshard/pgshard/router"
+	"github.com/pgshard/pgshard/wire"
+)
+
+// shardBinding is a session's view of one shard: the shard at run time and
+// the pools of its servers for the session's user and database.
+type shardBinding struct {
+	rt       *shardRT
+	primary  *pool.Pool
+	replicas []*pool.Pool // made on first use (replicaPool)
+}
+
+// defaultShard is the shard that answers what any shard may answer when
+// the session has no shard of its own yet: the ring's owner while one shard
+// owns the whole ring, else the first shard of the map.
+func (s *Server) defaultShard() string {
+	if rs := s.routing.Load(); rs != nil && rs.ring != nil {
+		if sh := rs.ring.Shards(); len(sh) == 1 {
+			return sh[0]
+		}
+	}
+	if l := s.shardList(); len(l) > 0 {
+		return l[0].name
+	}
+	return ""
+}
+
+// shardByName returns the run-time shard called name.
+func (s *Server) shardByName(name string) *shardRT {
+	for _, rt := range s.shardList() {
+		if rt.name == name {
+			return rt
+		}
+	}
+	return nil
+}
+
+// owners is the number of shards that own ranges of the ring.
+func (s *Server) owners() int {
+	if rs := s.routing.Load(); rs != nil {
+		return rs.owners
+	}
+	return 0
+}
+
+// bindingFor returns the session's binding to the shard called name; ""
+// means the shard of the session's last attachment, or the default one.
+// Called by whoever composes (s.cmu held).
+func (s *session) bindingFor(name string) (*shardBinding, error) {
+	if name == "" {
+		s.mu.Lock()
+		att := s.att
+		s.mu.Unlock()
+		if att != nil && s.srv.owners() > 1 {
+			name = att.rt.name
+		} else {
+			name = s.srv.defaultShard()
+		}
+	}
+	rt := s.srv.shardByName(name)
+	if rt == nil {
+		return nil, wire.Errorf(wire.CodeConnectionFailure, "pgshard: shard %q is in the shard map but not configured on this node yet", name)
+	}
+	if b := s.binds[name]; b != nil && b.rt == rt {
+		return b, nil
+	}
+	p, err := s.srv.poolFor(rt.primary, s.cuser, s.db)
+	if err != nil {
+		return nil, wire.Errorf(wire.CodeInternalError, "pgshard: shard %s: %v", name, err)
+	}
+	b := &shardBinding{rt: rt, primary: p, replicas: make([]*pool.Pool, len(rt.replicas))}
+	s.binds[name] = b
+	return b, nil
+}
+
+// plan plans sql when several shards own ranges of the ring; ok is false
+// while one shard owns it all (every statement runs there, unplanned).
+func (s *Server) plan(sql string, params *router.Params) (router.Plan, bool) {
+	rs := s.routing.Load()
+	if rs == nil || rs.owners < 2 {
+		return router.Plan{}, false
+	}
+	return rs.planner.Plan(sql, params, rs.ring), true
+}
+
+// planError is a planner refusal as the client gets it.
+func planError(e *router.Error) *wire.Error {
+	if e == nil {
+		return wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: cannot route this statement")
+	}
+	return &wire.Error{Severity: "ERROR", Code: e.Code, Message: e.Message}
+}
+
+// crossShard is the refusal of a statement whose shard is not the one the
+// session is bound to.
+func crossShard(bound, want string, why string) *wire.Error {
+	e := wire.Errorf(wire.CodeFeatureNotSupported,
+		"pgshard: this statement runs on shard %s, but %s is bound to shard %s; statements on several shards in one transaction are not supported yet", want, why, bound)
+	e.Hint = "keep each transaction (and each extended-protocol batch up to its Sync) on the keys of one shard"
+	return e
+}
+
+// boundShard returns the shard the session's next statement must run on,
+// or "" when it is free to go anywhere: the shard of its attached backend
+// (an open transaction, a pinned session, session pooling, the rest of an
+// extended-protocol batch), and why. With several owners, a batch outside
+// a transaction never finds the previous one attached (waitBatch). Called
+// with s.mu held.
+func (s *session) boundShard() (string, string) {
+	if s.sc == nil || s.att == nil {
+		return "", ""
+	}
+	why := "the session"
+	switch {
+	case s.txStatus != 'I':
+		why = "its transaction"
+	case s.unsynced:
+		why = "its extended-protocol batch"
+	case s.pinned:
+		why = "the session (pinned: " + "temporary objects, LISTEN, advisory locks or session settings through the extended protocol)"
+	case s.mode == config.PoolSession:
+		why = "the session (session pooling keeps one backend)"
+	}
+	return s.att.rt.name, why
+}
+
+// routeSimple plans a simple Query when several shards own the ring. It
+// returns the shard the Query goes to ("" for any), or done when the Query
+// was answered (a refusal, a lazily opened or empty transaction) or run
+// over several shards.
+func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects) (shard string, done bool, err error) {
+	pl, ok := s.srv.plan(sql, nil)
+	if !ok {
+		return "", false, nil
+	}
+	switch pl.Kind {
+	case router.Refuse:
+		return "", true, s.refuseQuery(ctx, planError(pl.Err))
+	case router.Single:
+		shard = pl.Shard
+	case router.AnyShard, router.Utility:
+	default:
+		if why := s.notSpreadable(fx); why != "" {
+			return "", true, s.refuseQuery(ctx, wire.Errorf(wire.CodeFeatureNotSupported,
+				"pgshard: this statement runs on several shards, which is not supported %s yet", why))
+		}
+		if fx.Schema {
+			s.srv.stmts.bump()
+		}
+		err := s.runSpread(ctx, &pl, sql, nil)
+		if fx.Schema {
+			s.srv.stmts.bump()
+		}
+		return "", true, err
+	}
+	if s.lazyTxn(sql, fx) {
+		return "", true, nil
+	}
+	if bound, why := s.shardFor(ctx, shard); bound != "" {
+		return "", true, s.refuseQuery(ctx, crossShard(bound, shard, why))
+	}
+	return shard, false, nil
+}
+
+// lazyTxn opens a transaction without a backend: with several shards, a
+// lone BEGIN cannot know its shard, so pgshard answers it and sends it to
+// the shard of the transaction's first statement (attach). COMMIT or
+// ROLLBACK of such a transaction that ran nothing is answered too. It
+// reports whether sql was answered.
+func (s *session) lazyTxn(sql string, fx router.Effects) bool {
+	if fx.Statements != 1 || !fx.TxnControl {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sc != nil || s.pinned || s.mode != config.PoolTransaction {
+		return false
+	}
+	var tag string
+	switch {
+	case fx.Begin && s.txStatus == 'I':
+		s.lazyBegin, s.lazyReadOnly = strings.Clone(sql), fx.ReadOnly
+		s.txStatus = 'T'
+		tag = "BEGIN"
+	case s.lazyBegin != "":
+		switch firstWord(sql) {
+		case "commit", "end":
+			tag = "COMMIT"
+		case "rollback", "abort":
+			tag = "ROLLBACK"
+			if strings.Contains(strings.ToLower(sql), " to ") {
+				return false // ROLLBACK TO SAVEPOINT: the backend answers
+			}
+		default:
+			return false
+		}
+		s.lazyBegin = ""
+		s.txStatus = 'I'
+	default:
+		return false
+	}
+	b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
+	s.push(entry{synth: b})
+	s.push(entry{synth: readyForQuery(s.txStatus)})
+	return true
+}
+
+// firstWord returns the first word of sql, lower-cased, after spaces and
+// comments.
+func firstWord(sql string) string {
+	for {
+		sql = strings.TrimLeft(sql, " \t\r\n\f(")
+		switch {
+		case strings.HasPrefix(sql, "--"):
+			if i := strings.IndexByte(sql, '\n'); i >= 0 {
+				sql = sql[i+1:]
+				continue
+			}
+			return ""
+		case strings.HasPrefix(sql, "/*"):
+			if i := strings.Index(sql, "*/"); i >= 0 {
+				sql = sql[i+2:]
+				continue
+			}
+			return ""
+		}
+		break
+	}
+	end := strings.IndexFunc(sql, func(r rune) bool {
+		return !(r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	})
+	if end < 0 {
+		end = len(sql)
+	}
+	return strings.ToLower(sql[:end])
+}
+
+// raiseSQL is a statement that makes the backend raise e, so that its
+// transaction fails as PostgreSQL's would have for the refused statement.
+func raiseSQL(e *wire.Error) string {
+	clean := func(v string) string { return strings.ReplaceAll(v, "$pgshard$", "$ pgshard $") }
+	sql := "DO $pgshard$BEGIN RAISE EXCEPTION USING ERRCODE = " + quoteLiteral(e.Code) + ", MESSAGE = " + quoteLiteral(clean(e.Message))
+	if e.Hint != "" {
+		sql += ", HINT = " + quoteLiteral(clean(e.Hint))
+	}
+	return sql + "; END$pgshard$"
+}
+
+// refuseQuery answers a simple Query with e. Outside a transaction the
+// answer is pgshard's; inside one, or with a backend bound, the backend
+// raises e itself, so that the transaction fails as it would have on
+// PostgreSQL (a later COMMIT rolls back).
+func (s *session) refuseQuery(ctx context.Context, e *wire.Error) error {
+	s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
+	s.mu.Lock()
+	if s.sc == nil && s.txStatus == 'I' {
+		s.push(entry{synth: wire.AppendError(nil, e)})
+		s.push(entry{synth: readyForQuery(s.txStatus)})
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	s.want = target{}
+	if !s.attachLocked(ctx, true) {
+		return s.attachErr
+	}
+	defer s.mu.Unlock()
+	s.unnamed = s.unnamed[:0]
+	s.st.unnamedOwner = nil
+	s.push(entry{kind: 'Q', start: time.Now()})
+	s.sbuf = append(s.sbuf, queryMsg(raiseSQL(e))...)
+	return nil
+}
+
+// refuseExtended answers an extended-protocol message with e and skips to
+// the Sync. With a backend bound (a transaction, or earlier statements of
+// the batch that ran in its implicit transaction), the backend raises e
+// itself, so that what ran fails with it as it would on PostgreSQL.
+func (s *session) refuseExtended(ctx context.Context, e *wire.Error) error {
+	s.mu.Lock()
+	free := s.sc == nil && s.txStatus == 'I'
+	s.mu.Unlock()
+	if free {
+		return s.raiseErr(e)
+	}
+	s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
+	s.skipUntilSync = true
+	if !s.attachLocked(ctx, false) {
+		return s.attachErr
+	}
+	defer s.mu.Unlock()
+	s.unsynced = true
+	if s.srvErr {
+		return nil // the backend already failed the batch and skips to Sync
+	}
+	s.st.unnamedOwner = nil // the raise goes through the unnamed statement
+	s.push(entry{kind: 'P', swallow: true})
+	s.push(entry{kind: 'B', swallow: true})
+	s.push(entry{kind: 'E', swallow: true})
+	s.sbuf, _ = (&pgproto3.Parse{Query: raiseSQL(e)}).Encode(s.sbuf)
+	s.sbuf, _ = (&pgproto3.Bind{}).Encode(s.sbuf)
+	s.sbuf, _ = (&pgproto3.Execute{}).Encode(s.sbuf)
+	return nil
+}
+
+// bindParams reads a Bind's parameter formats and values (rest is the Bind
+// body after the portal and statement names) into p, reusing its slices;
+// the values point into rest.
+func bindParams(rest []byte, p *router.Params) bool {
+	p.Formats, p.Values = p.Formats[:0], p.Values[:0]
+	if len(rest) < 2 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	if len(rest) < 2*n+2 {
+		return false
+	}
+	for i := 0; i < n; i++ {
+		p.Formats = append(p.Formats, int16(binary.BigEndian.Uint16(rest[2*i:])))
+	}
+	rest = rest[2*n:]
+	n = int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	for i := 0; i < n; i++ {
+		if len(rest) < 4 {
+			return false
+		}
+		l := int32(binary.BigEndian.Uint32(rest))
+		rest = rest[4:]
+		if l < 0 {
+			p.Values = append(p.Values, nil)
+			continue
+		}
+		if int(l) > len(rest) {
+			return false
+		}
+		p.Values = append(p.Values, rest[:l:l])
+		rest = rest[l:]
+	}
+	return true
+}
+
+// planBind plans a Bind (rest: its body after the portal and statement
+// names) of a statement with text sql and parameter types types.
+func (s *session) planBind(sql string, types []uint32, rest []byte) (router.Plan, bool) {
+	if s.srv.owners() < 2 {
+		return router.Plan{}, false
+	}
+	s.params.Types = types
+	if !bindParams(rest, &s.params) {
+		return router.Plan{Kind: router.Refuse, Err: &router.Error{Code: wire.CodeProtocolViolation, Message: "pgshard: malformed Bind message"}}, true
+	}
+	return s.srv.plan(sql, &s.params)
+}
+
+// unnamedText returns the text and parameter types of the client's unnamed
+// statement.
+func (s *session) unnamedText() (string, []uint32) {
+	if len(s.unnamed) < 5 {
+		return "", nil
+	}
+	var p pgproto3.Parse
+	if p.Decode(s.unnamed[5:]) != nil {
+		return "", nil
+	}
+	return p.Query, p.ParameterOIDs
+}
+
+// groupShard finds the shard of an extended-protocol batch: that of its
+// first Bind with a single-shard plan ("" when none has one). Binds that
+// disagree are refused when they are handled (handleBind).
+func (s *session) groupShard(group []byte) string {
+	if s.srv.owners() < 2 {
+		return ""
+	}
+	var parsed map[string]*pgproto3.Parse
+	for b := group; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+		typ, body := b[0], b[5:n]
+		b = b[n:]
+		switch typ {
+		case 'P':
+			var p pgproto3.Parse
+			if p.Decode(body) != nil {
+				return ""
+			}
+			if parsed == nil {
+				parsed = map[string]*pgproto3.Parse{}
+			}
+			parsed[p.Name] = &p
+		case 'B':
+			_, rest, ok := cstringBytes(body)
+			stmt, rest, ok2 := cstring(rest)
+			if !ok || !ok2 {
+				return ""
+			}
+			var sql string
+			var types []uint32
+			if p := parsed[stmt]; p != nil {
+				sql, types = p.Query, p.ParameterOIDs
+			} else if stmt == "" {
+				sql, types = s.unnamedText()
+			} else if d, ok := s.lookupStmt(stmt); ok {
+				sql, types = d.sql, d.types
+			} else {
+				continue
+			}
+			if pl, ok := s.planBind(sql, types, rest); ok && pl.Kind == router.Single {
+				return pl.Shard
+			}
+		}
+	}
+	return ""
+}
+
+// routeBind plans a Bind when several shards own the ring (stmt: the
+// statement it binds; rest: the Bind after the names) and steers the
+// attachment to its shard; done when it was refused.
+func (s *session) routeBind(ctx context.Context, stmt []byte, rest []byte) (done bool, err error) {
+	if s.srv.owners() < 2 || s.skipUntilSync {
+		return false, nil
+	}
+	var sql string
+	var types []uint32
+	if len(stmt) == 0 {
+		sql, types = s.unnamedText()
+	} else if d, ok := s.lookupStmt(string(stmt)); ok {
+		sql, types = d.sql, d.types
+	} else {
+		return false, nil // useStatement raises 26000
+	}
+	pl, ok := s.planBind(sql, types, rest)
+	if !ok {
+		return false, nil
+	}
+	switch pl.Kind {
+	case router.Refuse:
+		return true, s.refuseExtended(ctx, planError(pl.Err))
+	case router.Single:
+		if bound, why := s.shardFor(ctx, pl.Shard); bound != "" {
+			return true, s.refuseExtended(ctx, crossShard(bound, pl.Shard, why))
+		}
+		s.mu.Lock()
+		if s.sc == nil {
+			s.want.shard = pl.Shard
+		}
+		s.mu.Unlock()
+	case router.AnyShard, router.Utility:
+	default:
+		return true, s.refuseExtended(ctx, wire.Errorf(wire.CodeFeatureNotSupported,
+			"pgshard: this statement spans several shards (%s plan), which is not supported yet", pl.Kind))
+	}
+	return false, nil
+}
+
+// shardFor checks that the session may run a statement on shard (""
+// means any). It returns "" when it may, else the shard the session is
+// bound to and why. A transaction that pgshard opened lazily on another
+// shard and that ran nothing there yet (only statements were prepared or
+// described) moves: it is rolled back there and opened again with the
+// statement.
+func (s *session) shardFor(ctx context.Context, shard string) (bound, why string) {
+	if shard == "" {
+		return "", ""
+	}
+	s.mu.Lock()
+	bound, why = s.boundShard()
+	movable := bound != "" && bound != shard && s.txnFresh && s.txStatus == 'T' && s.q.len() == 0 &&
+		!s.unsynced && !s.pinned && s.cancelling == 0 && s.mode == config.PoolTransaction && len(s.sbuf) == 0
+	sc := s.sc
+	s.mu.Unlock()
+	if bound == shard || !movable {
+		if bound == shard {
+			return "", ""
+		}
+		return bound, why
+	}
+	done := make(chan error, 1)
+	s.mu.Lock()
+	s.push(entry{kind: 'x', swallow: true, done: done})
+	begin := s.txnBegin
+	s.mu.Unlock()
+	if sc.Write(queryMsg("ROLLBACK")) != nil {
+		return bound, why // the reader reports the loss
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return bound, why
+		}
+	case <-ctx.Done():
+		return bound, why
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sc == sc && s.q.len() == 0 && s.txStatus == 'I' {
+		s.detach()
+		sc.Pool().Release(sc)
+	}
+	if s.sc != nil {
+		return bound, why
+	}
+	s.lazyBegin, s.txStatus, s.txnFresh = begin, 'T', false
+	return "", ""
+}
+
+// newBatch reports whether the next extended-protocol message starts a
+// batch that is routed as a whole (handleGroup): the session holds no
+// backend, or holds one only for a transaction pgshard opened lazily that
+// ran nothing yet (which may still move to the batch's shard).
+func (s *session) newBatch() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sc == nil || (s.txnFresh && !s.unsynced && s.q.len() == 0)
+}
+
+// notSpreadable says why a statement spanning several shards cannot run
+// now ("" when it can): spread statements run outside transactions, on a
+// session that holds no backend, one statement at a time.
+func (s *session) notSpreadable(fx router.Effects) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case fx.Statements > 1:
+		return "in a Query string with several statements"
+	case s.txStatus != 'I' || s.lazyBegin != "":
+		return "inside a transaction block"
+	case s.pinned || s.mode != config.PoolTransaction:
+		return "on a session that keeps its backend (pinned or session pooling)"
+	case s.sc != nil || s.q.len() > 0:
+		return "while an earlier statement is outstanding"
+	}
+	return ""
+}
+
+// groupSpread runs an extended-protocol batch whose statement spans
+// several shards: [Parse] Bind [Describe portal] Execute Sync, with the
+// session idle. It reports false, having done nothing, for any other
+// batch (its Binds are then routed one by one: handleBind refuses what
+// spans shards).
+func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
+	if s.srv.owners() < 2 {
+		return false, nil
+	}
+	var parse, bind []byte
+	var describe bool
+	execs := 0
+	for b := group; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+		typ, msg := b[0], b[:n]
+		b = b[n:]
+		switch {
+		case typ == 'P' && parse == nil && bind == nil:
+			parse = msg
+		case typ == 'B' && bind == nil:
+			bind = msg
+		case typ == 'D' && bind != nil && len(msg) > 5 && msg[5] == 'P':
+			describe = true
+		case typ == 'E':
+			execs++
+		case typ == 'S' && len(b) == 0:
+		default:
+			return false, nil
+		}
+	}
+	if bind == nil || execs != 1 {
+		return false, nil
+	}
+	var bd pgproto3.Bind
+	if bd.Decode(bind[5:]) != nil || bd.DestinationPortal != "" {
+		return false, nil
+	}
+	var sql string
+	var types []uint32
+	var p pgproto3.Parse
+	if parse != nil {
+		if p.Decode(parse[5:]) != nil || p.Name != bd.PreparedStatement {
+			return false, nil
+		}
+		sql, types = p.Query, p.ParameterOIDs
+	} else if bd.PreparedStatement == "" {
+		sql, types = s.unnamedText()
+	} else if d, ok := s.lookupStmt(bd.PreparedStatement); ok {
+		sql, types = d.sql, d.types
+	} else {
+		return false, nil
+	}
+	x := &extReq{types: types, results: bd.ResultFormatCodes, describe: describe, parse: parse != nil,
+		params: router.Params{Values: bd.Parameters, Formats: bd.ParameterFormatCodes, Types: types}}
+	pl, ok := s.srv.plan(sql, &x.params)
+	if !ok {
+		return false, nil
+	}
+	switch pl.Kind {
+	case router.Multi, router.Scatter, router.AllShards:
+	default:
+		return false, nil
+	}
+	fx := router.Inspect(sql)
+	if s.notSpreadable(fx) != "" {
+		return false, nil
+	}
+	if parse != nil {
+		// The statement is the client's from now on, as a Parse makes it.
+		if p.Name == "" {
+			s.unnamed = append(s.unnamed[:0], parse...)
+			s.unnamedGen++
+		} else {
+			s.mu.Lock()
+			_, exists := s.stmts[p.Name]
+			s.mu.Unlock()
+			if exists {
+				return false, nil // the normal path raises 42P05
+			}
+			def := s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
+			s.mu.Lock()
+			s.stmts[p.Name] = def
+			s.mu.Unlock()
+		}
+	}
+	if fx.Schema {
+		s.srv.stmts.bump()
+	}
+	err := s.runSpread(ctx, &pl, sql, x)
+	if fx.Schema {
+		s.srv.stmts.bump()
+	}
+	return true, err
+}

@@ -1,0 +1,811 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/merge"
+	"github.com/pgshard/pgshard/pool"
+	"github.com/pgshard/pgshard/router"
+	"github.com/pgshard/pgshard/wire"
+)
+
+// A spread statement runs on several shards at once: a scatter read merged
+// into one result, a write on several shards committed atomically, DDL on
+// every shard. It runs outside the session's own backend, over one leg per
+// shard, while the session holds no backend and is outside a transaction
+// (see runSpread); proxy/DESIGN.md describes the flow.
+
+// legMsg is one backend message, copied off the reader goroutine.
+type legMsg struct {
+	typ byte
+	msg []byte
+}
+
+// leg is one backend of one shard used by a spread statement. Its
+// messages arrive on ch; a full channel holds the backend's reader, so a
+// slow client slows the shards instead of filling memory.
+type leg struct {
+	b    *shardBinding
+	sc   *pool.Conn
+	node int
+	ch   chan legMsg
+	quit chan struct{} // closed when the spread is done with the leg
+	gone chan struct{} // closed by ServerGone
+	err  error         // why it is gone (set before gone is closed)
+	once sync.Once
+	row  [][]byte // DataRow values, reused
+	tag  []byte   // the last CommandComplete's tag
+}
+
+func (l *leg) ServerMessage(_ *pool.Conn, typ byte, msg []byte, _ bool) {
+	m := legMsg{typ: typ, msg: append([]byte(nil), msg...)}
+	select {
+	case l.ch <- m:
+	case <-l.quit:
+	}
+}
+
+func (l *leg) ServerGone(_ *pool.Conn, err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.gone)
+	})
+}
+
+// next returns the leg's next message that is not a notice or a parameter
+// status.
+func (l *leg) next(ctx context.Context) (byte, []byte, error) {
+	for {
+		var m legMsg
+		select {
+		case m = <-l.ch:
+		case <-l.gone:
+			select {
+			case m = <-l.ch:
+			default:
+				return 0, nil, wire.Errorf(wire.CodeConnectionFailure, "pgshard: lost the connection to shard %s: %v", l.b.rt.name, l.err)
+			}
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
+		switch m.typ {
+		case 'N', 'S', 'A':
+			continue
+		}
+		return m.typ, m.msg, nil
+	}
+}
+
+// untilReady reads up to the leg's next ReadyForQuery and returns the
+// first error the backend reported on the way, if any.
+func (l *leg) untilReady(ctx context.Context) (error, error) {
+	var first error
+	for {
+		typ, msg, err := l.next(ctx)
+		if err != nil {
+			return first, err
+		}
+		switch typ {
+		case 'E':
+			if first == nil {
+				first = backendError(msg)
+			}
+		case 'C':
+			l.tag = append(l.tag[:0], tagOf(msg)...)
+		case 'Z':
+			return first, nil
+		}
+	}
+}
+
+// shardError is a shard's ErrorResponse, passed to the client as it is.
+type shardError []byte
+
+func (e shardError) Error() string {
+	var er pgproto3.ErrorResponse
+	if er.Decode(e[5:]) != nil {
+		return "malformed error from a shard"
+	}
+	return er.Message + " (SQLSTATE " + er.Code + ")"
+}
+
+// SQLState returns the error's SQLSTATE.
+func (e shardError) SQLState() string { return errorCode(e) }
+
+// backendError keeps an ErrorResponse.
+func backendError(msg []byte) error { return shardError(append([]byte(nil), msg...)) }
+
+// legSource reads a leg's rows for the merge.
+type legSource struct {
+	ctx context.Context
+	l   *leg
+}
+
+func (src legSource) Next() ([][]byte, bool, error) {
+	typ, msg, err := src.l.next(src.ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	switch typ {
+	case 'D':
+		row, ok := decodeDataRow(msg[5:], src.l.row[:0])
+		if !ok {
+			return nil, false, wire.Errorf(wire.CodeProtocolViolation, "pgshard: malformed DataRow from shard %s", src.l.b.rt.name)
+		}
+		src.l.row = row
+		return row, true, nil
+	case 'C':
+		src.l.tag = append(src.l.tag[:0], tagOf(msg)...)
+		return nil, false, nil
+	case 'E':
+		return nil, false, backendError(msg)
+	}
+	return nil, false, wire.Errorf(wire.CodeProtocolViolation, "pgshard: unexpected message %q from shard %s in a result", typ, src.l.b.rt.name)
+}
+
+// tagOf returns a CommandComplete's tag.
+func tagOf(msg []byte) []byte {
+	b := msg[5:]
+	if len(b) > 0 && b[len(b)-1] == 0 {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// decodeDataRow reads a DataRow body into row (values point into b).
+func decodeDataRow(b []byte, row [][]byte) ([][]byte, bool) {
+	if len(b) < 2 {
+		return nil, false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for i := 0; i < n; i++ {
+		if len(b) < 4 {
+			return nil, false
+		}
+		l := int32(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if l < 0 {
+			row = append(row, nil)
+			continue
+		}
+		if int(l) > len(b) {
+			return nil, false
+		}
+		row = append(row, b[:l:l])
+		b = b[l:]
+	}
+	return row, true
+}
+
+// spreadShards returns the shards a spread plan runs on.
+func (s *Server) spreadShards(pl *router.Plan) []string {
+	if pl.Kind == router.Multi {
+		return pl.Shards
+	}
+	if rs := s.routing.Load(); rs != nil && rs.ring != nil {
+		return rs.ring.Shards()
+	}
+	return nil
+}
+
+// openLegs takes a backend on each shard (a replica for a read where the
+// read rules allow) with the session's settings, and queues the settings
+// replay where one is needed. The caller releases them (closeLegs).
+func (s *session) openLegs(ctx context.Context, shards []string, read bool) ([]*leg, error) {
+	legs := make([]*leg, 0, len(shards))
+	s.mu.Lock()
+	wroteAt := s.wroteAt
+	s.mu.Unlock()
+	if !s.srv.readYourWrites {
+		wroteAt = time.Time{}
+	}
+	for _, name := range shards {
+		b, err := s.bindingFor(name)
+		if err != nil {
+			s.closeLegs(legs, false)
+			return nil, err
+		}
+		l := &leg{b: b, node: -1, ch: make(chan legMsg, 64), quit: make(chan struct{}), gone: make(chan struct{})}
+		for tries := 0; ; tries++ {
+			p := b.primary
+			l.node = -1
+			if read && s.split {
+				if i, ok := b.rt.pick(wroteAt); ok {
+					l.node, p = i, s.replicaPool(b, i)
+				}
+			}
+			sc, err := p.Acquire(ctx)
+			if err != nil {
+				s.closeLegs(legs, false)
+				return nil, err
+			}
+			if sc.SetHandler(l) {
+				l.sc = sc
+				break
+			}
+			sc.Pool().Discard(sc)
+			if tries > 8 {
+				s.closeLegs(legs, false)
+				return nil, wire.Errorf(wire.CodeConnectionFailure, "pgshard: backend connections to shard %s keep failing", name)
+			}
+		}
+		if l.node >= 0 {
+			b.rt.outstanding[l.node].Add(1)
+		}
+		legs = append(legs, l)
+	}
+	return legs, nil
+}
+
+// prelude returns what goes to a leg before the statement: the session's
+// settings where its backend's differ.
+func (s *session) prelude(l *leg) (out []byte, answers int) {
+	st := stateOf(l.sc)
+	st.unnamedOwner = nil // the spread's simple Queries drop the unnamed statement
+	if st.setsKey != s.setsKey {
+		st.setsKey = s.setsKey
+		return queryMsg(s.replaySQL()), 1
+	}
+	return nil, 0
+}
+
+// closeLegs lets the legs go: back to their pools when healthy and idle
+// (clean), else closed.
+func (s *session) closeLegs(legs []*leg, clean bool) {
+	for _, l := range legs {
+		close(l.quit)
+		if l.node >= 0 {
+			l.b.rt.outstanding[l.node].Add(-1)
+		}
+		select {
+		case <-l.gone:
+			clean = false
+		default:
+		}
+		if clean {
+			l.sc.Pool().Release(l.sc)
+		} else {
+			l.sc.SetHandler(nil)
+			l.sc.Pool().Discard(l.sc)
+		}
+	}
+}
+
+// send writes b to every leg (each its own bytes).
+func sendLegs(legs []*leg, bufs [][]byte) error {
+	for i, l := range legs {
+		if len(bufs[i]) == 0 {
+			continue
+		}
+		if err := l.sc.Write(bufs[i]); err != nil {
+			return wire.Errorf(wire.CodeConnectionFailure, "pgshard: lost the connection to shard %s: %v", l.b.rt.name, err)
+		}
+	}
+	return nil
+}
+
+// eachLeg reads every leg up to its ReadyForQuery n times and returns the
+// first error a backend reported (in shard order) and whether any leg was
+// lost.
+func eachLeg(ctx context.Context, legs []*leg, n int) (error, error) {
+	var first error
+	var lost error
+	for _, l := range legs {
+		for i := 0; i < n; i++ {
+			e, err := l.untilReady(ctx)
+			if first == nil && e != nil {
+				first = e
+			}
+			if err != nil {
+				lost = err
+				break
+			}
+		}
+	}
+	return first, lost
+}
+
+// emit appends a message to the client's output and flushes it when it is
+// large (a spread result streams).
+func (s *session) emit(m pgproto3.BackendMessage) {
+	s.mu.Lock()
+	s.out, _ = m.Encode(s.out)
+	big := len(s.out) > 64<<10
+	s.mu.Unlock()
+	if big {
+		s.flushClient()
+	}
+}
+
+// emitRaw appends a ready message to the client's output.
+func (s *session) emitRaw(b []byte) {
+	s.mu.Lock()
+	s.out = append(s.out, b...)
+	s.mu.Unlock()
+}
+
+// emitError sends an error to the client: a shard's as it is, else
+// pgshard's (see asWireError).
+func (s *session) emitError(err error) {
+	s.srv.metrics.errors.WithLabelValues(sqlstate(err)).Inc()
+	s.mu.Lock()
+	if se, ok := err.(shardError); ok {
+		s.out = append(s.out, se...)
+	} else {
+		s.out = wire.AppendError(s.out, asWireError(err))
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) emitReady() {
+	s.mu.Lock()
+	s.out = append(s.out, readyForQuery(s.txStatus)...)
+	s.mu.Unlock()
+	s.flushClient()
+}
+
+// asWireError turns what a spread step returned into the client's error.
+func asWireError(err error) *wire.Error {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we
+	}
+	var pe interface{ SQLState() string }
+	if errors.As(err, &pe) {
+		return wire.Errorf(pe.SQLState(), "%s", err.Error())
+	}
+	return wire.Errorf(wire.CodeConnectionFailure, "pgshard: %v", err)
+}
+
+// codeTransactionRollback is SQLSTATE transaction_rollback.
+const codeTransactionRollback = "40000"
+
+// newGID names a two-phase transaction; the recovery loop recognises
+// pgshard's by the prefix.
+func newGID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "pgshard_" + hex.EncodeToString(b[:])
+}
+
+// extReq is an extended-protocol batch run as a spread statement: one
+// Bind and Execute (after an optional Parse and Describe) up to its Sync.
+type extReq struct {
+	types    []uint32
+	params   router.Params // the Bind's values (copied)
+	results  []int16       // the Bind's result formats
+	describe bool          // the client described the portal
+	parse    bool          // the batch had a Parse: answer ParseComplete
+}
+
+// stmtMsg is what leg i is sent to run text: a Query, or for an
+// extended-protocol batch the unnamed statement parsed, bound, described
+// and executed, and a Sync. params maps the text's parameters to the
+// Bind's (SplitInsert), nil for all of them in order.
+func (x *extReq) stmtMsg(dst []byte, text string, params []int, hidden int) []byte {
+	if x == nil {
+		return append(dst, queryMsg(text)...)
+	}
+	types, vals, formats := x.types, x.params.Values, x.params.Formats
+	if params != nil {
+		types, vals, formats = nil, nil, nil
+		for _, p := range params {
+			if p < len(x.types) {
+				types = append(types, x.types[p])
+			} else {
+				types = append(types, 0)
+			}
+			vals = append(vals, x.params.Values[p])
+			switch len(x.params.Formats) {
+			case 0:
+				formats = append(formats, 0)
+			case 1:
+				formats = append(formats, x.params.Formats[0])
+			default:
+				formats = append(formats, x.params.Formats[p])
+			}
+		}
+	}
+	results := x.results
+	if len(results) > 1 && hidden > 0 {
+		results = append(append([]int16(nil), results...), make([]int16, hidden)...)
+	}
+	dst, _ = (&pgproto3.Parse{Query: text, ParameterOIDs: types}).Encode(dst)
+	dst, _ = (&pgproto3.Bind{ParameterFormatCodes: formats, Parameters: vals, ResultFormatCodes: results}).Encode(dst)
+	dst, _ = (&pgproto3.Describe{ObjectType: 'P'}).Encode(dst)
+	dst, _ = (&pgproto3.Execute{}).Encode(dst)
+	return append(dst, msgSync...)
+}
+
+// runSpread runs a simple Query (x nil) or an extended-protocol batch
+// whose plan spans several shards, and answers the client. The session
+// is idle: outside a transaction, holding no backend.
+func (s *session) runSpread(ctx context.Context, pl *router.Plan, sql string, x *extReq) error {
+	shards := s.srv.spreadShards(pl)
+	read := pl.Read && pl.Kind != router.AllShards
+	legs, err := s.openLegs(ctx, shards, read)
+	if err != nil {
+		if we := asWireError(err); we.Severity != "FATAL" {
+			s.emitError(err)
+			s.emitReady()
+			return nil
+		}
+		return err
+	}
+	start := time.Now()
+	if x != nil {
+		if x.parse {
+			s.emitRaw(msgParseComplete)
+		}
+		s.emitRaw(msgBindComplete)
+	}
+	if read {
+		err = s.spreadRead(ctx, legs, pl, sql, x)
+	} else {
+		err = s.spreadWrite(ctx, legs, pl, sql, x)
+	}
+	s.srv.metrics.queries.Inc()
+	s.srv.metrics.latency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return err
+	}
+	s.emitReady()
+	return nil
+}
+
+// spreadRead runs a read on every leg and merges the results.
+func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, sql string, x *extReq) error {
+	text := sql
+	if pl.ShardSQL != "" {
+		text = pl.ShardSQL
+	}
+	bufs := make([][]byte, len(legs))
+	pre := make([]int, len(legs))
+	askCollation := s.srv.collation(s.db) == ""
+	for i, l := range legs {
+		bufs[i], pre[i] = s.prelude(l)
+		if i == 0 && askCollation {
+			bufs[i] = append(bufs[i], queryMsg(collationSQL)...)
+		}
+		hidden := 0
+		if pl.Merge != nil {
+			hidden = pl.Merge.Hidden
+		}
+		bufs[i] = x.stmtMsg(bufs[i], text, nil, hidden)
+	}
+	clean := false
+	defer func() { s.closeLegs(legs, clean) }()
+	if err := sendLegs(legs, bufs); err != nil {
+		s.emitError(err)
+		return nil
+	}
+	for i, l := range legs {
+		for j := 0; j < pre[i]; j++ {
+			if _, err := l.untilReady(ctx); err != nil {
+				s.emitError(err)
+				return nil
+			}
+		}
+	}
+	if askCollation {
+		if err := s.readCollation(ctx, legs[0]); err != nil {
+			s.emitError(err)
+			return nil
+		}
+	}
+	// Each leg's first answer: a RowDescription, a command without rows,
+	// or an error.
+	var desc *pgproto3.RowDescription
+	var first error
+	tags := make([][]byte, len(legs))
+	rowsFollow := make([]bool, len(legs))
+	for i, l := range legs {
+		typ, msg, err := l.next(ctx)
+		for err == nil && (typ == '1' || typ == '2' || typ == 'n') {
+			typ, msg, err = l.next(ctx)
+		}
+		if err != nil {
+			s.emitError(err)
+			return nil
+		}
+		switch typ {
+		case 'T':
+			rowsFollow[i] = true
+			if desc == nil {
+				desc = &pgproto3.RowDescription{}
+				if desc.Decode(msg[5:]) != nil {
+					s.emitError(wire.Errorf(wire.CodeProtocolViolation, "pgshard: malformed RowDescription from shard %s", l.b.rt.name))
+					return nil
+				}
+			}
+		case 'E':
+			if first == nil {
+				first = backendError(msg)
+			}
+		case 'C':
+			tags[i] = append([]byte(nil), tagOf(msg)...)
+		case 'I':
+		}
+	}
+	if first != nil {
+		s.emitError(first)
+		return nil
+	}
+	if desc == nil {
+		// No rows from any shard (SHOW, a utility statement): one answer.
+		if x != nil && x.describe {
+			s.emitRaw(msgNoData)
+		}
+		if tag, err := merge.CombineTags(nonNil(tags)); err == nil && len(tag) > 0 {
+			s.emit(&pgproto3.CommandComplete{CommandTag: tag})
+		} else {
+			s.emit(&pgproto3.EmptyQueryResponse{})
+		}
+		_, lost := eachLeg(ctx, legs, 1)
+		clean = lost == nil
+		return nil
+	}
+	var params *router.Params
+	if x != nil {
+		params = &x.params
+	}
+	spec, err := s.mergeSpec(pl, desc, params)
+	if err != nil {
+		s.emitError(err)
+		return nil
+	}
+	srcs := make([]merge.Source, len(legs))
+	for i, l := range legs {
+		srcs[i] = legSource{ctx: ctx, l: l}
+	}
+	m, err := merge.New(spec, srcs)
+	if err != nil {
+		s.emitError(err)
+		return nil
+	}
+	if x == nil || x.describe {
+		s.emit(m.RowDescription())
+	}
+	var dr pgproto3.DataRow
+	for {
+		row, ok, err := m.Next()
+		if err != nil {
+			s.emitError(err)
+			return nil
+		}
+		if !ok {
+			break
+		}
+		dr.Values = row
+		s.emit(&dr)
+	}
+	s.emit(&pgproto3.CommandComplete{CommandTag: m.CommandTag()})
+	// Drain what the merge left unread (LIMIT) up to each ReadyForQuery.
+	_, lost := eachLeg(ctx, legs, 1)
+	clean = lost == nil
+	return nil
+}
+
+func nonNil(tags [][]byte) [][]byte {
+	out := tags[:0:0]
+	for _, t := range tags {
+		if t != nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// spreadWrite runs a write (or DDL) on every leg in one transaction per
+// shard and commits them atomically: with two-phase commit when more than
+// one shard took part, the decision recorded in the TxnLog before the
+// first COMMIT PREPARED.
+func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan, sql string, x *extReq) error {
+	clean := false
+	defer func() { s.closeLegs(legs, clean) }()
+	log := s.srv.txnLogger()
+	if len(legs) > 1 && log == nil {
+		s.emitError(wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: this statement writes on %d shards and needs two-phase commit, but this node has no decision log (the Raft shard map)", len(legs)))
+		clean = true
+		return nil
+	}
+	ddl, derr := s.tableDDL(pl, sql)
+	if derr != nil {
+		s.emitError(derr)
+		clean = true
+		return nil
+	}
+	bufs := make([][]byte, len(legs))
+	pre := make([]int, len(legs))
+	for i, l := range legs {
+		text := sql
+		var params []int
+		if pl.Rows != nil {
+			t, ps, err := router.SplitInsert(sql, pl.Rows[i])
+			if err != nil {
+				s.emitError(wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: %v", err))
+				clean = true
+				return nil
+			}
+			text, params = t, ps
+			if params == nil {
+				params = []int{}
+			}
+		}
+		bufs[i], pre[i] = s.prelude(l)
+		bufs[i] = append(bufs[i], queryMsg("BEGIN")...)
+		bufs[i] = x.stmtMsg(bufs[i], text, params, 0)
+	}
+	if err := sendLegs(legs, bufs); err != nil {
+		s.emitError(err)
+		return nil
+	}
+	for i, l := range legs {
+		for j := 0; j < pre[i]+1; j++ { // the settings, BEGIN
+			if _, err := l.untilReady(ctx); err != nil {
+				s.emitError(err)
+				return nil
+			}
+		}
+	}
+	// The statement's answers: RETURNING rows pass through in shard
+	// order, one RowDescription; the tags are added.
+	var first error
+	sentDesc := false
+	tags := make([][]byte, 0, len(legs))
+	for _, l := range legs {
+		l.tag = l.tag[:0]
+		for done := false; !done; {
+			typ, msg, err := l.next(ctx)
+			if err != nil {
+				s.emitError(err)
+				return nil
+			}
+			switch typ {
+			case 'T':
+				if !sentDesc && first == nil && (x == nil || x.describe) {
+					sentDesc = true
+					s.mu.Lock()
+					s.out = append(s.out, msg...)
+					s.mu.Unlock()
+				}
+			case 'D':
+				if first == nil {
+					s.mu.Lock()
+					s.out = append(s.out, msg...)
+					big := len(s.out) > 64<<10
+					s.mu.Unlock()
+					if big {
+						s.flushClient()
+					}
+				}
+			case 'C':
+				l.tag = append(l.tag[:0], tagOf(msg)...)
+			case 'E':
+				if first == nil {
+					first = backendError(msg)
+				}
+			case 'Z':
+				done = true
+			}
+		}
+		tags = append(tags, append([]byte(nil), l.tag...))
+	}
+	if first == nil && x != nil && x.describe && !sentDesc {
+		s.emitRaw(msgNoData)
+	}
+	if first != nil {
+		// Nothing committed anywhere: roll every shard back.
+		s.emitError(first)
+		clean = s.finishLegs(ctx, legs, "ROLLBACK") == nil
+		return nil
+	}
+	if err := s.commitLegs(ctx, legs, log); err != nil {
+		s.emitError(err)
+		return nil
+	}
+	clean = true
+	if ddl != nil {
+		if err := s.registerTables(ctx, ddl); err != nil {
+			s.emitError(err)
+			return nil
+		}
+	}
+	s.mu.Lock()
+	s.wroteAt = time.Now()
+	s.mu.Unlock()
+	tag := tags[0] // every shard ran the same statement (DDL, reference tables)
+	if pl.Kind != router.AllShards {
+		var err error
+		if tag, err = merge.CombineTags(tags); err != nil {
+			s.emitError(err)
+			return nil
+		}
+	}
+	s.emit(&pgproto3.CommandComplete{CommandTag: tag})
+	return nil
+}
+
+// finishLegs runs sql (COMMIT, ROLLBACK) on every leg.
+func (s *session) finishLegs(ctx context.Context, legs []*leg, sql string) error {
+	bufs := make([][]byte, len(legs))
+	for i := range legs {
+		bufs[i] = queryMsg(sql)
+	}
+	if err := sendLegs(legs, bufs); err != nil {
+		return err
+	}
+	first, lost := eachLeg(ctx, legs, 1)
+	if first == nil {
+		first = lost
+	}
+	return first
+}
+
+// commitLegs commits the legs' transactions: COMMIT for one leg; for
+// several, PREPARE TRANSACTION on each, the decision recorded in log, then
+// COMMIT PREPARED on each. Once the decision to commit is recorded the
+// statement has committed: a shard that cannot be told now is finished by
+// the recovery loop.
+func (s *session) commitLegs(ctx context.Context, legs []*leg, log TxnLog) error {
+	if len(legs) == 1 {
+		if e := s.finishLegs(ctx, legs, "COMMIT"); e != nil {
+			return e
+		}
+		return nil
+	}
+	gid := newGID()
+	if e := s.finishLegs(ctx, legs, "PREPARE TRANSACTION "+quoteLiteral(gid)); e != nil {
+		// Some may have prepared: decide rollback (the recovery loop
+		// would, too) and roll back what prepared.
+		if _, err := log.Decide(ctx, gid, false); err == nil {
+			s.resolveLegs(ctx, legs, gid, false)
+		}
+		return e
+	}
+	commit, err := log.Decide(ctx, gid, true)
+	if err != nil {
+		// Undecided: the recovery loop rolls it back after its grace.
+		return wire.Errorf(wire.CodeConnectionFailure, "pgshard: could not record the commit decision (%v); the statement will be rolled back", err)
+	}
+	s.resolveLegs(ctx, legs, gid, commit)
+	if !commit {
+		return wire.Errorf(codeTransactionRollback, "pgshard: the two-phase transaction was rolled back by recovery before it could commit")
+	}
+	return nil
+}
+
+// resolveLegs finishes a prepared transaction on every leg, and forgets
+// the decision when all are done.
+func (s *session) resolveLegs(ctx context.Context, legs []*leg, gid string, commit bool) {
+	sql := "ROLLBACK PREPARED " + quoteLiteral(gid)
+	if commit {
+		sql = "COMMIT PREPARED " + quoteLiteral(gid)
+	}
+	bufs := make([][]byte, len(legs))
+	for i := range legs {
+		bufs[i] = queryMsg(sql)
+	}
+	if sendLegs(legs, bufs) != nil {
+		return
+	}
+	first, lost := eachLeg(ctx, legs, 1)
+	if first != nil || lost != nil {
+		s.logger.Warn("two-phase transaction left for recovery", "gid", gid, "commit", commit, "err", fmt.Sprint(first, lost))
+		return
+	}
+	if log := s.srv.txnLogger(); log != nil {
+		if err := log.Forget(ctx, gid); err != nil {
+			s.logger.Debug("forget two-phase decision", "gid", gid, "err", err)
+		}
+	}
+}
