@@ -95,9 +95,9 @@ package router
 
 import (
 	"errors"
-	"strings"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
