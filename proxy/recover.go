@@ -47,7 +47,7 @@ type RecoverStats struct {
 	Committed    int // finished with COMMIT PREPARED
 	RolledBack   int // finished with ROLLBACK PREPARED
 	Decided      int // undecided past the grace period, decided by this pass
-	Waiting      int // undecided and younger than the grace period: left to their coordinator
+	Waiting      int // undecided and younger than the grace period, or being finished by another session: left to their coordinator
 	Forgotten    int // decisions dropped: decided long enough ago and prepared nowhere
 	Unresolved   int // could not be finished or forgotten this pass (logged; retried next pass)
 }
@@ -271,6 +271,11 @@ func (s *Server) finishPrepared(ctx context.Context, cfg *config.Config, rt *sha
 			case errors.As(err, &pe) && pe.Code == "42704":
 				// Finished meanwhile (by its coordinator): nothing to do.
 				s.log.Debug("recovery: prepared transaction already finished", "shard", rt.name, "gid", f.gid)
+			case errors.As(err, &pe) && pe.Code == "55000":
+				// "is busy": its coordinator is finishing it right now;
+				// if it does not, the next pass will.
+				st.Waiting++
+				s.log.Debug("recovery: prepared transaction busy; left to the next pass", "shard", rt.name, "gid", f.gid)
 			default:
 				lastErr[f.gid] = fmt.Errorf("%s PREPARED as %q: %w", verb, l.user, err)
 				left = append(left, f)
