@@ -34,6 +34,7 @@ type options struct {
 	split, keep, verbose     bool
 	pgshardBin, jsonOut, dir string
 	modes, targets           []string
+	sharded                  shardedOptions
 }
 
 func main() {
@@ -66,6 +67,16 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.verbose, "v", false, "print progress of the topology and every pgbench run")
 	modes := fs.String("modes", "simple,extended,prepared", "pgbench protocol modes (-M)")
 	targets := fs.String("targets", "direct,pgbouncer,pgpool,pgshard", "targets to measure")
+	fs.BoolVar(&o.sharded.enabled, "sharded", true, "also measure the sharded mode (pgshard over 2 shards vs 1 shard vs direct; -sharded=false skips it)")
+	o.sharded.duration = 4 * time.Second
+	fs.Var((*seconds)(&o.sharded.duration), "sharded-duration", "sharded mode: length of each keyed pgbench run")
+	fs.IntVar(&o.sharded.rounds, "sharded-rounds", 2, "sharded mode: interleaved rounds of the keyed pgbench runs")
+	fs.IntVar(&o.sharded.rows, "sharded-rows", 100000, "sharded mode: rows of the keyed table (pgbench picks user_id in 1..rows)")
+	fs.IntVar(&o.sharded.scanRows, "scan-rows", 1000000, "sharded mode: rows the scatter ORDER BY query returns (half on each shard)")
+	fs.IntVar(&o.sharded.scanReps, "scan-reps", 5, "sharded mode: runs of the scatter query per protocol and target")
+	fs.IntVar(&o.sharded.commits, "commits", 300, "sharded mode: statements per case of the two-shard commit measurement")
+	fs.IntVar(&o.sharded.insertBatch, "insert-batch", 1000, "sharded mode: rows per multi-row INSERT when loading the keyed table through pgshard")
+	shardedModes := fs.String("sharded-modes", "simple,prepared", "sharded mode: pgbench protocol modes (-M) of the keyed runs")
 	pgbin := os.Getenv("PGSHARD_PGBIN")
 	if pgbin == "" {
 		pgbin = topology.DefaultBinDir
@@ -81,7 +92,20 @@ func parseFlags(args []string) (options, error) {
 	}
 	o.modes = splitList(*modes)
 	o.targets = splitList(*targets)
+	o.sharded.modes = splitList(*shardedModes)
 	var errs []error
+	for _, m := range o.sharded.modes {
+		if !slices.Contains([]string{"simple", "extended", "prepared"}, m) {
+			errs = append(errs, fmt.Errorf("-sharded-modes: unknown mode %q", m))
+		}
+	}
+	if so := o.sharded; so.enabled && (so.duration < time.Second || so.rounds < 1 || so.rows < 100 || so.scanRows < 2 ||
+		so.scanReps < 1 || so.commits < 1 || so.insertBatch < 1 || len(so.modes) == 0 || 4*so.commits > so.rows/2) {
+		errs = append(errs, errors.New("sharded mode: -sharded-duration must be ≥1s, -sharded-rounds, -scan-reps, -commits, -insert-batch ≥1, -sharded-rows ≥100 and ≥ 8×-commits, -scan-rows ≥2, -sharded-modes not empty"))
+	}
+	if len(o.targets) == 0 && !o.sharded.enabled {
+		errs = append(errs, errors.New("nothing to measure: -targets is empty and -sharded=false"))
+	}
 	for _, m := range o.modes {
 		if !slices.Contains([]string{"simple", "extended", "prepared"}, m) {
 			errs = append(errs, fmt.Errorf("-modes: unknown mode %q", m))
@@ -301,6 +325,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		}
 	}
 
+	if len(targets) == 0 {
+		o.rounds = 0 // -targets "": only the sharded mode
+	}
 	total := o.rounds * len(o.modes) * len(targets)
 	logf("measuring: %d rounds × %d modes × %d targets × %s ≈ %s", o.rounds, len(o.modes), len(targets), o.duration,
 		(time.Duration(total) * (o.duration + time.Second)).Round(time.Second))
@@ -337,16 +364,37 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 	rep.Machine.LoadAfter = loadAvg()
 	rep.summarize()
-	rep.printText(stdout)
-	if o.jsonOut != "" {
-		if err := rep.writeJSON(o.jsonOut, stdout); err != nil {
-			return err
-		}
+	if len(targets) > 0 {
+		rep.printText(stdout)
 	}
 	// A proxy that died during the run is a failure of the run.
 	for _, p := range procs {
 		if p.exited() {
 			err = errors.Join(err, fmt.Errorf("%s exited during the benchmark (%v); log:\n%s", p.name, p.err, p.logTail(30)))
+		}
+	}
+	if o.sharded.enabled {
+		// The peers are done: stop them so that they take nothing from
+		// the sharded mode (stop is safe to call again on exit).
+		for _, p := range slices.Backward(procs) {
+			if serr := p.stop(10 * time.Second); serr != nil {
+				err = errors.Join(err, serr)
+			}
+		}
+		srep, serr := runSharded(ctx, o, dir, bin, shard.Primary, used, logf, vlogf)
+		if srep != nil {
+			if serr != nil {
+				srep.Error = serr.Error()
+				srep.summarize()
+			}
+			rep.Sharded = srep
+			srep.printText(stdout)
+		}
+		err = errors.Join(err, serr)
+	}
+	if o.jsonOut != "" {
+		if jerr := rep.writeJSON(o.jsonOut, stdout); jerr != nil {
+			err = errors.Join(err, jerr)
 		}
 	}
 	return err

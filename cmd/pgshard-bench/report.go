@@ -80,6 +80,8 @@ type report struct {
 	PgbouncerPrepared string       `json:"pgbouncer_prepared_failure,omitempty"`
 	Summary           []summaryRow `json:"summary"`
 	Runs              []runResult  `json:"runs"`
+	// Sharded is the sharded mode (nil with -sharded=false).
+	Sharded *shardedReport `json:"sharded,omitempty"`
 }
 
 // naPrepared is the table entry for pgbouncer -M prepared when it failed.
