@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/pgshard/pgshard/router"
@@ -17,6 +18,7 @@ type routingState struct {
 	ring    *shardmap.Ring
 	planner *router.Planner
 	catalog mapCatalog
+	tables  []shardmap.Table
 }
 
 // mapCatalog describes the map's tables to the planner, keyed by
@@ -27,14 +29,20 @@ func (c mapCatalog) Table(schema, name string) router.TableInfo {
 	return c[schema+"."+name]
 }
 
-// SetMap makes the proxy follow the shard map's ring and tables.
+// SetMap makes the proxy follow the shard map's ring and tables. A map
+// version that changed neither (a two-phase decision, a job checkpoint)
+// keeps the planner and its cache.
 func (s *Server) SetMap(m *shardmap.Map) {
-	rs := &routingState{ring: m.Ring()}
+	tables := m.Tables()
+	if old := s.routing.Load(); old != nil && old.ring == m.Ring() && slices.Equal(old.tables, tables) {
+		return
+	}
+	rs := &routingState{ring: m.Ring(), tables: tables}
 	if rs.ring != nil {
 		rs.owners = len(rs.ring.Shards())
 	}
 	cat := mapCatalog{}
-	for _, t := range m.Tables() {
+	for _, t := range tables {
 		info := router.TableInfo{Kind: router.TableReference}
 		if t.Kind == shardmap.TableSharded {
 			info = router.TableInfo{Kind: router.TableSharded, KeyColumn: t.KeyColumn, KeyType: t.KeyType}

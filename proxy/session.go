@@ -135,6 +135,7 @@ type session struct {
 	params       router.Params // a Bind's parameters being planned (session loop)
 	txnBegin     string        // the BEGIN lazyTxn sent with the transaction's first message (under mu)
 	txnFresh     bool          // ... and nothing that reads or writes ran in it yet (under mu)
+	tx           txState       // the transaction's legs on other shards (txlegs.go; session loop)
 
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend
@@ -370,7 +371,7 @@ func (s *session) run(ctx context.Context) error {
 			}
 		}
 		s.cmu.Lock()
-		if isExtended(typ) && s.newBatch() {
+		if isExtended(typ) && (s.newBatch() || s.txBatch()) {
 			err = s.handleGroup(ctx, typ, msg)
 		} else {
 			s.want = target{}
@@ -428,8 +429,22 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 			return err
 		}
 	}
+	if done, err := s.groupTxnEnd(ctx, s.gbuf); done || err != nil {
+		return err
+	}
 	if s.want.shard = s.groupShard(s.gbuf); s.want.shard != "" {
 		s.shardFor(ctx, s.want.shard) // moves a transaction that ran nothing yet
+		if s.inTxnOnOtherShard(s.want.shard) && last == 'S' && extra == nil {
+			if why := s.txnLegRefusal(); why != "" {
+				if err := s.refuseExtended(ctx, wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: %s", why)); err != nil {
+					return err
+				}
+				return s.replayGroup(ctx) // skipped up to its Sync, which is answered
+			}
+			if done, err := s.legGroup(ctx, s.want.shard, s.gbuf); done || err != nil {
+				return err
+			}
+		}
 	}
 	if err := s.replayGroup(ctx); err != nil {
 		return err
@@ -1579,6 +1594,7 @@ func (s *session) internalQuery(sql string) {
 // unknown.
 func (s *session) finish() {
 	s.retryWG.Wait()
+	s.closeTxLegs()
 	s.mu.Lock()
 	s.closing = true
 	sc := s.sc

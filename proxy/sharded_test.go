@@ -157,10 +157,12 @@ func TestKeyedStatementsLandOnTheirShard(t *testing.T) {
 }
 
 // A transaction follows the shard of its first keyed statement (BEGIN is
-// sent there lazily); a statement on another shard is refused with 0A000
-// and fails the transaction, as an error would on PostgreSQL.
-func TestTransactionStaysOnOneShard(t *testing.T) {
+// sent there lazily); statements on other shards run on legs opened there
+// in the same transaction; COMMIT is atomic over all of them (two-phase
+// commit), ROLLBACK and errors undo all of them.
+func TestTransactionAcrossShards(t *testing.T) {
 	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
 	ctx := testCtx(t)
 	sh.onEveryShard(ctx, "CREATE TABLE orders (user_id bigint, v int)")
 	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "orders", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
@@ -172,44 +174,103 @@ func TestTransactionStaysOnOneShard(t *testing.T) {
 		b++
 	}
 	c := sh.connect(ctx)
+	count := func(mode pgx.QueryExecMode) int {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id IN ($1, $2)", mode, a, b).Scan(&n); err != nil {
+			t.Fatalf("%v: count: %v", mode, err)
+		}
+		return n
+	}
+	noneLeft := func() {
+		for i := range sh.topo.Shards {
+			var left int
+			if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&left); err != nil || left != 0 {
+				t.Fatalf("shard %d: %d prepared transactions left (%v)", i, left, err)
+			}
+		}
+	}
 	for _, mode := range allModes {
-		mustExec(t, c, "DELETE FROM orders WHERE user_id = "+fmt.Sprint(a))
+		mustExec(t, c, fmt.Sprintf("DELETE FROM orders WHERE user_id IN (%d, %d)", a, b))
+		// Commit: both rows, on their shards.
 		tx, err := c.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 1)", mode, a); err != nil {
-			t.Fatalf("%v: first insert: %v", mode, err)
+		for _, k := range []int64{a, b} {
+			if _, err := tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 1)", mode, k); err != nil {
+				t.Fatalf("%v: insert %d: %v", mode, k, err)
+			}
 		}
-		_, err = tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 2)", mode, b)
-		if sqlState(err) != "0A000" {
-			t.Fatalf("%v: insert on the other shard: %v, want 0A000", mode, err)
-		}
-		if _, err := tx.Exec(ctx, "SELECT 1", mode); sqlState(err) != "25P02" {
-			t.Fatalf("%v: after the refusal: %v, want 25P02", mode, err)
-		}
-		if err := tx.Commit(ctx); err != pgx.ErrTxCommitRollback {
-			t.Fatalf("%v: commit: %v, want a rollback", mode, err)
-		}
-		var n int
-		if err := c.QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id = $1", a).Scan(&n); err != nil || n != 0 {
-			t.Fatalf("%v: rows after the failed transaction: %d, %v", mode, n, err)
-		}
-		// A transaction on the other shard commits there.
-		tx, err = c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 3)", mode, b); err != nil {
-			t.Fatalf("%v: %v", mode, err)
+		var v int
+		if err := tx.QueryRow(ctx, "SELECT v FROM orders WHERE user_id = $1", mode, b).Scan(&v); err != nil || v != 1 {
+			t.Fatalf("%v: the transaction reads its own write on the other shard: %d %v", mode, v, err)
 		}
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatalf("%v: commit: %v", mode, err)
 		}
-		var v int
-		if err := sh.shardConn(ctx, sh.owner(b)).QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id = $1", b).Scan(&v); err != nil || v == 0 {
-			t.Fatalf("%v: the row is not on its shard: %d, %v", mode, v, err)
+		if n := count(mode); n != 2 {
+			t.Fatalf("%v: %d rows after commit, want 2", mode, n)
 		}
+		for _, k := range []int64{a, b} {
+			var n int
+			if err := sh.shardConn(ctx, sh.owner(k)).QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id = $1", k).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("%v: key %d on its shard: %d %v", mode, k, n, err)
+			}
+		}
+		noneLeft()
+		// Rollback: nothing.
+		tx, err = c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []int64{a, b} {
+			if _, err := tx.Exec(ctx, "UPDATE orders SET v = 5 WHERE user_id = $1", mode, k); err != nil {
+				t.Fatalf("%v: update %d: %v", mode, k, err)
+			}
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatalf("%v: rollback: %v", mode, err)
+		}
+		var sum int
+		if err := c.QueryRow(ctx, "SELECT sum(v) FROM orders WHERE user_id IN ($1, $2)", mode, a, b).Scan(&sum); err != nil || sum != 2 {
+			t.Fatalf("%v: sum after rollback %d %v, want 2", mode, sum, err)
+		}
+		// An error on the second shard fails the whole transaction.
+		tx, err = c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE orders SET v = 7 WHERE user_id = $1", mode, a); err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE orders SET v = 1 / (v - 1) WHERE user_id = $1", mode, b); sqlState(err) != "22012" {
+			t.Fatalf("%v: error on the other shard: %v, want 22012", mode, err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1", mode); sqlState(err) != "25P02" {
+			t.Fatalf("%v: after the error: %v, want 25P02", mode, err)
+		}
+		if err := tx.Commit(ctx); err != pgx.ErrTxCommitRollback {
+			t.Fatalf("%v: commit after the error: %v, want a rollback", mode, err)
+		}
+		if err := c.QueryRow(ctx, "SELECT sum(v) FROM orders WHERE user_id IN ($1, $2)", mode, a, b).Scan(&sum); err != nil || sum != 2 {
+			t.Fatalf("%v: sum after the failed transaction %d %v, want 2", mode, sum, err)
+		}
+		// Savepoints cannot span shards.
+		tx, err = c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE orders SET v = 3 WHERE user_id = $1", mode, a); err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		if _, err := tx.Exec(ctx, "SAVEPOINT s1"); err != nil {
+			t.Fatalf("%v: savepoint: %v", mode, err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE orders SET v = 3 WHERE user_id = $1", mode, b); sqlState(err) != "0A000" {
+			t.Fatalf("%v: other shard after a savepoint: %v, want 0A000", mode, err)
+		}
+		_ = tx.Rollback(ctx)
+		noneLeft()
 	}
 	// An empty transaction needs no backend.
 	tx, err := c.Begin(ctx)

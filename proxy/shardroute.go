@@ -144,6 +144,10 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 	if !ok {
 		return "", false, nil
 	}
+	if commit, end := isTxnEnd(sql, fx); end && s.txMulti() {
+		return "", true, s.endTxn(ctx, commit, nil)
+	}
+	s.noteSavepoints(sql, fx)
 	switch pl.Kind {
 	case router.Refuse:
 		return "", true, s.refuseQuery(ctx, planError(pl.Err))
@@ -167,7 +171,22 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 	if s.lazyTxn(sql, fx) {
 		return "", true, nil
 	}
+	s.mu.Lock()
+	failed := s.txStatus == 'E'
+	s.mu.Unlock()
+	if failed {
+		return "", false, nil // the transaction's home answers 25P02
+	}
 	if bound, why := s.shardFor(ctx, shard); bound != "" {
+		if s.inTxnOnOtherShard(shard) {
+			if why := s.txnLegRefusal(); why != "" || fx.Statements > 1 {
+				if why == "" {
+					why = "a Query string with several statements in a transaction over several shards is not supported"
+				}
+				return "", true, s.refuseQuery(ctx, wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: %s", why))
+			}
+			return "", true, s.legQuery(ctx, shard, queryMsg(sql))
+		}
 		return "", true, s.refuseQuery(ctx, crossShard(bound, shard, why))
 	}
 	return shard, false, nil
@@ -554,49 +573,11 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 	if s.srv.owners() < 2 {
 		return false, nil
 	}
-	var parse, bind []byte
-	var describe bool
-	execs := 0
-	for b := group; len(b) >= 5; {
-		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
-		typ, msg := b[0], b[:n]
-		b = b[n:]
-		switch {
-		case typ == 'P' && parse == nil && bind == nil:
-			parse = msg
-		case typ == 'B' && bind == nil:
-			bind = msg
-		case typ == 'D' && bind != nil && len(msg) > 5 && msg[5] == 'P':
-			describe = true
-		case typ == 'E':
-			execs++
-		case typ == 'S' && len(b) == 0:
-		default:
-			return false, nil
-		}
-	}
-	if bind == nil || execs != 1 {
+	g, ok := s.singleGroup(group)
+	if !ok {
 		return false, nil
 	}
-	var bd pgproto3.Bind
-	if bd.Decode(bind[5:]) != nil || bd.DestinationPortal != "" {
-		return false, nil
-	}
-	var sql string
-	var types []uint32
-	var p pgproto3.Parse
-	if parse != nil {
-		if p.Decode(parse[5:]) != nil || p.Name != bd.PreparedStatement {
-			return false, nil
-		}
-		sql, types = p.Query, p.ParameterOIDs
-	} else if bd.PreparedStatement == "" {
-		sql, types = s.unnamedText()
-	} else if d, ok := s.lookupStmt(bd.PreparedStatement); ok {
-		sql, types = d.sql, d.types
-	} else {
-		return false, nil
-	}
+	parse, describe, bd, p, sql, types := g.parse, g.describe, g.bd, g.p, g.sql, g.types
 	x := &extReq{types: types, results: bd.ResultFormatCodes, describe: describe, parse: parse != nil,
 		params: router.Params{Values: bd.Parameters, Formats: bd.ParameterFormatCodes, Types: types}}
 	pl, ok := s.srv.plan(sql, &x.params)
@@ -638,4 +619,59 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 		s.srv.stmts.bump()
 	}
 	return true, err
+}
+
+// oneStmtGroup is an extended-protocol batch of one statement:
+// [Parse] Bind [Describe portal] Execute Sync, to the unnamed portal.
+type oneStmtGroup struct {
+	parse    []byte // the Parse message, if any
+	describe bool
+	p        pgproto3.Parse
+	bd       pgproto3.Bind
+	sql      string
+	types    []uint32
+}
+
+// singleGroup reads a batch of one statement; ok is false for any other
+// batch, or one whose statement is unknown.
+func (s *session) singleGroup(group []byte) (g oneStmtGroup, ok bool) {
+	var bind []byte
+	execs := 0
+	for b := group; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+		typ, msg := b[0], b[:n]
+		b = b[n:]
+		switch {
+		case typ == 'P' && g.parse == nil && bind == nil:
+			g.parse = msg
+		case typ == 'B' && bind == nil:
+			bind = msg
+		case typ == 'D' && bind != nil && len(msg) > 5 && msg[5] == 'P':
+			g.describe = true
+		case typ == 'E':
+			execs++
+		case typ == 'S' && len(b) == 0:
+		default:
+			return g, false
+		}
+	}
+	if bind == nil || execs != 1 {
+		return g, false
+	}
+	if g.bd.Decode(bind[5:]) != nil || g.bd.DestinationPortal != "" {
+		return g, false
+	}
+	if g.parse != nil {
+		if g.p.Decode(g.parse[5:]) != nil || g.p.Name != g.bd.PreparedStatement {
+			return g, false
+		}
+		g.sql, g.types = g.p.Query, g.p.ParameterOIDs
+	} else if g.bd.PreparedStatement == "" {
+		g.sql, g.types = s.unnamedText()
+	} else if d, ok := s.lookupStmt(g.bd.PreparedStatement); ok {
+		g.sql, g.types = d.sql, d.types
+	} else {
+		return g, false
+	}
+	return g, g.sql != ""
 }

@@ -43,6 +43,7 @@ type leg struct {
 	once sync.Once
 	row  [][]byte // DataRow values, reused
 	tag  []byte   // the last CommandComplete's tag
+	keep bool     // a transaction's leg (txlegs.go): closeLegs leaves it
 }
 
 func (l *leg) ServerMessage(_ *pool.Conn, typ byte, msg []byte, _ bool) {
@@ -262,6 +263,9 @@ func (s *session) prelude(l *leg) (out []byte, answers int) {
 // (clean), else closed.
 func (s *session) closeLegs(legs []*leg, clean bool) {
 	for _, l := range legs {
+		if l.keep {
+			continue
+		}
 		close(l.quit)
 		if l.node >= 0 {
 			l.b.rt.outstanding[l.node].Add(-1)
@@ -366,6 +370,10 @@ func asWireError(err error) *wire.Error {
 	return wire.Errorf(wire.CodeConnectionFailure, "pgshard: %v", err)
 }
 
+// decideTimeout bounds recording a two-phase decision: well under the
+// recovery loop's grace period (30 s in cmd/pgshard).
+const decideTimeout = 10 * time.Second
+
 // codeTransactionRollback is SQLSTATE transaction_rollback.
 const codeTransactionRollback = "40000"
 
@@ -374,7 +382,7 @@ const codeTransactionRollback = "40000"
 func newGID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	return "pgshard_" + hex.EncodeToString(b[:])
+	return GIDPrefix + hex.EncodeToString(b[:])
 }
 
 // extReq is an extended-protocol batch run as a spread statement: one
@@ -772,10 +780,15 @@ func (s *session) commitLegs(ctx context.Context, legs []*leg, log TxnLog) error
 		}
 		return e
 	}
-	commit, err := log.Decide(ctx, gid, true)
+	// Decide well within the recovery loop's grace, so that recovery never
+	// rolls back (and forgets) a transaction a coordinator still decides.
+	dctx, cancel := context.WithTimeout(ctx, decideTimeout)
+	commit, err := log.Decide(dctx, gid, true)
+	cancel()
 	if err != nil {
-		// Undecided: the recovery loop rolls it back after its grace.
-		return wire.Errorf(wire.CodeConnectionFailure, "pgshard: could not record the commit decision (%v); the statement will be rolled back", err)
+		// Maybe recorded, maybe not: the recovery loop finishes it either
+		// way, by the recorded decision or by rolling back.
+		return wire.Errorf(wire.CodeConnectionFailure, "pgshard: could not confirm the commit decision (%v); the outcome is unknown until recovery resolves transaction %s", err, gid)
 	}
 	s.resolveLegs(ctx, legs, gid, commit)
 	if !commit {

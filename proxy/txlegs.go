@@ -1,0 +1,550 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/router"
+	"github.com/pgshard/pgshard/wire"
+)
+
+// A transaction over several shards. The session's attached backend (its
+// home) holds the transaction where it began; a statement on another shard
+// runs on a leg of that shard kept for the rest of the transaction, opened
+// with the same BEGIN. Such statements run synchronously in the session
+// loop once everything sent to the home backend is answered, so answers
+// reach the client in order. COMMIT of a transaction with legs is a
+// two-phase commit over the home backend and every leg (commitTxn); an
+// error on a leg fails the home transaction too, so that COMMIT rolls
+// everything back, as on PostgreSQL.
+
+// txState is the session's multi-shard transaction (session loop only).
+type txState struct {
+	legs       map[string]*leg
+	failed     bool // a statement failed on a leg
+	savepoints bool // the transaction made a savepoint (it cannot span shards)
+}
+
+// waitAnswered waits until the home backend has answered everything sent
+// to it. Called with s.cmu held, by the session loop.
+func (s *session) waitAnswered(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		if s.sc == nil || (s.q.len() == 0 && !s.unsynced) {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.batchDone == nil {
+			s.batchDone = make(chan struct{})
+		}
+		ch := s.batchDone
+		s.mu.Unlock()
+		s.flushServer()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// txLegFor returns the transaction's leg on shard, opening it (with the
+// transaction's BEGIN) when needed.
+func (s *session) txLegFor(ctx context.Context, shard string) (*leg, error) {
+	if l := s.tx.legs[shard]; l != nil {
+		return l, nil
+	}
+	legs, err := s.openLegs(ctx, []string{shard}, false)
+	if err != nil {
+		return nil, err
+	}
+	l := legs[0]
+	l.keep = true
+	begin := s.txnBegin
+	if begin == "" {
+		begin = "BEGIN"
+	}
+	buf, n := s.prelude(l)
+	buf = append(buf, queryMsg(begin)...)
+	if err := l.sc.Write(buf); err != nil {
+		s.dropLeg(l)
+		return nil, wire.Errorf(wire.CodeConnectionFailure, "pgshard: lost the connection to shard %s: %v", shard, err)
+	}
+	for i := 0; i <= n; i++ {
+		first, err := l.untilReady(ctx)
+		if err == nil {
+			err = first
+		}
+		if err != nil {
+			s.dropLeg(l)
+			return nil, err
+		}
+	}
+	if s.tx.legs == nil {
+		s.tx.legs = map[string]*leg{}
+	}
+	s.tx.legs[shard] = l
+	return l, nil
+}
+
+func (s *session) dropLeg(l *leg) {
+	l.keep = false
+	s.closeLegs([]*leg{l}, false)
+}
+
+// txMulti reports whether the open transaction has legs on other shards.
+func (s *session) txMulti() bool { return len(s.tx.legs) > 0 }
+
+// inTxnOnOtherShard reports whether a statement on shard must run on a
+// leg: the session's transaction is open on another shard. Called by the
+// session loop.
+func (s *session) inTxnOnOtherShard(shard string) bool {
+	if shard == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sc != nil && s.att != nil && s.att.rt.name != shard && s.txStatus == 'T' &&
+		!s.pinned && s.mode == config.PoolTransaction && s.lazyBegin == ""
+}
+
+// failHome makes the home backend's transaction fail (a statement failed
+// on a leg), so that its COMMIT rolls back like every leg's.
+func (s *session) failHome() {
+	s.tx.failed = true
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sc == nil {
+		return
+	}
+	s.push(entry{kind: 'x', swallow: true, done: make(chan error, 1)}) // its error is the point
+	s.sbuf = append(s.sbuf, queryMsg(raiseSQL(wire.Errorf(codeTransactionRollback, "pgshard: a statement of this transaction failed on another shard")))...)
+}
+
+// legQuery runs a simple Query on the transaction's leg of shard and
+// relays its answers.
+func (s *session) legQuery(ctx context.Context, shard string, msg []byte) error {
+	if err := s.waitAnswered(ctx); err != nil {
+		return err
+	}
+	l, err := s.txLegFor(ctx, shard)
+	if err != nil {
+		return s.legFailed(err, true)
+	}
+	if err := l.sc.Write(msg); err != nil {
+		return s.legFailed(err, true)
+	}
+	return s.relayLeg(ctx, l, nil)
+}
+
+// legFailed answers the client when a leg could not be used: the
+// transaction fails.
+func (s *session) legFailed(err error, simple bool) error {
+	s.emitError(err)
+	s.failHome()
+	if simple {
+		s.emitStatus('E')
+	}
+	return nil
+}
+
+// emitStatus answers ReadyForQuery with status st.
+func (s *session) emitStatus(st byte) {
+	s.mu.Lock()
+	s.out = append(s.out, readyForQuery(st)...)
+	s.mu.Unlock()
+	s.flushClient()
+}
+
+// relayLeg passes a leg's answers to the client up to its ReadyForQuery,
+// except those in skip (answers to what pgshard added: ParseComplete of
+// its Parse), and fails the home transaction if the leg's failed.
+func (s *session) relayLeg(ctx context.Context, l *leg, skip map[byte]int) error {
+	for {
+		typ, msg, err := l.next(ctx)
+		if err != nil {
+			s.dropTxLeg(l)
+			return s.legFailed(err, true)
+		}
+		if skip[typ] > 0 {
+			skip[typ]--
+			continue
+		}
+		if typ == 'Z' {
+			st := msg[5]
+			if st == 'E' && !s.tx.failed {
+				s.failHome()
+			}
+			if st == 'I' {
+				// The leg's transaction ended on its own (a COMMIT the
+				// planner let through is handled before; this is a bug
+				// guard): the transaction can no longer be atomic.
+				st = 'E'
+				s.failHome()
+			}
+			s.emitStatus(st)
+			return nil
+		}
+		s.mu.Lock()
+		s.out = append(s.out, msg...)
+		big := len(s.out) > 64<<10
+		s.mu.Unlock()
+		if big {
+			s.flushClient()
+		}
+	}
+}
+
+func (s *session) dropTxLeg(l *leg) {
+	for k, v := range s.tx.legs {
+		if v == l {
+			delete(s.tx.legs, k)
+		}
+	}
+	s.dropLeg(l)
+}
+
+// legGroup runs an extended-protocol batch (up to its Sync) on the
+// transaction's leg of shard. Statements are sent unnamed, parsed again
+// before each Bind and statement Describe, so that the leg needs none of
+// the client's names; the client's Parse and Close are answered here.
+func (s *session) legGroup(ctx context.Context, shard string, group []byte) (bool, error) {
+	if !s.groupNamesKnown(group) {
+		return false, nil // the home backend raises what PostgreSQL would
+	}
+	if err := s.waitAnswered(ctx); err != nil {
+		return true, err
+	}
+	l, err := s.txLegFor(ctx, shard)
+	if err != nil {
+		s.emitError(err)
+		s.failHome()
+		s.emitStatus('E')
+		return true, nil
+	}
+	// Answers are relayed in order: pgshard's own go into out before the
+	// leg's (the leg answers nothing before the batch is sent).
+	var buf []byte
+	skip := map[byte]int{}
+	var pre []byte // answers pgshard gives before the leg's first
+	parsed := map[string]*pgproto3.Parse{}
+	textOf := func(name string) (string, []uint32, bool) {
+		if p := parsed[name]; p != nil {
+			return p.Query, p.ParameterOIDs, true
+		}
+		if name == "" {
+			q, t := s.unnamedText()
+			return q, t, q != ""
+		}
+		d, ok := s.lookupStmt(name)
+		if !ok {
+			return "", nil, false
+		}
+		return d.sql, d.types, true
+	}
+	for b := group; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+		typ, msg := b[0], b[:n]
+		b = b[n:]
+		switch typ {
+		case 'P':
+			var p pgproto3.Parse
+			if p.Decode(msg[5:]) != nil {
+				return true, errMalformed("Parse")
+			}
+			parsed[p.Name] = &p
+			if p.Name == "" {
+				s.unnamed = append(s.unnamed[:0], msg...)
+				s.unnamedGen++
+			} else {
+				s.mu.Lock()
+				s.stmts[p.Name] = s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
+				s.mu.Unlock()
+			}
+			if len(buf) == 0 {
+				pre = append(pre, msgParseComplete...)
+			} else {
+				// Answered by the leg's ParseComplete of a Parse sent in
+				// its place.
+				buf, _ = (&pgproto3.Parse{Query: p.Query, ParameterOIDs: p.ParameterOIDs}).Encode(buf)
+			}
+		case 'B', 'D':
+			var name string
+			if typ == 'B' {
+				_, rest, ok := cstringBytes(msg[5:])
+				nm, _, ok2 := cstring(rest)
+				if !ok || !ok2 {
+					return true, errMalformed("Bind")
+				}
+				name = nm
+			} else if len(msg) > 6 && msg[5] == 'S' {
+				nm, _, ok := cstring(msg[6:])
+				if !ok {
+					return true, errMalformed("Describe")
+				}
+				name = nm
+			} else {
+				buf = append(buf, msg...)
+				continue
+			}
+			q, types, _ := textOf(name)
+			buf, _ = (&pgproto3.Parse{Query: q, ParameterOIDs: types}).Encode(buf)
+			skip['1']++
+			if typ == 'B' {
+				portal, rest, _ := cstringBytes(msg[5:])
+				_, rest, _ = cstringBytes(rest)
+				buf = appendWithStmt(buf, 'B', append(append([]byte(nil), portal...), 0), "", rest)
+			} else {
+				buf = appendWithStmt(buf, 'D', []byte{'S'}, "", nil)
+			}
+		case 'C':
+			if len(msg) > 6 && msg[5] == 'S' {
+				if nm, _, ok := cstring(msg[6:]); ok {
+					s.mu.Lock()
+					delete(s.stmts, nm)
+					s.mu.Unlock()
+				}
+			}
+			if len(buf) == 0 {
+				pre = append(pre, msgCloseComplete...)
+			} else {
+				buf = append(buf, msg...) // the leg answers CloseComplete
+			}
+		case 'E', 'S', 'H':
+			buf = append(buf, msg...)
+		default:
+			return true, errMalformed("extended-protocol batch")
+		}
+	}
+	s.emitRaw(pre)
+	if err := l.sc.Write(buf); err != nil {
+		s.dropTxLeg(l)
+		s.emitError(err)
+		s.failHome()
+		s.emitStatus('E')
+		return true, nil
+	}
+	return true, s.relayLeg(ctx, l, skip)
+}
+
+// groupNamesKnown reports whether every statement a batch binds or
+// describes exists (parsed in the batch or before).
+func (s *session) groupNamesKnown(group []byte) bool {
+	parsed := map[string]bool{}
+	for b := group; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+		typ, msg := b[0], b[:n]
+		b = b[n:]
+		var name string
+		var ok bool
+		switch {
+		case typ == 'P':
+			name, _, ok = cstring(msg[5:])
+			parsed[name] = ok
+			continue
+		case typ == 'B':
+			var rest []byte
+			_, rest, ok = cstringBytes(msg[5:])
+			if ok {
+				name, _, ok = cstring(rest)
+			}
+		case typ == 'D' && len(msg) > 6 && msg[5] == 'S':
+			name, _, ok = cstring(msg[6:])
+		default:
+			continue
+		}
+		if !ok {
+			return false
+		}
+		if parsed[name] {
+			continue
+		}
+		if name == "" {
+			if len(s.unnamed) == 0 {
+				return false
+			}
+		} else if _, known := s.lookupStmt(name); !known {
+			return false
+		}
+	}
+	return true
+}
+
+// isTxnEnd reports whether sql is a lone COMMIT/END or ROLLBACK/ABORT
+// (not ROLLBACK TO SAVEPOINT, not PREPARE TRANSACTION), and which.
+func isTxnEnd(sql string, fx router.Effects) (commit, ok bool) {
+	if fx.Statements != 1 || !fx.TxnControl {
+		return false, false
+	}
+	switch firstWord(sql) {
+	case "commit", "end":
+		return true, true
+	case "rollback", "abort":
+		if strings.Contains(strings.ToLower(sql), " to ") {
+			return false, false
+		}
+		return false, true
+	}
+	return false, false
+}
+
+// endTxn ends a transaction with legs: ROLLBACK everywhere, or COMMIT by
+// two-phase commit over the home backend and every leg; then it answers
+// the client (tag and ReadyForQuery; ext adds the extended protocol's
+// answers before the tag).
+func (s *session) endTxn(ctx context.Context, commit bool, ext []byte) error {
+	if err := s.waitAnswered(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	sc, att := s.sc, s.att
+	failed := s.txStatus == 'E' || s.tx.failed
+	s.mu.Unlock()
+	legs := make([]*leg, 0, len(s.tx.legs)+1)
+	var home *leg
+	if sc != nil {
+		home = &leg{b: att, sc: sc, node: -1, keep: true, ch: make(chan legMsg, 64), quit: make(chan struct{}), gone: make(chan struct{})}
+		if !sc.SetHandler(home) {
+			home = nil
+		} else {
+			legs = append(legs, home)
+		}
+	}
+	for _, l := range s.tx.legs {
+		legs = append(legs, l)
+	}
+	var err error
+	tag := "ROLLBACK"
+	switch {
+	case !commit || failed:
+		err = s.finishLegs(ctx, legs, "ROLLBACK")
+	default:
+		log := s.srv.txnLogger()
+		if log == nil {
+			err = wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: this transaction wrote on %d shards and needs two-phase commit, but this node has no decision log (the Raft shard map)", len(legs))
+			_ = s.finishLegs(ctx, legs, "ROLLBACK")
+		} else if err = s.commitLegs(ctx, legs, log); err == nil {
+			tag = "COMMIT"
+		}
+	}
+	// Let the legs go; the home backend returns to the session.
+	for _, l := range s.tx.legs {
+		l.keep = false
+		s.closeLegs([]*leg{l}, err == nil)
+	}
+	s.tx = txState{}
+	if home != nil {
+		close(home.quit)
+		select {
+		case <-home.gone:
+			s.mu.Lock()
+			if s.sc == sc {
+				s.detach()
+			}
+			s.mu.Unlock()
+			sc.Pool().Discard(sc)
+		default:
+			sc.SetHandler(s)
+		}
+	}
+	s.emitRaw(ext)
+	if err != nil {
+		s.emitError(err)
+	} else {
+		b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
+		s.emitRaw(b)
+	}
+	s.mu.Lock()
+	s.txStatus = 'I'
+	s.txnFresh, s.txnBegin = false, ""
+	if s.st != nil {
+		s.st.unnamedOwner = nil // the commit's simple Queries dropped it
+	}
+	if tag == "COMMIT" {
+		s.commitStaged()
+	}
+	s.staged = s.staged[:0]
+	s.wroteAt = time.Now()
+	s.busy = false
+	s.maybeRelease()
+	s.mu.Unlock()
+	s.emitStatus('I')
+	return nil
+}
+
+// closeTxLegs drops the legs of a transaction the session abandons.
+func (s *session) closeTxLegs() {
+	for _, l := range s.tx.legs {
+		s.dropLeg(l)
+	}
+	s.tx = txState{}
+}
+
+// txBatch reports whether the next extended-protocol message starts a
+// batch inside a transaction that may span shards: it is then read ahead
+// to its Sync and routed as a whole (handleGroup).
+func (s *session) txBatch() bool {
+	if s.srv.owners() < 2 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sc != nil && (s.txStatus == 'T' || s.txStatus == 'E') && !s.unsynced && !s.pinned && s.mode == config.PoolTransaction
+}
+
+// txnLegRefusal says why the transaction cannot open a leg on another
+// shard ("" when it can).
+func (s *session) txnLegRefusal() string {
+	if s.tx.savepoints {
+		return "a transaction with savepoints cannot span shards (ROLLBACK TO SAVEPOINT would not undo the other shards)"
+	}
+	return ""
+}
+
+// noteSavepoints records a SAVEPOINT of the open transaction, and forgets
+// savepoints once the session is outside a transaction.
+func (s *session) noteSavepoints(sql string, fx router.Effects) {
+	s.mu.Lock()
+	idle := s.txStatus == 'I' && s.lazyBegin == ""
+	s.mu.Unlock()
+	if idle {
+		s.tx.savepoints = false
+	}
+	if !fx.AnyTxnControl {
+		return
+	}
+	for _, op := range router.Ops(sql) {
+		if op.Kind == router.OpSavepoint {
+			s.tx.savepoints = true
+		}
+	}
+}
+
+// groupTxnEnd ends a transaction with legs on a COMMIT or ROLLBACK sent
+// through the extended protocol: [Parse] Bind [Describe] Execute Sync.
+func (s *session) groupTxnEnd(ctx context.Context, group []byte) (bool, error) {
+	if !s.txMulti() {
+		return false, nil
+	}
+	g, ok := s.singleGroup(group)
+	if !ok {
+		return false, nil
+	}
+	commit, end := isTxnEnd(g.sql, router.Inspect(g.sql))
+	if !end {
+		return false, nil
+	}
+	var ext []byte
+	if g.parse != nil {
+		ext = append(ext, msgParseComplete...)
+	}
+	ext = append(ext, msgBindComplete...)
+	if g.describe {
+		ext = append(ext, msgNoData...)
+	}
+	return true, s.endTxn(ctx, commit, ext)
+}
