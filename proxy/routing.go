@@ -45,7 +45,7 @@ func (s *Server) SetMap(m *shardmap.Map) {
 	for _, t := range tables {
 		info := router.TableInfo{Kind: router.TableReference}
 		if t.Kind == shardmap.TableSharded {
-			info = router.TableInfo{Kind: router.TableSharded, KeyColumn: t.KeyColumn, KeyType: t.KeyType}
+			info = router.TableInfo{Kind: router.TableSharded, KeyColumn: t.KeyColumn, KeyType: t.KeyType, KeyOrdinal: t.KeyOrdinal}
 		}
 		name := t.Name
 		if !strings.Contains(name, ".") {

@@ -250,7 +250,7 @@ func (s *session) registerTables(ctx context.Context, ddl []router.TableDDL) err
 	for _, d := range ddl {
 		t := shardmap.Table{Name: d.MapName(), Kind: shardmap.TableReference}
 		if d.Sharded {
-			t = shardmap.Table{Name: d.MapName(), Kind: shardmap.TableSharded, KeyColumn: d.KeyColumn, KeyType: d.KeyType}
+			t = shardmap.Table{Name: d.MapName(), Kind: shardmap.TableSharded, KeyColumn: d.KeyColumn, KeyType: d.KeyType, KeyOrdinal: d.KeyOrdinal}
 		}
 		if err := reg.RegisterTable(ctx, t); err != nil {
 			return wire.Errorf(wire.CodeInternalError, "pgshard: table %s was created on every shard but could not be registered in the shard map: %v", t.Name, err)

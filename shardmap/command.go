@@ -379,8 +379,11 @@ func checkTable(t Table) error {
 		if t.KeyType < KeyInt || t.KeyType > KeyUUID {
 			return fmt.Errorf("table %q: key type %d: %w", t.Name, int(t.KeyType), ErrInvalidCommand)
 		}
+		if t.KeyOrdinal < 0 || t.KeyOrdinal > 1600 {
+			return fmt.Errorf("table %q: key ordinal %d: %w", t.Name, t.KeyOrdinal, ErrInvalidCommand)
+		}
 	case TableReference:
-		if t.KeyColumn != "" || t.KeyType != 0 {
+		if t.KeyColumn != "" || t.KeyType != 0 || t.KeyOrdinal != 0 {
 			return fmt.Errorf("table %q: a reference table has no shard key: %w", t.Name, ErrInvalidCommand)
 		}
 	default:

@@ -65,6 +65,10 @@ type Table struct {
 	Kind      TableKind `json:"kind"`
 	KeyColumn string    `json:"key_column,omitempty"` // sharded only
 	KeyType   KeyType   `json:"key_type,omitempty"`   // sharded only
+	// KeyOrdinal is the key column's 1-based position among the table's
+	// columns, for INSERT and COPY without a column list (0: unknown,
+	// such statements are refused). Sharded only.
+	KeyOrdinal int `json:"key_ordinal,omitempty"`
 }
 
 // Job is a reshard job as the map records it: its identity, the phase it
