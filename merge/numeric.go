@@ -404,3 +404,14 @@ func decimalFromInt(v int64) decimal {
 	d.coef.SetInt64(v)
 	return d
 }
+
+// NumericText returns the text form of a numeric value in binary format
+// (for a HAVING parameter the client sent in binary); ok is false when b
+// is not one (NaN and infinities included).
+func NumericText(b []byte) (string, bool) {
+	d, ok := parseNumericBinary(b)
+	if !ok {
+		return "", false
+	}
+	return string(d.appendText(nil)), true
+}

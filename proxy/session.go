@@ -42,6 +42,7 @@ type entry struct {
 	schema  bool        // Query: DDL; prepared statements planned before it may not fit
 	discard bool        // Query: the backend forgets its prepared statements (DISCARD, DEALLOCATE ALL)
 	release func()      // Query: ends a database quiesce (dbops.go) at ReadyForQuery
+	gen     uint64      // Describe of the unnamed statement: its generation
 }
 
 // target is the routing decision for the next attachment.
@@ -133,6 +134,7 @@ type session struct {
 	lazyBegin    string        // a BEGIN answered by pgshard, sent with the transaction's first statement (lazyTxn)
 	lazyReadOnly bool          // lazyBegin opens a READ ONLY transaction
 	params       router.Params // a Bind's parameters being planned (session loop)
+	unnamedTypes []uint32      // the unnamed statement's parameter types as described (under mu)
 	txnBegin     string        // the BEGIN lazyTxn sent with the transaction's first message (under mu)
 	txnFresh     bool          // ... and nothing that reads or writes ran in it yet (under mu)
 	tx           txState       // the transaction's legs on other shards (txlegs.go; session loop)
@@ -424,7 +426,11 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		last = t
 	}
 	s.want = s.routeGroup(s.gbuf, last == 'S')
+	s.txIdleReset()
 	if last == 'S' && extra == nil {
+		if s.groupLazyTxn(s.gbuf) {
+			return nil
+		}
 		if done, err := s.groupSpread(ctx, s.gbuf); done || err != nil {
 			return err
 		}
@@ -923,8 +929,7 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 		if fx.Schema {
 			s.srv.stmts.bump()
 		}
-		s.unnamed = append(s.unnamed[:0], msg...)
-		s.unnamedGen++
+		s.newUnnamed(msg)
 		if s.split {
 			s.unnamedRead, _ = s.classify(string(q))
 		}
@@ -1138,7 +1143,7 @@ func (s *session) handleDescribe(ctx context.Context, msg []byte) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	s.push(entry{kind: 'd', def: def})
+	s.push(entry{kind: 'd', def: def, gen: s.unnamedGen})
 	if def == nil {
 		s.sbuf = append(s.sbuf, msg...)
 		return nil
@@ -1711,6 +1716,19 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	case '1', '2', '3':
 		if head != nil && !isTerminal(head.kind) {
 			s.pop()
+		}
+	case 't':
+		// A statement's parameter types as PostgreSQL inferred them: a
+		// spread statement needs them to read binary values.
+		if head != nil && head.kind == 'd' {
+			var pd pgproto3.ParameterDescription
+			if pd.Decode(msg[5:]) == nil {
+				if head.def != nil {
+					head.def.inferred.Store(&pd.ParameterOIDs)
+				} else if s.unnamedGen == head.gen {
+					s.unnamedTypes = pd.ParameterOIDs
+				}
+			}
 		}
 	case 'T', 'n':
 		if head != nil && (head.kind == 'D' || head.kind == 'd') {

@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/proxy"
 	"github.com/pgshard/pgshard/shardmap"
@@ -396,6 +399,123 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT k.label FROM events e JOIN kinds k USING (kind) WHERE e.user_id = 3 ORDER BY e.amount LIMIT 1").Scan(&label); err != nil || label != "Beta" {
 		t.Fatalf("reference join: %q %v", label, err)
 	}
+}
+
+// COPY FROM STDIN splits rows by key in text, CSV and binary formats,
+// atomically and with the client's line numbers in errors; COPY TO STDOUT
+// gathers every shard's rows.
+func TestCopyAcrossShards(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE items (user_id bigint NOT NULL, note text)")
+	mustExec(t, c, "CREATE TABLE tags (tag text PRIMARY KEY)")
+	pc := c.PgConn()
+	var text strings.Builder
+	for k := 1; k <= 50; k++ {
+		fmt.Fprintf(&text, "%d\tnote\\t%d\n", k, k) // an escaped tab in the note
+	}
+	if tag, err := pc.CopyFrom(ctx, strings.NewReader(text.String()), "COPY items FROM STDIN"); err != nil || tag.RowsAffected() != 50 {
+		t.Fatalf("copy text: %v %v", tag, err)
+	}
+	csv := "user_id,note\n51,\"multi\nline\"\n52,\"quote \"\"x\"\"\"\n"
+	if tag, err := pc.CopyFrom(ctx, strings.NewReader(csv), "COPY items (user_id, note) FROM STDIN WITH (FORMAT csv, HEADER)"); err != nil || tag.RowsAffected() != 2 {
+		t.Fatalf("copy csv: %v %v", tag, err)
+	}
+	rows := [][]any{}
+	for k := 53; k <= 60; k++ {
+		rows = append(rows, []any{int64(k), "bin"})
+	}
+	if n, err := c.CopyFrom(ctx, pgx.Identifier{"items"}, []string{"user_id", "note"}, pgx.CopyFromRows(rows)); err != nil || n != 8 {
+		t.Fatalf("copy binary: %d %v", n, err)
+	}
+	if tag, err := pc.CopyFrom(ctx, strings.NewReader("a\nb\n"), "COPY tags FROM STDIN"); err != nil || tag.RowsAffected() != 2 {
+		t.Fatalf("copy into a reference table: %v %v", tag, err)
+	}
+	// Every row on its shard, every reference row on every shard.
+	total := 0
+	for i := range sh.topo.Shards {
+		rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM items")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range ks {
+			if sh.owner(k) != i {
+				t.Fatalf("key %d on shard %d", k, i)
+			}
+		}
+		total += len(ks)
+		var n int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM tags").Scan(&n); err != nil || n != 2 {
+			t.Fatalf("shard %d has %d tags (%v)", i, n, err)
+		}
+	}
+	if total != 60 {
+		t.Fatalf("%d rows copied, want 60", total)
+	}
+	var note string
+	if err := c.QueryRow(ctx, "SELECT note FROM items WHERE user_id = 51").Scan(&note); err != nil || note != "multi\nline" {
+		t.Fatalf("csv multi-line field: %q %v", note, err)
+	}
+	// A bad row: nothing applied, the client's line number.
+	bad := "61\tok\n62\tok\nxx\tbad\n63\tok\n"
+	if _, err := pc.CopyFrom(ctx, strings.NewReader(bad), "COPY items FROM STDIN"); sqlState(err) != "22P02" || !strings.Contains(fmt.Sprint(err), "line 3") && !strings.Contains(errDetail(err), "line 3") {
+		t.Fatalf("bad key: %v (%s)", err, errDetail(err))
+	}
+	bad = "64\tok\n65\tok\n66\tok\t\textra\n"
+	if _, err := pc.CopyFrom(ctx, strings.NewReader(bad), "COPY items FROM STDIN"); sqlState(err) != "22P04" || !strings.Contains(errWhere(err), "line 3") {
+		t.Fatalf("bad row on a shard: %v (where %q)", err, errWhere(err))
+	}
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM items").Scan(&n); err != nil || n != 60 {
+		t.Fatalf("%d rows after failed copies (%v), want 60", n, err)
+	}
+	// Gather.
+	for _, format := range []string{"text", "csv, HEADER", "binary"} {
+		var out bytes.Buffer
+		tag, err := pc.CopyTo(ctx, &out, "COPY items TO STDOUT (FORMAT "+format+")")
+		if err != nil || tag.RowsAffected() != 60 {
+			t.Fatalf("copy to (%s): %v %v", format, tag, err)
+		}
+		var direct bytes.Buffer
+		if _, err := sh.shardConn(ctx, 0).PgConn().CopyTo(ctx, &direct, "COPY (SELECT 1 WHERE false) TO STDOUT (FORMAT "+format+")"); err != nil {
+			t.Fatal(err)
+		}
+		switch format {
+		case "text":
+			if strings.Count(out.String(), "\n") != 61 { // one note has a newline, escaped as \n: 60 lines
+				if strings.Count(out.String(), "\n") != 60 {
+					t.Fatalf("text: %d lines", strings.Count(out.String(), "\n"))
+				}
+			}
+		case "binary":
+			// One header and one trailer: the empty result's size plus the rows.
+			if !bytes.HasPrefix(out.Bytes(), direct.Bytes()[:11]) || !bytes.HasSuffix(out.Bytes(), []byte{0xff, 0xff}) || bytes.Count(out.Bytes(), direct.Bytes()[:11]) != 1 {
+				t.Fatalf("binary output is not one COPY stream")
+			}
+		}
+	}
+}
+
+func errDetail(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Detail
+	}
+	return ""
+}
+
+func errWhere(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Where
+	}
+	return ""
 }
 
 // shardedTxnLog is an in-memory proxy.TxnLog (the real one is the Raft map).

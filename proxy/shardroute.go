@@ -168,13 +168,10 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 		}
 		return "", true, err
 	}
-	if s.lazyTxn(sql, fx) {
+	if s.lazyTxn(sql, fx, nil) {
 		return "", true, nil
 	}
-	s.mu.Lock()
-	failed := s.txStatus == 'E'
-	s.mu.Unlock()
-	if failed {
+	if s.txFailed() {
 		return "", false, nil // the transaction's home answers 25P02
 	}
 	if bound, why := s.shardFor(ctx, shard); bound != "" {
@@ -196,8 +193,9 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 // lone BEGIN cannot know its shard, so pgshard answers it and sends it to
 // the shard of the transaction's first statement (attach). COMMIT or
 // ROLLBACK of such a transaction that ran nothing is answered too. It
-// reports whether sql was answered.
-func (s *session) lazyTxn(sql string, fx router.Effects) bool {
+// reports whether sql was answered; ext is what goes before the tag (the
+// extended protocol's ParseComplete, BindComplete, NoData).
+func (s *session) lazyTxn(sql string, fx router.Effects, ext []byte) bool {
 	if fx.Statements != 1 || !fx.TxnControl {
 		return false
 	}
@@ -212,6 +210,9 @@ func (s *session) lazyTxn(sql string, fx router.Effects) bool {
 		s.lazyBegin, s.lazyReadOnly = strings.Clone(sql), fx.ReadOnly
 		s.txStatus = 'T'
 		tag = "BEGIN"
+		if firstWord(sql) == "start" {
+			tag = "START TRANSACTION"
+		}
 	case s.lazyBegin != "":
 		switch firstWord(sql) {
 		case "commit", "end":
@@ -229,9 +230,45 @@ func (s *session) lazyTxn(sql string, fx router.Effects) bool {
 	default:
 		return false
 	}
-	b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
+	b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(ext)
 	s.push(entry{synth: b})
 	s.push(entry{synth: readyForQuery(s.txStatus)})
+	return true
+}
+
+// groupLazyTxn is lazyTxn for a BEGIN, COMMIT or ROLLBACK sent through
+// the extended protocol as a batch of its own.
+func (s *session) groupLazyTxn(group []byte) bool {
+	if s.srv.owners() < 2 {
+		return false
+	}
+	g, ok := s.singleGroup(group)
+	if !ok {
+		return false
+	}
+	fx := router.Inspect(g.sql)
+	var ext []byte
+	if g.parse != nil {
+		ext = append(ext, msgParseComplete...)
+	}
+	ext = append(ext, msgBindComplete...)
+	if g.describe {
+		ext = append(ext, msgNoData...)
+	}
+	if !s.lazyTxn(g.sql, fx, ext) {
+		return false
+	}
+	if g.parse != nil {
+		if g.p.Name == "" {
+			s.newUnnamed(g.parse)
+		} else {
+			s.mu.Lock()
+			if _, exists := s.stmts[g.p.Name]; !exists {
+				s.stmts[g.p.Name] = s.srv.stmts.intern(g.p.Query, g.p.ParameterOIDs, s.classify)
+			}
+			s.mu.Unlock()
+		}
+	}
 	return true
 }
 
@@ -468,6 +505,9 @@ func (s *session) routeBind(ctx context.Context, stmt []byte, rest []byte) (done
 	case router.Refuse:
 		return true, s.refuseExtended(ctx, planError(pl.Err))
 	case router.Single:
+		if s.txFailed() {
+			return false, nil // the transaction's home answers 25P02
+		}
 		if bound, why := s.shardFor(ctx, pl.Shard); bound != "" {
 			return true, s.refuseExtended(ctx, crossShard(bound, pl.Shard, why))
 		}
@@ -596,8 +636,7 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 	if parse != nil {
 		// The statement is the client's from now on, as a Parse makes it.
 		if p.Name == "" {
-			s.unnamed = append(s.unnamed[:0], parse...)
-			s.unnamedGen++
+			s.newUnnamed(parse)
 		} else {
 			s.mu.Lock()
 			_, exists := s.stmts[p.Name]
@@ -670,8 +709,27 @@ func (s *session) singleGroup(group []byte) (g oneStmtGroup, ok bool) {
 		g.sql, g.types = s.unnamedText()
 	} else if d, ok := s.lookupStmt(g.bd.PreparedStatement); ok {
 		g.sql, g.types = d.sql, d.types
+		if inf := d.inferred.Load(); inf != nil {
+			g.types = *inf
+		}
 	} else {
 		return g, false
 	}
+	if g.parse == nil && g.bd.PreparedStatement == "" {
+		s.mu.Lock()
+		if len(s.unnamedTypes) > 0 {
+			g.types = s.unnamedTypes
+		}
+		s.mu.Unlock()
+	}
 	return g, g.sql != ""
+}
+
+// newUnnamed records the client's Parse of the unnamed statement.
+func (s *session) newUnnamed(parse []byte) {
+	s.unnamed = append(s.unnamed[:0], parse...)
+	s.mu.Lock()
+	s.unnamedGen++
+	s.unnamedTypes = nil
+	s.mu.Unlock()
 }

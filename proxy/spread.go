@@ -7,6 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -423,6 +426,7 @@ func (x *extReq) stmtMsg(dst []byte, text string, params []int, hidden int) []by
 			}
 		}
 	}
+	types = declareUnused(text, types, len(vals), formats)
 	results := x.results
 	if len(results) > 1 && hidden > 0 {
 		results = append(append([]int16(nil), results...), make([]int16, hidden)...)
@@ -432,6 +436,53 @@ func (x *extReq) stmtMsg(dst []byte, text string, params []int, hidden int) []by
 	dst, _ = (&pgproto3.Describe{ObjectType: 'P'}).Encode(dst)
 	dst, _ = (&pgproto3.Execute{}).Encode(dst)
 	return append(dst, msgSync...)
+}
+
+// declareUnused gives a type to each of n parameters that text does not
+// use (the shards' text drops HAVING, whose parameters the merge
+// evaluates): PostgreSQL cannot infer one, and a Bind must still carry
+// every value. Text values are declared text, binary ones bytea, whose
+// input accepts them all.
+func declareUnused(text string, types []uint32, n int, formats []int16) []uint32 {
+	if len(types) >= n && !slices.Contains(types, 0) {
+		return types
+	}
+	out := make([]uint32, n)
+	copy(out, types)
+	for i := range out {
+		if out[i] != 0 || usesParam(text, i+1) {
+			continue
+		}
+		f := int16(0)
+		switch {
+		case len(formats) == 1:
+			f = formats[0]
+		case i < len(formats):
+			f = formats[i]
+		}
+		out[i] = 25 // text
+		if f == 1 {
+			out[i] = 17 // bytea
+		}
+	}
+	return out
+}
+
+// usesParam reports whether $n appears in text (a reference inside a
+// string or comment counts too: the type is then left to PostgreSQL).
+func usesParam(text string, n int) bool {
+	p := "$" + strconv.Itoa(n)
+	for i := 0; ; {
+		j := strings.Index(text[i:], p)
+		if j < 0 {
+			return false
+		}
+		end := i + j + len(p)
+		if end >= len(text) || text[end] < '0' || text[end] > '9' {
+			return true
+		}
+		i = end
+	}
 }
 
 // runSpread runs a simple Query (x nil) or an extended-protocol batch
@@ -456,9 +507,17 @@ func (s *session) runSpread(ctx context.Context, pl *router.Plan, sql string, x 
 		}
 		s.emitRaw(msgBindComplete)
 	}
-	if read {
+	switch {
+	case pl.Copy != nil && x != nil:
+		s.closeLegs(legs, true)
+		s.emitError(wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: COPY across shards through the extended protocol is not supported; send it as a simple Query"))
+	case pl.Copy != nil && pl.Copy.From:
+		err = s.spreadCopyIn(ctx, legs, pl, sql)
+	case pl.Copy != nil:
+		err = s.spreadCopyOut(ctx, legs, pl, sql)
+	case read:
 		err = s.spreadRead(ctx, legs, pl, sql, x)
-	} else {
+	default:
 		err = s.spreadWrite(ctx, legs, pl, sql, x)
 	}
 	s.srv.metrics.queries.Inc()
@@ -728,9 +787,7 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 			return nil
 		}
 	}
-	s.mu.Lock()
-	s.wroteAt = time.Now()
-	s.mu.Unlock()
+	s.noteSpreadWrite()
 	tag := tags[0] // every shard ran the same statement (DDL, reference tables)
 	if pl.Kind != router.AllShards {
 		var err error
@@ -821,4 +878,11 @@ func (s *session) resolveLegs(ctx context.Context, legs []*leg, gid string, comm
 			s.logger.Debug("forget two-phase decision", "gid", gid, "err", err)
 		}
 	}
+}
+
+// noteSpreadWrite starts read-your-writes from the end of a spread write.
+func (s *session) noteSpreadWrite() {
+	s.mu.Lock()
+	s.wroteAt = time.Now()
+	s.mu.Unlock()
 }

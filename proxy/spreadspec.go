@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
+	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/merge"
@@ -60,6 +63,11 @@ func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, para
 			col.Kind = merge.Max
 		case router.AggAvg:
 			col.Kind = merge.Avg
+			if string(desc.Fields[c].Name) == "sum" {
+				// The shards computed sum(x) for avg(x): without an
+				// alias, PostgreSQL names the column after the function.
+				col.Name = "avg"
+			}
 			col.Arg2 = m.Col(a.CountCol, n)
 			if col.Arg2 < 0 || col.Arg2 >= n {
 				return spec, wire.Errorf(wire.CodeInternalError, "pgshard: merge column %d out of range", a.CountCol)
@@ -148,8 +156,16 @@ func havingExpr(m *router.Merge, e *router.Expr, n int, params *router.Params) (
 		if params.Values[i] == nil {
 			return merge.Const{Null: true}, nil
 		}
+		var oid uint32
+		if i < len(params.Types) {
+			oid = params.Types[i]
+		}
 		if len(params.Formats) == 1 && params.Formats[0] == 1 || len(params.Formats) > i && params.Formats[i] == 1 {
-			return nil, wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: a binary parameter in HAVING across shards is not supported")
+			text, ok := binaryParamText(oid, params.Values[i])
+			if !ok {
+				return nil, wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: a binary parameter of type OID %d in HAVING across shards is not supported", oid)
+			}
+			return merge.Const{Text: text}, nil
 		}
 		return merge.Const{Text: string(params.Values[i])}, nil
 	}
@@ -255,6 +271,61 @@ func (s *session) registerTables(ctx context.Context, ddl []router.TableDDL) err
 		if err := reg.RegisterTable(ctx, t); err != nil {
 			return wire.Errorf(wire.CodeInternalError, "pgshard: table %s was created on every shard but could not be registered in the shard map: %v", t.Name, err)
 		}
+		// The map has it; routing must too before the client's next
+		// statement (an unknown table is routed as a reference table).
+		if err := s.srv.waitRouted(ctx, d.Schema+"."+d.Name); err != nil {
+			return wire.Errorf(wire.CodeInternalError, "pgshard: table %s was registered but this node does not route by it yet: %v", t.Name, err)
+		}
 	}
 	return nil
+}
+
+// waitRouted waits until routing knows the table "schema.name".
+func (s *Server) waitRouted(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		if rs := s.routing.Load(); rs != nil {
+			if _, ok := rs.catalog[name]; ok {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+}
+
+// binaryParamText writes a binary parameter of a numeric or text type as
+// the literal a client would have written.
+func binaryParamText(oid uint32, b []byte) (string, bool) {
+	switch oid {
+	case 21:
+		if len(b) == 2 {
+			return strconv.Itoa(int(int16(binary.BigEndian.Uint16(b)))), true
+		}
+	case 23:
+		if len(b) == 4 {
+			return strconv.Itoa(int(int32(binary.BigEndian.Uint32(b)))), true
+		}
+	case 20:
+		if len(b) == 8 {
+			return strconv.FormatInt(int64(binary.BigEndian.Uint64(b)), 10), true
+		}
+	case 700:
+		if len(b) == 4 {
+			return strconv.FormatFloat(float64(math.Float32frombits(binary.BigEndian.Uint32(b))), 'g', -1, 32), true
+		}
+	case 701:
+		if len(b) == 8 {
+			return strconv.FormatFloat(math.Float64frombits(binary.BigEndian.Uint64(b)), 'g', -1, 64), true
+		}
+	case 1700:
+		return merge.NumericText(b)
+	case 25, 1043, 705:
+		return string(b), true
+	}
+	return "", false
 }

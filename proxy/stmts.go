@@ -27,6 +27,9 @@ type stmtDef struct {
 	// descKey), once one was: a backend that prepares it later must
 	// describe it alike.
 	desc atomic.Pointer[string]
+	// inferred are its parameter types as a backend described them
+	// (unspecified ones resolved), once a client described it.
+	inferred atomic.Pointer[[]uint32]
 	// planned is set for statements PostgreSQL plans (SELECT, VALUES,
 	// TABLE, WITH, INSERT, UPDATE, DELETE): only their result type is
 	// checked on revalidation. A utility statement's (FETCH, SHOW, ...)

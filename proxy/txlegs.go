@@ -108,7 +108,7 @@ func (s *session) inTxnOnOtherShard(shard string) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.sc != nil && s.att != nil && s.att.rt.name != shard && s.txStatus == 'T' &&
+	return s.sc != nil && s.att != nil && s.att.rt.name != shard && s.txStatus == 'T' && !s.tx.failed &&
 		!s.pinned && s.mode == config.PoolTransaction && s.lazyBegin == ""
 }
 
@@ -258,8 +258,7 @@ func (s *session) legGroup(ctx context.Context, shard string, group []byte) (boo
 			}
 			parsed[p.Name] = &p
 			if p.Name == "" {
-				s.unnamed = append(s.unnamed[:0], msg...)
-				s.unnamedGen++
+				s.newUnnamed(msg)
 			} else {
 				s.mu.Lock()
 				s.stmts[p.Name] = s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
@@ -512,7 +511,7 @@ func (s *session) noteSavepoints(sql string, fx router.Effects) {
 	idle := s.txStatus == 'I' && s.lazyBegin == ""
 	s.mu.Unlock()
 	if idle {
-		s.tx.savepoints = false
+		s.tx.savepoints, s.tx.failed = false, false
 	}
 	if !fx.AnyTxnControl {
 		return
@@ -547,4 +546,27 @@ func (s *session) groupTxnEnd(ctx context.Context, group []byte) (bool, error) {
 		ext = append(ext, msgNoData...)
 	}
 	return true, s.endTxn(ctx, commit, ext)
+}
+
+// txFailed reports whether the open transaction failed (its home said so,
+// or a leg did and the home is being told): its statements go to the home
+// backend, which answers 25P02 as PostgreSQL would.
+func (s *session) txFailed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.txStatus == 'E' || (s.tx.failed && s.txStatus != 'I')
+}
+
+// txIdleReset forgets the last transaction's state once the session is
+// outside a transaction (it ended on its home backend).
+func (s *session) txIdleReset() {
+	if !s.tx.failed && !s.tx.savepoints {
+		return
+	}
+	s.mu.Lock()
+	idle := s.txStatus == 'I' && s.lazyBegin == ""
+	s.mu.Unlock()
+	if idle && len(s.tx.legs) == 0 {
+		s.tx.savepoints, s.tx.failed = false, false
+	}
 }

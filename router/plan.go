@@ -213,6 +213,9 @@ type Plan struct {
 	// SetsKey: an UPDATE assigns the shard key column; the planner has
 	// checked that the new value belongs to Shard (else it refused).
 	SetsKey bool
+	// Copy is set for a COPY that spans shards (Multi, Scatter or
+	// AllShards): how the proxy splits or gathers its rows.
+	Copy *CopyPlan
 	// Err is set for Refuse.
 	Err *Error
 }
@@ -358,7 +361,7 @@ func (p *Planner) finish(sql string, t *tmpl, pl Plan) Plan {
 				break
 			}
 		}
-		p.rewrites[sql] = s
+		p.rewrites[strings.Clone(sql)] = s // sql may alias a buffer the caller reuses
 		p.rmu.Unlock()
 	}
 	pl.ShardSQL = s
@@ -429,6 +432,8 @@ type tmpl struct {
 	ins    *group
 	// keyUpdate: UPDATE sets the key to this value.
 	keyUpdate *valSrc
+	// copy: a COPY the proxy splits or gathers (plan_copy.go).
+	copy *CopyPlan
 }
 
 // resolve calls f with the hash of each value of src; ok false: cannot read.
@@ -580,7 +585,7 @@ func resolveLimit(sql string, sc *planScan, params *Params, v valSrc) (int64, bo
 // eval instantiates the template for one text and its parameters; ok is
 // false when a key literal cannot be read from the text.
 func (t *tmpl) eval(sql string, sc *planScan, params *Params, loc Locator) (Plan, bool) {
-	pl := Plan{Kind: t.kind, Read: t.read, Err: t.err, Limit: -1, Offset: -1}
+	pl := Plan{Kind: t.kind, Read: t.read, Err: t.err, Limit: -1, Offset: -1, Copy: t.copy}
 	crossErr := t.crossErr
 	if t.multiErr != nil {
 		crossErr = t.multiErr

@@ -289,22 +289,7 @@ func (b *builder) stmt(n *pg_query.Node) {
 		t.merge, t.rewrite = nil, false
 		b.multi = refuse("cursor over a query that spans several shards")
 	case *pg_query.Node_CopyStmt:
-		c := s.CopyStmt
-		if c.Query != nil {
-			b.stmt(c.Query)
-			t.merge, t.rewrite = nil, false
-			b.multi = refuse("COPY (query) TO over a query that spans several shards is not planned by the router")
-			return
-		}
-		info := b.lookup(c.Relation)
-		switch {
-		case info.Kind == TableSharded:
-			b.refuse("COPY on sharded table %s is not planned by the router: the proxy splits or gathers it", c.Relation.Relname)
-		case c.IsFrom:
-			t.kind = AllShards
-		default:
-			t.kind = AnyShard
-		}
+		b.copyStmt(s.CopyStmt)
 	case *pg_query.Node_DoStmt:
 		b.refuse("DO block: pgshard cannot tell which shards it touches")
 	case *pg_query.Node_CallStmt:

@@ -338,8 +338,10 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool) (*Merge, bool, bool, *E
 			// applies LIMIT and OFFSET.
 			sel.LimitCount, sel.LimitOffset = nil, nil
 		case m.HasOffset && m.HasLimit:
+			// Cast both: LIMIT '19' OFFSET '72' (or untyped parameters)
+			// would otherwise be unknown + unknown.
 			sel.LimitCount = pg_query.MakeAExprNode(pg_query.A_Expr_Kind_AEXPR_OP,
-				[]*pg_query.Node{pg_query.MakeStrNode("+")}, sel.LimitCount, sel.LimitOffset, -1)
+				[]*pg_query.Node{pg_query.MakeStrNode("+")}, asBigint(sel.LimitCount), asBigint(sel.LimitOffset), -1)
 			sel.LimitOffset = nil
 		case m.HasOffset:
 			sel.LimitOffset = nil
@@ -621,4 +623,13 @@ func clearLoc(m protoreflect.Message) {
 		}
 		return true
 	})
+}
+
+// asBigint casts n to bigint (LIMIT's type).
+func asBigint(n *pg_query.Node) *pg_query.Node {
+	return &pg_query.Node{Node: &pg_query.Node_TypeCast{TypeCast: &pg_query.TypeCast{
+		Arg:      n,
+		TypeName: &pg_query.TypeName{Names: []*pg_query.Node{pg_query.MakeStrNode("pg_catalog"), pg_query.MakeStrNode("int8")}, Location: -1},
+		Location: -1,
+	}}}
 }
