@@ -56,9 +56,7 @@ const (
 // PostgreSQL. They are left out of the default run and run with
 // PGSHARD_DIFF_ALL=1. Move a class to the enabled set by deleting it here
 // once the full run shows no difference for it with several seeds.
-var pendingClasses = []string{
-	"copy", // COPY to/from sharded tables: 0A000
-}
+var pendingClasses = []string{}
 
 // A stmt is one statement of the workload and how to compare its answers.
 type stmt struct {
