@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"sync"
+	"time"
 
 	"github.com/pgshard/pgshard/shardmap"
 )
@@ -51,4 +53,60 @@ func (s *Server) tableRegistrar() TableRegistrar {
 		return *p
 	}
 	return nil
+}
+
+// forgetter drops two-phase decisions after their transactions finished,
+// off the client's path: a commit answers once COMMIT PREPARED is done on
+// every shard, and the decision's record is removed in the background
+// (one Raft write less per distributed commit). A decision not forgotten
+// here (queue full, shutdown) is forgotten by the recovery loop.
+type forgetter struct {
+	once sync.Once
+	ch   chan string
+	wg   sync.WaitGroup
+}
+
+// forgetLater queues gid's decision to be forgotten.
+func (s *Server) forgetLater(gid string) {
+	log := s.txnLogger()
+	if log == nil || s.closing.Load() {
+		return
+	}
+	f := &s.forgets
+	f.once.Do(func() {
+		f.ch = make(chan string, 4096)
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			for gid := range f.ch {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if err := log.Forget(ctx, gid); err != nil {
+					s.log.Debug("forget two-phase decision", "gid", gid, "err", err)
+				}
+				cancel()
+			}
+		}()
+	})
+	s.forgetMu.Lock()
+	defer s.forgetMu.Unlock()
+	if s.forgetClosed {
+		return
+	}
+	select {
+	case f.ch <- gid:
+	default: // the recovery loop forgets it
+	}
+}
+
+// stopForgetting ends the background forgetter once sessions are done.
+func (s *Server) stopForgetting() {
+	s.forgetMu.Lock()
+	s.forgetClosed = true
+	s.forgetMu.Unlock()
+	f := &s.forgets
+	f.once.Do(func() {}) // never started: nothing to stop
+	if f.ch != nil {
+		close(f.ch)
+		f.wg.Wait()
+	}
 }

@@ -36,6 +36,9 @@ type Server struct {
 	readYourWrites bool
 	txnLog         atomic.Pointer[TxnLog]         // coord.go
 	registrar      atomic.Pointer[TableRegistrar] // coord.go
+	forgets        forgetter                      // coord.go
+	forgetMu       sync.Mutex
+	forgetClosed   bool
 
 	cfg   atomic.Pointer[config.Config]
 	users atomic.Pointer[map[string]config.User]
@@ -388,6 +391,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = fmt.Errorf("proxy: shutdown timed out; closed %d sessions mid-transaction", n)
 		<-done
 	}
+	s.stopForgetting()
 	for _, p := range s.pools() {
 		p.Close()
 	}

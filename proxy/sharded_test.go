@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"strings"
@@ -301,6 +302,15 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 			t.Fatalf("shard %d has %d of the tables (%v)", i, n, err)
 		}
 	}
+	// Statements that cannot run in a transaction run on each shard alone.
+	mustExec(t, c, "CREATE INDEX CONCURRENTLY events_kind ON events (kind)")
+	mustExec(t, c, "VACUUM events")
+	for i := range sh.topo.Shards {
+		var n int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE indexname = 'events_kind'").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("shard %d: index %d (%v)", i, n, err)
+		}
+	}
 	if _, err := c.Exec(ctx, "CREATE TABLE bad (user_id bigint, email text UNIQUE)"); sqlState(err) != "0A000" {
 		t.Fatalf("unique without the key: %v, want 0A000", err)
 	}
@@ -516,6 +526,72 @@ func errWhere(err error) string {
 		return pe.Where
 	}
 	return ""
+}
+
+// Sequences of sharded tables give values unique across shards: each
+// shard draws from its own range.
+func TestShardedSequences(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE posts (user_id bigint NOT NULL, id bigserial, n bigint GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (user_id, id))")
+	if _, err := c.Exec(ctx, "CREATE TABLE bad (user_id bigint, id serial)"); sqlState(err) != "0A000" {
+		t.Fatalf("serial on a sharded table: %v, want 0A000", err)
+	}
+	for k := 1; k <= 20; k++ {
+		mustExec(t, c, fmt.Sprintf("INSERT INTO posts (user_id) VALUES (%d), (%d)", k, k))
+	}
+	seen := map[int64]bool{}
+	for i := range sh.topo.Shards {
+		rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT id, n FROM posts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id, n int64
+			if err := rows.Scan(&id, &n); err != nil {
+				t.Fatal(err)
+			}
+			if seen[id] || seen[-n] {
+				t.Fatalf("value %d/%d twice across shards", id, n)
+			}
+			seen[id], seen[-n] = true, true
+			// Each shard draws from its own range of 2^48 values, chosen
+			// by a hash of its name.
+			h := fnv.New32a()
+			h.Write([]byte(sh.dbs[i]))
+			lo := int64(h.Sum32()&(1<<15-1))<<48 + 1
+			if id < lo || id >= lo+1<<48 || n < lo || n >= lo+1<<48 {
+				t.Fatalf("shard %d: values %d, %d outside its range from %d", i, id, n, lo)
+			}
+		}
+		if rows.Err() != nil {
+			t.Fatal(rows.Err())
+		}
+	}
+	if len(seen) != 80 {
+		t.Fatalf("%d distinct values, want 80", len(seen))
+	}
+}
+
+// With one shard on the ring, CREATE TABLE still registers the table.
+func TestOneShardRegistersTables(t *testing.T) {
+	sh := startSharded(t, 1)
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE one (user_id bigint, v int)")
+	mustExec(t, c, "CREATE TABLE ref (code text)")
+	sh.mu.Lock()
+	m := sh.m
+	sh.mu.Unlock()
+	if tb, ok := m.Table("one"); !ok || tb.Kind != shardmap.TableSharded || tb.KeyOrdinal != 1 {
+		t.Fatalf("one: %+v %v", tb, ok)
+	}
+	if tb, ok := m.Table("ref"); !ok || tb.Kind != shardmap.TableReference {
+		t.Fatalf("ref: %+v %v", tb, ok)
+	}
+	mustExec(t, c, "INSERT INTO one VALUES (1, 2)")
 }
 
 // shardedTxnLog is an in-memory proxy.TxnLog (the real one is the Raft map).

@@ -142,6 +142,16 @@ func (s *session) boundShard() (string, string) {
 func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects) (shard string, done bool, err error) {
 	pl, ok := s.srv.plan(sql, nil)
 	if !ok {
+		if fx.Schema && s.createsTables(sql) && s.notSpreadable(fx) == "" {
+			// One shard owns the ring: CREATE TABLE still registers its
+			// tables (and places sequences), so that they route right
+			// once more shards are added.
+			pl := router.Plan{Kind: router.AllShards}
+			s.srv.stmts.bump()
+			err := s.runSpread(ctx, &pl, sql, nil)
+			s.srv.stmts.bump()
+			return "", true, err
+		}
 		return "", false, nil
 	}
 	if commit, end := isTxnEnd(sql, fx); end && s.txMulti() {
@@ -732,4 +742,27 @@ func (s *session) newUnnamed(parse []byte) {
 	s.unnamedGen++
 	s.unnamedTypes = nil
 	s.mu.Unlock()
+}
+
+// createsTables reports whether sql creates a table the shard map should
+// know (with one shard on the ring; with several, every CREATE TABLE is a
+// spread statement anyway).
+func (s *session) createsTables(sql string) bool {
+	if firstWord(sql) != "create" || s.srv.tableRegistrar() == nil {
+		return false
+	}
+	rs := s.srv.routing.Load()
+	if rs == nil || rs.owners != 1 {
+		return false
+	}
+	ddl, err := router.AnalyzeTableDDL(sql, rs.catalog)
+	if err != nil {
+		return true // refused by runSpread, as with several shards
+	}
+	for _, d := range ddl {
+		if d.Op == router.DDLCreateTable && !d.Temp {
+			return true
+		}
+	}
+	return false
 }

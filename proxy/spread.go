@@ -377,6 +377,10 @@ func asWireError(err error) *wire.Error {
 // recovery loop's grace period (30 s in cmd/pgshard).
 const decideTimeout = 10 * time.Second
 
+// codeActiveSQLTransaction is SQLSTATE active_sql_transaction: "cannot
+// run inside a transaction block".
+const codeActiveSQLTransaction = "25001"
+
 // codeTransactionRollback is SQLSTATE transaction_rollback.
 const codeTransactionRollback = "40000"
 
@@ -770,6 +774,38 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 	if first == nil && x != nil && x.describe && !sentDesc {
 		s.emitRaw(msgNoData)
 	}
+	if first == nil {
+		first = s.placeSequences(ctx, legs, ddl)
+	}
+	if first != nil && pl.Kind == router.AllShards && sqlstate(first) == codeActiveSQLTransaction && x == nil {
+		// VACUUM, CREATE INDEX CONCURRENTLY and the like cannot run in a
+		// transaction: they run on each shard on their own (not
+		// atomically: a failure on one shard leaves the others done).
+		if err := s.finishLegs(ctx, legs, "ROLLBACK"); err != nil {
+			s.emitError(err)
+			return nil
+		}
+		var tag []byte
+		for _, l := range legs {
+			if err := l.sc.Write(queryMsg(sql)); err != nil {
+				s.emitError(err)
+				return nil
+			}
+			e, err := l.untilReady(ctx)
+			if err == nil {
+				err = e
+			}
+			if err != nil {
+				s.emitError(err)
+				clean = true
+				return nil
+			}
+			tag = append(tag[:0], l.tag...)
+		}
+		clean = true
+		s.emit(&pgproto3.CommandComplete{CommandTag: tag})
+		return nil
+	}
 	if first != nil {
 		// Nothing committed anywhere: roll every shard back.
 		s.emitError(first)
@@ -873,11 +909,7 @@ func (s *session) resolveLegs(ctx context.Context, legs []*leg, gid string, comm
 		s.logger.Warn("two-phase transaction left for recovery", "gid", gid, "commit", commit, "err", fmt.Sprint(first, lost))
 		return
 	}
-	if log := s.srv.txnLogger(); log != nil {
-		if err := log.Forget(ctx, gid); err != nil {
-			s.logger.Debug("forget two-phase decision", "gid", gid, "err", err)
-		}
-	}
+	s.srv.forgetLater(gid)
 }
 
 // noteSpreadWrite starts read-your-writes from the end of a spread write.
