@@ -349,6 +349,18 @@ func (s *Server) cancel(ctx context.Context, k wire.CancelKey) {
 	if sess == nil {
 		return // as PostgreSQL does: no answer, no error
 	}
+	if conns, done := sess.legsToCancel(); conns != nil {
+		// A statement running over several shards: cancel it on each.
+		defer done()
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		for _, sc := range conns {
+			if err := wire.SendCancel(ctx, sc.Pool().Addr(), sc.PID, sc.SecretKey); err != nil {
+				s.log.Warn("forwarding cancel request failed", "err", err)
+			}
+		}
+		return
+	}
 	sc, done := sess.cancelTarget()
 	if sc == nil {
 		return // nothing of the client's is running: nothing to cancel

@@ -404,6 +404,22 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 			t.Fatalf("%v: scatter delete: %v %v", mode, tag, err)
 		}
 	}
+	// A cancel reaches every shard of a scatter statement.
+	start := time.Now()
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		_ = c.PgConn().CancelRequest(ctx)
+	}()
+	_, err = c.Exec(ctx, "SELECT count(*) FROM events WHERE pg_sleep(0.2) IS NOT NULL")
+	if sqlState(err) != "57014" || c.IsClosed() {
+		t.Fatalf("cancelled scatter: %v (connection closed: %v)", err, c.IsClosed())
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the cancelled scatter took %v", d)
+	}
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM events", pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != total {
+		t.Fatalf("after the cancel: %d %v", n, err)
+	}
 	// Reference tables join on one shard.
 	var label string
 	if err := c.QueryRow(ctx, "SELECT k.label FROM events e JOIN kinds k USING (kind) WHERE e.user_id = 3 ORDER BY e.amount LIMIT 1").Scan(&label); err != nil || label != "Beta" {

@@ -265,6 +265,7 @@ func (s *session) prelude(l *leg) (out []byte, answers int) {
 // closeLegs lets the legs go: back to their pools when healthy and idle
 // (clean), else closed.
 func (s *session) closeLegs(legs []*leg, clean bool) {
+	s.clearRunning()
 	for _, l := range legs {
 		if l.keep {
 			continue
@@ -504,6 +505,7 @@ func (s *session) runSpread(ctx context.Context, pl *router.Plan, sql string, x 
 		}
 		return err
 	}
+	s.setRunning(legs)
 	start := time.Now()
 	if x != nil {
 		if x.parse {
@@ -917,4 +919,36 @@ func (s *session) noteSpreadWrite() {
 	s.mu.Lock()
 	s.wroteAt = time.Now()
 	s.mu.Unlock()
+}
+
+// setRunning makes the legs a cancel request of the client reaches.
+func (s *session) setRunning(legs []*leg) {
+	s.mu.Lock()
+	s.running = legs
+	s.mu.Unlock()
+}
+
+// clearRunning ends cancels' reach to the running legs, and waits for the
+// cancel requests already sent to them (see Server.cancel): only then may
+// their backends go back to the pool.
+func (s *session) clearRunning() {
+	s.mu.Lock()
+	s.running = nil
+	s.mu.Unlock()
+	s.legCancels.Wait()
+}
+
+// legsToCancel returns the backends of the legs running the client's
+// statement; done must be called once their cancel requests are sent.
+func (s *session) legsToCancel() (conns []*pool.Conn, done func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.running) == 0 {
+		return nil, nil
+	}
+	for _, l := range s.running {
+		conns = append(conns, l.sc)
+	}
+	s.legCancels.Add(1)
+	return conns, s.legCancels.Done
 }

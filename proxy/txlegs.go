@@ -138,6 +138,8 @@ func (s *session) legQuery(ctx context.Context, shard string, msg []byte) error 
 	if err := l.sc.Write(msg); err != nil {
 		return s.legFailed(err, true)
 	}
+	s.setRunning([]*leg{l})
+	defer s.clearRunning()
 	return s.relayLeg(ctx, l, nil)
 }
 
@@ -327,6 +329,8 @@ func (s *session) legGroup(ctx context.Context, shard string, group []byte) (boo
 		s.emitStatus('E')
 		return true, nil
 	}
+	s.setRunning([]*leg{l})
+	defer s.clearRunning()
 	return true, s.relayLeg(ctx, l, skip)
 }
 
