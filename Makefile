@@ -6,13 +6,13 @@
 #   make test       install what is missing, gofmt/vet, all tests with -race
 #   make bench      benchmarks against direct PostgreSQL, pgbouncer, pgpool-II
 #
-# Variables: SHARDS=1 REPLICAS=1 SPARE=0 NODES=1 (also read from the environment).
+# Variables: SHARDS=2 REPLICAS=1 SPARE=0 NODES=1 (also read from the environment).
 
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
 
-SHARDS ?= 1
+SHARDS ?= 2
 REPLICAS ?= 1
 SPARE ?= 0
 NODES ?= 1

@@ -58,6 +58,17 @@
 // monitor's samples of pg_current_wal_insert_lsn(), so writes cost no extra
 // round trip).
 //
+// # Sharding
+//
+// With several shards on the ring, each statement is planned by
+// router.Planner: a batch goes to its key's shard (target.shard); a
+// statement spanning shards runs over one leg (a backend outside the
+// session's queue) per shard and its answers are merged (spread.go, with
+// package merge), written atomically by two-phase commit, or split and
+// gathered for COPY; a transaction keeps a leg on each other shard it
+// touches and commits them all by two-phase commit (txlegs.go). See
+// DESIGN.md.
+//
 // # Re-sending a batch
 //
 // A batch sent on a backend attached for it while the session was idle is

@@ -117,29 +117,32 @@ type session struct {
 	}
 
 	// Routing (sharding and read/write splitting).
-	binds        map[string]*shardBinding // by shard name (session loop; see bindingFor)
-	cuser        config.User
-	split        bool           // reads may go to replicas
-	route        router.Route   // SET pgshard.route
-	want         target         // where the next attachment goes (session loop)
-	forcePrimary bool           // a retry after a replica refused
-	replaying    bool           // the session loop is re-sending a group
-	gbuf         []byte         // the group of messages being routed (session loop)
-	cmu          sync.Mutex     // held while composing: the session loop or a retry
-	retries      int            // re-sends of the current batch (under mu)
-	deadConns    int            // connections found dead on attach, in a row
-	pushback     []byte         // a message read ahead while a retry was pending (session loop)
-	batchDone    chan struct{}  // closed when the attached batch is answered or the backend let go (waitReplicaBatch; under mu)
-	attachErr    error          // see attachLocked (session loop)
-	lazyBegin    string         // a BEGIN answered by pgshard, sent with the transaction's first statement (lazyTxn)
-	lazyReadOnly bool           // lazyBegin opens a READ ONLY transaction
-	params       router.Params  // a Bind's parameters being planned (session loop)
-	unnamedTypes []uint32       // the unnamed statement's parameter types as described (under mu)
-	txnBegin     string         // the BEGIN lazyTxn sent with the transaction's first message (under mu)
-	txnFresh     bool           // ... and nothing that reads or writes ran in it yet (under mu)
-	tx           txState        // the transaction's legs on other shards (txlegs.go; session loop)
-	running      []*leg         // legs running the client's statement (spread.go; under mu)
-	legCancels   sync.WaitGroup // cancel requests being sent to running legs
+	binds         map[string]*shardBinding // by shard name (session loop; see bindingFor)
+	cuser         config.User
+	split         bool          // reads may go to replicas
+	route         router.Route  // SET pgshard.route
+	want          target        // where the next attachment goes (session loop)
+	forcePrimary  bool          // a retry after a replica refused
+	replaying     bool          // the session loop is re-sending a group
+	gbuf          []byte        // the group of messages being routed (session loop)
+	cmu           sync.Mutex    // held while composing: the session loop or a retry
+	retries       int           // re-sends of the current batch (under mu)
+	deadConns     int           // connections found dead on attach, in a row
+	pushback      []byte        // a message read ahead while a retry was pending (session loop)
+	batchDone     chan struct{} // closed when the attached batch is answered or the backend let go (waitReplicaBatch; under mu)
+	attachErr     error         // see attachLocked (session loop)
+	lazyBegin     string        // a BEGIN answered by pgshard, sent with the transaction's first statement (lazyTxn)
+	lazyReadOnly  bool          // lazyBegin opens a READ ONLY transaction
+	params        router.Params // a Bind's parameters being planned (session loop)
+	unnamedTypes  []uint32      // the unnamed statement's parameter types as described (under mu)
+	unnamedSQL    string        // the unnamed statement's text and types, decoded once (unnamedText)
+	unnamedOIDs   []uint32
+	unnamedSQLGen uint64
+	txnBegin      string         // the BEGIN lazyTxn sent with the transaction's first message (under mu)
+	txnFresh      bool           // ... and nothing that reads or writes ran in it yet (under mu)
+	tx            txState        // the transaction's legs on other shards (txlegs.go; session loop)
+	running       []*leg         // legs running the client's statement (spread.go; under mu)
+	legCancels    sync.WaitGroup // cancel requests being sent to running legs
 
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend

@@ -437,10 +437,14 @@ func (s *session) unnamedText() (string, []uint32) {
 	if len(s.unnamed) < 5 {
 		return "", nil
 	}
+	if s.unnamedSQLGen == s.unnamedGen && s.unnamedSQL != "" {
+		return s.unnamedSQL, s.unnamedOIDs
+	}
 	var p pgproto3.Parse
 	if p.Decode(s.unnamed[5:]) != nil {
 		return "", nil
 	}
+	s.unnamedSQL, s.unnamedOIDs, s.unnamedSQLGen = p.Query, p.ParameterOIDs, s.unnamedGen
 	return p.Query, p.ParameterOIDs
 }
 
