@@ -102,7 +102,7 @@ func parseDevFlags(name string, args []string, withTopology bool) (*devOptions, 
 	fs := flag.NewFlagSet("pgshardctl dev "+name, flag.ContinueOnError)
 	fs.StringVar(&o.dir, "dir", ".dev", "directory for data, logs, config, PID files and env")
 	if withTopology {
-		fs.IntVar(&o.shards, "shards", envInt("SHARDS", 1), "shards in the map (env SHARDS)")
+		fs.IntVar(&o.shards, "shards", envInt("SHARDS", 2), "shards in the map (env SHARDS)")
 		fs.IntVar(&o.replicas, "replicas", envInt("REPLICAS", 1), "streaming replicas per shard (env REPLICAS)")
 		fs.IntVar(&o.spares, "spare", envInt("SPARE", 0), "spare shards started but not in the map (env SPARE)")
 		fs.IntVar(&o.nodes, "nodes", envInt("NODES", 1), "pgshard nodes in one Raft cluster (env NODES)")
