@@ -439,6 +439,9 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		if done, err := s.groupSpread(ctx, s.gbuf); done || err != nil {
 			return err
 		}
+		if done, err := s.groupAcrossShards(ctx, s.gbuf); done || err != nil {
+			return err
+		}
 	}
 	if done, err := s.groupTxnEnd(ctx, s.gbuf); done || err != nil {
 		return err

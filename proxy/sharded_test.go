@@ -610,6 +610,59 @@ func TestOneShardRegistersTables(t *testing.T) {
 	mustExec(t, c, "INSERT INTO one VALUES (1, 2)")
 }
 
+// A batch (pgx SendBatch: one Sync) of keyed statements on several shards
+// runs as one implicit transaction, as on PostgreSQL: all or nothing.
+func TestBatchAcrossShards(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE kv (user_id bigint PRIMARY KEY, v int)")
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec} {
+		mustExec(t, c, "DELETE FROM kv")
+		b := &pgx.Batch{}
+		for k := 1; k <= 10; k++ {
+			b.Queue("INSERT INTO kv (user_id, v) VALUES ($1, $2)", k, k*10)
+		}
+		b.Queue("SELECT v FROM kv WHERE user_id = $1", 7)
+		br := c.SendBatch(ctx, b)
+		for k := 1; k <= 10; k++ {
+			if tag, err := br.Exec(); err != nil || tag.String() != "INSERT 0 1" {
+				t.Fatalf("%v: insert %d: %v %v", mode, k, tag, err)
+			}
+		}
+		var v int
+		if err := br.QueryRow().Scan(&v); err != nil || v != 70 {
+			t.Fatalf("%v: read in the batch: %d %v", mode, v, err)
+		}
+		if err := br.Close(); err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM kv").Scan(&n); err != nil || n != 10 {
+			t.Fatalf("%v: %d rows after the batch (%v)", mode, n, err)
+		}
+		// A duplicate key in the middle: nothing of the batch stays.
+		b = &pgx.Batch{}
+		for _, k := range []int{11, 12, 3, 13} {
+			b.Queue("INSERT INTO kv (user_id, v) VALUES ($1, 0)", k)
+		}
+		err := c.SendBatch(ctx, b).Close()
+		if sqlState(err) != "23505" {
+			t.Fatalf("%v: batch with a duplicate: %v, want 23505", mode, err)
+		}
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM kv").Scan(&n); err != nil || n != 10 {
+			t.Fatalf("%v: %d rows after the failed batch (%v), want 10", mode, n, err)
+		}
+	}
+	for i := range sh.topo.Shards {
+		var left int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&left); err != nil || left != 0 {
+			t.Fatalf("shard %d: %d prepared transactions left (%v)", i, left, err)
+		}
+	}
+}
+
 // shardedTxnLog is an in-memory proxy.TxnLog (the real one is the Raft map).
 type shardedTxnLog struct {
 	mu sync.Mutex

@@ -58,31 +58,13 @@ func (s *session) txLegFor(ctx context.Context, shard string) (*leg, error) {
 	if l := s.tx.legs[shard]; l != nil {
 		return l, nil
 	}
-	legs, err := s.openLegs(ctx, []string{shard}, false)
-	if err != nil {
-		return nil, err
-	}
-	l := legs[0]
-	l.keep = true
 	begin := s.txnBegin
 	if begin == "" {
 		begin = "BEGIN"
 	}
-	buf, n := s.prelude(l)
-	buf = append(buf, queryMsg(begin)...)
-	if err := l.sc.Write(buf); err != nil {
-		s.dropLeg(l)
-		return nil, wire.Errorf(wire.CodeConnectionFailure, "pgshard: lost the connection to shard %s: %v", shard, err)
-	}
-	for i := 0; i <= n; i++ {
-		first, err := l.untilReady(ctx)
-		if err == nil {
-			err = first
-		}
-		if err != nil {
-			s.dropLeg(l)
-			return nil, err
-		}
+	l, err := s.openTxLeg(ctx, shard, begin)
+	if err != nil {
+		return nil, err
 	}
 	if s.tx.legs == nil {
 		s.tx.legs = map[string]*leg{}
@@ -228,98 +210,9 @@ func (s *session) legGroup(ctx context.Context, shard string, group []byte) (boo
 		s.emitStatus('E')
 		return true, nil
 	}
-	// Answers are relayed in order: pgshard's own go into out before the
-	// leg's (the leg answers nothing before the batch is sent).
-	var buf []byte
-	skip := map[byte]int{}
-	var pre []byte // answers pgshard gives before the leg's first
-	parsed := map[string]*pgproto3.Parse{}
-	textOf := func(name string) (string, []uint32, bool) {
-		if p := parsed[name]; p != nil {
-			return p.Query, p.ParameterOIDs, true
-		}
-		if name == "" {
-			q, t := s.unnamedText()
-			return q, t, q != ""
-		}
-		d, ok := s.lookupStmt(name)
-		if !ok {
-			return "", nil, false
-		}
-		return d.sql, d.types, true
-	}
-	for b := group; len(b) >= 5; {
-		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
-		typ, msg := b[0], b[:n]
-		b = b[n:]
-		switch typ {
-		case 'P':
-			var p pgproto3.Parse
-			if p.Decode(msg[5:]) != nil {
-				return true, errMalformed("Parse")
-			}
-			parsed[p.Name] = &p
-			if p.Name == "" {
-				s.newUnnamed(msg)
-			} else {
-				s.mu.Lock()
-				s.stmts[p.Name] = s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
-				s.mu.Unlock()
-			}
-			if len(buf) == 0 {
-				pre = append(pre, msgParseComplete...)
-			} else {
-				// Answered by the leg's ParseComplete of a Parse sent in
-				// its place.
-				buf, _ = (&pgproto3.Parse{Query: p.Query, ParameterOIDs: p.ParameterOIDs}).Encode(buf)
-			}
-		case 'B', 'D':
-			var name string
-			if typ == 'B' {
-				_, rest, ok := cstringBytes(msg[5:])
-				nm, _, ok2 := cstring(rest)
-				if !ok || !ok2 {
-					return true, errMalformed("Bind")
-				}
-				name = nm
-			} else if len(msg) > 6 && msg[5] == 'S' {
-				nm, _, ok := cstring(msg[6:])
-				if !ok {
-					return true, errMalformed("Describe")
-				}
-				name = nm
-			} else {
-				buf = append(buf, msg...)
-				continue
-			}
-			q, types, _ := textOf(name)
-			buf, _ = (&pgproto3.Parse{Query: q, ParameterOIDs: types}).Encode(buf)
-			skip['1']++
-			if typ == 'B' {
-				portal, rest, _ := cstringBytes(msg[5:])
-				_, rest, _ = cstringBytes(rest)
-				buf = appendWithStmt(buf, 'B', append(append([]byte(nil), portal...), 0), "", rest)
-			} else {
-				buf = appendWithStmt(buf, 'D', []byte{'S'}, "", nil)
-			}
-		case 'C':
-			if len(msg) > 6 && msg[5] == 'S' {
-				if nm, _, ok := cstring(msg[6:]); ok {
-					s.mu.Lock()
-					delete(s.stmts, nm)
-					s.mu.Unlock()
-				}
-			}
-			if len(buf) == 0 {
-				pre = append(pre, msgCloseComplete...)
-			} else {
-				buf = append(buf, msg...) // the leg answers CloseComplete
-			}
-		case 'E', 'S', 'H':
-			buf = append(buf, msg...)
-		default:
-			return true, errMalformed("extended-protocol batch")
-		}
+	buf, skip, pre, err := s.legMessages(group)
+	if err != nil {
+		return true, err
 	}
 	s.emitRaw(pre)
 	if err := l.sc.Write(buf); err != nil {
@@ -573,4 +466,323 @@ func (s *session) txIdleReset() {
 	if idle && len(s.tx.legs) == 0 {
 		s.tx.savepoints, s.tx.failed = false, false
 	}
+}
+
+// legMessages translates an extended-protocol batch for a leg: statements
+// are sent unnamed, parsed again before each Bind and statement Describe,
+// so the leg needs none of the client's names. It returns the bytes to
+// send, the answers of the leg to drop (ParseComplete of pgshard's
+// Parses), and the answers pgshard gives before the leg's first (the
+// client's Parse and Close at the start of the batch). The client's
+// statements are recorded as a Parse would record them.
+func (s *session) legMessages(group []byte) (buf []byte, skip map[byte]int, pre []byte, err error) {
+	// Answers are relayed in order: pgshard's own go into out before the
+	// leg's (the leg answers nothing before the batch is sent).
+	skip = map[byte]int{}
+	parsed := map[string]*pgproto3.Parse{}
+	textOf := func(name string) (string, []uint32, bool) {
+		if p := parsed[name]; p != nil {
+			return p.Query, p.ParameterOIDs, true
+		}
+		if name == "" {
+			q, t := s.unnamedText()
+			return q, t, q != ""
+		}
+		d, ok := s.lookupStmt(name)
+		if !ok {
+			return "", nil, false
+		}
+		return d.sql, d.types, true
+	}
+	for b := group; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+		typ, msg := b[0], b[:n]
+		b = b[n:]
+		switch typ {
+		case 'P':
+			var p pgproto3.Parse
+			if p.Decode(msg[5:]) != nil {
+				return nil, nil, nil, errMalformed("Parse")
+			}
+			parsed[p.Name] = &p
+			if p.Name == "" {
+				s.newUnnamed(msg)
+			} else {
+				s.mu.Lock()
+				s.stmts[p.Name] = s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
+				s.mu.Unlock()
+			}
+			if len(buf) == 0 {
+				pre = append(pre, msgParseComplete...)
+			} else {
+				// Answered by the leg's ParseComplete of a Parse sent in
+				// its place.
+				buf, _ = (&pgproto3.Parse{Query: p.Query, ParameterOIDs: p.ParameterOIDs}).Encode(buf)
+			}
+		case 'B', 'D':
+			var name string
+			if typ == 'B' {
+				_, rest, ok := cstringBytes(msg[5:])
+				nm, _, ok2 := cstring(rest)
+				if !ok || !ok2 {
+					return nil, nil, nil, errMalformed("Bind")
+				}
+				name = nm
+			} else if len(msg) > 6 && msg[5] == 'S' {
+				nm, _, ok := cstring(msg[6:])
+				if !ok {
+					return nil, nil, nil, errMalformed("Describe")
+				}
+				name = nm
+			} else {
+				buf = append(buf, msg...)
+				continue
+			}
+			q, types, _ := textOf(name)
+			buf, _ = (&pgproto3.Parse{Query: q, ParameterOIDs: types}).Encode(buf)
+			skip['1']++
+			if typ == 'B' {
+				portal, rest, _ := cstringBytes(msg[5:])
+				_, rest, _ = cstringBytes(rest)
+				buf = appendWithStmt(buf, 'B', append(append([]byte(nil), portal...), 0), "", rest)
+			} else {
+				buf = appendWithStmt(buf, 'D', []byte{'S'}, "", nil)
+			}
+		case 'C':
+			if len(msg) > 6 && msg[5] == 'S' {
+				if nm, _, ok := cstring(msg[6:]); ok {
+					s.mu.Lock()
+					delete(s.stmts, nm)
+					s.mu.Unlock()
+				}
+			}
+			if len(buf) == 0 {
+				pre = append(pre, msgCloseComplete...)
+			} else {
+				buf = append(buf, msg...) // the leg answers CloseComplete
+			}
+		case 'E', 'S', 'H':
+			buf = append(buf, msg...)
+		default:
+			return nil, nil, nil, errMalformed("extended-protocol batch")
+		}
+	}
+	return buf, skip, pre, nil
+}
+
+// batchSegment is one statement of an extended-protocol batch: its
+// messages up to its Execute, and its shard ("" for any).
+type batchSegment struct {
+	msgs  []byte
+	shard string
+}
+
+// batchSegments cuts a batch (ending in its Sync) into statements and
+// routes each; ok is false unless every statement is a single-shard or
+// any-shard one and none controls transactions.
+func (s *session) batchSegments(group []byte) (segs []batchSegment, ok bool) {
+	parsed := map[string]*pgproto3.Parse{}
+	start := 0
+	var starts []int
+	var shard string
+	for off := 0; off+5 <= len(group); {
+		n := 1 + int(binary.BigEndian.Uint32(group[off+1:]))
+		typ, msg := group[off], group[off:off+n]
+		off += n
+		switch typ {
+		case 'P':
+			var p pgproto3.Parse
+			if p.Decode(msg[5:]) != nil {
+				return nil, false
+			}
+			parsed[p.Name] = &p
+		case 'B':
+			_, rest, ok1 := cstringBytes(msg[5:])
+			name, rest, ok2 := cstring(rest)
+			if !ok1 || !ok2 {
+				return nil, false
+			}
+			var sql string
+			var types []uint32
+			if p := parsed[name]; p != nil {
+				sql, types = p.Query, p.ParameterOIDs
+			} else if name == "" {
+				sql, types = s.unnamedText()
+			} else if d, found := s.lookupStmt(name); found {
+				sql, types = d.sql, d.types
+			} else {
+				return nil, false
+			}
+			if router.Inspect(sql).AnyTxnControl {
+				return nil, false
+			}
+			pl, planned := s.planBind(sql, types, rest)
+			if !planned {
+				return nil, false
+			}
+			switch pl.Kind {
+			case router.Single:
+				shard = pl.Shard
+			case router.AnyShard, router.Utility:
+				shard = ""
+			default:
+				return nil, false
+			}
+		case 'E':
+			segs = append(segs, batchSegment{msgs: group[start:off], shard: shard})
+			starts = append(starts, start)
+			start, shard = off, ""
+		case 'S':
+			if off != len(group) || len(segs) == 0 {
+				return nil, false
+			}
+			// Messages after the last Execute (a Close) go with it.
+			segs[len(segs)-1].msgs = group[starts[len(starts)-1] : off-n]
+		}
+	}
+	return segs, len(segs) > 0
+}
+
+// groupAcrossShards runs, outside a transaction, an extended-protocol
+// batch whose statements land on different shards (a pgx batch of keyed
+// inserts, say). PostgreSQL runs such a batch as one implicit
+// transaction; so does pgshard: each shard's statements run on a leg in a
+// transaction of its own, one statement at a time in the client's order,
+// and the Sync commits all legs together (two-phase commit). An error
+// skips the rest of the batch and rolls every leg back.
+func (s *session) groupAcrossShards(ctx context.Context, group []byte) (bool, error) {
+	if s.srv.owners() < 2 || s.srv.txnLogger() == nil {
+		return false, nil
+	}
+	segs, ok := s.batchSegments(group)
+	if !ok || s.notSpreadable(router.Effects{Statements: 1}) != "" || !s.groupNamesKnown(group) {
+		return false, nil
+	}
+	shards := map[string]bool{}
+	for _, sg := range segs {
+		if sg.shard != "" {
+			shards[sg.shard] = true
+		}
+	}
+	if len(shards) < 2 {
+		return false, nil
+	}
+	legs := map[string]*leg{}
+	var order []*leg
+	defer func() {
+		for _, l := range order {
+			l.keep = false
+		}
+	}()
+	var failed error
+	for _, sg := range segs {
+		shard := sg.shard
+		if shard == "" && len(order) > 0 {
+			shard = order[0].b.rt.name
+		}
+		for i := 0; shard == ""; i++ {
+			shard = segs[i].shard // the first statement with a shard
+		}
+		l := legs[shard]
+		if l == nil {
+			nl, err := s.openTxLeg(ctx, shard, "BEGIN")
+			if err != nil {
+				failed = err
+				s.emitError(err)
+				break
+			}
+			l = nl
+			legs[shard] = l
+			order = append(order, l)
+		}
+		buf, skip, pre, err := s.legMessages(sg.msgs)
+		if err != nil {
+			s.closeLegs(order, false)
+			return true, err
+		}
+		buf = append(buf, msgSync...)
+		s.emitRaw(pre)
+		if err := l.sc.Write(buf); err != nil {
+			failed = err
+			s.emitError(err)
+			break
+		}
+		s.setRunning([]*leg{l})
+		st, err := s.relaySegment(ctx, l, skip)
+		s.clearRunning()
+		if err != nil {
+			failed = err
+			s.emitError(err)
+			break
+		}
+		if st == 'E' {
+			failed = errBatchFailed
+			break
+		}
+	}
+	for _, l := range order {
+		l.keep = false
+	}
+	if failed != nil {
+		clean := s.finishLegs(ctx, order, "ROLLBACK") == nil
+		s.closeLegs(order, clean)
+	} else if err := s.commitLegs(ctx, order, s.srv.txnLogger()); err != nil {
+		s.emitError(err)
+		s.closeLegs(order, false)
+	} else {
+		s.closeLegs(order, true)
+		s.noteSpreadWrite()
+	}
+	s.emitStatus('I')
+	return true, nil
+}
+
+// errBatchFailed: a statement of a batch failed (its error was relayed).
+var errBatchFailed = wire.Errorf(codeTransactionRollback, "pgshard: the batch failed")
+
+// relaySegment relays a leg's answers to one statement of a batch, up to
+// the ReadyForQuery of the Sync pgshard added (not relayed), and returns
+// the leg's transaction status.
+func (s *session) relaySegment(ctx context.Context, l *leg, skip map[byte]int) (byte, error) {
+	for {
+		typ, msg, err := l.next(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if skip[typ] > 0 {
+			skip[typ]--
+			continue
+		}
+		if typ == 'Z' {
+			return msg[5], nil
+		}
+		s.emitData(msg)
+	}
+}
+
+// openTxLeg opens a leg on shard inside a transaction begun with begin.
+func (s *session) openTxLeg(ctx context.Context, shard, begin string) (*leg, error) {
+	legs, err := s.openLegs(ctx, []string{shard}, false)
+	if err != nil {
+		return nil, err
+	}
+	l := legs[0]
+	l.keep = true
+	buf, n := s.prelude(l)
+	buf = append(buf, queryMsg(begin)...)
+	if err := l.sc.Write(buf); err != nil {
+		s.dropLeg(l)
+		return nil, wire.Errorf(wire.CodeConnectionFailure, "pgshard: lost the connection to shard %s: %v", shard, err)
+	}
+	for i := 0; i <= n; i++ {
+		first, err := l.untilReady(ctx)
+		if err == nil {
+			err = first
+		}
+		if err != nil {
+			s.dropLeg(l)
+			return nil, err
+		}
+	}
+	return l, nil
 }
