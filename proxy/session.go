@@ -143,6 +143,8 @@ type session struct {
 	tx            txState        // the transaction's legs on other shards (txlegs.go; session loop)
 	running       []*leg         // legs running the client's statement (spread.go; under mu)
 	legCancels    sync.WaitGroup // cancel requests being sent to running legs
+	spreadErrs    int            // errors emitted by spread statements (session loop)
+	spreadTxn     bool           // the spread statement runs inside the client's transaction
 
 	// Owned by the session loop.
 	sbuf          []byte // pending bytes for the backend

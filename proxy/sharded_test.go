@@ -276,6 +276,47 @@ func TestTransactionAcrossShards(t *testing.T) {
 		_ = tx.Rollback(ctx)
 		noneLeft()
 	}
+	// Statements spanning shards inside a transaction see its writes and
+	// commit or roll back with it.
+	for _, mode := range allModes {
+		mustExec(t, c, fmt.Sprintf("DELETE FROM orders WHERE user_id IN (%d, %d)", a, b))
+		for _, commit := range []bool{false, true} {
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var before int
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM orders", mode).Scan(&before); err != nil {
+				t.Fatalf("%v: scatter first in a transaction: %v", mode, err)
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO orders (user_id, v) VALUES ($1, 1), ($2, 1)", mode, a, b); err != nil {
+				t.Fatalf("%v: split insert in a transaction: %v", mode, err)
+			}
+			var n int
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM orders", mode).Scan(&n); err != nil || n != before+2 {
+				t.Fatalf("%v: scatter sees the transaction's rows: %d (before %d) %v", mode, n, before, err)
+			}
+			if tag, err := tx.Exec(ctx, "UPDATE orders SET v = v + 10 WHERE v = $1", mode, 1); err != nil || tag.RowsAffected() < 2 {
+				t.Fatalf("%v: scatter update in a transaction: %v %v", mode, tag, err)
+			}
+			if commit {
+				err = tx.Commit(ctx)
+			} else {
+				err = tx.Rollback(ctx)
+			}
+			if err != nil {
+				t.Fatalf("%v: end: %v", mode, err)
+			}
+			want := 0
+			if commit {
+				want = 2
+			}
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id IN ($1, $2) AND v = 11", a, b).Scan(&n); err != nil || n != want {
+				t.Fatalf("%v (commit %v): %d rows, want %d (%v)", mode, commit, n, want, err)
+			}
+		}
+	}
+	noneLeft()
 	// An empty transaction needs no backend.
 	tx, err := c.Begin(ctx)
 	if err != nil {

@@ -165,6 +165,12 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 		shard = pl.Shard
 	case router.AnyShard, router.Utility:
 	default:
+		if s.txFailed() {
+			return "", false, nil // the transaction's home answers 25P02
+		}
+		if s.spreadableInTxn(&pl, fx) {
+			return "", true, s.spreadInTxn(ctx, &pl, sql, nil)
+		}
 		if why := s.notSpreadable(fx); why != "" {
 			return "", true, s.refuseQuery(ctx, wire.Errorf(wire.CodeFeatureNotSupported,
 				"pgshard: this statement runs on several shards, which is not supported %s yet", why))
@@ -644,7 +650,8 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 		return false, nil
 	}
 	fx := router.Inspect(sql)
-	if s.notSpreadable(fx) != "" {
+	inTxn := s.spreadableInTxn(&pl, fx)
+	if !inTxn && s.notSpreadable(fx) != "" {
 		return false, nil
 	}
 	if parse != nil {
@@ -663,6 +670,9 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 			s.stmts[p.Name] = def
 			s.mu.Unlock()
 		}
+	}
+	if inTxn {
+		return true, s.spreadInTxn(ctx, &pl, sql, x)
 	}
 	if fx.Schema {
 		s.srv.stmts.bump()

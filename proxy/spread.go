@@ -344,6 +344,7 @@ func (s *session) emitRaw(b []byte) {
 // emitError sends an error to the client: a shard's as it is, else
 // pgshard's (see asWireError).
 func (s *session) emitError(err error) {
+	s.spreadErrs++
 	s.srv.metrics.errors.WithLabelValues(sqlstate(err)).Inc()
 	s.mu.Lock()
 	if se, ok := err.(shardError); ok {
@@ -715,7 +716,10 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 			}
 		}
 		bufs[i], pre[i] = s.prelude(l)
-		bufs[i] = append(bufs[i], queryMsg("BEGIN")...)
+		if !s.spreadTxn {
+			bufs[i] = append(bufs[i], queryMsg("BEGIN")...)
+			pre[i]++
+		}
 		bufs[i] = x.stmtMsg(bufs[i], text, params, 0)
 	}
 	if err := sendLegs(legs, bufs); err != nil {
@@ -723,7 +727,7 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 		return nil
 	}
 	for i, l := range legs {
-		for j := 0; j < pre[i]+1; j++ { // the settings, BEGIN
+		for j := 0; j < pre[i]; j++ { // the settings, BEGIN
 			if _, err := l.untilReady(ctx); err != nil {
 				s.emitError(err)
 				return nil
@@ -779,6 +783,11 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 	if first == nil {
 		first = s.placeSequences(ctx, legs, ddl)
 	}
+	if first != nil && s.spreadTxn {
+		// Inside the client's transaction: it fails (spreadInTxn).
+		s.emitError(first)
+		return nil
+	}
 	if first != nil && pl.Kind == router.AllShards && sqlstate(first) == codeActiveSQLTransaction && x == nil {
 		// VACUUM, CREATE INDEX CONCURRENTLY and the like cannot run in a
 		// transaction: they run on each shard on their own (not
@@ -814,9 +823,11 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 		clean = s.finishLegs(ctx, legs, "ROLLBACK") == nil
 		return nil
 	}
-	if err := s.commitLegs(ctx, legs, log); err != nil {
-		s.emitError(err)
-		return nil
+	if !s.spreadTxn {
+		if err := s.commitLegs(ctx, legs, log); err != nil {
+			s.emitError(err)
+			return nil
+		}
 	}
 	clean = true
 	if ddl != nil {

@@ -297,18 +297,12 @@ func (s *session) endTxn(ctx context.Context, commit bool, ext []byte) error {
 		return err
 	}
 	s.mu.Lock()
-	sc, att := s.sc, s.att
 	failed := s.txStatus == 'E' || s.tx.failed
 	s.mu.Unlock()
 	legs := make([]*leg, 0, len(s.tx.legs)+1)
-	var home *leg
-	if sc != nil {
-		home = &leg{b: att, sc: sc, node: -1, keep: true, ch: make(chan legMsg, 64), quit: make(chan struct{}), gone: make(chan struct{})}
-		if !sc.SetHandler(home) {
-			home = nil
-		} else {
-			legs = append(legs, home)
-		}
+	home, restore := s.borrowHome()
+	if home != nil {
+		legs = append(legs, home)
 	}
 	for _, l := range s.tx.legs {
 		legs = append(legs, l)
@@ -333,20 +327,7 @@ func (s *session) endTxn(ctx context.Context, commit bool, ext []byte) error {
 		s.closeLegs([]*leg{l}, err == nil)
 	}
 	s.tx = txState{}
-	if home != nil {
-		close(home.quit)
-		select {
-		case <-home.gone:
-			s.mu.Lock()
-			if s.sc == sc {
-				s.detach()
-			}
-			s.mu.Unlock()
-			sc.Pool().Discard(sc)
-		default:
-			sc.SetHandler(s)
-		}
-	}
+	restore()
 	s.emitRaw(ext)
 	if err != nil {
 		s.emitError(err)
@@ -785,4 +766,114 @@ func (s *session) openTxLeg(ctx context.Context, shard, begin string) (*leg, err
 		}
 	}
 	return l, nil
+}
+
+// borrowHome makes the session's attached backend a leg for a while (its
+// queue is empty: waitAnswered); restore gives it back to the session, or
+// drops it if it was lost meanwhile.
+func (s *session) borrowHome() (home *leg, restore func()) {
+	s.mu.Lock()
+	sc, att := s.sc, s.att
+	s.mu.Unlock()
+	if sc == nil {
+		return nil, func() {}
+	}
+	home = &leg{b: att, sc: sc, node: -1, keep: true, ch: make(chan legMsg, 64), quit: make(chan struct{}), gone: make(chan struct{})}
+	if !sc.SetHandler(home) {
+		return nil, func() {}
+	}
+	return home, func() {
+		close(home.quit)
+		select {
+		case <-home.gone:
+			s.mu.Lock()
+			if s.sc == sc {
+				s.detach()
+			}
+			s.mu.Unlock()
+			sc.Pool().Discard(sc)
+		default:
+			sc.SetHandler(s)
+		}
+	}
+}
+
+// spreadableInTxn reports whether a statement spanning shards may run in
+// the open transaction (spreadInTxn): one statement, not DDL or COPY, in a
+// transaction that has not failed, made no savepoint, on a session that
+// does not keep its backend.
+func (s *session) spreadableInTxn(pl *router.Plan, fx router.Effects) bool {
+	if fx.Statements != 1 || fx.Schema || pl.Copy != nil || s.tx.savepoints || s.srv.txnLogger() == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.txStatus == 'T' && !s.tx.failed && !s.pinned && s.mode == config.PoolTransaction
+}
+
+// spreadInTxn runs a statement spanning shards inside the open
+// transaction: over the home backend and a leg of the transaction on each
+// other shard, without BEGIN or COMMIT of its own (COMMIT of the
+// transaction commits them all). An error fails the transaction.
+func (s *session) spreadInTxn(ctx context.Context, pl *router.Plan, sql string, x *extReq) error {
+	if s.attached() == nil {
+		// A transaction pgshard opened lazily: its home is the default
+		// shard, where its BEGIN goes now.
+		s.want = target{}
+		if !s.attachLocked(ctx, true) {
+			return s.attachErr
+		}
+		s.txnFresh = false
+		s.mu.Unlock()
+		s.flushServer()
+	}
+	if err := s.waitAnswered(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.txnFresh = false
+	s.mu.Unlock()
+	home, restore := s.borrowHome()
+	if home == nil {
+		return s.legFailed(wire.Errorf(wire.CodeConnectionFailure, "pgshard: lost the transaction's backend"), true)
+	}
+	legs := []*leg{home}
+	for _, name := range s.srv.spreadShards(pl) {
+		if name == home.b.rt.name {
+			continue
+		}
+		l, err := s.txLegFor(ctx, name)
+		if err != nil {
+			restore()
+			return s.legFailed(err, true)
+		}
+		legs = append(legs, l)
+	}
+	errs := s.spreadErrs
+	s.spreadTxn = true
+	s.setRunning(legs)
+	if x != nil {
+		if x.parse {
+			s.emitRaw(msgParseComplete)
+		}
+		s.emitRaw(msgBindComplete)
+	}
+	var err error
+	if pl.Read && pl.Kind != router.AllShards {
+		err = s.spreadRead(ctx, legs, pl, sql, x)
+	} else {
+		err = s.spreadWrite(ctx, legs, pl, sql, x)
+	}
+	s.spreadTxn = false
+	restore()
+	if err != nil {
+		return err
+	}
+	st := byte('T')
+	if s.spreadErrs != errs {
+		s.failHome()
+		st = 'E'
+	}
+	s.emitStatus(st)
+	return nil
 }

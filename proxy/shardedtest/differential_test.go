@@ -549,7 +549,15 @@ func genTransaction(g *gen, nkeys int) step {
 		b := g.sb()
 		k := pick(g, keys)
 		var s stmt
-		switch g.intn(5) {
+		n := 5
+		if nkeys > 1 {
+			n = 7 // statements spanning shards inside the transaction too
+		}
+		switch g.intn(n) {
+		case 5:
+			s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), max(balance) FROM accounts WHERE qty > %s", b.v(g.between(0, 90), "")))
+		case 6:
+			s = b.stmt(fmt.Sprintf("UPDATE accounts SET qty = qty + 1 WHERE qty < %s", b.v(g.between(0, 30), "")))
 		case 0:
 			s = b.stmt("INSERT INTO accounts (" + accCols + ") VALUES " + g.accountRow(b, k, g.between(1, 12)))
 		case 1:
