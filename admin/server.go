@@ -736,7 +736,7 @@ func (s *Server) postTable(w http.ResponseWriter, r *http.Request) {
 		if req.Name == "" {
 			return nil, 0, badRequest("a table needs a name")
 		}
-		t := shardmap.Table{Name: req.Name, Kind: shardmap.TableKind(req.Kind), KeyColumn: req.KeyColumn}
+		t := shardmap.Table{Name: req.Name, Kind: shardmap.TableKind(req.Kind), KeyColumn: req.KeyColumn, KeyOrdinal: req.KeyOrdinal}
 		switch t.Kind {
 		case "", shardmap.TableSharded, shardmap.TableReference:
 		default:

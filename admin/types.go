@@ -127,4 +127,7 @@ type AddTableRequest struct {
 	Kind      string `json:"kind,omitempty"`
 	KeyColumn string `json:"key_column,omitempty"`
 	KeyType   string `json:"key_type,omitempty"`
+	// KeyOrdinal is the key column's 1-based position among the table's
+	// columns (0: unknown), for INSERT and COPY without a column list.
+	KeyOrdinal int `json:"key_ordinal,omitempty"`
 }

@@ -31,6 +31,9 @@ type TxnLog interface {
 // the table.
 type TableRegistrar interface {
 	RegisterTable(ctx context.Context, t shardmap.Table) error
+	// UnregisterTable forgets a table dropped through pgshard (name as
+	// the map spells it); a table the map does not have is no error.
+	UnregisterTable(ctx context.Context, name string) error
 }
 
 // SetTxnLog sets where two-phase commit decisions are recorded. Without

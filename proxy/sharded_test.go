@@ -75,6 +75,22 @@ func (sh *shardedHarness) RegisterTable(_ context.Context, tb shardmap.Table) er
 	return nil
 }
 
+// UnregisterTable is the harness's in-memory proxy.TableRegistrar.
+func (sh *shardedHarness) UnregisterTable(_ context.Context, name string) error {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	m, err := sh.m.Apply(shardmap.RemoveTable(name))
+	if errors.Is(err, shardmap.ErrUnknownTable) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	sh.m = m
+	sh.srv.SetMap(m)
+	return nil
+}
+
 // shardConn connects to shard i's primary directly.
 func (sh *shardedHarness) shardConn(ctx context.Context, i int) *pgx.Conn {
 	sh.t.Helper()
@@ -98,7 +114,10 @@ func (sh *shardedHarness) onEveryShard(ctx context.Context, sql string) {
 
 // owner returns the index of the shard that owns an int key.
 func (sh *shardedHarness) owner(key int64) int {
-	name := sh.m.Ring().Lookup(shardmap.HashInt64(key))
+	sh.mu.Lock()
+	ring := sh.m.Ring()
+	sh.mu.Unlock()
+	name := ring.Lookup(shardmap.HashInt64(key))
 	for i, n := range sh.dbs {
 		if n == name {
 			return i
@@ -461,6 +480,16 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM events", pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != total {
 		t.Fatalf("after the cancel: %d %v", n, err)
 	}
+	// DROP TABLE leaves the map; the table can come back with another key.
+	mustExec(t, c, "CREATE TABLE scratch (user_id bigint)")
+	mustExec(t, c, "DROP TABLE scratch")
+	mustExec(t, c, "CREATE TABLE scratch (user_id uuid)")
+	sh.mu.Lock()
+	tb, ok := sh.m.Table("scratch")
+	sh.mu.Unlock()
+	if !ok || tb.KeyType != shardmap.KeyUUID {
+		t.Fatalf("scratch recreated: %+v %v", tb, ok)
+	}
 	// Reference tables join on one shard.
 	var label string
 	if err := c.QueryRow(ctx, "SELECT k.label FROM events e JOIN kinds k USING (kind) WHERE e.user_id = 3 ORDER BY e.amount LIMIT 1").Scan(&label); err != nil || label != "Beta" {
@@ -649,6 +678,15 @@ func TestOneShardRegistersTables(t *testing.T) {
 		t.Fatalf("ref: %+v %v", tb, ok)
 	}
 	mustExec(t, c, "INSERT INTO one VALUES (1, 2)")
+	// Dropped and created again with another key type.
+	mustExec(t, c, "DROP TABLE one")
+	mustExec(t, c, "CREATE TABLE one (v int, user_id text)")
+	sh.mu.Lock()
+	m = sh.m
+	sh.mu.Unlock()
+	if tb, ok := m.Table("one"); !ok || tb.KeyType != shardmap.KeyText || tb.KeyOrdinal != 2 {
+		t.Fatalf("one again: %+v %v", tb, ok)
+	}
 }
 
 // A batch (pgx SendBatch: one Sync) of keyed statements on several shards

@@ -759,10 +759,10 @@ func (s *session) newUnnamed(parse []byte) {
 }
 
 // createsTables reports whether sql creates a table the shard map should
-// know (with one shard on the ring; with several, every CREATE TABLE is a
-// spread statement anyway).
+// know, or drops one it knows (with one shard on the ring; with several,
+// every CREATE or DROP TABLE is a spread statement anyway).
 func (s *session) createsTables(sql string) bool {
-	if firstWord(sql) != "create" || s.srv.tableRegistrar() == nil {
+	if w := firstWord(sql); (w != "create" && w != "drop") || s.srv.tableRegistrar() == nil {
 		return false
 	}
 	rs := s.srv.routing.Load()
@@ -776,6 +776,11 @@ func (s *session) createsTables(sql string) bool {
 	for _, d := range ddl {
 		if d.Op == router.DDLCreateTable && !d.Temp {
 			return true
+		}
+		for _, name := range d.Dropped {
+			if rs.catalog[name].Kind != router.TableUnknown {
+				return true
+			}
 		}
 	}
 	return false

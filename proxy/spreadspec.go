@@ -251,12 +251,17 @@ func (s *session) tableDDL(pl *router.Plan, sql string) ([]router.TableDDL, erro
 		return nil, planError(rerr)
 	}
 	var out []router.TableDDL
+	creates := false
 	for _, d := range ddl {
-		if d.Op == router.DDLCreateTable && !d.Temp {
+		switch {
+		case d.Op == router.DDLCreateTable && !d.Temp:
+			out = append(out, d)
+			creates = true
+		case d.Op == router.DDLDropTable:
 			out = append(out, d)
 		}
 	}
-	if len(out) > 0 && s.srv.tableRegistrar() == nil {
+	if creates && s.srv.tableRegistrar() == nil {
 		return nil, wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: CREATE TABLE across shards needs the shard map to register the table, and this node has none")
 	}
 	return out, nil
@@ -266,6 +271,21 @@ func (s *session) tableDDL(pl *router.Plan, sql string) ([]router.TableDDL, erro
 func (s *session) registerTables(ctx context.Context, ddl []router.TableDDL) error {
 	reg := s.srv.tableRegistrar()
 	for _, d := range ddl {
+		if d.Op == router.DDLDropTable {
+			if reg == nil {
+				continue
+			}
+			rs := s.srv.routing.Load()
+			for _, name := range d.Dropped {
+				if rs == nil || rs.catalog[name].Kind == router.TableUnknown {
+					continue // not registered (or a temporary table of that name)
+				}
+				if err := reg.UnregisterTable(ctx, strings.TrimPrefix(name, "public.")); err != nil {
+					return wire.Errorf(wire.CodeInternalError, "pgshard: table %s was dropped on every shard but is still in the shard map: %v", name, err)
+				}
+			}
+			continue
+		}
 		t := shardmap.Table{Name: d.MapName(), Kind: shardmap.TableReference}
 		if d.Sharded {
 			t = shardmap.Table{Name: d.MapName(), Kind: shardmap.TableSharded, KeyColumn: d.KeyColumn, KeyType: d.KeyType, KeyOrdinal: d.KeyOrdinal}

@@ -196,7 +196,7 @@ func (c *mapCoord) RegisterTable(ctx context.Context, t shardmap.Table) error {
 			return nil
 		},
 		func(ctx context.Context) error {
-			req := admin.AddTableRequest{Name: want.Name, Kind: string(want.Kind), KeyColumn: want.KeyColumn}
+			req := admin.AddTableRequest{Name: want.Name, Kind: string(want.Kind), KeyColumn: want.KeyColumn, KeyOrdinal: want.KeyOrdinal}
 			if want.Kind == shardmap.TableSharded {
 				req.KeyType = want.KeyType.String()
 			}
@@ -289,4 +289,39 @@ func (n *clusterNode) recoverLoop(ctx context.Context, r preparedRecoverer, inte
 			n.log.Warn("recovery pass over prepared transactions failed", "err", err)
 		}
 	}
+}
+
+// UnregisterTable implements proxy.TableRegistrar: a table dropped through
+// pgshard leaves the map (through the leader), and this node routes
+// without it on return.
+func (c *mapCoord) UnregisterTable(ctx context.Context, name string) error {
+	if _, ok := c.store.Map().Table(name); !ok {
+		return nil
+	}
+	var version uint64
+	err := c.write(ctx, "unregister table "+name,
+		func(ctx context.Context) error {
+			m, err := c.store.Apply(ctx, shardmap.RemoveTable(name))
+			if err != nil {
+				return err
+			}
+			version = m.Version()
+			return nil
+		},
+		func(ctx context.Context) error {
+			r, err := c.api.RemoveTable(ctx, name)
+			if err != nil {
+				return err
+			}
+			version = r.MapVersion
+			return nil
+		})
+	var ae *admin.APIError
+	if errors.Is(err, shardmap.ErrUnknownTable) || (errors.As(err, &ae) && ae.Code == admin.CodeUnknownTable) {
+		return nil // removed meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("unregister table %s: %w", name, err)
+	}
+	return c.store.WaitForVersion(ctx, version)
 }

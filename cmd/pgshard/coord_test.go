@@ -235,6 +235,13 @@ func TestMapCoordRegisterTable(t *testing.T) {
 	if tb, ok := fs[0].store.Map().Table("orders"); !ok || tb.KeyColumn != shardmap.DefaultKeyColumn || tb.KeyType != shardmap.KeyInt {
 		t.Fatalf("follower's map after RegisterTable: %+v %v", tb, ok)
 	}
+	// The key's position travels through the admin API too.
+	if err := fs[0].coord.RegisterTable(ctx, shardmap.Table{Name: "placed", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyText, KeyOrdinal: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if tb, ok := fs[0].store.Map().Table("placed"); !ok || tb.KeyOrdinal != 3 || tb.KeyType != shardmap.KeyText {
+		t.Fatalf("follower's map after RegisterTable with a key position: %+v %v", tb, ok)
+	}
 	// The same definition again, spelled out or not, from anywhere: no-op.
 	same := shardmap.Table{Name: "orders", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}
 	v := l.store.Map().Version()

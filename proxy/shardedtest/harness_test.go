@@ -178,6 +178,21 @@ func (r memRegistrar) RegisterTable(_ context.Context, t shardmap.Table) error {
 	return r.c.addTable(t)
 }
 
+func (r memRegistrar) UnregisterTable(_ context.Context, name string) error {
+	r.c.mu.Lock()
+	defer r.c.mu.Unlock()
+	next, err := r.c.cur.Apply(shardmap.RemoveTable(name))
+	if errors.Is(err, shardmap.ErrUnknownTable) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	r.c.cur = next
+	r.c.srv.SetMap(next)
+	return nil
+}
+
 // memTxnLog is the Raft map's two-phase commit log, in memory: the first
 // decision for a gid wins.
 type memTxnLog struct {
