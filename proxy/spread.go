@@ -698,6 +698,13 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 		clean = true
 		return nil
 	}
+	// An autocommit write on several shards sends its PREPARE TRANSACTION
+	// right behind the statement (one round trip less): a failed statement
+	// turns it into a rollback.
+	gid := ""
+	if !s.spreadTxn && len(legs) > 1 && pl.Kind != router.AllShards {
+		gid = newGID()
+	}
 	bufs := make([][]byte, len(legs))
 	pre := make([]int, len(legs))
 	for i, l := range legs {
@@ -721,6 +728,9 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 			pre[i]++
 		}
 		bufs[i] = x.stmtMsg(bufs[i], text, params, 0)
+		if gid != "" {
+			bufs[i] = append(bufs[i], queryMsg("PREPARE TRANSACTION "+quoteLiteral(gid))...)
+		}
 	}
 	if err := sendLegs(legs, bufs); err != nil {
 		s.emitError(err)
@@ -780,6 +790,37 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 	if first == nil && x != nil && x.describe && !sentDesc {
 		s.emitRaw(msgNoData)
 	}
+	if gid != "" {
+		// The PREPARE TRANSACTION answers: prepared, or rolled back.
+		var prepared []*leg
+		for _, l := range legs {
+			e, err := l.untilReady(ctx)
+			if err != nil {
+				s.emitError(err)
+				return nil
+			}
+			if e == nil && string(l.tag) == "PREPARE TRANSACTION" {
+				prepared = append(prepared, l)
+			} else if first == nil {
+				first = e
+				if first == nil {
+					first = wire.Errorf(codeTransactionRollback, "pgshard: shard %s rolled the statement back", l.b.rt.name)
+				}
+			}
+		}
+		if first != nil {
+			s.emitError(first)
+			if len(prepared) > 0 {
+				s.resolveLegs(ctx, prepared, gid, false)
+			}
+			clean = true
+			return nil
+		}
+		if err := s.decideLegs(ctx, legs, log, gid); err != nil {
+			s.emitError(err)
+			return nil
+		}
+	}
 	if first == nil {
 		first = s.placeSequences(ctx, legs, ddl)
 	}
@@ -823,7 +864,7 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 		clean = s.finishLegs(ctx, legs, "ROLLBACK") == nil
 		return nil
 	}
-	if !s.spreadTxn {
+	if !s.spreadTxn && gid == "" {
 		if err := s.commitLegs(ctx, legs, log); err != nil {
 			s.emitError(err)
 			return nil
@@ -886,6 +927,12 @@ func (s *session) commitLegs(ctx context.Context, legs []*leg, log TxnLog) error
 		}
 		return e
 	}
+	return s.decideLegs(ctx, legs, log, gid)
+}
+
+// decideLegs records the decision to commit gid, prepared on every leg,
+// and commits it there.
+func (s *session) decideLegs(ctx context.Context, legs []*leg, log TxnLog, gid string) error {
 	// Decide well within the recovery loop's grace, so that recovery never
 	// rolls back (and forgets) a transaction a coordinator still decides.
 	dctx, cancel := context.WithTimeout(ctx, decideTimeout)
