@@ -30,3 +30,10 @@ func (s *Server) DebugSessions() string {
 	}
 	return b.String()
 }
+
+// SetCoordinatorCrash makes the two-phase commit coordinator stop at stage
+// ("prepared": every shard prepared, no decision; "decided": the commit
+// recorded, no COMMIT PREPARED sent) as a crashed node would: it answers
+// the client with an error and drops its backends, leaving the prepared
+// transactions to the recovery loop. nil restores normal behaviour.
+func SetCoordinatorCrash(stage string) { testCrashStage.Store(&stage) }

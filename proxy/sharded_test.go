@@ -742,6 +742,80 @@ func TestBatchAcrossShards(t *testing.T) {
 	}
 }
 
+// A coordinator that dies after every shard prepared leaves its
+// transaction to the recovery loop, which rolls it back when no decision
+// was recorded and commits it when one was; nothing stays prepared.
+func TestCoordinatorCrashIsRecovered(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE kv (user_id bigint PRIMARY KEY, v int)")
+	a, b := int64(1), int64(2)
+	for sh.owner(b) == sh.owner(a) {
+		b++
+	}
+	prepared := func() int {
+		n := 0
+		for i := range sh.topo.Shards {
+			var k int
+			if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgshard_%'").Scan(&k); err != nil {
+				t.Fatal(err)
+			}
+			n += k
+		}
+		return n
+	}
+	defer proxy.SetCoordinatorCrash("")
+	for _, stage := range []string{"prepared", "decided"} {
+		for _, inTxn := range []bool{false, true} {
+			mustExec(t, c, "DELETE FROM kv")
+			proxy.SetCoordinatorCrash(stage)
+			var err error
+			if inTxn {
+				tx, berr := c.Begin(ctx)
+				if berr != nil {
+					t.Fatal(berr)
+				}
+				mustExecTx(t, tx, fmt.Sprintf("INSERT INTO kv VALUES (%d, 1)", a))
+				mustExecTx(t, tx, fmt.Sprintf("INSERT INTO kv VALUES (%d, 1)", b))
+				err = tx.Commit(ctx)
+			} else {
+				_, err = c.Exec(ctx, fmt.Sprintf("INSERT INTO kv VALUES (%d, 1), (%d, 1)", a, b))
+			}
+			proxy.SetCoordinatorCrash("")
+			if sqlState(err) != "08006" {
+				t.Fatalf("%s (transaction %v): %v, want the simulated crash", stage, inTxn, err)
+			}
+			if n := prepared(); n != 2 {
+				t.Fatalf("%s (transaction %v): %d transactions left prepared, want 2", stage, inTxn, n)
+			}
+			st, err := sh.srv.RecoverPrepared(ctx, 0)
+			if err != nil {
+				t.Fatalf("recover: %v (%+v)", err, st)
+			}
+			if n := prepared(); n != 0 {
+				t.Fatalf("%s: %d prepared after recovery (%+v)", stage, n, st)
+			}
+			want := 0
+			if stage == "decided" {
+				want = 2
+			}
+			var n int
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM kv").Scan(&n); err != nil || n != want {
+				t.Fatalf("%s (transaction %v): %d rows after recovery, want %d (%v)", stage, inTxn, n, want, err)
+			}
+		}
+	}
+}
+
+func mustExecTx(t *testing.T, tx pgx.Tx, sql string) {
+	t.Helper()
+	if _, err := tx.Exec(context.Background(), sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
 // shardedTxnLog is an in-memory proxy.TxnLog (the real one is the Raft map).
 type shardedTxnLog struct {
 	mu sync.Mutex

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -378,6 +379,19 @@ func asWireError(err error) *wire.Error {
 // decideTimeout bounds recording a two-phase decision: well under the
 // recovery loop's grace period (30 s in cmd/pgshard).
 const decideTimeout = 10 * time.Second
+
+// testCrashStage simulates a coordinator that dies at a stage of two-phase
+// commit (tests only: SetCoordinatorCrash); empty in production.
+var testCrashStage atomic.Pointer[string]
+
+// testCrashAt reports whether a simulated crash happens at stage.
+func testCrashAt(stage string) bool {
+	p := testCrashStage.Load()
+	return p != nil && *p == stage
+}
+
+// errCrashed is what a client of a simulated crash gets.
+var errCrashed = wire.Errorf(wire.CodeConnectionFailure, "pgshard: coordinator crash simulated by a test")
 
 // codeActiveSQLTransaction is SQLSTATE active_sql_transaction: "cannot
 // run inside a transaction block".
@@ -816,6 +830,10 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 			clean = true
 			return nil
 		}
+		if testCrashAt("prepared") {
+			s.emitError(errCrashed)
+			return nil // the legs are dropped, their transactions left prepared
+		}
 		if err := s.decideLegs(ctx, legs, log, gid); err != nil {
 			s.emitError(err)
 			return nil
@@ -927,6 +945,9 @@ func (s *session) commitLegs(ctx context.Context, legs []*leg, log TxnLog) error
 		}
 		return e
 	}
+	if testCrashAt("prepared") {
+		return errCrashed
+	}
 	return s.decideLegs(ctx, legs, log, gid)
 }
 
@@ -938,6 +959,9 @@ func (s *session) decideLegs(ctx context.Context, legs []*leg, log TxnLog, gid s
 	dctx, cancel := context.WithTimeout(ctx, decideTimeout)
 	commit, err := log.Decide(dctx, gid, true)
 	cancel()
+	if err == nil && testCrashAt("decided") {
+		return errCrashed
+	}
 	if err != nil {
 		// Maybe recorded, maybe not: the recovery loop finishes it either
 		// way, by the recorded decision or by rolling back.
