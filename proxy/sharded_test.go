@@ -399,6 +399,10 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT count(*), sum(amount) FROM events", pgx.QueryExecModeSimpleProtocol).Scan(&n, &s); err != nil || n != total || s != sum {
 		t.Fatalf("count, sum: %d %d %v, want %d %d", n, s, err, total, sum)
 	}
+	var users int64
+	if err := c.QueryRow(ctx, "SELECT count(DISTINCT user_id) FROM events").Scan(&users); err != nil || users != 40 {
+		t.Fatalf("count(DISTINCT user_id): %d %v, want 40", users, err)
+	}
 	rows, err := c.Query(ctx, "SELECT amount FROM events ORDER BY amount DESC LIMIT 5 OFFSET 2", pgx.QueryExecModeSimpleProtocol)
 	if err != nil {
 		t.Fatal(err)

@@ -350,7 +350,7 @@ func (p *Planner) finish(sql string, t *tmpl, pl Plan) Plan {
 	p.rmu.Unlock()
 	if !ok {
 		var err *Error
-		s, err = rewriteForShards(sql)
+		s, err = rewriteForShards(sql, t.distinctKey)
 		if err != nil {
 			return Plan{Kind: Refuse, Read: pl.Read, Err: err}
 		}
@@ -434,6 +434,9 @@ type tmpl struct {
 	keyUpdate *valSrc
 	// copy: a COPY the proxy splits or gathers (plan_copy.go).
 	copy *CopyPlan
+	// distinctKey: the key column of the SELECT's only (sharded) table,
+	// for count(DISTINCT key) (plan_merge.go).
+	distinctKey string
 }
 
 // resolve calls f with the hash of each value of src; ok false: cannot read.

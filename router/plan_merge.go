@@ -123,7 +123,8 @@ func (b *builder) mergeTop(sel *pg_query.SelectStmt) {
 	if sel.Op != pg_query.SetOperation_SETOP_NONE {
 		return
 	}
-	m, rewrite, lits, err := analyzeMerge(sel, false)
+	b.t.distinctKey = b.soleKey(sel)
+	m, rewrite, lits, err := analyzeMerge(sel, false, b.t.distinctKey)
 	if err != nil {
 		b.multiRefuse("%s", err.Message)
 		return
@@ -170,7 +171,7 @@ func (b *builder) limitSrc(n *pg_query.Node) (valSrc, bool) {
 }
 
 // rewriteForShards returns the per-shard text of a merged SELECT.
-func rewriteForShards(sql string) (string, *Error) {
+func rewriteForShards(sql, distinctKey string) (string, *Error) {
 	tree, err := parse(sql)
 	if err != nil || len(tree.Stmts) != 1 {
 		return "", refuse("cannot rewrite the statement for the shards")
@@ -179,7 +180,7 @@ func rewriteForShards(sql string) (string, *Error) {
 	if sel == nil {
 		return "", refuse("cannot rewrite the statement for the shards")
 	}
-	if _, _, _, e := analyzeMerge(sel, true); e != nil {
+	if _, _, _, e := analyzeMerge(sel, true, distinctKey); e != nil {
 		return "", e
 	}
 	out, err := pg_query.Deparse(tree)
@@ -198,6 +199,7 @@ type merger struct {
 	grouped bool
 	lits    bool
 	hidden  []*pg_query.Node
+	key     string // see aggOf
 }
 
 const noRef = 1 << 30
@@ -211,8 +213,8 @@ func (g *merger) addHidden(n *pg_query.Node) int {
 
 // analyzeMerge describes the merge of sel; with mutate it also rewrites
 // sel into the per-shard statement. rewrite says whether that differs.
-func analyzeMerge(sel *pg_query.SelectStmt, mutate bool) (*Merge, bool, bool, *Error) {
-	g := &merger{sel: sel, m: &Merge{}, mutate: mutate}
+func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*Merge, bool, bool, *Error) {
+	g := &merger{sel: sel, m: &Merge{}, mutate: mutate, key: distinctKey}
 	m := g.m
 	rewrite := false
 	if len(sel.DistinctClause) > 0 {
@@ -248,7 +250,7 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool) (*Merge, bool, bool, *E
 			star = true
 			continue
 		}
-		if f, e := aggOf(rt.GetVal()); e != nil {
+		if f, e := aggOf(rt.GetVal(), distinctKey); e != nil {
 			return nil, false, false, e
 		} else if f != 0 {
 			hasAgg = true
@@ -267,7 +269,7 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool) (*Merge, bool, bool, *E
 		}
 		for i, t := range sel.TargetList {
 			rt := t.GetResTarget()
-			f, e := aggOf(rt.Val)
+			f, e := aggOf(rt.Val, distinctKey)
 			if e != nil {
 				return nil, false, false, e
 			}
@@ -361,8 +363,11 @@ func funcNode(name string, args []*pg_query.Node, star bool) *pg_query.Node {
 }
 
 // aggOf reports the mergeable aggregate n is (0: not an aggregate), or a
-// refusal for an aggregate the merge cannot combine.
-func aggOf(n *pg_query.Node) (AggFunc, *Error) {
+// refusal for an aggregate the merge cannot combine. distinctKey is the
+// shard key column of the query's only table ("" when there is not exactly
+// one sharded table): count(DISTINCT key) adds exactly, as equal keys live
+// on one shard.
+func aggOf(n *pg_query.Node, distinctKey string) (AggFunc, *Error) {
 	fc := n.GetFuncCall()
 	if fc == nil || fc.Over != nil {
 		return 0, nil
@@ -379,7 +384,14 @@ func aggOf(n *pg_query.Node) (AggFunc, *Error) {
 		return 0, nil
 	}
 	if fc.AggDistinct {
-		return 0, refuse(fmt.Sprintf("%s(DISTINCT …) across shards", name))
+		switch {
+		case f == AggMin || f == AggMax:
+			// DISTINCT changes nothing.
+		case f == AggCount && distinctKey != "" && len(fc.Args) == 1 && lastField(fc.Args[0]) == distinctKey:
+			// Each shard counts its own keys; no key is on two shards.
+		default:
+			return 0, refuse(fmt.Sprintf("%s(DISTINCT …) across shards (only count(DISTINCT shard key) adds up exactly)", name))
+		}
 	}
 	if len(fc.AggOrder) > 0 || fc.AggWithinGroup {
 		return 0, refuse(fmt.Sprintf("%s() with ORDER BY across shards", name))
@@ -508,7 +520,7 @@ func (g *merger) aggOrGroup(n *pg_query.Node) (int, *Error) {
 	if k := g.findGroup(n); k >= 0 {
 		return g.m.GroupBy[k], nil
 	}
-	f, e := aggOf(n)
+	f, e := aggOf(n, g.key)
 	if e != nil {
 		return 0, e
 	}
@@ -632,4 +644,29 @@ func asBigint(n *pg_query.Node) *pg_query.Node {
 		TypeName: &pg_query.TypeName{Names: []*pg_query.Node{pg_query.MakeStrNode("pg_catalog"), pg_query.MakeStrNode("int8")}, Location: -1},
 		Location: -1,
 	}}}
+}
+
+// lastField returns the column name of a column reference ("" otherwise).
+func lastField(n *pg_query.Node) string {
+	cr := n.GetColumnRef()
+	if cr == nil || len(cr.Fields) == 0 {
+		return ""
+	}
+	return cr.Fields[len(cr.Fields)-1].GetString_().GetSval()
+}
+
+// soleKey returns the shard key column of a SELECT's FROM when it is
+// exactly one sharded table (no join), else "".
+func (b *builder) soleKey(sel *pg_query.SelectStmt) string {
+	if len(sel.FromClause) != 1 {
+		return ""
+	}
+	rv := sel.FromClause[0].GetRangeVar()
+	if rv == nil {
+		return ""
+	}
+	if info := b.lookup(rv); info.Kind == TableSharded {
+		return info.KeyColumn
+	}
+	return ""
 }

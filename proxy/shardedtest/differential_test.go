@@ -468,7 +468,7 @@ func genMultiRowInsert(g *gen) step {
 func genScatterRead(g *gen) step {
 	b := g.sb()
 	var s stmt
-	switch g.intn(13) {
+	switch g.intn(14) {
 	case 0:
 		s = b.stmt(fmt.Sprintf("SELECT user_id, id, qty FROM accounts WHERE qty > %s", b.v(g.intn(100), "")))
 	case 1:
@@ -498,6 +498,8 @@ func genScatterRead(g *gen) step {
 		s.ordered, s.mayRefuse = true, true // text in the sort key: the collation
 	case 11:
 		s = b.stmt("SELECT count(*), max(score), min(user_id), sum(score) FROM sessions")
+	case 13:
+		s = b.stmt(fmt.Sprintf("SELECT country, count(DISTINCT user_id), max(DISTINCT qty) FROM accounts GROUP BY country HAVING count(DISTINCT user_id) > %s", b.v(g.intn(40), "")))
 	default:
 		s = b.stmt("SELECT model, count(*), min(d) FROM devices GROUP BY model")
 	}
