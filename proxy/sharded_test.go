@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math/rand"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -817,6 +819,145 @@ func mustExecTx(t *testing.T, tx pgx.Tx, sql string) {
 	t.Helper()
 	if _, err := tx.Exec(context.Background(), sql); err != nil {
 		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// Transfers between accounts on different shards, from many clients at
+// once, in every protocol mode, while backends are terminated at random:
+// money is neither made nor lost (every transfer commits on both shards or
+// on neither), nothing stays prepared once recovery ran, and every row
+// stays on its shard.
+func TestConcurrentTransfersKeepTheTotal(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE acct (user_id bigint PRIMARY KEY, balance bigint NOT NULL)")
+	const accounts, start = 40, 1000
+	var vals []string
+	for k := 1; k <= accounts; k++ {
+		vals = append(vals, fmt.Sprintf("(%d, %d)", k, start))
+	}
+	mustExec(t, c, "INSERT INTO acct VALUES "+strings.Join(vals, ", "))
+	rounds := 150 * rounds(1)
+	var wg, bg sync.WaitGroup
+	var committed, failed atomic.Int64
+	stop := make(chan struct{})
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			mode := allModes[w%len(allModes)]
+			rng := rand.New(rand.NewSource(int64(w)))
+			var conn *pgx.Conn
+			for r := 0; r < rounds; r++ {
+				if conn == nil || conn.IsClosed() {
+					var err error
+					if conn, err = pgx.Connect(ctx, sh.url("app")); err != nil {
+						t.Errorf("client %d: connect: %v", w, err)
+						return
+					}
+					if _, err := conn.Exec(ctx, "SET lock_timeout = '3s'"); err != nil {
+						continue
+					}
+				}
+				a, b := int64(rng.Intn(accounts)+1), int64(rng.Intn(accounts)+1)
+				if a == b {
+					continue
+				}
+				if a > b {
+					a, b = b, a // one lock order: no deadlock across shards
+				}
+				amount := rng.Intn(10) + 1
+				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					if _, err := tx.Exec(ctx, "UPDATE acct SET balance = balance - $1 WHERE user_id = $2", mode, amount, a); err != nil {
+						return err
+					}
+					_, err := tx.Exec(ctx, "UPDATE acct SET balance = balance + $1 WHERE user_id = $2", mode, amount, b)
+					return err
+				})
+				if err != nil {
+					failed.Add(1)
+				} else {
+					committed.Add(1)
+				}
+			}
+			if conn != nil {
+				conn.Close(ctx)
+			}
+		}(w)
+	}
+	// Scatter reads meanwhile, and backends terminated now and then.
+	bg.Add(2)
+	go func() {
+		defer bg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var sum int64
+			_ = c.QueryRow(ctx, "SELECT sum(balance) FROM acct").Scan(&sum)
+		}
+	}()
+	killed := 0
+	go func() {
+		defer bg.Done()
+		admin := make([]*pgx.Conn, len(sh.topo.Shards))
+		for i := range admin {
+			admin[i] = sh.shardConn(ctx, i)
+		}
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(150 * time.Millisecond):
+			}
+			var k int
+			if err := admin[n%len(admin)].QueryRow(ctx, `SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE datname = current_database() AND usename = 'app' AND pid <> pg_backend_pid() AND random() < 0.3) t`).Scan(&k); err != nil {
+				t.Errorf("terminate backends: %v", err)
+				return
+			}
+			killed += k
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	bg.Wait()
+	if _, err := sh.srv.RecoverPrepared(ctx, 0); err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	total, rows := int64(0), 0
+	for i := range sh.topo.Shards {
+		conn := sh.shardConn(ctx, i)
+		var left int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&left); err != nil || left != 0 {
+			t.Fatalf("shard %d: %d prepared transactions left (%v)", i, left, err)
+		}
+		rs, err := conn.Query(ctx, "SELECT user_id, balance FROM acct")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rs.Next() {
+			var k, bal int64
+			if err := rs.Scan(&k, &bal); err != nil {
+				t.Fatal(err)
+			}
+			if sh.owner(k) != i {
+				t.Fatalf("account %d on shard %d", k, i)
+			}
+			total += bal
+			rows++
+		}
+	}
+	t.Logf("%d transfers committed, %d failed, %d backends terminated", committed.Load(), failed.Load(), killed)
+	if rows != accounts || total != accounts*start {
+		t.Fatalf("%d accounts holding %d, want %d holding %d", rows, total, accounts, accounts*start)
+	}
+	if committed.Load() == 0 {
+		t.Fatal("no transfer committed")
 	}
 }
 

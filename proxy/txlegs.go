@@ -310,6 +310,11 @@ func (s *session) endTxn(ctx context.Context, commit bool, ext []byte) error {
 	var err error
 	tag := "ROLLBACK"
 	switch {
+	case home == nil:
+		// The transaction's home backend is gone, and with it what ran
+		// there: nothing may commit elsewhere.
+		_ = s.finishLegs(ctx, legs, "ROLLBACK")
+		err = wire.Errorf(wire.CodeConnectionFailure, "pgshard: the transaction lost its backend on one shard; it was rolled back on the others")
 	case !commit || failed:
 		err = s.finishLegs(ctx, legs, "ROLLBACK")
 	default:
@@ -817,6 +822,11 @@ func (s *session) spreadableInTxn(pl *router.Plan, fx router.Effects) bool {
 // transaction commits them all). An error fails the transaction.
 func (s *session) spreadInTxn(ctx context.Context, pl *router.Plan, sql string, x *extReq) error {
 	if s.attached() == nil {
+		if s.lazyBegin == "" {
+			// The transaction's backend is gone (the client gets its
+			// FATAL): nothing more runs in it.
+			return s.legFailed(wire.Errorf(wire.CodeConnectionFailure, "pgshard: the transaction lost its backend"), true)
+		}
 		// A transaction pgshard opened lazily: its home is the default
 		// shard, where its BEGIN goes now.
 		s.want = target{}
