@@ -141,6 +141,7 @@ type session struct {
 	txnBegin      string         // the BEGIN lazyTxn sent with the transaction's first message (under mu)
 	txnFresh      bool           // ... and nothing that reads or writes ran in it yet (under mu)
 	tx            txState        // the transaction's legs on other shards (txlegs.go; session loop)
+	grp           groupCache     // the extended-protocol batch being routed (handleGroup; session loop)
 	running       []*leg         // legs running the client's statement (spread.go; under mu)
 	legCancels    sync.WaitGroup // cancel requests being sent to running legs
 	spreadErrs    int            // errors emitted by spread statements (session loop)
@@ -432,6 +433,8 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		s.gbuf = append(s.gbuf, m...)
 		last = t
 	}
+	s.grp = groupCache{}
+	defer func() { s.grp = groupCache{} }()
 	s.want = s.routeGroup(s.gbuf, last == 'S')
 	s.txIdleReset()
 	if last == 'S' && extra == nil {
@@ -449,7 +452,11 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		return err
 	}
 	if s.want.shard = s.groupShard(s.gbuf); s.want.shard != "" {
-		s.shardFor(ctx, s.want.shard) // moves a transaction that ran nothing yet
+		bound, _ := s.shardFor(ctx, s.want.shard) // moves a transaction that ran nothing yet
+		if _, single := s.singleGroup(s.gbuf); single && bound == "" && last == 'S' && extra == nil {
+			// Routed here, as handleBind would: it need not plan it again.
+			s.grp.routed = true
+		}
 		if s.inTxnOnOtherShard(s.want.shard) && last == 'S' && extra == nil {
 			if why := s.txnLegRefusal(); why != "" {
 				if err := s.refuseExtended(ctx, wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: %s", why)); err != nil {

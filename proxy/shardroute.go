@@ -461,6 +461,12 @@ func (s *session) groupShard(group []byte) string {
 	if s.srv.owners() < 2 {
 		return ""
 	}
+	if _, single := s.singleGroup(group); single {
+		if pl, ok := s.singlePlan(); ok && pl.Kind == router.Single {
+			return pl.Shard
+		}
+		return ""
+	}
 	var parsed map[string]*pgproto3.Parse
 	for b := group; len(b) >= 5; {
 		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
@@ -505,7 +511,7 @@ func (s *session) groupShard(group []byte) string {
 // statement it binds; rest: the Bind after the names) and steers the
 // attachment to its shard; done when it was refused.
 func (s *session) routeBind(ctx context.Context, stmt []byte, rest []byte) (done bool, err error) {
-	if s.srv.owners() < 2 || s.skipUntilSync {
+	if s.srv.owners() < 2 || s.skipUntilSync || (s.grp.valid && s.grp.routed) {
 		return false, nil
 	}
 	var sql string
@@ -640,7 +646,7 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 	parse, describe, bd, p, sql, types := g.parse, g.describe, g.bd, g.p, g.sql, g.types
 	x := &extReq{types: types, results: bd.ResultFormatCodes, describe: describe, parse: parse != nil,
 		params: router.Params{Values: bd.Parameters, Formats: bd.ParameterFormatCodes, Types: types}}
-	pl, ok := s.srv.plan(sql, &x.params)
+	pl, ok := s.singlePlan()
 	if !ok {
 		return false, nil
 	}
@@ -697,7 +703,39 @@ type oneStmtGroup struct {
 
 // singleGroup reads a batch of one statement; ok is false for any other
 // batch, or one whose statement is unknown.
-func (s *session) singleGroup(group []byte) (g oneStmtGroup, ok bool) {
+func (s *session) singleGroup(group []byte) (oneStmtGroup, bool) {
+	if !s.grp.valid {
+		g, ok := s.decodeSingleGroup(group)
+		s.grp = groupCache{valid: true, g: g, ok: ok}
+	}
+	return s.grp.g, s.grp.ok
+}
+
+// groupCache keeps what handleGroup learned of the batch at hand: it is
+// decoded and planned once, however many routing steps ask.
+type groupCache struct {
+	valid   bool
+	g       oneStmtGroup
+	ok      bool // a batch of one statement
+	planned bool
+	pl      router.Plan
+	plOK    bool // several shards own the ring: pl is a plan
+	routed  bool // handleGroup routed its Bind: handleBind need not plan it again
+}
+
+// singlePlan plans the batch of one statement at hand (see singleGroup).
+func (s *session) singlePlan() (router.Plan, bool) {
+	if !s.grp.planned {
+		s.grp.planned = true
+		g := &s.grp.g
+		params := router.Params{Values: g.bd.Parameters, Formats: g.bd.ParameterFormatCodes, Types: g.types}
+		s.grp.pl, s.grp.plOK = s.srv.plan(g.sql, &params)
+	}
+	return s.grp.pl, s.grp.plOK
+}
+
+// decodeSingleGroup reads a batch of one statement (see singleGroup).
+func (s *session) decodeSingleGroup(group []byte) (g oneStmtGroup, ok bool) {
 	var bind []byte
 	execs := 0
 	for b := group; len(b) >= 5; {

@@ -640,6 +640,9 @@ func (s *session) groupAcrossShards(ctx context.Context, group []byte) (bool, er
 	if s.srv.owners() < 2 || s.srv.txnLogger() == nil {
 		return false, nil
 	}
+	if _, single := s.singleGroup(group); single {
+		return false, nil // one statement: one shard, or a spread statement
+	}
 	segs, ok := s.batchSegments(group)
 	if !ok || s.notSpreadable(router.Effects{Statements: 1}) != "" || !s.groupNamesKnown(group) {
 		return false, nil
