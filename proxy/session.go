@@ -76,6 +76,9 @@ type retryState struct {
 	done     chan struct{}
 }
 
+// maxStartTries bounds the backends a starting session tries.
+const maxStartTries = 10
+
 // maxRetries bounds the re-sends of one batch.
 const maxRetries = 4
 
@@ -169,6 +172,7 @@ type session struct {
 	txStatus   byte
 	pinned     bool
 	closing    bool
+	starting   bool // start is answering the client: a lost backend is replaced, not reported
 	resetReq   bool
 	stmts      map[string]*stmtDef
 	sets       map[string]string // name -> SQL text of the value
@@ -311,6 +315,40 @@ var errRetrying = errors.New("batch being re-sent")
 // start brings a new session to ReadyForQuery: it applies the session's
 // settings on a backend and tells the client the resulting parameters.
 func (s *session) start(ctx context.Context) error {
+	s.mu.Lock()
+	s.starting = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.starting = false
+		s.mu.Unlock()
+	}()
+	for tries := 0; ; tries++ {
+		err := s.startOnce(ctx)
+		retry := errors.Is(err, errGone) || sqlstate(err) == wire.CodeConnectionFailure
+		if !retry {
+			return err
+		}
+		if tries >= maxStartTries {
+			if errors.Is(err, errGone) {
+				err = wire.Fatalf(wire.CodeConnectionFailure, "pgshard: backends kept going away while the session started")
+			}
+			return err
+		}
+		// The backend went away before the client was answered, or as it
+		// was being connected (terminated, server restarting): take
+		// another.
+		select {
+		case <-time.After(time.Duration(tries*10) * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// startOnce attaches a backend, applies the startup settings and answers
+// the client; errGone when the backend went away meanwhile.
+func (s *session) startOnce(ctx context.Context) error {
 	done := make(chan error, 1)
 	replayed, err := s.attach(ctx, done)
 	if err != nil {
@@ -326,7 +364,9 @@ func (s *session) start(ctx context.Context) error {
 	s.mu.Unlock()
 	if sc != nil && len(s.sbuf) > 0 {
 		if err := sc.Write(s.sbuf); err != nil {
-			return err
+			s.sbuf = s.sbuf[:0]
+			s.dropStartBackend(sc)
+			return errGone
 		}
 	}
 	s.sbuf = s.sbuf[:0]
@@ -341,6 +381,10 @@ func (s *session) start(ctx context.Context) error {
 		}
 	}
 	s.mu.Lock()
+	if s.sc == nil {
+		s.mu.Unlock()
+		return errGone
+	}
 	params := map[string]string{}
 	if s.st != nil {
 		for k, v := range s.st.reported {
@@ -2042,6 +2086,12 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 	idle := s.idleAttachment() && !s.rt.active
 	s.detach()
 	s.q.clear()
+	if s.starting {
+		// The client has not been answered yet: start takes another.
+		s.mu.Unlock()
+		c.Pool().Discard(c)
+		return
+	}
 	if node >= 0 {
 		att.rt.monitor.MarkDown(node, err)
 	}
@@ -2159,6 +2209,12 @@ func (q *queue) clear() {
 		if c := q.buf[i].check; c != nil {
 			c <- errGone // a checked prepare whose answer will not come
 		}
+		if d := q.buf[i].done; d != nil {
+			select {
+			case d <- errGone: // an internal query whose answer will not come
+			default:
+			}
+		}
 	}
 	clear(q.buf)
 	q.buf, q.head = q.buf[:0], 0
@@ -2174,4 +2230,18 @@ func retryOnPrimary(code string) bool {
 		return true
 	}
 	return false
+}
+
+// dropStartBackend lets go of a backend that failed during start.
+func (s *session) dropStartBackend(sc *pool.Conn) {
+	s.mu.Lock()
+	if s.sc != sc {
+		s.mu.Unlock()
+		return // ServerGone did
+	}
+	s.detach()
+	s.q.clear()
+	s.mu.Unlock()
+	sc.SetHandler(nil)
+	sc.Pool().Discard(sc)
 }

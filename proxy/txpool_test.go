@@ -108,6 +108,48 @@ func TestIdleClientsDoNotSeeTerminatedBackends(t *testing.T) {
 		metric(t, h, "pgshard_read_retries_total", map[string]string{"reason": "backend_terminated"}))
 }
 
+// Clients connecting while pooled backends are terminated get a working
+// session: a backend that goes away while the session starts (its settings
+// being applied) is replaced, never reported.
+func TestConnectWhileBackendsAreTerminated(t *testing.T) {
+	h := startProxy(t, func(c *config.Config) { c.Pool.Size = 3 })
+	ctx := testCtx(t)
+	admin := h.direct(ctx)
+	stop := make(chan struct{})
+	var killer sync.WaitGroup
+	killer.Add(1)
+	terminated := 0
+	go func() {
+		defer killer.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			terminated += h.terminateBackends(ctx, admin)
+		}
+	}()
+	n := 40 * rounds(1)
+	for i := 0; i < n; i++ {
+		// A startup parameter the pooled backends lack: it is applied on
+		// attach, while the killer runs.
+		c, err := pgx.Connect(ctx, h.url("app")+fmt.Sprintf("&application_name=client%d", i))
+		if err != nil {
+			close(stop)
+			killer.Wait()
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Close(ctx)
+	}
+	close(stop)
+	killer.Wait()
+	t.Logf("%d backends terminated during %d connections", terminated, n)
+	if terminated == 0 {
+		t.Fatal("no backend was terminated: the test proved nothing")
+	}
+}
+
 // Item 5, second half: a client whose own backend ends (here: inside its
 // transaction) gets the backend's FATAL once, and no second one of
 // pgshard's.
