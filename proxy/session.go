@@ -173,6 +173,7 @@ type session struct {
 	pinned     bool
 	closing    bool
 	starting   bool // start is answering the client: a lost backend is replaced, not reported
+	lost       bool // a backend went away with the client's work on it: the session ends
 	resetReq   bool
 	stmts      map[string]*stmtDef
 	sets       map[string]string // name -> SQL text of the value
@@ -1309,6 +1310,13 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		s.mu.Unlock()
 		return false, errRetrying
 	}
+	if s.lost {
+		// Its backend went away with the client's work on it (a
+		// transaction): what the client sends next must not run
+		// elsewhere as if nothing happened. The session is closing.
+		s.mu.Unlock()
+		return false, wire.Fatalf(wire.CodeConnectionFailure, "pgshard: the session lost its backend")
+	}
 	wroteAt := s.wroteAt
 	s.mu.Unlock()
 	b, err := s.bindingFor(s.want.shard)
@@ -2119,6 +2127,7 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		return
 	}
 	s.rt.active = false
+	s.lost = true // the session ends: nothing more of it may run on another backend
 	closing := s.closing
 	switch {
 	case fatal != nil:
