@@ -32,17 +32,9 @@ func (s *session) spreadCopyOut(ctx context.Context, legs []*leg, pl *router.Pla
 		bufs[i], pre[i] = s.prelude(l)
 		bufs[i] = append(bufs[i], queryMsg(sql)...)
 	}
-	if err := sendLegs(legs, bufs); err != nil {
+	if err := sendOnLegs(ctx, legs, bufs, pre); err != nil {
 		s.emitError(err)
 		return nil
-	}
-	for i, l := range legs {
-		for j := 0; j < pre[i]; j++ {
-			if _, err := l.untilReady(ctx); err != nil {
-				s.emitError(err)
-				return nil
-			}
-		}
 	}
 	binaryFmt := pl.Copy.Format == "binary"
 	var total int64
@@ -142,18 +134,11 @@ func (s *session) spreadCopyIn(ctx context.Context, legs []*leg, pl *router.Plan
 		bufs[i], pre[i] = s.prelude(l)
 		bufs[i] = append(bufs[i], queryMsg("BEGIN")...)
 		bufs[i] = append(bufs[i], queryMsg(sql)...)
+		pre[i]++ // BEGIN
 	}
-	if err := sendLegs(legs, bufs); err != nil {
+	if err := sendOnLegs(ctx, legs, bufs, pre); err != nil {
 		s.emitError(err)
 		return nil
-	}
-	for i, l := range legs {
-		for j := 0; j < pre[i]+1; j++ {
-			if _, err := l.untilReady(ctx); err != nil {
-				s.emitError(err)
-				return nil
-			}
-		}
 	}
 	// Every shard must be ready for the rows.
 	var gmsg []byte

@@ -104,6 +104,29 @@ func (sh *shardedHarness) shardConn(ctx context.Context, i int) *pgx.Conn {
 	return c
 }
 
+// prepared counts the transactions left prepared on the shards.
+func (sh *shardedHarness) prepared(ctx context.Context) int {
+	sh.t.Helper()
+	n := 0
+	for i := range sh.topo.Shards {
+		var k int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&k); err != nil {
+			sh.t.Fatal(err)
+		}
+		n += k
+	}
+	return n
+}
+
+// keysOnTwoShards returns two int keys owned by different shards.
+func (sh *shardedHarness) keysOnTwoShards() (int64, int64) {
+	a, b := int64(1), int64(2)
+	for sh.owner(b) == sh.owner(a) {
+		b++
+	}
+	return a, b
+}
+
 // onEveryShard runs sql on every shard directly.
 func (sh *shardedHarness) onEveryShard(ctx context.Context, sql string) {
 	sh.t.Helper()
@@ -193,11 +216,7 @@ func TestTransactionAcrossShards(t *testing.T) {
 	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "orders", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
 		t.Fatal(err)
 	}
-	// Two keys on different shards.
-	a, b := int64(1), int64(2)
-	for sh.owner(b) == sh.owner(a) {
-		b++
-	}
+	a, b := sh.keysOnTwoShards()
 	c := sh.connect(ctx)
 	count := func(mode pgx.QueryExecMode) int {
 		var n int
@@ -207,11 +226,8 @@ func TestTransactionAcrossShards(t *testing.T) {
 		return n
 	}
 	noneLeft := func() {
-		for i := range sh.topo.Shards {
-			var left int
-			if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&left); err != nil || left != 0 {
-				t.Fatalf("shard %d: %d prepared transactions left (%v)", i, left, err)
-			}
+		if n := sh.prepared(ctx); n != 0 {
+			t.Fatalf("%d prepared transactions left", n)
 		}
 	}
 	for _, mode := range allModes {
@@ -440,11 +456,8 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT sum(amount) FROM events", pgx.QueryExecModeSimpleProtocol).Scan(&s); err != nil || s != sum+1000*total/2 {
 		t.Fatalf("after the failed update: sum %d %v, want %d", s, err, sum+1000*total/2)
 	}
-	for i := range sh.topo.Shards {
-		var left int
-		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&left); err != nil || left != 0 {
-			t.Fatalf("shard %d: %d prepared transactions left (%v)", i, left, err)
-		}
+	if n := sh.prepared(ctx); n != 0 {
+		t.Fatalf("%d prepared transactions left", n)
 	}
 	// Every protocol mode, with parameters.
 	for _, mode := range allModes {
@@ -590,10 +603,9 @@ func TestCopyAcrossShards(t *testing.T) {
 		}
 		switch format {
 		case "text":
-			if strings.Count(out.String(), "\n") != 61 { // one note has a newline, escaped as \n: 60 lines
-				if strings.Count(out.String(), "\n") != 60 {
-					t.Fatalf("text: %d lines", strings.Count(out.String(), "\n"))
-				}
+			// One line per row: the note with a newline is written \n.
+			if n := strings.Count(out.String(), "\n"); n != 60 {
+				t.Fatalf("text: %d lines, want 60", n)
 			}
 		case "binary":
 			// One header and one trailer: the empty result's size plus the rows.
@@ -740,11 +752,8 @@ func TestBatchAcrossShards(t *testing.T) {
 			t.Fatalf("%v: %d rows after the failed batch (%v), want 10", mode, n, err)
 		}
 	}
-	for i := range sh.topo.Shards {
-		var left int
-		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts").Scan(&left); err != nil || left != 0 {
-			t.Fatalf("shard %d: %d prepared transactions left (%v)", i, left, err)
-		}
+	if n := sh.prepared(ctx); n != 0 {
+		t.Fatalf("%d prepared transactions left", n)
 	}
 }
 
@@ -757,21 +766,8 @@ func TestCoordinatorCrashIsRecovered(t *testing.T) {
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE kv (user_id bigint PRIMARY KEY, v int)")
-	a, b := int64(1), int64(2)
-	for sh.owner(b) == sh.owner(a) {
-		b++
-	}
-	prepared := func() int {
-		n := 0
-		for i := range sh.topo.Shards {
-			var k int
-			if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgshard_%'").Scan(&k); err != nil {
-				t.Fatal(err)
-			}
-			n += k
-		}
-		return n
-	}
+	a, b := sh.keysOnTwoShards()
+	prepared := func() int { return sh.prepared(ctx) }
 	defer proxy.SetCoordinatorCrash("")
 	for _, stage := range []string{"prepared", "decided"} {
 		for _, inTxn := range []bool{false, true} {

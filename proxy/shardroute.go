@@ -230,16 +230,13 @@ func (s *session) lazyTxn(sql string, fx router.Effects, ext []byte) bool {
 			tag = "START TRANSACTION"
 		}
 	case s.lazyBegin != "":
-		switch firstWord(sql) {
-		case "commit", "end":
-			tag = "COMMIT"
-		case "rollback", "abort":
-			tag = "ROLLBACK"
-			if strings.Contains(strings.ToLower(sql), " to ") {
-				return false // ROLLBACK TO SAVEPOINT: the backend answers
-			}
-		default:
+		commit, end := isTxnEnd(sql, fx) // not ROLLBACK TO: the backend answers that
+		if !end {
 			return false
+		}
+		tag = "ROLLBACK"
+		if commit {
+			tag = "COMMIT"
 		}
 		s.lazyBegin = ""
 		s.txStatus = 'I'
@@ -488,15 +485,8 @@ func (s *session) groupShard(group []byte) string {
 			if !ok || !ok2 {
 				return ""
 			}
-			var sql string
-			var types []uint32
-			if p := parsed[stmt]; p != nil {
-				sql, types = p.Query, p.ParameterOIDs
-			} else if stmt == "" {
-				sql, types = s.unnamedText()
-			} else if d, ok := s.lookupStmt(stmt); ok {
-				sql, types = d.sql, d.types
-			} else {
+			sql, types, known := s.stmtText(parsed, stmt)
+			if !known {
 				continue
 			}
 			if pl, ok := s.planBind(sql, types, rest); ok && pl.Kind == router.Single {
@@ -514,13 +504,8 @@ func (s *session) routeBind(ctx context.Context, stmt []byte, rest []byte) (done
 	if s.srv.owners() < 2 || s.skipUntilSync || (s.grp.valid && s.grp.routed) {
 		return false, nil
 	}
-	var sql string
-	var types []uint32
-	if len(stmt) == 0 {
-		sql, types = s.unnamedText()
-	} else if d, ok := s.lookupStmt(string(stmt)); ok {
-		sql, types = d.sql, d.types
-	} else {
+	sql, types, known := s.stmtText(nil, string(stmt))
+	if !known {
 		return false, nil // useStatement raises 26000
 	}
 	pl, ok := s.planBind(sql, types, rest)
@@ -785,6 +770,25 @@ func (s *session) decodeSingleGroup(group []byte) (g oneStmtGroup, ok bool) {
 		s.mu.Unlock()
 	}
 	return g, g.sql != ""
+}
+
+// stmtText returns the text and parameter types of the statement a Bind
+// or Describe names: one parsed earlier in the same batch (parsed), the
+// client's unnamed one, or one of its named ones; known is false when
+// there is none.
+func (s *session) stmtText(parsed map[string]*pgproto3.Parse, name string) (sql string, types []uint32, known bool) {
+	if p := parsed[name]; p != nil {
+		return p.Query, p.ParameterOIDs, true
+	}
+	if name == "" {
+		sql, types = s.unnamedText()
+		return sql, types, sql != ""
+	}
+	d, ok := s.lookupStmt(name)
+	if !ok {
+		return "", nil, false
+	}
+	return d.sql, d.types, true
 }
 
 // newUnnamed records the client's Parse of the unnamed statement.

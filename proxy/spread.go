@@ -302,6 +302,23 @@ func sendLegs(legs []*leg, bufs [][]byte) error {
 	return nil
 }
 
+// sendOnLegs sends each leg its bytes, then reads the answers to the
+// first pre[i] Queries in them (the settings replay, BEGIN) up to their
+// ReadyForQuery; what comes after is the caller's to read.
+func sendOnLegs(ctx context.Context, legs []*leg, bufs [][]byte, pre []int) error {
+	if err := sendLegs(legs, bufs); err != nil {
+		return err
+	}
+	for i, l := range legs {
+		for j := 0; j < pre[i]; j++ {
+			if _, err := l.untilReady(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // eachLeg reads every leg up to its ReadyForQuery n times and returns the
 // first error a backend reported (in shard order) and whether any leg was
 // lost.
@@ -572,17 +589,9 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	}
 	clean := false
 	defer func() { s.closeLegs(legs, clean) }()
-	if err := sendLegs(legs, bufs); err != nil {
+	if err := sendOnLegs(ctx, legs, bufs, pre); err != nil {
 		s.emitError(err)
 		return nil
-	}
-	for i, l := range legs {
-		for j := 0; j < pre[i]; j++ {
-			if _, err := l.untilReady(ctx); err != nil {
-				s.emitError(err)
-				return nil
-			}
-		}
 	}
 	if askCollation {
 		if err := s.readCollation(ctx, legs[0]); err != nil {
@@ -746,17 +755,9 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 			bufs[i] = append(bufs[i], queryMsg("PREPARE TRANSACTION "+quoteLiteral(gid))...)
 		}
 	}
-	if err := sendLegs(legs, bufs); err != nil {
+	if err := sendOnLegs(ctx, legs, bufs, pre); err != nil {
 		s.emitError(err)
 		return nil
-	}
-	for i, l := range legs {
-		for j := 0; j < pre[i]; j++ { // the settings, BEGIN
-			if _, err := l.untilReady(ctx); err != nil {
-				s.emitError(err)
-				return nil
-			}
-		}
 	}
 	// The statement's answers: RETURNING rows pass through in shard
 	// order, one RowDescription; the tags are added.

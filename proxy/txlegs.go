@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -276,13 +275,14 @@ func isTxnEnd(sql string, fx router.Effects) (commit, ok bool) {
 	if fx.Statements != 1 || !fx.TxnControl {
 		return false, false
 	}
-	switch firstWord(sql) {
-	case "commit", "end":
-		return true, true
-	case "rollback", "abort":
-		if strings.Contains(strings.ToLower(sql), " to ") {
-			return false, false
-		}
+	ops := router.Ops(sql)
+	if len(ops) != 1 {
+		return false, false
+	}
+	switch ops[0].Kind {
+	case router.OpCommit:
+		return true, firstWord(sql) != "prepare" // PREPARE TRANSACTION is no plain end
+	case router.OpRollback:
 		return false, true
 	}
 	return false, false
@@ -466,20 +466,6 @@ func (s *session) legMessages(group []byte) (buf []byte, skip map[byte]int, pre 
 	// leg's (the leg answers nothing before the batch is sent).
 	skip = map[byte]int{}
 	parsed := map[string]*pgproto3.Parse{}
-	textOf := func(name string) (string, []uint32, bool) {
-		if p := parsed[name]; p != nil {
-			return p.Query, p.ParameterOIDs, true
-		}
-		if name == "" {
-			q, t := s.unnamedText()
-			return q, t, q != ""
-		}
-		d, ok := s.lookupStmt(name)
-		if !ok {
-			return "", nil, false
-		}
-		return d.sql, d.types, true
-	}
 	for b := group; len(b) >= 5; {
 		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
 		typ, msg := b[0], b[:n]
@@ -524,7 +510,7 @@ func (s *session) legMessages(group []byte) (buf []byte, skip map[byte]int, pre 
 				buf = append(buf, msg...)
 				continue
 			}
-			q, types, _ := textOf(name)
+			q, types, _ := s.stmtText(parsed, name)
 			buf, _ = (&pgproto3.Parse{Query: q, ParameterOIDs: types}).Encode(buf)
 			skip['1']++
 			if typ == 'B' {
@@ -588,15 +574,8 @@ func (s *session) batchSegments(group []byte) (segs []batchSegment, ok bool) {
 			if !ok1 || !ok2 {
 				return nil, false
 			}
-			var sql string
-			var types []uint32
-			if p := parsed[name]; p != nil {
-				sql, types = p.Query, p.ParameterOIDs
-			} else if name == "" {
-				sql, types = s.unnamedText()
-			} else if d, found := s.lookupStmt(name); found {
-				sql, types = d.sql, d.types
-			} else {
+			sql, types, known := s.stmtText(parsed, name)
+			if !known {
 				return nil, false
 			}
 			if router.Inspect(sql).AnyTxnControl {
