@@ -21,21 +21,13 @@ import (
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 )
 
 // TestMain runs the tests on a shared topology, then fails the package if
 // any goroutine is left: every proxy a test started has been shut down by
 // its cleanup and must have stopped its sessions, pools and monitors.
 func TestMain(m *testing.M) {
-	code := topotest.Run(m, topology.Config{Shards: 1, Replicas: 2})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goroutines left after the tests: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testutil.NoLeaks(topotest.Run(m, topology.Config{Shards: 1, Replicas: 2})))
 }
 
 // harness is one proxy in front of the shared topology, with a database of

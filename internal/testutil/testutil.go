@@ -1,11 +1,15 @@
 // Package testutil holds the helpers that the tests of several packages
-// share: waiting for a condition under a deadline instead of sleeping.
+// share: waiting for a condition under a deadline instead of sleeping,
+// and checking that a package's tests leave no goroutine behind.
 package testutil
 
 import (
 	"fmt"
+	"os"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Interval is how often Poll and WaitFor call their condition.
@@ -38,4 +42,18 @@ func WaitFor(tb testing.TB, d time.Duration, what string, f func() error) time.D
 		tb.Fatalf("waiting for %s: %v", what, err)
 	}
 	return time.Since(start)
+}
+
+// NoLeaks turns a passing test run's exit code into a failure when
+// goroutines are left behind (every server a test started must have been
+// shut down by its cleanup): for a TestMain, after m.Run.
+func NoLeaks(code int) int {
+	if code != 0 {
+		return code
+	}
+	if err := goleak.Find(); err != nil {
+		fmt.Fprintf(os.Stderr, "goroutines left after the tests: %v\n", err)
+		return 1
+	}
+	return 0
 }

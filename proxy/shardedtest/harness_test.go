@@ -15,11 +15,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/proxy"
 	"github.com/pgshard/pgshard/shardmap"
 	"github.com/pgshard/pgshard/topology"
 	"github.com/pgshard/pgshard/topology/topotest"
-	"go.uber.org/goleak"
 )
 
 // plainShard is the index of the topology shard whose primary plays the
@@ -34,14 +34,7 @@ const vnodes = 16
 // shards (shards 0..2 for pgshard, shard 3 as the plain server), then fails
 // the package if any goroutine is left behind.
 func TestMain(m *testing.M) {
-	code := topotest.Run(m, topology.Config{Shards: 4, Replicas: 1})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goroutines left after the tests: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testutil.NoLeaks(topotest.Run(m, topology.Config{Shards: 4, Replicas: 1})))
 }
 
 // cluster is a pgshard proxy over n shards of the shared topology, with a
