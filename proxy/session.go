@@ -498,7 +498,7 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 	}
 	if s.want.shard = s.groupShard(s.gbuf); s.want.shard != "" {
 		bound, _ := s.shardFor(ctx, s.want.shard) // moves a transaction that ran nothing yet
-		if _, single := s.singleGroup(s.gbuf); single && bound == "" && last == 'S' && extra == nil {
+		if _, single := s.singleGroup(s.gbuf); (single || s.grp.batchKnown) && bound == "" && last == 'S' && extra == nil {
 			// Routed here, as handleBind would: it need not plan it again.
 			s.grp.routed = true
 		}

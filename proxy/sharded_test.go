@@ -755,6 +755,24 @@ func TestBatchAcrossShards(t *testing.T) {
 	if n := sh.prepared(ctx); n != 0 {
 		t.Fatalf("%d prepared transactions left", n)
 	}
+	// A batch whose statements all land on one shard runs there.
+	var same []int64
+	for k := int64(100); len(same) < 5; k++ {
+		if sh.owner(k) == 1 {
+			same = append(same, k)
+		}
+	}
+	b := &pgx.Batch{}
+	for _, k := range same {
+		b.Queue("INSERT INTO kv (user_id, v) VALUES ($1, 1)", k)
+	}
+	if err := c.SendBatch(ctx, b).Close(); err != nil {
+		t.Fatalf("one-shard batch: %v", err)
+	}
+	var n int
+	if err := sh.shardConn(ctx, 1).QueryRow(ctx, "SELECT count(*) FROM kv WHERE user_id >= 100").Scan(&n); err != nil || n != len(same) {
+		t.Fatalf("one-shard batch: %d rows on its shard (%v), want %d", n, err, len(same))
+	}
 }
 
 // A coordinator that dies after every shard prepared leaves its

@@ -464,6 +464,9 @@ func (s *session) groupShard(group []byte) string {
 		}
 		return ""
 	}
+	if s.grp.batchKnown {
+		return s.grp.batchShard
+	}
 	var parsed map[string]*pgproto3.Parse
 	for b := group; len(b) >= 5; {
 		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
@@ -706,6 +709,10 @@ type groupCache struct {
 	pl      router.Plan
 	plOK    bool // several shards own the ring: pl is a plan
 	routed  bool // handleGroup routed its Bind: handleBind need not plan it again
+	// batchKnown: a batch of several statements, every Bind planned
+	// (groupAcrossShards) and all on batchShard ("" for any).
+	batchKnown bool
+	batchShard string
 }
 
 // singlePlan plans the batch of one statement at hand (see singleGroup).

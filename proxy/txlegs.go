@@ -633,6 +633,11 @@ func (s *session) groupAcrossShards(ctx context.Context, group []byte) (bool, er
 		}
 	}
 	if len(shards) < 2 {
+		// One shard (or any): planned already, every Bind of it.
+		s.grp.batchKnown = true
+		for sh := range shards {
+			s.grp.batchShard = sh
+		}
 		return false, nil
 	}
 	legs := map[string]*leg{}
