@@ -417,6 +417,20 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT count(*), sum(amount) FROM events", pgx.QueryExecModeSimpleProtocol).Scan(&n, &s); err != nil || n != total || s != sum {
 		t.Fatalf("count, sum: %d %d %v, want %d %d", n, s, err, total, sum)
 	}
+	// Column names as PostgreSQL gives them, avg's too (the shards compute
+	// sum), aliases kept.
+	nr, err := c.Query(ctx, "SELECT avg(amount), avg(amount) AS sum, avg(amount) AS a FROM events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range nr.FieldDescriptions() {
+		names = append(names, f.Name)
+	}
+	nr.Close()
+	if fmt.Sprint(names) != "[avg sum a]" {
+		t.Fatalf("avg column names %v, want [avg sum a]", names)
+	}
 	var users int64
 	if err := c.QueryRow(ctx, "SELECT count(DISTINCT user_id) FROM events").Scan(&users); err != nil || users != 40 {
 		t.Fatalf("count(DISTINCT user_id): %d %v, want 40", users, err)

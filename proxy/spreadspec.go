@@ -65,11 +65,6 @@ func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, para
 			col.Kind = merge.Max
 		case router.AggAvg:
 			col.Kind = merge.Avg
-			if string(desc.Fields[c].Name) == "sum" {
-				// The shards computed sum(x) for avg(x): without an
-				// alias, PostgreSQL names the column after the function.
-				col.Name = "avg"
-			}
 			col.Arg2 = m.Col(a.CountCol, n)
 			if col.Arg2 < 0 || col.Arg2 >= n {
 				return spec, wire.Errorf(wire.CodeInternalError, "pgshard: merge column %d out of range", a.CountCol)

@@ -285,6 +285,9 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 				a.CountCol = g.addHidden(funcNode("count", fc.Args, fc.AggStar))
 				if mutate {
 					rt.Val = funcNode("sum", fc.Args, false)
+					if rt.Name == "" {
+						rt.Name = "avg" // the name PostgreSQL gives avg(x)
+					}
 				}
 				rewrite = true
 			}

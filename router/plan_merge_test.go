@@ -89,7 +89,7 @@ func TestPlanMerge(t *testing.T) {
 		{sql: "SELECT count(*), sum(balance), min(name), max(name), avg(balance) FROM users",
 			merge: &Merge{Hidden: 1, Grouped: true, Aggs: []Agg{{Col: 0, Func: AggCount}, {Col: 1, Func: AggSum}, {Col: 2, Func: AggMin},
 				{Col: 3, Func: AggMax}, {Col: 4, Func: AggAvg, CountCol: -1}}},
-			shardSQL: "SELECT count(*), sum(balance), min(name), max(name), sum(balance), count(balance) AS pgshard_hidden_1 FROM users",
+			shardSQL: "SELECT count(*), sum(balance), min(name), max(name), sum(balance) AS avg, count(balance) AS pgshard_hidden_1 FROM users",
 			limit:    -1, offset: -1},
 		{sql: "SELECT country, count(*) AS n FROM users GROUP BY country HAVING count(*) > 5 AND avg(balance) >= 10 ORDER BY n DESC LIMIT 3",
 			merge: &Merge{Hidden: 2, Grouped: true, GroupBy: []int{0}, Aggs: []Agg{{Col: 1, Func: AggCount}, {Col: -1, Func: AggAvg, CountCol: -2}},
