@@ -339,7 +339,7 @@ func (c *copySplitter) binaryRows(b []byte, eof bool) (int, error) {
 		if null || (key == nil && c.cp.KeyIndex >= n) {
 			return used, c.rowError("pgshard: COPY row with a NULL or missing shard key cannot be placed on a shard")
 		}
-		h, ok := hashBinaryKey(c.cp.KeyType, key)
+		h, ok := router.HashBinary(c.cp.KeyType, 0, key)
 		if !ok {
 			return used, c.rowError("pgshard: invalid binary shard key of %d bytes", len(key))
 		}
@@ -347,28 +347,4 @@ func (c *copySplitter) binaryRows(b []byte, eof bool) (int, error) {
 		used += p
 	}
 	return used, nil
-}
-
-// hashBinaryKey hashes a key in binary format by its length and family.
-func hashBinaryKey(t shardmap.KeyType, b []byte) (int64, bool) {
-	switch t {
-	case shardmap.KeyInt:
-		switch len(b) {
-		case 2:
-			return shardmap.HashInt64(int64(int16(binary.BigEndian.Uint16(b)))), true
-		case 4:
-			return shardmap.HashInt64(int64(int32(binary.BigEndian.Uint32(b)))), true
-		case 8:
-			return shardmap.HashInt64(int64(binary.BigEndian.Uint64(b))), true
-		}
-	case shardmap.KeyText:
-		return shardmap.HashText(string(b)), true
-	case shardmap.KeyUUID:
-		if len(b) == 16 {
-			var u [16]byte
-			copy(u[:], b)
-			return shardmap.HashUUID(u), true
-		}
-	}
-	return 0, false
 }

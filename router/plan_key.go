@@ -330,6 +330,12 @@ func noCopyString[T string | []byte](s T) string {
 
 // hashBinary hashes a binary-format parameter for a key of type t. The
 // parameter's type OID says how its bytes are laid out (0: by length).
+// HashBinary hashes a shard key value in binary format as PostgreSQL
+// would, for a key of family t: oid is the value's type (0: any width of
+// integer, told by its length). ok is false for a value that cannot be one.
+// The proxy uses it for COPY's binary rows.
+func HashBinary(t shardmap.KeyType, oid uint32, b []byte) (int64, bool) { return hashBinary(t, oid, b) }
+
 func hashBinary(t shardmap.KeyType, oid uint32, b []byte) (int64, bool) {
 	switch t {
 	case shardmap.KeyInt:
