@@ -477,14 +477,10 @@ func (m *measurer) measure(ctx context.Context, t *target, mode string, d time.D
 		r.OutputTail = tail(out, 15)
 	}
 	if r.Transactions > 0 {
-		perQuery := func(ticks int64) *float64 {
-			v := float64(ticks) * 1e6 / float64(m.ticks) / float64(r.Transactions)
-			return &v
-		}
 		if t.proc != nil && perr == nil {
-			r.ProxyCPUus = perQuery(proxyAfter - proxyBefore)
+			r.ProxyCPUus = cpuPerTxn(proxyAfter-proxyBefore, m.ticks, r.Transactions)
 		}
-		r.PGCPUus = perQuery(pgAfter - pgBefore)
+		r.PGCPUus = cpuPerTxn(pgAfter-pgBefore, m.ticks, r.Transactions)
 	}
 	what := fmt.Sprintf("round %d", round)
 	if round == 0 {
@@ -506,4 +502,11 @@ func (m *measurer) measure(ctx context.Context, t *target, mode string, d time.D
 		m.logf("warm-up of %s failed: %s\n%s", t.name, r.Problem, r.OutputTail)
 	}
 	return r, nil
+}
+
+// cpuPerTxn turns CPU clock ticks (clock ticks per second: hz) spent over
+// txns transactions into microseconds per transaction.
+func cpuPerTxn(ticks, hz int64, txns int64) *float64 {
+	v := float64(ticks) * 1e6 / float64(hz) / float64(txns)
+	return &v
 }

@@ -610,14 +610,10 @@ func (r *shardedRun) pgbenchOnce(ctx context.Context, t *target, workload, scrip
 	res.OK = len(problems) == 0
 	res.Problem = strings.Join(problems, "; ")
 	if res.Transactions > 0 {
-		perTxn := func(ticks int64) *float64 {
-			v := float64(ticks) * 1e6 / float64(r.ticks) / float64(res.Transactions)
-			return &v
-		}
 		if t.proc != nil && perr == nil {
-			res.ProxyCPUus = perTxn(after - before)
+			res.ProxyCPUus = cpuPerTxn(after-before, r.ticks, res.Transactions)
 		}
-		res.PGCPUus = perTxn(pgAfter - pgBefore)
+		res.PGCPUus = cpuPerTxn(pgAfter-pgBefore, r.ticks, res.Transactions)
 	}
 	line := fmt.Sprintf("sharded: round %d %-4s %-8s %-15s tps=%.0f", round, workload, mode, t.name, res.TPS)
 	if res.ProxyCPUus != nil {
