@@ -272,6 +272,36 @@ func (t KeyType) String() string {
 	return "KeyType(" + strconv.Itoa(int(t)) + ")"
 }
 
+// SQLHash returns the SQL expression computing the ring position of the
+// key column col (an identifier, quoted as needed by the caller), the same
+// value HashKey computes: e.g. "hashint8extended(user_id::bigint, 0)".
+func (t KeyType) SQLHash(col string) string {
+	switch t {
+	case KeyText:
+		return "hashtextextended(" + col + "::text, 0)"
+	case KeyUUID:
+		return "uuid_hash_extended(" + col + ", 0)"
+	}
+	return "hashint8extended(" + col + "::bigint, 0)"
+}
+
+// RangesSQL returns a boolean SQL expression true exactly when expr (a
+// bigint ring position, e.g. from KeyType.SQLHash) lies in one of ranges;
+// "false" when there are none.
+func RangesSQL(ranges []Range, expr string) string {
+	if len(ranges) == 0 {
+		return "false"
+	}
+	parts := make([]string, len(ranges))
+	for i, g := range ranges {
+		parts[i] = g.SQL(expr)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return "(" + strings.Join(parts, " OR ") + ")"
+}
+
 // ParseKeyType maps a SQL type name (as written in DDL or returned by
 // format_type, case-insensitive) to its KeyType.
 func ParseKeyType(name string) (KeyType, error) {

@@ -298,3 +298,27 @@ func BenchmarkHashUUID(b *testing.B) {
 	}
 	benchSink = h
 }
+
+func TestSQLHashAndRangesSQL(t *testing.T) {
+	for _, c := range []struct {
+		t    KeyType
+		want string
+	}{
+		{KeyInt, "hashint8extended(user_id::bigint, 0)"},
+		{KeyText, "hashtextextended(user_id::text, 0)"},
+		{KeyUUID, "uuid_hash_extended(user_id, 0)"},
+	} {
+		if got := c.t.SQLHash("user_id"); got != c.want {
+			t.Errorf("%v: %q, want %q", c.t, got, c.want)
+		}
+	}
+	if got := RangesSQL(nil, "h"); got != "false" {
+		t.Errorf("no ranges: %q", got)
+	}
+	if got := RangesSQL([]Range{{1, 2}}, "h"); got != "(h > 1 AND h <= 2)" {
+		t.Errorf("one range: %q", got)
+	}
+	if got := RangesSQL([]Range{{1, 2}, {5, -5}}, "h"); got != "((h > 1 AND h <= 2) OR (h > 5 OR h <= -5))" {
+		t.Errorf("two ranges: %q", got)
+	}
+}

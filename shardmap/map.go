@@ -79,6 +79,17 @@ type Job struct {
 	Kind  string          `json:"kind"`
 	Phase string          `json:"phase"`
 	Data  json.RawMessage `json:"data,omitempty"` // compact JSON, or empty
+	// Moving are the ranges the job moves, set from the moment rows of
+	// them may exist on a shard that does not own them (copies on a
+	// target, moved rows not yet deleted from a source) until they are
+	// gone. Scatter statements exclude, on every shard, the moving rows it
+	// does not own on the current ring, so no row is counted twice.
+	Moving []Range `json:"moving,omitempty"`
+	// FrozenRing freezes the moving ranges while the map's RingVersion
+	// equals it (0: not frozen): proxies hold statements on them, and
+	// writes to reference tables, until the ring changes or the job
+	// clears the freeze. This is the cut-over's pause.
+	FrozenRing uint64 `json:"frozen_ring,omitempty"`
 	// Updated is the map Version at which the job was last written. It is
 	// set by Apply (any value given to PutJob is ignored) and lets a writer
 	// make a conditional update (PutJob's ifUpdated).
@@ -87,6 +98,7 @@ type Job struct {
 
 func (j Job) clone() Job {
 	j.Data = slices.Clone(j.Data)
+	j.Moving = slices.Clone(j.Moving)
 	return j
 }
 
@@ -201,6 +213,33 @@ func (m *Map) Job(id string) (Job, bool) {
 		return Job{}, false
 	}
 	return m.jobs[i].clone(), true
+}
+
+// Moving returns the ranges all jobs are moving (Job.Moving), or nil.
+func (m *Map) Moving() []Range {
+	if m == nil {
+		return nil
+	}
+	var out []Range
+	for _, j := range m.jobs {
+		out = append(out, j.Moving...)
+	}
+	return out
+}
+
+// Frozen returns the moving ranges of the jobs whose freeze is in force
+// (Job.FrozenRing equal to the map's RingVersion), or nil.
+func (m *Map) Frozen() []Range {
+	if m == nil {
+		return nil
+	}
+	var out []Range
+	for _, j := range m.jobs {
+		if j.FrozenRing != 0 && j.FrozenRing == m.ringVersion {
+			out = append(out, j.Moving...)
+		}
+	}
+	return out
 }
 
 // Locate parses key as the text form of a value of type t and returns its

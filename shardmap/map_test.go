@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -510,5 +511,54 @@ func TestDecodeMapRejectsCorrupt(t *testing.T) {
 	var m Map
 	if err := json.Unmarshal(snap, &m); err != nil || m.Version() != 10 {
 		t.Fatalf("json.Unmarshal into Map: %v, version %d", err, m.Version())
+	}
+}
+
+func TestMovingAndFrozen(t *testing.T) {
+	var m *Map
+	var err error
+	if m, err = m.Apply(AddShard(Shard{Name: "a", Primary: "host=a"}, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if m.Moving() != nil || m.Frozen() != nil {
+		t.Fatalf("empty map: moving %v frozen %v", m.Moving(), m.Frozen())
+	}
+	mv := []Range{{Start: 1, End: 100}, {Start: 500, End: -500}}
+	if m, err = m.Apply(PutJob(Job{ID: "j1", Kind: "add", Phase: "copy", Moving: mv}, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Moving(); !slices.Equal(got, mv) {
+		t.Fatalf("moving %v, want %v", got, mv)
+	}
+	if m.Frozen() != nil {
+		t.Fatalf("frozen %v before a freeze", m.Frozen())
+	}
+	j, _ := m.Job("j1")
+	j.FrozenRing = m.RingVersion()
+	if m, err = m.Apply(PutJob(j, j.Updated)); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Frozen(); !slices.Equal(got, mv) {
+		t.Fatalf("frozen %v, want %v", got, mv)
+	}
+	// A new ring lifts the freeze by itself.
+	if m, err = m.Apply(AddShard(Shard{Name: "b", Primary: "host=b"}, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if m.Frozen() != nil {
+		t.Fatalf("frozen %v after the ring changed", m.Frozen())
+	}
+	// The fields survive a JSON round trip (snapshots).
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := DecodeMap(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j2, _ := m2.Job("j1")
+	if !slices.Equal(j2.Moving, mv) || j2.FrozenRing != j.FrozenRing {
+		t.Fatalf("round trip: %+v", j2)
 	}
 }
