@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"math"
 	"strconv"
 	"strings"
@@ -347,23 +346,6 @@ func binaryParamText(oid uint32, b []byte) (string, bool) {
 	return "", false
 }
 
-// Sequences of sharded tables. Every shard has its own copy of a
-// bigserial or identity column's sequence; pgshard gives each shard its
-// own range of 2^48 values, picked by a hash of the shard's name (one of
-// 2^15 slots), so values are unique across shards, also on a shard added
-// later (its slot differs, or CREATE TABLE is refused while two shards
-// share one), though not dense.
-
-// seqSlotBits is the width of a shard's range of sequence values.
-const seqSlotBits = 48
-
-// seqSlot is the range a shard's sequences draw from.
-func seqSlot(shard string) int64 {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(shard))
-	return int64(h.Sum32() & (1<<(63-seqSlotBits) - 1))
-}
-
 // placeSequences moves the sequences of the sharded tables ddl created to
 // each leg's range, in the legs' open transactions.
 func (s *session) placeSequences(ctx context.Context, legs []*leg, ddl []router.TableDDL) error {
@@ -381,7 +363,7 @@ func (s *session) placeSequences(ctx context.Context, legs []*leg, ddl []router.
 	}
 	slots := map[int64]string{}
 	for _, l := range legs {
-		slot := seqSlot(l.b.rt.name)
+		slot := shardmap.SequenceSlot(l.b.rt.name)
 		if other, ok := slots[slot]; ok {
 			return wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: shards %s and %s share a sequence range, so a sharded table's sequence values could repeat; rename one of them", other, l.b.rt.name)
 		}
@@ -389,8 +371,7 @@ func (s *session) placeSequences(ctx context.Context, legs []*leg, ddl []router.
 	}
 	bufs := make([][]byte, len(legs))
 	for i, l := range legs {
-		lo := seqSlot(l.b.rt.name)<<seqSlotBits + 1
-		hi := lo + 1<<seqSlotBits - 2
+		lo, hi := shardmap.SequenceRange(l.b.rt.name)
 		for j := 0; j < len(seqs); j += 2 {
 			sql := fmt.Sprintf(`DO $pgshard$DECLARE s text := pg_catalog.pg_get_serial_sequence(%s, %s); BEGIN EXECUTE pg_catalog.format('ALTER SEQUENCE %%s MINVALUE %d MAXVALUE %d START WITH %d RESTART WITH %d', s); END$pgshard$`,
 				seqs[j], seqs[j+1], lo, hi, lo, lo)
