@@ -19,6 +19,13 @@ type routingState struct {
 	planner *router.Planner
 	catalog mapCatalog
 	tables  []shardmap.Table
+	// moving are the ranges reshard jobs are moving: rows of them may sit
+	// on a shard that does not own them, so scatter statements exclude
+	// them on every shard but their owner. frozen are those being cut
+	// over: statements on them wait (hold.go). ringVersion is the map's.
+	moving      []shardmap.Range
+	frozen      []shardmap.Range
+	ringVersion uint64
 }
 
 // mapCatalog describes the map's tables to the planner, keyed by
@@ -33,11 +40,14 @@ func (c mapCatalog) Table(schema, name string) router.TableInfo {
 // version that changed neither (a two-phase decision, a job checkpoint)
 // keeps the planner and its cache.
 func (s *Server) SetMap(m *shardmap.Map) {
+	defer s.mapVersion.Store(m.Version())
 	tables := m.Tables()
-	if old := s.routing.Load(); old != nil && old.ring == m.Ring() && slices.Equal(old.tables, tables) {
+	moving, frozen := m.Moving(), m.Frozen()
+	if old := s.routing.Load(); old != nil && old.ring == m.Ring() && slices.Equal(old.tables, tables) &&
+		slices.Equal(old.moving, moving) && slices.Equal(old.frozen, frozen) {
 		return
 	}
-	rs := &routingState{ring: m.Ring(), tables: tables}
+	rs := &routingState{ring: m.Ring(), tables: tables, moving: moving, frozen: frozen, ringVersion: m.RingVersion()}
 	if rs.ring != nil {
 		rs.owners = len(rs.ring.Shards())
 	}
@@ -57,3 +67,7 @@ func (s *Server) SetMap(m *shardmap.Map) {
 	rs.planner = router.NewPlanner(router.PlannerConfig{Catalog: cat, Classifier: s.classifier})
 	s.routing.Store(rs)
 }
+
+// MapVersion is the version of the last map SetMap applied: from then on
+// every new statement routes by it (a reshard job waits for every node's).
+func (s *Server) MapVersion() uint64 { return s.mapVersion.Load() }

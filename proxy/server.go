@@ -32,6 +32,7 @@ type Server struct {
 	classifier     *router.Classifier
 	shardsPtr      atomic.Pointer[[]*shardRT]
 	routing        atomic.Pointer[routingState] // from the shard map (routing.go)
+	mapVersion     atomic.Uint64                // of the last SetMap (routing.go)
 	serveCtx       context.Context              // set by Serve; monitors of shards added later start with it
 	readYourWrites bool
 	txnLog         atomic.Pointer[TxnLog]         // coord.go

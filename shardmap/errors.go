@@ -73,3 +73,9 @@ func (e *NotLeaderError) Error() string {
 
 // Is makes errors.Is(err, ErrNotLeader) true.
 func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+
+// CodeFenced is the SQLSTATE a source shard's fence raises for a write to a
+// key range that a reshard job is cutting over (or has cut over) to another
+// shard: the writer's map is stale. The proxy holds the statement until its
+// map moves the range and retries it on the new owner.
+const CodeFenced = "PS001"
