@@ -64,6 +64,22 @@ type Config struct {
 	Users   []User  `toml:"users"`
 	Shards  []Shard `toml:"shards"`
 	Cluster Cluster `toml:"cluster"`
+	// Resharding is the login the resharder uses on the shards.
+	Resharding Resharding `toml:"resharding"`
+}
+
+// Resharding configures how the resharder (pgshardctl reshard) logs in to
+// every shard's primary, new shards included. It is read at start.
+type Resharding struct {
+	// User is a superuser on every shard primary (PostgreSQL 15 needs one
+	// to create subscriptions); default "postgres".
+	User string `toml:"user"`
+	// Password is User's password ("" when the servers trust it).
+	Password string `toml:"password"`
+	// Database is the database whose tables a job moves when the request
+	// names none (pgshardctl reshard --database). Empty: every request
+	// must name one.
+	Database string `toml:"database"`
 }
 
 // Cluster configures this node's membership in the Raft cluster that
@@ -189,7 +205,8 @@ func Default() Config {
 			ParseCacheSize:  10000,
 			MonitorDatabase: "postgres",
 		},
-		Cluster: Cluster{RaftListen: "127.0.0.1:6490", Suffrage: "voter"},
+		Cluster:    Cluster{RaftListen: "127.0.0.1:6490", Suffrage: "voter"},
+		Resharding: Resharding{User: "postgres"},
 	}
 }
 
@@ -221,19 +238,22 @@ func Load(path string, getenv func(string) string) (Config, error) {
 
 // Env lists the environment variables Load reads, with what they set.
 var Env = map[string]string{
-	"PGSHARD_LISTEN":            "listen",
-	"PGSHARD_ADMIN_LISTEN":      "admin_listen",
-	"PGSHARD_ADMIN_TOKEN":       "admin_token",
-	"PGSHARD_POOL_MODE":         "pool.mode",
-	"PGSHARD_POOL_SIZE":         "pool.size",
-	"PGSHARD_LOG_LEVEL":         "log_level",
-	"PGSHARD_READ_WRITE_SPLIT":  "routing.read_write_split",
-	"PGSHARD_NODE_ID":           "cluster.node_id",
-	"PGSHARD_RAFT_LISTEN":       "cluster.raft_listen",
-	"PGSHARD_DATA_DIR":          "cluster.data_dir",
-	"PGSHARD_BOOTSTRAP":         "cluster.bootstrap",
-	"PGSHARD_JOIN":              "cluster.join",
-	"PGSHARD_CLUSTER_ADMIN_URL": "cluster.admin_url",
+	"PGSHARD_LISTEN":              "listen",
+	"PGSHARD_ADMIN_LISTEN":        "admin_listen",
+	"PGSHARD_ADMIN_TOKEN":         "admin_token",
+	"PGSHARD_POOL_MODE":           "pool.mode",
+	"PGSHARD_POOL_SIZE":           "pool.size",
+	"PGSHARD_LOG_LEVEL":           "log_level",
+	"PGSHARD_READ_WRITE_SPLIT":    "routing.read_write_split",
+	"PGSHARD_NODE_ID":             "cluster.node_id",
+	"PGSHARD_RAFT_LISTEN":         "cluster.raft_listen",
+	"PGSHARD_DATA_DIR":            "cluster.data_dir",
+	"PGSHARD_BOOTSTRAP":           "cluster.bootstrap",
+	"PGSHARD_JOIN":                "cluster.join",
+	"PGSHARD_CLUSTER_ADMIN_URL":   "cluster.admin_url",
+	"PGSHARD_RESHARDING_USER":     "resharding.user",
+	"PGSHARD_RESHARDING_PASSWORD": "resharding.password",
+	"PGSHARD_RESHARDING_DATABASE": "resharding.database",
 }
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -294,6 +314,12 @@ func (c *Config) Set(key, v string) error {
 		}
 	case "cluster.admin_url":
 		c.Cluster.AdminURL = v
+	case "resharding.user":
+		c.Resharding.User = v
+	case "resharding.password":
+		c.Resharding.Password = v
+	case "resharding.database":
+		c.Resharding.Database = v
 	default:
 		return fmt.Errorf("unknown setting %q", key)
 	}
@@ -380,7 +406,20 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.validateCluster(bad)
+	c.validateResharding(bad)
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateResharding(bad func(string, ...any)) {
+	r := c.Resharding
+	if r.User == "" {
+		bad("resharding.user is empty: name a superuser of the shards' primaries (default postgres)")
+	}
+	for _, kv := range [][2]string{{"resharding.user", r.User}, {"resharding.database", r.Database}} {
+		if strings.ContainsRune(kv[1], 0) || len(kv[1]) > 63 {
+			bad("%s %q: not a PostgreSQL name (at most 63 bytes, no NUL)", kv[0], kv[1])
+		}
+	}
 }
 
 func isLoopback(host string) bool {
