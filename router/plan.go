@@ -271,6 +271,9 @@ type Planner struct {
 	// rewrites caches per-shard SQL by exact text.
 	rmu      sync.Mutex
 	rewrites map[string]string
+	// owned caches ExcludeMoving's results (ownership.go).
+	omu   sync.Mutex
+	owned map[string]owned
 }
 
 // NewPlanner returns a Planner.
@@ -295,6 +298,9 @@ func (p *Planner) Reset() {
 	p.rmu.Lock()
 	p.rewrites = make(map[string]string)
 	p.rmu.Unlock()
+	p.omu.Lock()
+	p.owned = nil
+	p.omu.Unlock()
 }
 
 // Plan plans sql. params are the Bind values of an extended-protocol

@@ -27,6 +27,12 @@ type CopyPlan struct {
 	KeyIndex int
 	KeyType  shardmap.KeyType
 	Table    string // for messages
+	// NeedsColumns: a COPY of a whole sharded table TO STDOUT without a
+	// column list. Rewritten to exclude moving rows (ExcludeMoving), it
+	// needs the table's columns that COPY copies (all but generated and
+	// dropped ones); Relation names the table for a ::regclass cast.
+	NeedsColumns bool
+	Relation     string
 }
 
 // copyStmt plans COPY.
@@ -77,6 +83,13 @@ func (b *builder) copyStmt(c *pg_query.CopyStmt) {
 	cp.Table = c.Relation.Relname
 	t.kind, t.copy = Scatter, cp
 	if !c.IsFrom {
+		if len(c.Attlist) == 0 {
+			cp.NeedsColumns = true
+			cp.Relation = quoteName(c.Relation.Relname)
+			if c.Relation.Schemaname != "" {
+				cp.Relation = quoteName(c.Relation.Schemaname) + "." + cp.Relation
+			}
+		}
 		return
 	}
 	cp.From, cp.KeyType = true, info.KeyType

@@ -17,7 +17,9 @@ func TestPlanCopy(t *testing.T) {
 		{"COPY users (name, user_id) FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';')", CopyPlan{From: true, Format: "csv", Delimiter: ';', Quote: '"', Escape: '"', Header: true, KeyIndex: 1, KeyType: shardmap.KeyInt, Table: "users"}},
 		{"COPY users (name, user_id) FROM STDIN WITH (FORMAT csv, QUOTE '''', NULL 'NA')", CopyPlan{From: true, Format: "csv", Delimiter: ',', Quote: '\'', Escape: '\'', Null: "NA", KeyIndex: 1, KeyType: shardmap.KeyInt, Table: "users"}},
 		{"COPY users FROM STDIN (FORMAT binary)", CopyPlan{From: true, Format: "binary", KeyIndex: 0, KeyType: shardmap.KeyInt, Table: "users"}},
-		{"COPY users TO STDOUT (FORMAT csv, HEADER false)", CopyPlan{Format: "csv", Delimiter: ',', Quote: '"', Escape: '"', Table: "users"}},
+		{"COPY users TO STDOUT (FORMAT csv, HEADER false)", CopyPlan{Format: "csv", Delimiter: ',', Quote: '"', Escape: '"', Table: "users", NeedsColumns: true, Relation: `"users"`}},
+		{"COPY app.events (user_id) TO STDOUT", CopyPlan{Format: "text", Delimiter: '\t', Null: `\N`, Table: "events"}},
+		{`COPY app.events TO STDOUT`, CopyPlan{Format: "text", Delimiter: '\t', Null: `\N`, Table: "events", NeedsColumns: true, Relation: `"app"."events"`}},
 		{"COPY countries FROM STDIN", CopyPlan{From: true, Broadcast: true, Format: "text", Delimiter: '\t', Null: `\N`, Table: "countries"}},
 	}
 	for _, tc := range tests {
