@@ -26,11 +26,34 @@ const copyBatch = 64 << 10
 func (s *session) spreadCopyOut(ctx context.Context, legs []*leg, pl *router.Plan, sql string) error {
 	clean := false
 	defer func() { s.closeLegs(legs, clean) }()
+	// While a reshard job moves ranges, each shard copies only the rows it
+	// owns: COPY table TO becomes COPY (SELECT columns FROM ONLY table
+	// WHERE …) TO, for which a table copied without a column list needs
+	// its columns, asked of the first shard.
+	var columns []string
+	if pl.Copy.NeedsColumns && s.needsOwnedTexts(legs, pl) {
+		cols, err := s.copyColumns(ctx, legs[0], pl.Copy.Relation)
+		if err != nil {
+			s.emitError(err)
+			return nil
+		}
+		columns = cols
+	}
+	texts, err := s.ownedTexts(legs, pl, sql, columns)
+	if err != nil {
+		s.emitError(err)
+		clean = true
+		return nil
+	}
 	bufs := make([][]byte, len(legs))
 	pre := make([]int, len(legs))
 	for i, l := range legs {
 		bufs[i], pre[i] = s.prelude(l)
-		bufs[i] = append(bufs[i], queryMsg(sql)...)
+		text := sql
+		if texts != nil {
+			text = texts[i]
+		}
+		bufs[i] = append(bufs[i], queryMsg(text)...)
 	}
 	if err := sendOnLegs(ctx, legs, bufs, pre); err != nil {
 		s.emitError(err)
@@ -95,6 +118,44 @@ func (s *session) spreadCopyOut(ctx context.Context, legs []*leg, pl *router.Pla
 	s.emitRaw([]byte{'c', 0, 0, 0, 4})
 	s.emit(&pgproto3.CommandComplete{CommandTag: []byte("COPY " + strconv.FormatInt(total, 10))})
 	return nil
+}
+
+// copyColumns asks l for the columns COPY relation TO copies without a
+// column list, in order: all but dropped and generated ones. A table with
+// none (or that does not exist) is refused as the rewrite cannot copy it.
+func (s *session) copyColumns(ctx context.Context, l *leg, relation string) ([]string, error) {
+	buf, pre := s.prelude(l)
+	buf = append(buf, queryMsg("SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = "+quoteLiteral(relation)+
+		"::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum")...)
+	if err := sendOnLegs(ctx, []*leg{l}, [][]byte{buf}, []int{pre}); err != nil {
+		return nil, err
+	}
+	var cols []string
+	var first error
+	for {
+		typ, msg, err := l.next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		switch typ {
+		case 'D':
+			if row, ok := decodeDataRow(msg[5:], nil); ok && len(row) == 1 && row[0] != nil {
+				cols = append(cols, string(row[0]))
+			}
+		case 'E':
+			if first == nil {
+				first = backendError(msg)
+			}
+		case 'Z':
+			if first != nil {
+				return nil, first
+			}
+			if len(cols) == 0 {
+				return nil, wire.Errorf(router.CodeMoving, "pgshard: COPY of table %s without columns cannot run across shards while a reshard job moves rows; retry after it", relation)
+			}
+			return cols, nil
+		}
+	}
 }
 
 // emitData relays a CopyData, flushing when the output is large.

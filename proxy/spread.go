@@ -522,6 +522,61 @@ func usesParam(text string, n int) bool {
 	}
 }
 
+// ownedTexts returns what each leg runs instead of text while a reshard
+// job moves ranges: text rewritten to skip the rows of the moving ranges
+// its shard does not own on the current ring (router.ExcludeMoving), so
+// that no row on two shards is counted twice. nil (every leg runs text
+// as it is, byte for byte) when nothing moves, for plans keyed to their
+// rows' owners (Single, a split INSERT) and for AllShards. columns are a
+// COPY's table columns (router.CopyPlan.NeedsColumns). A statement that
+// cannot be rewritten is refused with 55000.
+func (s *session) ownedTexts(legs []*leg, pl *router.Plan, text string, columns []string) ([]string, error) {
+	rs := s.srv.routing.Load()
+	if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
+		return nil, nil
+	}
+	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
+		return nil, nil
+	}
+	var out []string
+	for i, l := range legs {
+		excl := router.Excluded(rs.moving, rs.ring, l.b.rt.name)
+		if len(excl) == 0 {
+			continue
+		}
+		t, rerr := rs.planner.ExcludeMoving(text, excl, columns)
+		if rerr != nil {
+			return nil, wire.Errorf(rerr.Code, "pgshard: %s", rerr.Message)
+		}
+		if out == nil {
+			out = make([]string, len(legs))
+			for j := range out {
+				out[j] = text
+			}
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// needsOwnedTexts reports whether some leg of pl would run a rewritten
+// text (ownedTexts), without rewriting anything.
+func (s *session) needsOwnedTexts(legs []*leg, pl *router.Plan) bool {
+	rs := s.srv.routing.Load()
+	if rs == nil || len(rs.moving) == 0 || rs.ring == nil {
+		return false
+	}
+	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
+		return false
+	}
+	for _, l := range legs {
+		if len(router.Excluded(rs.moving, rs.ring, l.b.rt.name)) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // runSpread runs a simple Query (x nil) or an extended-protocol batch
 // whose plan spans several shards, and answers the client. The session
 // is idle: outside a transaction, holding no backend.
@@ -573,6 +628,14 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	if pl.ShardSQL != "" {
 		text = pl.ShardSQL
 	}
+	clean := false
+	defer func() { s.closeLegs(legs, clean) }()
+	texts, err := s.ownedTexts(legs, pl, text, nil)
+	if err != nil {
+		s.emitError(err)
+		clean = true
+		return nil
+	}
 	bufs := make([][]byte, len(legs))
 	pre := make([]int, len(legs))
 	askCollation := s.srv.collation(s.db) == ""
@@ -585,10 +648,12 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 		if pl.Merge != nil {
 			hidden = pl.Merge.Hidden
 		}
-		bufs[i] = x.stmtMsg(bufs[i], text, nil, hidden)
+		t := text
+		if texts != nil {
+			t = texts[i]
+		}
+		bufs[i] = x.stmtMsg(bufs[i], t, nil, hidden)
 	}
-	clean := false
-	defer func() { s.closeLegs(legs, clean) }()
 	if err := sendOnLegs(ctx, legs, bufs, pre); err != nil {
 		s.emitError(err)
 		return nil
@@ -728,10 +793,19 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 	if !s.spreadTxn && len(legs) > 1 && pl.Kind != router.AllShards {
 		gid = newGID()
 	}
+	texts, err := s.ownedTexts(legs, pl, sql, nil)
+	if err != nil {
+		s.emitError(err)
+		clean = true
+		return nil
+	}
 	bufs := make([][]byte, len(legs))
 	pre := make([]int, len(legs))
 	for i, l := range legs {
 		text := sql
+		if texts != nil {
+			text = texts[i]
+		}
 		var params []int
 		if pl.Rows != nil {
 			t, ps, err := router.SplitInsert(sql, pl.Rows[i])
