@@ -30,19 +30,13 @@ func (s *session) spreadCopyOut(ctx context.Context, legs []*leg, pl *router.Pla
 	// owns: COPY table TO becomes COPY (SELECT columns FROM ONLY table
 	// WHERE …) TO, for which a table copied without a column list needs
 	// its columns, asked of the first shard.
-	var columns []string
-	if pl.Copy.NeedsColumns && s.needsOwnedTexts(legs, pl) {
-		cols, err := s.copyColumns(ctx, legs[0], pl.Copy.Relation)
-		if err != nil {
-			s.emitError(err)
-			return nil
-		}
-		columns = cols
+	var columns func() ([]string, error)
+	if pl.Copy.NeedsColumns {
+		columns = func() ([]string, error) { return s.copyColumns(ctx, legs[0], pl.Copy.Relation) }
 	}
-	texts, err := s.ownedTexts(legs, pl, sql, columns)
+	texts, err := s.ownedTexts(legs, pl, sql, sql, nil, columns)
 	if err != nil {
 		s.emitError(err)
-		clean = true
 		return nil
 	}
 	bufs := make([][]byte, len(legs))

@@ -18,6 +18,7 @@ import (
 	"github.com/pgshard/pgshard/merge"
 	"github.com/pgshard/pgshard/pool"
 	"github.com/pgshard/pgshard/router"
+	"github.com/pgshard/pgshard/shardmap"
 	"github.com/pgshard/pgshard/wire"
 )
 
@@ -526,55 +527,89 @@ func usesParam(text string, n int) bool {
 // job moves ranges: text rewritten to skip the rows of the moving ranges
 // its shard does not own on the current ring (router.ExcludeMoving), so
 // that no row on two shards is counted twice. nil (every leg runs text
-// as it is, byte for byte) when nothing moves, for plans keyed to their
-// rows' owners (Single, a split INSERT) and for AllShards. columns are a
-// COPY's table columns (router.CopyPlan.NeedsColumns). A statement that
-// cannot be rewritten is refused with 55000.
-func (s *session) ownedTexts(legs []*leg, pl *router.Plan, text string, columns []string) ([]string, error) {
-	rs := s.srv.routing.Load()
-	if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
-		return nil, nil
+// as it is, byte for byte) when nothing moves, when no leg excludes
+// anything, for plans keyed to their rows' owners (Single, a split
+// INSERT) and for AllShards. sql and x are the client's statement and
+// Bind. columns, when set, gives the columns of a COPY's table
+// (router.CopyPlan.NeedsColumns), asked only when a leg excludes rows. A
+// statement that cannot be rewritten is refused with 55000.
+func (s *session) ownedTexts(legs []*leg, pl *router.Plan, sql, text string, x *extReq, columns func() ([]string, error)) ([]string, error) {
+	rs, excl, err := s.legExclusions(legs, pl, sql, x)
+	if err != nil || excl == nil {
+		return nil, err
 	}
-	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
-		return nil, nil
+	var cols []string
+	if columns != nil {
+		if cols, err = columns(); err != nil {
+			return nil, err
+		}
 	}
-	var out []string
-	for i, l := range legs {
-		excl := router.Excluded(rs.moving, rs.ring, l.b.rt.name)
-		if len(excl) == 0 {
+	out := make([]string, len(legs))
+	for i := range legs {
+		out[i] = text
+		if len(excl[i]) == 0 {
 			continue
 		}
-		t, rerr := rs.planner.ExcludeMoving(text, excl, columns)
+		t, rerr := rs.planner.ExcludeMoving(text, excl[i], cols)
 		if rerr != nil {
 			return nil, wire.Errorf(rerr.Code, "pgshard: %s", rerr.Message)
-		}
-		if out == nil {
-			out = make([]string, len(legs))
-			for j := range out {
-				out[j] = text
-			}
 		}
 		out[i] = t
 	}
 	return out, nil
 }
 
-// needsOwnedTexts reports whether some leg of pl would run a rewritten
-// text (ownedTexts), without rewriting anything.
-func (s *session) needsOwnedTexts(legs []*leg, pl *router.Plan) bool {
+// legExclusions returns, per leg, the moving ranges its shard does not
+// own on the current ring, and that routing state; excl is nil when no
+// leg excludes anything (see ownedTexts). The legs were chosen by the map
+// the statement was planned on, the exclusions by the current one: they
+// must agree, or a range whose owner changed in between could be read
+// from no shard. When they do not (a cut-over committed meanwhile), the
+// statement is refused with 55000, to be retried.
+func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *extReq) (*routingState, [][]shardmap.Range, error) {
 	rs := s.srv.routing.Load()
-	if rs == nil || len(rs.moving) == 0 || rs.ring == nil {
-		return false
+	if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
+		return nil, nil, nil
 	}
 	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
-		return false
+		return nil, nil, nil
 	}
-	for _, l := range legs {
-		if len(router.Excluded(rs.moving, rs.ring, l.b.rt.name)) > 0 {
-			return true
+	var excl [][]shardmap.Range
+	for i, l := range legs {
+		e := router.Excluded(rs.moving, rs.ring, l.b.rt.name)
+		if len(e) == 0 {
+			continue
 		}
+		if excl == nil {
+			excl = make([][]shardmap.Range, len(legs))
+		}
+		excl[i] = e
 	}
-	return false
+	if excl == nil {
+		return nil, nil, nil
+	}
+	var params *router.Params
+	if x != nil {
+		params = &x.params
+	}
+	now := rs.planner.Plan(sql, params, rs.ring)
+	var want []string
+	switch now.Kind {
+	case router.Scatter:
+		want = rs.ring.Shards()
+	case router.Multi:
+		want = now.Shards
+	}
+	have := make([]string, len(legs))
+	for i, l := range legs {
+		have[i] = l.b.rt.name
+	}
+	slices.Sort(have)
+	slices.Sort(want)
+	if !slices.Equal(have, want) {
+		return nil, nil, wire.Errorf(router.CodeMoving, "pgshard: the shard map changed while this statement started, during a reshard job that moves rows; retry it")
+	}
+	return rs, excl, nil
 }
 
 // runSpread runs a simple Query (x nil) or an extended-protocol batch
@@ -630,7 +665,7 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	}
 	clean := false
 	defer func() { s.closeLegs(legs, clean) }()
-	texts, err := s.ownedTexts(legs, pl, text, nil)
+	texts, err := s.ownedTexts(legs, pl, sql, text, x, nil)
 	if err != nil {
 		s.emitError(err)
 		clean = true
@@ -793,7 +828,7 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 	if !s.spreadTxn && len(legs) > 1 && pl.Kind != router.AllShards {
 		gid = newGID()
 	}
-	texts, err := s.ownedTexts(legs, pl, sql, nil)
+	texts, err := s.ownedTexts(legs, pl, sql, sql, x, nil)
 	if err != nil {
 		s.emitError(err)
 		clean = true
