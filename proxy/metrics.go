@@ -19,6 +19,7 @@ type metrics struct {
 	waitErrors   prometheus.Counter
 	routed       *prometheus.CounterVec
 	retries      *prometheus.CounterVec
+	holds        prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, srv *Server) *metrics {
@@ -47,10 +48,13 @@ func newMetrics(reg prometheus.Registerer, srv *Server) *metrics {
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgshard_read_retries_total", Help: "Reads re-sent after a replica failed or refused them, by reason."},
 			[]string{"reason"}),
+		holds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "pgshard_frozen_hold_seconds", Help: "Time statements on a range being cut over to another shard waited.",
+			Buckets: prometheus.ExponentialBuckets(1e-3, 2, 14)}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.clients, m.clientsTotal, m.rejected, m.queries, m.errors, m.latency, m.wait, m.waitErrors,
-			m.routed, m.retries, &poolCollector{srv: srv})
+			m.routed, m.retries, m.holds, &poolCollector{srv: srv})
 	}
 	return m
 }

@@ -40,7 +40,10 @@ func (c mapCatalog) Table(schema, name string) router.TableInfo {
 // version that changed neither (a two-phase decision, a job checkpoint)
 // keeps the planner and its cache.
 func (s *Server) SetMap(m *shardmap.Map) {
-	defer s.mapVersion.Store(m.Version())
+	defer func() {
+		s.mapVersion.Store(m.Version())
+		s.mapChanged.broadcast() // held statements look again (hold.go)
+	}()
 	tables := m.Tables()
 	moving, frozen := m.Moving(), m.Frozen()
 	if old := s.routing.Load(); old != nil && old.ring == m.Ring() && slices.Equal(old.tables, tables) &&

@@ -33,6 +33,7 @@ type Server struct {
 	shardsPtr      atomic.Pointer[[]*shardRT]
 	routing        atomic.Pointer[routingState] // from the shard map (routing.go)
 	mapVersion     atomic.Uint64                // of the last SetMap (routing.go)
+	mapChanged     mapSignal                    // broadcast by SetMap (hold.go)
 	serveCtx       context.Context              // set by Serve; monitors of shards added later start with it
 	readYourWrites bool
 	txnLog         atomic.Pointer[TxnLog]         // coord.go

@@ -17,6 +17,7 @@ import (
 	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/pool"
 	"github.com/pgshard/pgshard/router"
+	"github.com/pgshard/pgshard/shardmap"
 	"github.com/pgshard/pgshard/wire"
 )
 
@@ -70,14 +71,29 @@ type retryState struct {
 	held     bool // a read on a replica: retryable until rows flow
 	want     target
 	outStart int
-	failed   bool   // the replica refused it (25006 and kin): re-send at ReadyForQuery
+	failed   bool // the replica refused it (25006 and kin): re-send at ReadyForQuery
+	// fence: a write on a primary while a reshard job moves rows stays
+	// retryable, like a held read, until the backend sends more than
+	// acknowledgements, for the fence's refusal (shardmap.CodeFenced,
+	// fenced then set): it is re-sent once the ring is no longer the one
+	// at version ring (hold.go). answered: acknowledgements came, so a
+	// lost backend is not a reason to re-send it.
+	fence    bool
+	fenced   bool
+	answered bool
+	ring     uint64
 	fatal    []byte // the backend's FATAL, swallowed while the batch is re-sent
 	pending  bool   // a retry is running or about to
 	done     chan struct{}
 }
 
-// maxStartTries bounds the backends a starting session tries.
-const maxStartTries = 10
+// maxStartTries and startBudget bound the backends a starting session
+// tries: at least maxStartTries, and more while startBudget has not passed
+// (a loaded machine can lose several backends in a row to a restart).
+const (
+	maxStartTries = 10
+	startBudget   = 5 * time.Second
+)
 
 // maxRetries bounds the re-sends of one batch.
 const maxRetries = 4
@@ -324,13 +340,14 @@ func (s *session) start(ctx context.Context) error {
 		s.starting = false
 		s.mu.Unlock()
 	}()
+	began := time.Now()
 	for tries := 0; ; tries++ {
 		err := s.startOnce(ctx)
 		retry := errors.Is(err, errGone) || sqlstate(err) == wire.CodeConnectionFailure
 		if !retry {
 			return err
 		}
-		if tries >= maxStartTries {
+		if tries >= maxStartTries && time.Since(began) > startBudget {
 			if errors.Is(err, errGone) {
 				err = wire.Fatalf(wire.CodeConnectionFailure, "pgshard: backends kept going away while the session started")
 			}
@@ -340,7 +357,7 @@ func (s *session) start(ctx context.Context) error {
 		// was being connected (terminated, server restarting): take
 		// another.
 		select {
-		case <-time.After(time.Duration(tries*10) * time.Millisecond):
+		case <-time.After(time.Duration(min(tries, 10)*10) * time.Millisecond):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -480,6 +497,19 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 	}
 	s.grp = groupCache{}
 	defer func() { s.grp = groupCache{} }()
+	if e := s.holdGroup(ctx, s.gbuf); e != nil {
+		if err := s.refuseExtended(ctx, e); err != nil {
+			return err
+		}
+		if err := s.replayGroup(ctx); err != nil { // skipped up to its Sync, which is answered
+			return err
+		}
+		if extra != nil {
+			s.want = target{}
+			return s.handle(ctx, extra[0], extra)
+		}
+		return nil
+	}
 	s.want = s.routeGroup(s.gbuf, last == 'S')
 	s.txIdleReset()
 	if last == 'S' && extra == nil {
@@ -712,6 +742,9 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	}
 	if s.localDeallocate(fx) {
 		return nil
+	}
+	if e := s.holdQuery(ctx, sql, fx); e != nil {
+		return s.refuseQuery(ctx, e)
 	}
 	shard, done, err := s.routeSimple(ctx, sql, fx)
 	if done || err != nil {
@@ -1371,6 +1404,10 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {
 		s.rt.active, s.rt.held, s.rt.want = true, node >= 0, s.want
 		s.rt.outStart, s.rt.failed, s.rt.fatal = len(s.out), false, nil
+		s.rt.fence, s.rt.fenced, s.rt.answered = false, false, false
+		if rs := s.srv.routing.Load(); node < 0 && rs != nil && len(rs.moving) > 0 {
+			s.rt.fence, s.rt.ring = true, rs.ringVersion
+		}
 	}
 	s.sweepRetired()
 	if s.st.setsKey != s.setsKey {
@@ -1450,6 +1487,7 @@ func (s *session) startRetry(toPrimary bool, reason string) {
 		s.out = s.out[:s.rt.outStart]
 	}
 	want := s.rt.want
+	fenced, ring := s.rt.fenced, s.rt.ring
 	s.rt = retryState{pending: true, done: make(chan struct{})}
 	s.retries++
 	if toPrimary || (want.read && s.retries > 2) {
@@ -1463,6 +1501,14 @@ func (s *session) startRetry(toPrimary bool, reason string) {
 		defer close(done)
 		s.cmu.Lock()
 		defer s.cmu.Unlock()
+		if fenced {
+			// This node's map is stale: the range moved. Wait for the
+			// new ring; the batch is planned again on it.
+			s.srv.waitRingChange(ring)
+			s.grp = groupCache{}
+			want.shard = s.groupShard(s.gbuf) // "" for a simple Query: planned as it is handled
+			s.grp = groupCache{}
+		}
 		// Whatever the session loop composed for the lost backend after it
 		// was lost is dropped: the batch is re-sent whole.
 		s.sbuf = s.sbuf[:0]
@@ -1696,7 +1742,7 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	head := s.q.front()
 	forward := head == nil || !head.swallow
 	if typ == 'E' && isFatal(msg) {
-		if s.rt.active && !s.closing {
+		if s.rt.active && !s.closing && !s.rt.answered {
 			// The backend is going away before the batch got any answer
 			// (terminated while idle in the pool, shutting down): not
 			// this client's backend. The batch is re-sent when the
@@ -1715,10 +1761,11 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 	}
 	if s.rt.active && forward {
 		switch {
-		case !s.rt.held:
+		case !s.rt.held && !s.rt.fence:
 			s.rt.active = false // the backend answered: this attempt stands
 		case typ == '1', typ == '2', typ == '3', typ == 't', typ == 'n', typ == 'T', typ == 'Z', typ == 'E':
 			// Nothing the client could act on yet: still retryable.
+			s.rt.answered = s.rt.answered || !s.rt.held
 		default:
 			s.rt.active = false // results are flowing: this answer stands
 		}
@@ -1747,11 +1794,12 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 		}
 	case 'E':
 		code := errorCode(msg)
-		if s.rt.active && s.rt.held && !s.rt.failed && retryOnPrimary(code) {
+		fenced := s.rt.active && s.rt.fence && !s.rt.failed && code == shardmap.CodeFenced && s.retries < maxRetries
+		if fenced || s.rt.active && s.rt.held && !s.rt.failed && retryOnPrimary(code) {
 			// The replica refused a read (read-only, recovery conflict,
 			// shutting down): answer nothing, re-send it to the primary
 			// once this backend is back at ReadyForQuery.
-			s.rt.failed = true
+			s.rt.failed, s.rt.fenced = true, fenced
 			for i := s.q.head; i < len(s.q.buf); i++ {
 				s.q.buf[i].swallow = true
 			}
@@ -1853,7 +1901,11 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 				s.detach()
 				c.Pool().Release(c)
 			}
-			s.startRetry(true, "replica_refused")
+			reason := "replica_refused"
+			if s.rt.fenced {
+				reason = "fenced"
+			}
+			s.startRetry(true, reason)
 		}
 	}
 	// What is buffered behind this message is for this session only while

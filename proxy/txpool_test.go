@@ -125,7 +125,10 @@ func TestConnectWhileBackendsAreTerminated(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(5 * time.Millisecond):
+			// A pause long enough for a session to start on a loaded
+			// machine now and then: a killer faster than any start would
+			// test nothing but its own speed.
+			case <-time.After(time.Duration(5+rand.IntN(45)) * time.Millisecond):
 			}
 			terminated += h.terminateBackends(ctx, admin)
 		}

@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshard/pgshard/router"
+	"github.com/pgshard/pgshard/shardmap"
+	"github.com/pgshard/pgshard/wire"
+)
+
+// Reshard jobs and the proxy (see DESIGN.md, "Resharding").
+//
+// While a job cuts a range over to its new owner, the map freezes the
+// range (shardmap.Map.Frozen): a statement whose key falls in it, and every
+// write that spans shards (scatter writes, reference tables, COPY FROM),
+// waits here until the ring moves it (or the job lifts the freeze), then
+// is planned again on the new map. Other statements never wait.
+//
+// A proxy that has not applied the freeze yet (its map is stale) may still
+// send a write to the old owner; the old owner's fence refuses it with
+// shardmap.CodeFenced. An autocommit batch refused so, before anything of
+// its answer reached the client, is re-sent once this node's ring has
+// changed (see ServerMessage and startRetry): the client sees nothing.
+//
+// While any job moves rows, schema changes are refused (SQLSTATE 55000):
+// the job copies the schema once, at its start.
+
+// maxHold bounds how long a statement waits for a freeze to lift. A
+// cut-over takes well under a second; past this the statement goes on
+// by the map as it stands (the fence still guards the old owner).
+const maxHold = 10 * time.Second
+
+// maxFenceWait bounds how long a batch the fence refused waits for this
+// node's ring to change before it is re-sent anyway.
+const maxFenceWait = 30 * time.Second
+
+// mapSignal wakes goroutines waiting for the next map.
+type mapSignal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// wait returns a channel closed at the next broadcast.
+func (m *mapSignal) wait() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ch == nil {
+		m.ch = make(chan struct{})
+	}
+	return m.ch
+}
+
+// broadcast wakes every waiter.
+func (m *mapSignal) broadcast() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ch != nil {
+		close(m.ch)
+		m.ch = nil
+	}
+}
+
+// frozenLocator is the ring for a planner that also notes whether a key
+// fell in a frozen range.
+type frozenLocator struct {
+	ring   *shardmap.Ring
+	frozen []shardmap.Range
+	hit    bool
+}
+
+func (f *frozenLocator) Lookup(h int64) string {
+	for _, r := range f.frozen {
+		if r.Contains(h) {
+			f.hit = true
+		}
+	}
+	return f.ring.Lookup(h)
+}
+
+// touchesFrozen reports whether the statement must wait for rs's freeze.
+func touchesFrozen(rs *routingState, sql string, params *router.Params) bool {
+	loc := frozenLocator{ring: rs.ring, frozen: rs.frozen}
+	pl := rs.planner.Plan(sql, params, &loc)
+	return loc.hit || (!pl.Read && (pl.Kind == router.Scatter || pl.Kind == router.AllShards || pl.Copy != nil))
+}
+
+// errSchemaWhileMoving refuses a schema change during a reshard job.
+func errSchemaWhileMoving() *wire.Error {
+	e := wire.Errorf("55000", "pgshard: schema changes are not allowed while a reshard job moves rows")
+	e.Hint = "wait until `pgshardctl reshard status` shows the job finished, or cancel it"
+	return e
+}
+
+// holdQuery waits while a simple Query touches a frozen range; it
+// returns a refusal for a schema change during a job.
+func (s *session) holdQuery(ctx context.Context, sql string, fx router.Effects) *wire.Error {
+	return s.hold(ctx, func(rs *routingState) (bool, *wire.Error) {
+		if fx.Schema && !fx.Pin {
+			return false, errSchemaWhileMoving()
+		}
+		return len(rs.frozen) > 0 && touchesFrozen(rs, sql, nil), nil
+	})
+}
+
+// holdGroup is holdQuery for an extended-protocol batch: it waits while
+// any of its Binds touches a frozen range.
+func (s *session) holdGroup(ctx context.Context, group []byte) *wire.Error {
+	return s.hold(ctx, func(rs *routingState) (bool, *wire.Error) {
+		var parsed map[string]*pgproto3.Parse
+		for b := group; len(b) >= 5; {
+			n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+			typ, body := b[0], b[5:n]
+			b = b[n:]
+			switch typ {
+			case 'P':
+				var p pgproto3.Parse
+				if p.Decode(body) != nil {
+					return false, nil // handled (and refused) as usual
+				}
+				if fx := router.Inspect(p.Query); fx.Schema && !fx.Pin {
+					return false, errSchemaWhileMoving()
+				}
+				if parsed == nil {
+					parsed = map[string]*pgproto3.Parse{}
+				}
+				parsed[p.Name] = &p
+			case 'B':
+				if len(rs.frozen) == 0 {
+					continue
+				}
+				_, rest, ok := cstringBytes(body)
+				stmt, rest, ok2 := cstring(rest)
+				if !ok || !ok2 {
+					return false, nil
+				}
+				sql, types, known := s.stmtText(parsed, stmt)
+				if !known {
+					continue
+				}
+				s.params.Types = types
+				if bindParams(rest, &s.params) && touchesFrozen(rs, sql, &s.params) {
+					return true, nil
+				}
+			}
+		}
+		return false, nil
+	})
+}
+
+// hold waits while check says the statement must, on the map as it
+// stands; it costs one atomic load when no job moves rows.
+func (s *session) hold(ctx context.Context, check func(rs *routingState) (bool, *wire.Error)) *wire.Error {
+	var start time.Time
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+			s.srv.metrics.holds.Observe(time.Since(start).Seconds())
+		}
+	}()
+	for {
+		if rs := s.srv.routing.Load(); rs == nil || len(rs.moving) == 0 {
+			return nil
+		}
+		changed := s.srv.mapChanged.wait() // before the load: no missed wake-up
+		rs := s.srv.routing.Load()
+		if rs == nil || len(rs.moving) == 0 {
+			return nil
+		}
+		wait, refuse := check(rs)
+		if refuse != nil || !wait {
+			return refuse
+		}
+		if timer == nil {
+			start, timer = time.Now(), time.NewTimer(maxHold)
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			s.logger.Warn("a statement on a frozen range waited too long; it goes on by the current map", "waited", maxHold)
+			return nil
+		case <-ctx.Done():
+			return wire.Errorf(wire.CodeAdminShutdown, "pgshard: shutting down")
+		}
+	}
+}
+
+// waitRingChange waits, for a batch the fence refused, until this node's
+// ring differs from the one at version ring.
+func (s *Server) waitRingChange(ring uint64) {
+	timer := time.NewTimer(maxFenceWait)
+	defer timer.Stop()
+	for {
+		changed := s.mapChanged.wait()
+		if rs := s.routing.Load(); rs == nil || rs.ringVersion != ring {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return
+		}
+	}
+}

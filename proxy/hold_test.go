@@ -1,0 +1,281 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgshard/pgshard/shardmap"
+)
+
+// apply applies cmd to the harness's map and hands it to the proxy.
+func (sh *shardedHarness) apply(cmd shardmap.Command) *shardmap.Map {
+	sh.t.Helper()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	m, err := sh.m.Apply(cmd)
+	if err != nil {
+		sh.t.Fatal(err)
+	}
+	sh.m = m
+	sh.srv.SetMap(m)
+	return m
+}
+
+// current returns the harness's map.
+func (sh *shardedHarness) current() *shardmap.Map {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.m
+}
+
+// giveRange commits a ring on which rng is owned by shard to (as a
+// reshard job's cut-over does).
+func (sh *shardedHarness) giveRange(rng shardmap.Range, to string) {
+	sh.t.Helper()
+	m := sh.current()
+	toks := m.Ring().Tokens()
+	found := false
+	for i := range toks {
+		if toks[i].Pos == rng.End {
+			toks[i].Shard, found = to, true
+		}
+	}
+	if !found {
+		sh.t.Fatalf("no token ends %v", rng)
+	}
+	r, err := shardmap.NewRing(toks)
+	if err != nil {
+		sh.t.Fatal(err)
+	}
+	sh.apply(shardmap.SetRing(r, m.RingVersion()))
+}
+
+// moving starts (or updates) job j moving rng, frozen when freeze is set.
+func (sh *shardedHarness) moving(rng []shardmap.Range, freeze bool) {
+	sh.t.Helper()
+	m := sh.current()
+	j, ok := m.Job("j")
+	if !ok {
+		j = shardmap.Job{ID: "j", Kind: "add", Phase: "copy"}
+	}
+	j.Moving, j.FrozenRing = rng, 0
+	if freeze {
+		j.FrozenRing = m.RingVersion()
+	}
+	sh.apply(shardmap.PutJob(j, j.Updated))
+}
+
+// keyIn returns a key whose hash lies in rng, other than not.
+func keyIn(t *testing.T, rng shardmap.Range, not ...int64) int64 {
+	t.Helper()
+next:
+	for k := int64(1); k < 1_000_000; k++ {
+		for _, n := range not {
+			if k == n {
+				continue next
+			}
+		}
+		if rng.Contains(shardmap.HashInt64(k)) {
+			return k
+		}
+	}
+	t.Fatalf("no key in %v", rng)
+	return 0
+}
+
+// keyOutside returns a key owned by shard but not in rng.
+func (sh *shardedHarness) keyOutside(rng shardmap.Range, shard int) int64 {
+	for k := int64(1); ; k++ {
+		if !rng.Contains(shardmap.HashInt64(k)) && sh.owner(k) == shard {
+			return k
+		}
+	}
+}
+
+// async runs f in a goroutine; the channel yields its error.
+func async(f func() error) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- f() }()
+	return ch
+}
+
+// stillWaiting fails the test if ch yields within a grace period.
+func stillWaiting(t *testing.T, what string, ch <-chan error) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		t.Fatalf("%s finished while its range was frozen (err %v)", what, err)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// rowsOn counts the rows of orders with user_id k on shard i directly.
+func (sh *shardedHarness) rowsOn(ctx context.Context, i int, k int64) int {
+	sh.t.Helper()
+	var n int
+	if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM orders WHERE user_id = $1", k).Scan(&n); err != nil {
+		sh.t.Fatal(err)
+	}
+	return n
+}
+
+// A statement on a frozen range waits until the ring gives the range to
+// its new owner and then runs there, in both protocols; statements on
+// other ranges, reads that scatter, and other shards do not wait; scatter
+// writes wait; schema changes are refused while a job moves rows.
+func TestFrozenRangeWaitsForTheNewRing(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newMemTxnLog())
+	ctx := testCtx(t)
+	admin := sh.connect(ctx)
+	if _, err := admin.Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := sh.owner(1)
+	to := 1 - from
+	other := sh.keyOutside(rng, from) // same shard, another range
+	sh.moving([]shardmap.Range{rng}, true)
+
+	for round, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		k := keyIn(t, rng, 1, int64(round*1000))
+		if round == 0 {
+			k = 1
+		}
+		c := sh.connect(ctx)
+		ins := async(func() error {
+			_, err := c.Exec(ctx, "INSERT INTO orders VALUES ($1, 1)", mode, k)
+			return err
+		})
+		upd := async(func() error {
+			_, err := sh.connect(ctx).Exec(ctx, "UPDATE orders SET v = v + 1", mode)
+			return err
+		})
+		// Not held: another range of the same shard, a scatter read.
+		if _, err := sh.connect(ctx).Exec(ctx, "INSERT INTO orders VALUES ($1, 1) ON CONFLICT (user_id) DO UPDATE SET v = orders.v + 1", mode, other); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := sh.connect(ctx).QueryRow(ctx, "SELECT count(*) FROM orders", mode).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		stillWaiting(t, fmt.Sprintf("insert of key %d (%v)", k, mode), ins)
+		stillWaiting(t, "scatter update", upd)
+		// The cut-over: the range now belongs to the other shard.
+		sh.giveRange(rng, sh.dbs[to])
+		if err := <-ins; err != nil {
+			t.Fatalf("insert after the cut-over: %v", err)
+		}
+		if err := <-upd; err != nil {
+			t.Fatalf("scatter update after the cut-over: %v", err)
+		}
+		if got := sh.rowsOn(ctx, to, k); got != 1 {
+			t.Fatalf("key %d: %d rows on its new owner %s, want 1", k, got, sh.dbs[to])
+		}
+		if got := sh.rowsOn(ctx, from, k); got != 0 {
+			t.Fatalf("key %d: %d rows on its old owner %s", k, got, sh.dbs[from])
+		}
+		// Next round: freeze again and move the range back.
+		from, to = to, from
+		sh.moving([]shardmap.Range{rng}, true)
+	}
+
+	// Schema changes are refused while the job moves rows, in both protocols.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		_, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE other (user_id bigint, v int)", mode)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "55000" {
+			t.Fatalf("CREATE TABLE during a job (%v): %v, want SQLSTATE 55000", mode, err)
+		}
+	}
+	sh.moving(nil, false)
+	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE other (user_id bigint, v int)"); err != nil {
+		t.Fatalf("CREATE TABLE after the job: %v", err)
+	}
+}
+
+// A proxy whose map is stale sends a write to a range's old owner; the
+// old owner's fence refuses it with shardmap.CodeFenced; an autocommit
+// write is re-sent once the proxy's ring changes and lands on the new
+// owner without the client seeing an error. Inside a transaction the
+// refusal reaches the client.
+func TestFencedWriteIsRetriedOnTheNewOwner(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newMemTxnLog())
+	ctx := testCtx(t)
+	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := sh.owner(1)
+	to := 1 - from
+	fence := fmt.Sprintf(`CREATE OR REPLACE FUNCTION fence() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF %s THEN RAISE EXCEPTION 'pgshard: key range moved to another shard; retry' USING ERRCODE = '%s'; END IF;
+	RETURN NEW;
+END$$`, rng.SQL("hashint8extended(NEW.user_id, 0)"), shardmap.CodeFenced)
+	for i := range 2 {
+		if _, err := sh.shardConn(ctx, i).Exec(ctx, fence); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const trigger = "CREATE TRIGGER fence BEFORE INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION fence()"
+	if _, err := sh.shardConn(ctx, from).Exec(ctx, trigger); err != nil {
+		t.Fatal(err)
+	}
+	sh.moving([]shardmap.Range{rng}, false) // the job runs; this proxy never saw the freeze
+
+	// Inside a transaction the refusal is the client's.
+	tx, err := sh.connect(ctx).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tx.Exec(ctx, "INSERT INTO orders VALUES (1, 1)")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != shardmap.CodeFenced {
+		t.Fatalf("fenced insert in a transaction: %v, want SQLSTATE %s", err, shardmap.CodeFenced)
+	}
+	_ = tx.Rollback(ctx)
+
+	var used []int64
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+		k := keyIn(t, rng, used...)
+		used = append(used, k)
+		c := sh.connect(ctx)
+		ins := async(func() error {
+			_, err := c.Exec(ctx, "INSERT INTO orders VALUES ($1, 1)", mode, k)
+			return err
+		})
+		stillWaiting(t, fmt.Sprintf("fenced insert of key %d (%v)", k, mode), ins)
+		sh.giveRange(rng, sh.dbs[to])
+		if err := <-ins; err != nil {
+			t.Fatalf("fenced insert (%v) after the ring changed: %v", mode, err)
+		}
+		if got := sh.rowsOn(ctx, to, k); got != 1 {
+			t.Fatalf("key %d: %d rows on the new owner, want 1", k, got)
+		}
+		if got := sh.rowsOn(ctx, from, k); got != 0 {
+			t.Fatalf("key %d: %d rows on the fenced old owner", k, got)
+		}
+		// Move it back for the next round: the fence now guards the other side.
+		if _, err := sh.shardConn(ctx, to).Exec(ctx, trigger); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sh.shardConn(ctx, from).Exec(ctx, "DROP TRIGGER fence ON orders"); err != nil {
+			t.Fatal(err)
+		}
+		// The proxy's ring still sends the range to "to", which is now fenced.
+		from, to = to, from
+	}
+}
