@@ -84,6 +84,15 @@ type Status struct {
 	ETA        time.Duration   `json:"eta"`
 	Error      string          `json:"error,omitempty"` // last error the job met (it retries)
 	Finished   bool            `json:"finished"`        // done or cancelled
+	// Waiting says what the job waits for right now (known on the node
+	// running it).
+	Waiting string `json:"waiting,omitempty"`
+	// Cutover is how long the moving ranges were frozen: from the commit
+	// of the freeze to the commit of the new ring (0 until known).
+	Cutover         time.Duration `json:"cutover,omitempty"`
+	CutoverAttempts int           `json:"cutover_attempts,omitempty"`
+	// Verified is the result of the count check at cut-over.
+	Verified string `json:"verified,omitempty"`
 }
 
 // TableProgress is one TableMove's copy progress.

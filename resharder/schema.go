@@ -1,0 +1,279 @@
+package resharder
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgshard/pgshard/shardmap"
+)
+
+// copySchema creates the tables on a new shard (tgt) as they are on src,
+// read from src's catalogs: columns with their types, collations,
+// defaults, identity and generated expressions, NOT NULL, then
+// constraints, indexes and the replica identity, then foreign keys; the
+// sequences of sharded tables are moved to the target's range
+// (shardmap.SequenceRange). Every step skips what exists, so a step can be
+// redone after a crash.
+func (r *Runner) copySchema(ctx context.Context, src, tgt *pgx.Conn, sharded, reference []shardmap.Table, source, target string) error {
+	type tbl struct {
+		t       shardmap.Table
+		oid     uint32
+		qname   string
+		sharded bool
+	}
+	var all []tbl
+	for i, t := range append(append([]shardmap.Table(nil), sharded...), reference...) {
+		var x tbl
+		x.t, x.sharded = t, i < len(sharded)
+		var schema, name string
+		if err := src.QueryRow(ctx, `SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`,
+			quoteIdent(t.Name)).Scan(&x.oid, &schema, &name); err != nil {
+			return fmt.Errorf("schema of %s on the source: %w", t.Name, err)
+		}
+		x.qname = quoteName(schema) + "." + quoteName(name)
+		all = append(all, x)
+		var exists bool
+		if err := tgt.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", x.qname).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			continue
+		}
+		ddl, err := tableDDL(ctx, src, x.oid, schema, x.qname)
+		if err != nil {
+			return fmt.Errorf("schema of %s: %w", t.Name, err)
+		}
+		if err := exec(ctx, tgt, "BEGIN; "+ddl+"; COMMIT"); err != nil {
+			_, _ = tgt.Exec(ctx, "ROLLBACK")
+			return fmt.Errorf("create %s on %s: %w", t.Name, target, err)
+		}
+	}
+	// Constraints other than foreign keys, then indexes and replica identity.
+	for _, x := range all {
+		if err := copyConstraints(ctx, src, tgt, x.oid, x.qname, false); err != nil {
+			return err
+		}
+		rows, err := src.Query(ctx, `SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+WHERE i.indrelid = $1 AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p','u','x'))
+ORDER BY i.indexrelid`, x.oid)
+		if err != nil {
+			return err
+		}
+		defs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, def := range defs {
+			def = strings.Replace(def, "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1)
+			def = strings.Replace(def, "CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+			if err := exec(ctx, tgt, def); err != nil {
+				return err
+			}
+		}
+		var ident string
+		var identIdx *string
+		if err := src.QueryRow(ctx, `SELECT c.relreplident::text, (SELECT quote_ident(ic.relname) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid AND i.indisreplident)
+FROM pg_class c WHERE c.oid = $1`, x.oid).Scan(&ident, &identIdx); err != nil {
+			return err
+		}
+		switch {
+		case ident == "f":
+			err = exec(ctx, tgt, "ALTER TABLE "+x.qname+" REPLICA IDENTITY FULL")
+		case ident == "i" && identIdx != nil:
+			err = exec(ctx, tgt, "ALTER TABLE "+x.qname+" REPLICA IDENTITY USING INDEX "+*identIdx)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for _, x := range all {
+		if err := copyConstraints(ctx, src, tgt, x.oid, x.qname, true); err != nil {
+			return err
+		}
+	}
+	// Sequences: a sharded table's take the target's range (unless they
+	// already do); a reference table's continue from the source's value.
+	// A sharded table's sequence not placed in its source's range (e.g. an
+	// integer one, too narrow for it) is left as the source has it.
+	lo, hi := shardmap.SequenceRange(target)
+	srcLo, _ := shardmap.SequenceRange(source)
+	for _, x := range all {
+		rows, err := src.Query(ctx, `SELECT a.attname, q.seq, ps.last_value, ps.min_value = $3
+FROM pg_attribute a
+CROSS JOIN LATERAL (SELECT pg_get_serial_sequence($2, a.attname) AS seq) q
+LEFT JOIN pg_sequences ps ON q.seq IS NOT NULL AND format('%I.%I', ps.schemaname, ps.sequencename)::regclass = q.seq::regclass
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND q.seq IS NOT NULL`, x.oid, x.qname, srcLo)
+		if err != nil {
+			return err
+		}
+		type seq struct {
+			col, name string
+			last      *int64
+			placed    *bool // the source's sequence is in the source's range
+		}
+		seqs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (seq, error) {
+			var s seq
+			err := row.Scan(&s.col, &s.name, &s.last, &s.placed)
+			return s, err
+		})
+		if err != nil {
+			return fmt.Errorf("sequences of %s: %w", x.t.Name, err)
+		}
+		for _, s := range seqs {
+			var sql string
+			if x.sharded && s.placed != nil && *s.placed {
+				sql = fmt.Sprintf(`DO $pgshard$DECLARE s text := pg_catalog.pg_get_serial_sequence(%s, %s); BEGIN
+IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_sequence WHERE seqrelid = s::regclass AND seqmin = %d AND seqmax = %d) THEN
+EXECUTE pg_catalog.format('ALTER SEQUENCE %%s MINVALUE %d MAXVALUE %d START WITH %d RESTART WITH %d', s);
+END IF; END$pgshard$`, quoteLiteral(x.qname), quoteLiteral(s.col), lo, hi, lo, hi, lo, lo)
+			} else if !x.sharded && s.last != nil {
+				sql = fmt.Sprintf("SELECT setval(pg_get_serial_sequence(%s, %s), %d, true)", quoteLiteral(x.qname), quoteLiteral(s.col), *s.last)
+			} else {
+				continue
+			}
+			if err := exec(ctx, tgt, sql); err != nil {
+				return fmt.Errorf("sequence %s on %s: %w", s.name, target, err)
+			}
+		}
+	}
+	return nil
+}
+
+// tableDDL renders CREATE TABLE (with the owned sequences of serial columns
+// before it and their OWNED BY after it) from the source's catalogs.
+func tableDDL(ctx context.Context, src *pgx.Conn, oid uint32, schema, qname string) (string, error) {
+	var b strings.Builder
+	var nspOwner string
+	if err := src.QueryRow(ctx, "SELECT quote_ident(pg_get_userbyid(nspowner)) FROM pg_namespace WHERE nspname = $1", schema).Scan(&nspOwner); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(&b, "CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s; ", quoteName(schema), nspOwner)
+	// Sequences owned by a column but not an identity's (serial columns).
+	rows, err := src.Query(ctx, `SELECT format('%I.%I', sn.nspname, s.relname), format_type(q.seqtypid, NULL), q.seqincrement, q.seqmin, q.seqmax, q.seqstart, q.seqcache, q.seqcycle, quote_ident(a.attname)
+FROM pg_depend d
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_sequence q ON q.seqrelid = s.oid
+JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND d.deptype = 'a'`, oid)
+	if err != nil {
+		return "", err
+	}
+	var owned []string
+	for rows.Next() {
+		var name, typ, col string
+		var inc, mn, mx, start, cache int64
+		var cycle bool
+		if err := rows.Scan(&name, &typ, &inc, &mn, &mx, &start, &cache, &cycle, &col); err != nil {
+			rows.Close()
+			return "", err
+		}
+		cyc := "NO CYCLE"
+		if cycle {
+			cyc = "CYCLE"
+		}
+		fmt.Fprintf(&b, "CREATE SEQUENCE IF NOT EXISTS %s AS %s INCREMENT %d MINVALUE %d MAXVALUE %d START %d CACHE %d %s; ", name, typ, inc, mn, mx, start, cache, cyc)
+		owned = append(owned, fmt.Sprintf("ALTER SEQUENCE %s OWNED BY %s.%s", name, qname, col))
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return "", err
+	}
+	rows, err = src.Query(ctx, `SELECT quote_ident(a.attname), format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity::text, a.attgenerated::text,
+  pg_get_expr(ad.adbin, ad.adrelid),
+  (SELECT format('%I.%I', cn.nspname, co.collname) FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+   WHERE co.oid = a.attcollation AND a.attcollation <> t.typcollation)
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum`, oid)
+	if err != nil {
+		return "", err
+	}
+	var cols []string
+	for rows.Next() {
+		var name, typ, ident, gen string
+		var notNull bool
+		var def, coll *string
+		if err := rows.Scan(&name, &typ, &notNull, &ident, &gen, &def, &coll); err != nil {
+			rows.Close()
+			return "", err
+		}
+		c := name + " " + typ
+		if coll != nil {
+			c += " COLLATE " + *coll
+		}
+		switch {
+		case gen == "s" && def != nil:
+			c += " GENERATED ALWAYS AS (" + *def + ") STORED"
+		case ident == "a":
+			c += " GENERATED ALWAYS AS IDENTITY"
+		case ident == "d":
+			c += " GENERATED BY DEFAULT AS IDENTITY"
+		case def != nil:
+			c += " DEFAULT " + *def
+		}
+		if notNull {
+			c += " NOT NULL"
+		}
+		cols = append(cols, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(&b, "CREATE TABLE %s (%s)", qname, strings.Join(cols, ", "))
+	var owner string
+	if err := src.QueryRow(ctx, "SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class WHERE oid = $1", oid).Scan(&owner); err != nil {
+		return "", err
+	}
+	// The owner (a cluster-wide role: it must exist on the target) also
+	// becomes the owned sequences' owner.
+	owned = append(owned, fmt.Sprintf("ALTER TABLE %s OWNER TO %s", qname, owner))
+	for _, o := range owned {
+		b.WriteString("; " + o)
+	}
+	return b.String(), nil
+}
+
+// copyConstraints adds src's constraints of a table to tgt, skipping those
+// whose name exists: foreign keys only when fks, the others otherwise. A
+// foreign key to a table the target does not have is skipped.
+func copyConstraints(ctx context.Context, src, tgt *pgx.Conn, oid uint32, qname string, fks bool) error {
+	rows, err := src.Query(ctx, `SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE conrelid = $1 AND contype IN ('p','u','c','x','f') AND (contype = 'f') = $2
+ORDER BY contype <> 'p', conname`, oid, fks)
+	if err != nil {
+		return err
+	}
+	type con struct{ name, def string }
+	cons, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (con, error) {
+		var c con
+		err := row.Scan(&c.name, &c.def)
+		return c, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, c := range cons {
+		var exists bool
+		if err := tgt.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2)", qname, c.name).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			continue
+		}
+		err := exec(ctx, tgt, fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", qname, quoteName(c.name), c.def))
+		if err != nil && fks && sqlState(err) == "42P01" { // undefined_table: not moved here
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
