@@ -190,6 +190,8 @@ func TestScatterExcludesMovingRows(t *testing.T) {
 		vals = append(vals, fmt.Sprintf("(%d, %d, %d)", k, k%5, k))
 	}
 	mustExec(t, c, "INSERT INTO mv (user_id, g, v) VALUES "+strings.Join(vals, ", "))
+	mustExec(t, c, "CREATE TABLE mv_groups (g int PRIMARY KEY, label text)") // a reference table
+	mustExec(t, c, "INSERT INTO mv_groups VALUES (0, 'zero'), (1, 'one'), (2, 'two'), (3, 'three'), (4, 'four')")
 
 	// One moving range per shard: the one of its ranges holding the most
 	// keys. Its rows get the highest values (so that ORDER BY … LIMIT
@@ -277,6 +279,19 @@ func TestScatterExcludesMovingRows(t *testing.T) {
 			}
 			if m := multi(mode); m != 2 {
 				t.Errorf("%s, %v: keyed read over two shards counted %d rows, want 2", when, mode, m)
+			}
+		}
+		// Joined with a reference table, with an OR in WHERE.
+		wantJoin := int64(0)
+		for _, r := range model {
+			if r.g == 3 || r.v%2 == 0 {
+				wantJoin++
+			}
+		}
+		for _, mode := range modes {
+			var cnt int64
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM mv m JOIN mv_groups USING (g) WHERE mv_groups.label = $1 OR m.v % 2 = 0", mode, "three").Scan(&cnt); err != nil || cnt != wantJoin {
+				t.Errorf("%s, %v: join with a reference table: %d (%v), want %d", when, mode, cnt, err, wantJoin)
 			}
 		}
 		// Inside a transaction too.
