@@ -588,6 +588,15 @@ func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *ext
 	if excl == nil {
 		return nil, nil, nil
 	}
+	if _, ok := legsMatch(rs, legs, sql, x); !ok {
+		return nil, nil, wire.Errorf(router.CodeMoving, "pgshard: the shard map changed while this statement started, during a reshard job that moves rows; retry it")
+	}
+	return rs, excl, nil
+}
+
+// legsMatch plans sql again on rs and reports whether legs are the
+// shards that plan runs on, and the plan.
+func legsMatch(rs *routingState, legs []*leg, sql string, x *extReq) (router.Plan, bool) {
 	var params *router.Params
 	if x != nil {
 		params = &x.params
@@ -598,7 +607,7 @@ func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *ext
 	case router.Scatter:
 		want = rs.ring.Shards()
 	case router.Multi:
-		want = now.Shards
+		want = slices.Clone(now.Shards)
 	}
 	have := make([]string, len(legs))
 	for i, l := range legs {
@@ -606,10 +615,37 @@ func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *ext
 	}
 	slices.Sort(have)
 	slices.Sort(want)
-	if !slices.Equal(have, want) {
-		return nil, nil, wire.Errorf(router.CodeMoving, "pgshard: the shard map changed while this statement started, during a reshard job that moves rows; retry it")
+	return now, slices.Equal(have, want)
+}
+
+// currentLegs makes sure, while a reshard job moves rows, that the legs
+// of a spread statement are the shards the current map plans it on: a
+// cut-over committed since the statement was planned changes the owner of
+// a moving range, and the legs' exclusions (ownedTexts) follow the
+// current map. Otherwise it plans the statement again and opens the legs
+// of that plan (a few times at most; ownedTexts refuses what still
+// differs). Without a job it returns legs and pl as they are.
+func (s *session) currentLegs(ctx context.Context, legs []*leg, pl *router.Plan, sql string, x *extReq, read bool) ([]*leg, *router.Plan, error) {
+	for tries := 0; tries < 3; tries++ {
+		rs := s.srv.routing.Load()
+		if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
+			return legs, pl, nil
+		}
+		if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
+			return legs, pl, nil
+		}
+		now, ok := legsMatch(rs, legs, sql, x)
+		if ok || (now.Kind != router.Scatter && now.Kind != router.Multi) || len(now.Rows) > 0 {
+			return legs, pl, nil
+		}
+		s.closeLegs(legs, true)
+		pl = &now
+		var err error
+		if legs, err = s.openLegs(ctx, s.srv.spreadShards(pl), read); err != nil {
+			return nil, pl, err
+		}
 	}
-	return rs, excl, nil
+	return legs, pl, nil
 }
 
 // runSpread runs a simple Query (x nil) or an extended-protocol batch
@@ -620,6 +656,14 @@ func (s *session) runSpread(ctx context.Context, pl *router.Plan, sql string, x 
 	read := pl.Read && pl.Kind != router.AllShards
 	legs, err := s.openLegs(ctx, shards, read)
 	if err != nil {
+		if we := asWireError(err); we.Severity != "FATAL" {
+			s.emitError(err)
+			s.emitReady()
+			return nil
+		}
+		return err
+	}
+	if legs, pl, err = s.currentLegs(ctx, legs, pl, sql, x, read); err != nil {
 		if we := asWireError(err); we.Severity != "FATAL" {
 			s.emitError(err)
 			s.emitReady()
