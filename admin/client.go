@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgshard/pgshard/resharder"
 	"github.com/pgshard/pgshard/shardmap"
 )
 
@@ -165,4 +166,54 @@ func (c *Client) AddTable(ctx context.Context, req AddTableRequest) (*WriteResul
 func (c *Client) RemoveTable(ctx context.Context, name string) (*WriteResult, error) {
 	var r WriteResult
 	return &r, c.do(ctx, http.MethodDelete, "/v1/tables/"+url.PathEscape(name), nil, &r)
+}
+
+// ReshardPlan asks what a job would move; nothing changes.
+func (c *Client) ReshardPlan(ctx context.Context, spec resharder.Spec) (*resharder.Plan, error) {
+	var p resharder.Plan
+	return &p, c.do(ctx, http.MethodPost, "/v1/reshard/plan", spec, &p)
+}
+
+// ReshardStart starts a job.
+func (c *Client) ReshardStart(ctx context.Context, spec resharder.Spec) (*resharder.Status, error) {
+	var st resharder.Status
+	return &st, c.do(ctx, http.MethodPost, "/v1/reshard", spec, &st)
+}
+
+// ReshardStatus returns the job's status (an APIError with code no_job
+// when there is none).
+func (c *Client) ReshardStatus(ctx context.Context) (*resharder.Status, error) {
+	var st resharder.Status
+	return &st, c.do(ctx, http.MethodGet, "/v1/reshard", nil, &st)
+}
+
+// ReshardCancel asks the job to roll back (code past_cutover once its
+// new ring is committed).
+func (c *Client) ReshardCancel(ctx context.Context) (*resharder.Status, error) {
+	var st resharder.Status
+	return &st, c.do(ctx, http.MethodPost, "/v1/reshard/cancel", struct{}{}, &st)
+}
+
+// Applied returns the map version the node's proxy routes by.
+func (c *Client) Applied(ctx context.Context) (*Applied, error) {
+	var a Applied
+	return &a, c.do(ctx, http.MethodGet, "/v1/map/applied", nil, &a)
+}
+
+// ApplyCommand applies a shard map command through the leader and returns
+// the map it produced there.
+func (c *Client) ApplyCommand(ctx context.Context, cmd shardmap.Command) (*shardmap.Map, error) {
+	b, err := cmd.Encode()
+	if err != nil {
+		return nil, err
+	}
+	var res CommandResult
+	if err := c.do(ctx, http.MethodPost, "/v1/map/commands", json.RawMessage(b), &res); err != nil {
+		return nil, err
+	}
+	m, err := shardmap.DecodeMap(res.Map)
+	if err != nil {
+		return nil, fmt.Errorf("admin API: decode map: %w", err)
+	}
+	return m, nil
 }

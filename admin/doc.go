@@ -17,6 +17,8 @@
 //	PUT    /v1/shards/{name}/endpoints     {"primary","replicas"}
 //	GET    /v1/map                         the whole map (as shardmap encodes it: shards, ring tokens, tables, jobs) plus ownership fractions
 //	GET    /v1/map/locate?key=K&type=T     hash, range and owning shard of a key (type int|text|uuid, default int)
+//	GET    /v1/map/applied                 the map version this node's proxy routes by (never forwarded: each node answers for itself)
+//	POST   /v1/map/commands                one shardmap command (as Command.Encode writes it) applied on the leader → the map it produced
 //	GET    /v1/tables
 //	POST   /v1/tables                      {"name","kind":"sharded|reference","key_column","key_type"}
 //	DELETE /v1/tables/{name}
@@ -24,12 +26,22 @@
 //	POST   /v1/txns                        {"gid","commit"} → the decision that stands (the first recorded wins)
 //	GET    /v1/txns/{gid}                  one transaction's decision ("decided": false when none)
 //	DELETE /v1/txns/{gid}                  forget a decision (the recovery pass does, once no shard holds it prepared)
+//	POST   /v1/reshard/plan                resharder.Spec {"add":{"name","primary","replicas"}} or {"remove"}, ["database"] → resharder.Plan; changes nothing
+//	POST   /v1/reshard                     resharder.Spec → resharder.Status of the job started
+//	GET    /v1/reshard                     resharder.Status of the current (or last) job; 404 no_job when none
+//	POST   /v1/reshard/cancel              roll the job back → resharder.Status; 409 past_cutover once its ring is committed
 //
 // Writes answer with the map version they produced (field map_version and
 // header X-Pgshard-Map-Version). Errors are {"error","code","hint"} with an
 // HTTP status that fits (400 bad input, 401 token, 404 unknown name, 409
 // conflict with the map, 503 no leader / leadership lost); code is a stable
 // word for scripts (ErrorCode constants), hint says what to do.
+//
+// The /v1/reshard endpoints run on the leader, whose resharder drives the
+// job (a follower forwards them, reads included, as it forwards writes);
+// their errors: 404 no_job, 409 job_running (one job at a time), 409
+// past_cutover, 400 bad_spec, and the map's own (unknown_shard,
+// shard_exists, …). A node without Raft answers them 409 no_cluster.
 //
 // # Reads, writes and forwarding
 //

@@ -32,6 +32,13 @@ const (
 	CodeLeadershipLost ErrorCode = "leadership_lost"
 	CodeNoCluster      ErrorCode = "no_cluster"
 	CodeInternal       ErrorCode = "internal"
+
+	// Resharding (reshard.go).
+	CodeNoJob       ErrorCode = "no_job"       // no reshard job to show or cancel
+	CodeJobRunning  ErrorCode = "job_running"  // a job is running: one at a time
+	CodePastCutover ErrorCode = "past_cutover" // the job's ring is committed: it can only finish
+	CodeBadSpec     ErrorCode = "bad_spec"     // the job's request is not valid against the map
+	CodeUnknownJob  ErrorCode = "unknown_job"  // a command names a job the map does not hold
 )
 
 // APIError is an error answer of the admin API, as the client returns it.
@@ -58,6 +65,9 @@ func apiErr(status int, code ErrorCode, hint, format string, args ...any) *APIEr
 func toAPIError(err error) *APIError {
 	var ae *APIError
 	if errors.As(err, &ae) {
+		return ae
+	}
+	if ae, ok := reshardAPIError(err); ok {
 		return ae
 	}
 	msg := err.Error()
@@ -97,6 +107,11 @@ func toAPIError(err error) *APIError {
 		return e(http.StatusServiceUnavailable, CodeNotLeader, "retry in a few seconds, or send the request to the leader's admin API")
 	case errors.Is(err, shardmap.ErrClosed):
 		return e(http.StatusServiceUnavailable, CodeInternal, "the node is shutting down; use another node")
+	case errors.Is(err, shardmap.ErrUnknownJob):
+		return e(http.StatusNotFound, CodeUnknownJob, "`pgshardctl map show` lists the reshard jobs")
+	}
+	if ae, ok := reshardSpecError(err); ok {
+		return ae
 	}
 	return e(http.StatusInternalServerError, CodeInternal, "see the pgshard log of this node")
 }

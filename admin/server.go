@@ -77,6 +77,12 @@ type Config struct {
 	Logger *slog.Logger
 	// HTTPClient for forwarding and syncing; nil means one with a 10s timeout.
 	HTTPClient *http.Client
+	// Resharder runs reshard jobs (the /v1/reshard endpoints); nil on a
+	// node without Raft, whose endpoints answer no_cluster.
+	Resharder Resharder
+	// AppliedVersion returns the map version the node's proxy routes by
+	// (GET /v1/map/applied); nil: the node serves no proxy.
+	AppliedVersion func() uint64
 }
 
 // Server serves the admin API of one node. Lifecycle: New → Register (on
@@ -134,6 +140,8 @@ func (s *Server) Register(mux *http.ServeMux) {
 	h("PUT /v1/shards/{name}/endpoints", s.putEndpoints)
 	h("GET /v1/map", s.getMap)
 	h("GET /v1/map/locate", s.getLocate)
+	h("GET /v1/map/applied", s.getApplied)
+	h("POST /v1/map/commands", s.postCommand)
 	h("GET /v1/tables", s.getTables)
 	h("POST /v1/tables", s.postTable)
 	h("DELETE /v1/tables/{name}", s.deleteTable)
@@ -141,6 +149,10 @@ func (s *Server) Register(mux *http.ServeMux) {
 	h("POST /v1/txns", s.postTxn)
 	h("GET /v1/txns/{gid}", s.getTxn)
 	h("DELETE /v1/txns/{gid}", s.deleteTxn)
+	h("POST /v1/reshard/plan", s.postReshardPlan)
+	h("POST /v1/reshard", s.postReshard)
+	h("GET /v1/reshard", s.getReshard)
+	h("POST /v1/reshard/cancel", s.postReshardCancel)
 	h("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(http.StatusNotFound, CodeNotFound, "see `pgshardctl help` or the admin package documentation for the endpoints",
 			"no endpoint %s %s", r.Method, r.URL.Path))

@@ -65,6 +65,12 @@ func (n *node) close() {
 // admin API; peers are admin URLs to sync the directory from.
 func startNode(t *testing.T, id string, bootstrap bool, peers ...string) *node {
 	t.Helper()
+	return startNodeWith(t, id, bootstrap, nil, peers...)
+}
+
+// startNodeWith is startNode with mod applied to the admin configuration.
+func startNodeWith(t *testing.T, id string, bootstrap bool, mod func(*admin.Config), peers ...string) *node {
+	t.Helper()
 	st, err := shardmap.NewStore(shardmap.StoreConfig{
 		NodeID: id, RaftAddr: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: bootstrap, Join: !bootstrap,
 		Logger:           testLogger(t),
@@ -79,8 +85,12 @@ func startNode(t *testing.T, id string, bootstrap bool, peers ...string) *node {
 	}
 	ts := httptest.NewUnstartedServer(nil)
 	url := "http://" + ts.Listener.Addr().String()
-	srv, err := admin.New(admin.Config{Store: st, Token: token, AdminURL: url, Peers: peers,
-		SyncInterval: 100 * time.Millisecond, LeaderWait: 5 * time.Second, Logger: testLogger(t)})
+	cfg := admin.Config{Store: st, Token: token, AdminURL: url, Peers: peers,
+		SyncInterval: 100 * time.Millisecond, LeaderWait: 5 * time.Second, Logger: testLogger(t)}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := admin.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,8 +121,21 @@ func apiCode(err error) admin.ErrorCode {
 // cluster starts n0 (bootstrapped) and joins the others through n0's API.
 func cluster(t *testing.T, n int) []*node {
 	t.Helper()
+	return clusterWith(t, n, nil)
+}
+
+// clusterWith is cluster with mod(i, cfg) applied to node i's admin
+// configuration.
+func clusterWith(t *testing.T, n int, mod func(int, *admin.Config)) []*node {
+	t.Helper()
 	ctx := ctxT(t)
-	nodes := []*node{startNode(t, "n0", true)}
+	modOf := func(i int) func(*admin.Config) {
+		if mod == nil {
+			return nil
+		}
+		return func(c *admin.Config) { mod(i, c) }
+	}
+	nodes := []*node{startNodeWith(t, "n0", true, modOf(0))}
 	testutil.WaitFor(t, 10*time.Second, "n0 leads", func() error {
 		if !nodes[0].store.IsLeader() {
 			return errors.New("not yet")
@@ -120,10 +143,13 @@ func cluster(t *testing.T, n int) []*node {
 		return nil
 	})
 	for i := 1; i < n; i++ {
-		nd := startNode(t, fmt.Sprintf("n%d", i), false, nodes[0].url)
-		if _, err := nodes[0].client.Join(ctx, admin.JoinRequest{ID: nd.store.ID(), Addr: nd.store.Addr(), AdminURL: nd.url}); err != nil {
-			t.Fatalf("join n%d: %v", i, err)
-		}
+		nd := startNodeWith(t, fmt.Sprintf("n%d", i), false, modOf(i), nodes[0].url)
+		// On a loaded machine the leader may lose its leadership while it
+		// adds a member; adding one that is there already changes nothing.
+		retry(t, fmt.Sprintf("join n%d", i), func() error {
+			_, err := nodes[0].client.Join(ctx, admin.JoinRequest{ID: nd.store.ID(), Addr: nd.store.Addr(), AdminURL: nd.url})
+			return err
+		}, "-")
 		nodes = append(nodes, nd)
 	}
 	for _, nd := range nodes {
