@@ -53,6 +53,9 @@ type coordNode struct {
 	url   string
 	coord *mapCoord
 	down  bool
+	// applied is what the node's admin API reports as the map version
+	// its proxy routes by (GET /v1/map/applied).
+	applied *atomic.Uint64
 }
 
 func (n *coordNode) stop() {
@@ -81,8 +84,9 @@ func startCoordNode(t *testing.T, id string, bootstrap bool, peers ...string) *c
 	}
 	ts := httptest.NewUnstartedServer(nil)
 	url := "http://" + ts.Listener.Addr().String()
+	applied := &atomic.Uint64{}
 	api, err := admin.New(admin.Config{Store: st, Token: coordToken, AdminURL: url, Peers: peers,
-		SyncInterval: 100 * time.Millisecond, LeaderWait: 5 * time.Second, Logger: log})
+		SyncInterval: 100 * time.Millisecond, LeaderWait: 5 * time.Second, Logger: log, AppliedVersion: applied.Load})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +95,7 @@ func startCoordNode(t *testing.T, id string, bootstrap bool, peers ...string) *c
 	ts.Config.Handler = mux
 	ts.Start()
 	api.Start(context.Background())
-	n := &coordNode{store: st, api: api, ts: ts, url: url, coord: newMapCoord(st, url, coordToken, log)}
+	n := &coordNode{store: st, api: api, ts: ts, url: url, coord: newMapCoord(st, url, coordToken, log), applied: applied}
 	t.Cleanup(n.stop)
 	return n
 }

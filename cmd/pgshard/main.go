@@ -13,6 +13,10 @@
 // transactions a crashed coordinator left in doubt. Without it the node
 // routes to the file's [[shards]] alone.
 //
+// On a cluster node the admin API also drives resharding (package
+// resharder, pgshardctl reshard): the leader runs the jobs, logging in to
+// the shards as [resharding] says; a node without Raft refuses them.
+//
 // Signals: SIGHUP reloads users and pool sizes from the file; SIGTERM and
 // SIGINT stop accepting, let open transactions finish within
 // shutdown_timeout, stop the admin API, close the shard map store, then exit.
@@ -37,6 +41,7 @@ import (
 	"github.com/pgshard/pgshard/admin"
 	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/proxy"
+	"github.com/pgshard/pgshard/resharder"
 	"github.com/pgshard/pgshard/shardmap"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -157,6 +162,7 @@ func run(args []string) error {
 
 	var adminHTTP *http.Server
 	var adminAPI *admin.Server
+	var runner *resharder.Runner // nil without Raft or without the admin API
 	adminURL := cfg.Cluster.AdminURL
 	if cfg.AdminListen != "" {
 		aln, err := net.Listen("tcp", cfg.AdminListen)
@@ -169,8 +175,26 @@ func run(args []string) error {
 		if adminURL == "" {
 			adminURL = "http://" + aln.Addr().String()
 		}
+		// Resharding needs the map in Raft: a node without it answers
+		// the reshard endpoints no_cluster.
+		var reshard admin.Resharder
+		var members *raftNodes
+		if node != nil {
+			members = newRaftNodes(node.store, srv.MapVersion, cfg.AdminToken, log.With("component", "resharder"))
+			runner = resharder.New(resharder.Config{
+				Store: newReshardStore(node.store, adminURL, cfg.AdminToken, log.With("component", "resharder")),
+				Nodes: members,
+				Login: resharder.Login{User: cfg.Resharding.User, Password: cfg.Resharding.Password, Database: cfg.Resharding.Database},
+				Log:   log, // the runner names its component
+			})
+			reshard = reshardService{Runner: runner, database: cfg.Resharding.Database}
+		}
 		adminAPI, err = admin.New(admin.Config{Store: mapStore, Token: cfg.AdminToken, AdminURL: adminURL,
-			Peers: cfg.Cluster.Join, DataDir: cfg.Cluster.DataDir, Logger: log.With("component", "admin")})
+			Peers: cfg.Cluster.Join, DataDir: cfg.Cluster.DataDir, Logger: log.With("component", "admin"),
+			Resharder: reshard, AppliedVersion: srv.MapVersion})
+		if members != nil && adminAPI != nil {
+			members.setDirectory(adminAPI)
+		}
 		if err != nil {
 			aln.Close()
 			ln.Close()
@@ -216,6 +240,11 @@ func run(args []string) error {
 	go func() { served <- srv.Serve(ctx, ln) }()
 	if node != nil {
 		node.start(ctx, adminURL, srv)
+		if runner != nil {
+			// Jobs are driven by the leader only; a new leader resumes
+			// (or rolls back) the job from its checkpoints in the map.
+			node.lead(ctx, "resharder", runner.Run)
+		}
 	}
 
 	sigs := make(chan os.Signal, 4)
