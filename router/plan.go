@@ -83,7 +83,10 @@ package router
 // with SQLSTATE 42P02. For a Multi plan with Rows, SplitInsert gives each
 // shard's text (and, for the extended protocol, which parameters it
 // takes). For Multi and Scatter reads, send ShardSQL (when set) and merge
-// by Merge with Plan.Limit and Plan.Offset. Call Reset when the catalog
+// by Merge with Plan.Limit and Plan.Offset. While a reshard job moves
+// ranges, pass each shard's text of a Multi or Scatter plan through
+// ExcludeMoving with the ranges Excluded gives for that shard
+// (ownership.go). Call Reset when the catalog
 // changes: templates keep what the catalog said. The Locator is only
 // read during the call, so a new ring takes effect at once.
 //
