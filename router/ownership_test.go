@@ -99,6 +99,9 @@ func TestExcludeMovingRewrites(t *testing.T) {
 			}
 		}
 	}
+	if p.CacheLen() != 0 {
+		t.Errorf("ExcludeMoving cached %d plan templates, want none (its cache is its own)", p.CacheLen())
+	}
 	// Text and uuid keys hash with their own functions.
 	got, err := p.ExcludeMoving("SELECT count(*) FROM docs d JOIN sessions s ON s.x = d.y", exclOne, nil)
 	if err != nil {
