@@ -20,6 +20,20 @@ import (
 // adminServer serves a one-node cluster's admin API in-process.
 func adminServer(t *testing.T) string {
 	t.Helper()
+	srv, err := admin.New(admin.Config{Store: openStore(t), Token: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	srv.Register(mux)
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	return ts.URL
+}
+
+// openStore opens a one-node cluster's store, leading.
+func openStore(t *testing.T) *shardmap.Store {
+	t.Helper()
 	st, err := shardmap.NewStore(shardmap.StoreConfig{NodeID: "n0", RaftAddr: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: true,
 		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 100 * time.Millisecond})
@@ -37,15 +51,7 @@ func adminServer(t *testing.T) string {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	srv, err := admin.New(admin.Config{Store: st, Token: "tok"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	srv.Register(mux)
-	ts := httptest.NewServer(mux)
-	t.Cleanup(ts.Close)
-	return ts.URL
+	return st
 }
 
 // ctlRun runs pgshardctl in-process and returns exit code, stdout, stderr.

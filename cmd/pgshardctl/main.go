@@ -12,6 +12,7 @@
 //	map show|locate                       the whole map; where a key lives
 //	tables list|add|remove                sharded and reference tables
 //	verify                                every row on its owning shard, reference tables identical (verify.go)
+//	reshard plan|start|status|cancel      online resharding: add or remove a shard (reshard.go)
 //
 // The admin commands talk to any node's admin API: global flags --admin-url
 // (env PGSHARD_ADMIN_URL, default http://127.0.0.1:6480), --token (env

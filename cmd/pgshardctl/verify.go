@@ -31,6 +31,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshard/pgshard/admin"
+	"github.com/pgshard/pgshard/resharder"
 	"github.com/pgshard/pgshard/shardmap"
 )
 
@@ -392,7 +393,7 @@ func checkReference(ctx context.Context, c *pgconn.PgConn, t shardmap.Table, res
 // verify checks every table of m on every shard of m.
 func verify(ctx context.Context, m *shardmap.Map, cr verifyCreds, progress bool) *verifyReport {
 	rep := &verifyReport{MapVersion: m.Version(), RingVersion: m.RingVersion(), ChecksumMethod: verifyChecksumMethod,
-		Shards: []string{}, Tables: []verifyTable{}, Jobs: len(m.Jobs())}
+		Shards: []string{}, Tables: []verifyTable{}, Jobs: unfinishedJobs(m)}
 	shards := m.Shards()
 	ring := m.Ring()
 	tables := m.Tables()
@@ -523,7 +524,7 @@ func printVerify(rep *verifyReport) {
 	w := stdout
 	fmt.Fprintf(w, "map version %d, ring version %d, %d shard(s)\n", rep.MapVersion, rep.RingVersion, len(rep.Shards))
 	if rep.Jobs > 0 {
-		fmt.Fprintf(w, "note: %d reshard job(s) in the map: rows being moved may show as misplaced\n", rep.Jobs)
+		fmt.Fprintf(w, "note: %d reshard job(s) running: rows being moved may show as misplaced\n", rep.Jobs)
 	}
 	if len(rep.Tables) == 0 {
 		fmt.Fprintln(w, "no tables defined; nothing to check")
@@ -594,4 +595,16 @@ func printVerify(rep *verifyReport) {
 	for _, p := range rep.Problems {
 		fmt.Fprintf(w, "  %s\n", p)
 	}
+}
+
+// unfinishedJobs counts the reshard jobs of m that are neither done nor
+// cancelled (a finished job stays in the map until the next one starts).
+func unfinishedJobs(m *shardmap.Map) int {
+	n := 0
+	for _, j := range m.Jobs() {
+		if j.Phase != resharder.PhaseDone && j.Phase != resharder.PhaseCancelled {
+			n++
+		}
+	}
+	return n
 }
