@@ -19,8 +19,7 @@ import (
 // action skips what exists.
 func (r *Runner) prepare(ctx context.Context, j shardmap.Job, d *jobData) error {
 	m := r.cfg.Store.Map()
-	cs := r.newConns(d.Database)
-	defer cs.close()
+	cs := r.jobConns(d)
 	if t := d.target(); t != "" && d.RefSource != "" {
 		src, err := cs.get(ctx, d.dsn(m, d.RefSource))
 		if err != nil {
@@ -56,12 +55,15 @@ func (r *Runner) prepare(ctx context.Context, j shardmap.Job, d *jobData) error 
 		if err != nil {
 			return err
 		}
-		if err := createPublication(ctx, src, p, d); err != nil {
+		if err := createPublication(ctx, src, j.ID, p, d); err != nil {
 			return fmt.Errorf("publication on %s: %w", p.From, err)
 		}
 		tgt, err := cs.get(ctx, d.dsn(m, p.To))
 		if err != nil {
 			return err
+		}
+		if err := exec(ctx, tgt, markerDDL(j.ID)); err != nil {
+			return fmt.Errorf("marker table on %s: %w", p.To, err)
 		}
 		r.setWaiting("subscribing " + p.To + " to " + p.From)
 		oid, err := r.createSubscription(ctx, src, tgt, p, connString(d.dsn(m, p.From), r.cfg.Login, d.Database))
@@ -89,7 +91,8 @@ func (r *Runner) installFence(ctx context.Context, c *pgx.Conn, job string, tabl
 	if err := exec(ctx, c, fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS pgshard;
 GRANT USAGE ON SCHEMA pgshard TO PUBLIC;
 CREATE SEQUENCE IF NOT EXISTS %s MINVALUE 0 MAXVALUE 1 START 0;
-GRANT SELECT ON %s TO PUBLIC`, seq, seq)); err != nil {
+GRANT SELECT ON %s TO PUBLIC;
+%s`, seq, seq, markerDDL(job))); err != nil {
 		return err
 	}
 	key := fenceLockKey(job)
@@ -147,7 +150,7 @@ func setFence(ctx context.Context, c *pgx.Conn, job string, on bool) error {
 		quoteLiteral(fenceSeq(job)), quoteLiteral(fenceSeq(job)), v))
 }
 
-func createPublication(ctx context.Context, c *pgx.Conn, p pair, d *jobData) error {
+func createPublication(ctx context.Context, c *pgx.Conn, job string, p pair, d *jobData) error {
 	var exists bool
 	if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", p.Name).Scan(&exists); err != nil || exists {
 		return err
@@ -161,9 +164,7 @@ func createPublication(ctx context.Context, c *pgx.Conn, p pair, d *jobData) err
 			items = append(items, quoteIdent(t.Name))
 		}
 	}
-	if len(items) == 0 {
-		return exec(ctx, c, fmt.Sprintf("CREATE PUBLICATION %s WITH (publish = 'insert, update, delete')", p.Name))
-	}
+	items = append(items, markerTable(job))
 	return exec(ctx, c, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete')", p.Name, strings.Join(items, ", ")))
 }
 
@@ -252,8 +253,7 @@ func dropSlots(ctx context.Context, src *pgx.Conn, name string, oid uint32) erro
 // replayed), then commits phase cutover with the freeze.
 func (r *Runner) copyPhase(ctx context.Context, j shardmap.Job, d *jobData) error {
 	m := r.cfg.Store.Map()
-	cs := r.newConns(d.Database)
-	defer cs.close()
+	cs := r.jobConns(d)
 	// After a cut-over that gave up: fences off, subscriptions on.
 	for _, s := range d.sources() {
 		c, err := cs.get(ctx, d.dsn(m, s))
@@ -349,7 +349,7 @@ JOIN pg_database db ON db.oid = s.subdbid WHERE db.datname = current_database() 
 			return fmt.Sprintf("%s: %d bytes behind %s", p.To, lag, p.From), nil
 		}
 	}
-	if t := d.target(); t != "" {
+	for _, t := range d.targets() {
 		sh, _ := m.Shard(t)
 		c, err := cs.get(ctx, d.dsn(m, t))
 		if err != nil {
@@ -357,7 +357,7 @@ JOIN pg_database db ON db.oid = s.subdbid WHERE db.datname = current_database() 
 		}
 		var n int
 		var lag int64
-		if err := c.QueryRow(ctx, "SELECT count(*), coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint FROM pg_stat_replication WHERE replay_lsn IS NOT NULL").Scan(&n, &lag); err != nil {
+		if err := c.QueryRow(ctx, "SELECT count(*), coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint FROM pg_stat_replication WHERE replay_lsn IS NOT NULL AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_type = 'logical' AND active_pid IS NOT NULL)").Scan(&n, &lag); err != nil {
 			return "", err
 		}
 		if n < len(sh.Replicas) {
@@ -407,8 +407,7 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 		}
 		return r.abortCutover(ctx, j, d, fmt.Errorf("the ring changed during the cut-over (version %d, frozen at %d)", m.RingVersion(), j.FrozenRing))
 	}
-	cs := r.newConns(d.Database)
-	defer cs.close()
+	cs := r.jobConns(d)
 	for _, s := range d.sources() {
 		if _, err := cs.get(ctx, d.dsn(m, s)); err != nil {
 			return err
@@ -461,31 +460,63 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 		}
 	}
 	r.log.Debug("cut-over step", "job", j.ID, "step", "barrier", "since_freeze", time.Since(d.FrozenAt))
-	// (c)
-	lsns := map[string]string{}
-	for _, s := range d.sources() {
-		c, _ := cs.get(ctx, d.dsn(m, s))
+	// (c) a marker row written on each source after the barrier: the
+	// target applies transactions in the source's commit order, so once
+	// the marker is there, every write the source kept in the pair's
+	// ranges is there too; a synchronous commit on the target then
+	// flushes them (the subscription commits asynchronously).
+	deadline := time.Now().Add(r.cfg.FreezeTimeout)
+	for _, p := range d.Pairs {
+		src, _ := cs.get(ctx, d.dsn(m, p.From))
+		mark := fmt.Sprintf("%s/%d/%d", p.Name, d.Attempts, time.Now().UnixNano())
+		if err := exec(ctx, src, fmt.Sprintf("INSERT INTO %s (k) VALUES (%s)", markerTable(j.ID), quoteLiteral(mark))); err != nil {
+			return err
+		}
+		tgt, _ := cs.get(ctx, d.dsn(m, p.To))
+		for {
+			var ok bool
+			if err := tgt.QueryRow(ctx, fmt.Sprintf("SELECT EXISTS (SELECT 1 FROM %s WHERE k = %s)", markerTable(j.ID), quoteLiteral(mark))).Scan(&ok); err != nil {
+				return err
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				return r.abortCutover(ctx, j, d, fmt.Errorf("%s did not catch up with %s within %s", p.To, p.From, r.cfg.FreezeTimeout))
+			}
+			if err := sleep(ctx, time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
+	// The targets' streaming replicas take reads of the moved ranges as
+	// soon as the ring moves: they replay the targets' WAL first.
+	targetLSN := map[string]string{}
+	for _, t := range d.targets() {
+		c, _ := cs.get(ctx, d.dsn(m, t))
+		if err := exec(ctx, c, "SET synchronous_commit = on; SELECT pg_catalog.txid_current(); RESET synchronous_commit"); err != nil {
+			return err
+		}
 		var lsn string
 		if err := c.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
 			return err
 		}
-		lsns[s] = lsn
+		targetLSN[t] = lsn
 	}
-	deadline := time.Now().Add(r.cfg.FreezeTimeout)
-	for _, p := range d.Pairs {
-		c, _ := cs.get(ctx, d.dsn(m, p.From))
+	for _, t := range d.targets() {
+		c, _ := cs.get(ctx, d.dsn(m, t))
 		for {
-			var ok *bool
-			if err := c.QueryRow(ctx, "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", lsns[p.From], p.Name).Scan(&ok); err != nil {
-				return fmt.Errorf("slot %s: %w", p.Name, err)
+			var behind int
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_type = 'logical' AND active_pid IS NOT NULL) AND (replay_lsn IS NULL OR replay_lsn < $1::pg_lsn)", targetLSN[t]).Scan(&behind); err != nil {
+				return err
 			}
-			if ok != nil && *ok {
+			if behind == 0 {
 				break
 			}
 			if time.Now().After(deadline) {
-				return r.abortCutover(ctx, j, d, fmt.Errorf("%s did not catch up with %s (LSN %s) within %s", p.To, p.From, lsns[p.From], r.cfg.FreezeTimeout))
+				return r.abortCutover(ctx, j, d, fmt.Errorf("replicas of %s did not replay %s within %s", t, targetLSN[t], r.cfg.FreezeTimeout))
 			}
-			if err := sleep(ctx, 5*time.Millisecond); err != nil {
+			if err := sleep(ctx, time.Millisecond); err != nil {
 				return err
 			}
 		}
@@ -518,8 +549,11 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 	for _, p := range d.Pairs {
 		c, _ := cs.get(ctx, d.dsn(m, p.To))
 		for {
+			// A disabled subscription's worker notices only when it next
+			// wakes up (up to a second): everything it had to apply is
+			// applied and flushed (c), so it is stopped now.
 			var n int
-			if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_subscription s JOIN pg_subscription p ON p.oid = s.subid WHERE p.subname = $1 AND s.pid IS NOT NULL", p.Name).Scan(&n); err != nil {
+			if err := c.QueryRow(ctx, "SELECT count(pg_terminate_backend(s.pid)) FROM pg_stat_subscription s JOIN pg_subscription p ON p.oid = s.subid WHERE p.subname = $1 AND s.pid IS NOT NULL", p.Name).Scan(&n); err != nil {
 				return err
 			}
 			if n == 0 {
@@ -573,8 +607,7 @@ func (r *Runner) afterRing(ctx context.Context, j shardmap.Job, d *jobData, ring
 func (r *Runner) abortCutover(ctx context.Context, j shardmap.Job, d *jobData, cause error) error {
 	r.log.Warn("cut-over gave up; retrying later", "job", j.ID, "attempt", d.Attempts, "err", cause)
 	m := r.cfg.Store.Map()
-	cs := r.newConns(d.Database)
-	defer cs.close()
+	cs := r.jobConns(d)
 	for _, s := range d.sources() {
 		c, err := cs.get(ctx, d.dsn(m, s))
 		if err != nil {
@@ -685,8 +718,7 @@ func (r *Runner) cleanup(ctx context.Context, j shardmap.Job, d *jobData) error 
 		return err
 	}
 	m := r.cfg.Store.Map()
-	cs := r.newConns(d.Database)
-	defer cs.close()
+	cs := r.jobConns(d)
 	r.setWaiting("dropping the replication and the fences")
 	if err := r.dropAll(ctx, cs, m, j.ID, d); err != nil {
 		return err
@@ -728,8 +760,7 @@ func (r *Runner) cleanup(ctx context.Context, j shardmap.Job, d *jobData) error 
 // dropped, the copies deleted from the targets, the shard's state restored.
 func (r *Runner) cancelling(ctx context.Context, j shardmap.Job, d *jobData) error {
 	m := r.cfg.Store.Map()
-	cs := r.newConns(d.Database)
-	defer cs.close()
+	cs := r.jobConns(d)
 	for _, s := range d.sources() {
 		if c, err := cs.get(ctx, d.dsn(m, s)); err != nil {
 			return err
@@ -837,6 +868,15 @@ func (r *Runner) dropAll(ctx context.Context, cs *conns, m *shardmap.Map, job st
 			}
 		}
 		if err := exec(ctx, c, "DROP SEQUENCE IF EXISTS "+fenceSeq(job)); err != nil {
+			return err
+		}
+	}
+	for _, s := range append(d.sources(), d.targets()...) {
+		c, err := cs.get(ctx, d.dsn(m, s))
+		if err != nil {
+			return err
+		}
+		if err := exec(ctx, c, "DROP TABLE IF EXISTS "+markerTable(job)); err != nil {
 			return err
 		}
 		if _, err := c.Exec(ctx, "DROP SCHEMA IF EXISTS pgshard"); err != nil && sqlState(err) != "2BP01" { // other objects in it: keep it

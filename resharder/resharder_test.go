@@ -584,8 +584,10 @@ func TestCancelDuringCopy(t *testing.T) {
 	before := e.store.Map()
 	var r *Runner
 	var cancelErr error
+	var copying *Status
 	r = e.runner(func(step string) error {
 		if step == "copy:synced" && cancelErr == nil {
+			copying, _ = r.Status(context.Background())
 			_, cancelErr = r.Cancel(context.Background())
 			if cancelErr == nil {
 				cancelErr = errors.New("") // once
@@ -606,6 +608,18 @@ func TestCancelDuringCopy(t *testing.T) {
 	if st.Phase != PhaseCancelled {
 		t.Fatalf("status %+v", st)
 	}
+	// Progress as seen at the end of the copy: every table move copied,
+	// the reference table whole.
+	if copying == nil || copying.Phase != PhaseCopy || len(copying.Tables) != 5 {
+		t.Fatalf("status during copy: %+v", copying)
+	}
+	for _, tp := range copying.Tables {
+		t.Logf("copied %s %s→%s: %d of %d", tp.Table, tp.From, tp.To, tp.Copied, tp.Rows)
+		if tp.Copied < tp.Rows || tp.Kind == "reference" && tp.Copied != 3 {
+			t.Errorf("table move %+v", tp)
+		}
+	}
+	t.Logf("status during copy: lag %d bytes, %.0f rows/s, eta %s, waiting %q", copying.LagBytes, copying.RowsPerSec, copying.ETA, copying.Waiting)
 	m := e.store.Map()
 	if _, ok := m.Shard("spare0"); ok || !sameRing(m.Ring(), before.Ring()) || m.RingVersion() != before.RingVersion() || len(m.Moving()) != 0 {
 		t.Fatalf("map after cancel: shards %v ring version %d (was %d)", m.Shards(), m.RingVersion(), before.RingVersion())
@@ -734,5 +748,91 @@ func TestPlanRefuses(t *testing.T) {
 	}
 	if _, err := r.Plan(ctx, addSpec(e)); err != nil {
 		t.Fatalf("plan with events FULL: %v", err)
+	}
+}
+
+// failingNodes fails its first WaitApplied calls.
+type failingNodes struct {
+	Nodes
+	fail atomic.Int32
+}
+
+func (n *failingNodes) WaitApplied(ctx context.Context, v uint64) error {
+	if n.fail.Add(-1) >= 0 {
+		return errors.New("node unreachable (test)")
+	}
+	return n.Nodes.WaitApplied(ctx, v)
+}
+
+// TestCutoverRetries: a node that does not apply the freeze, then a
+// transaction that wrote a moving range before the fence and stays open
+// past FreezeTimeout, each make the cut-over give up and retry; the
+// transaction's row, committed meanwhile, ends up on the new owner.
+func TestCutoverRetries(t *testing.T) {
+	e := newEnv(t, "shard0", "shard1")
+	m := e.store.Map()
+	newRing, err := m.Ring().AddShard("spare0", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := int64(-1)
+	for k := int64(200000); key < 0; k++ {
+		if h := shardmap.HashInt64(k); m.Ring().Lookup(h) == "shard0" && newRing.Lookup(h) == "spare0" {
+			key = k
+		}
+	}
+	nodes := &failingNodes{Nodes: e.nodes}
+	nodes.fail.Store(1)
+	c := e.newConn("shard0")
+	var once sync.Once
+	var txErr error
+	txDone := make(chan struct{})
+	r := New(Config{Store: e.store, Nodes: nodes, Login: Login{User: "postgres", Database: e.db},
+		Log:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		PollInterval: 50 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, FreezeTimeout: 500 * time.Millisecond,
+		hook: func(step string) error {
+			if step != "cutover:frozen" {
+				return nil
+			}
+			once.Do(func() {
+				// Written before the fence is on, committed after the
+				// barrier gave up.
+				ctx := context.Background()
+				var id int64
+				if _, txErr = c.Exec(ctx, "BEGIN"); txErr == nil {
+					txErr = c.QueryRow(ctx, "INSERT INTO orders (user_id, note) VALUES ($1, 'long') RETURNING id", key).Scan(&id)
+				}
+				go func() {
+					defer close(txDone)
+					time.Sleep(1500 * time.Millisecond)
+					if txErr == nil {
+						if _, txErr = c.Exec(context.Background(), "COMMIT"); txErr == nil {
+							e.mu.Lock()
+							e.acked[rowKey{key, id}] = 0
+							e.mu.Unlock()
+						}
+					}
+				}()
+			})
+			return nil
+		}})
+	e.startWriters()
+	if _, err := r.Start(e.ctx(time.Minute), addSpec(e)); err != nil {
+		t.Fatal(err)
+	}
+	st := e.runJob(r, 90*time.Second)
+	e.stopWriters()
+	<-txDone
+	if txErr != nil {
+		t.Fatal(txErr)
+	}
+	if st.Phase != PhaseDone || st.CutoverAttempts < 3 {
+		t.Fatalf("status %+v", st)
+	}
+	t.Logf("cut-over: %s after %d attempts", st.Cutover, st.CutoverAttempts)
+	e.check("")
+	var n int
+	if err := e.superConn("spare0").QueryRow(context.Background(), "SELECT count(*) FROM orders WHERE user_id = $1 AND note = 'long'", key).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the long transaction's row on spare0: %d %v", n, err)
 	}
 }

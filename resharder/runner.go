@@ -74,7 +74,8 @@ type Config struct {
 	Vnodes int
 	// VerifyRows: the cut-over counts the moved rows on both sides (exact,
 	// the ranges being still) when the plan moves at most this many rows
-	// (100000; negative: never).
+	// (10000; negative: never). Counting scans the moved tables while
+	// the moving ranges are held, so it is kept for small moves.
 	VerifyRows int64
 	// ExactCountPages: Plan counts rows exactly for tables of at most this
 	// many pages, and estimates from the statistics above (1000).
@@ -91,6 +92,8 @@ type Runner struct {
 	log  *slog.Logger
 	mu   sync.Mutex // serialises Start and Cancel
 	wake chan struct{}
+
+	rc *conns // the Run goroutine's connections, kept across steps
 
 	pmu     sync.Mutex
 	counted map[string]int64 // final copied counts by job/pair/table
@@ -121,7 +124,7 @@ func New(cfg Config) *Runner {
 		cfg.Vnodes = shardmap.DefaultVnodes
 	}
 	if cfg.VerifyRows == 0 {
-		cfg.VerifyRows = 100000
+		cfg.VerifyRows = 10000
 	}
 	if cfg.ExactCountPages <= 0 {
 		cfg.ExactCountPages = 1000
@@ -196,6 +199,16 @@ func (d *jobData) sources() []string {
 	for _, p := range d.Pairs {
 		if !slices.Contains(out, p.From) {
 			out = append(out, p.From)
+		}
+	}
+	return out
+}
+
+func (d *jobData) targets() []string {
+	var out []string
+	for _, p := range d.Pairs {
+		if !slices.Contains(out, p.To) {
+			out = append(out, p.To)
 		}
 	}
 	return out
@@ -382,6 +395,12 @@ func (r *Runner) Cancel(ctx context.Context) (*Status, error) {
 // each transition committed before it is acted on. Call it on the Raft
 // leader only; a new leader's Run resumes the job from its phase.
 func (r *Runner) Run(ctx context.Context) {
+	defer func() {
+		if r.rc != nil {
+			r.rc.close()
+			r.rc = nil
+		}
+	}()
 	backoff := r.cfg.PollInterval
 	for ctx.Err() == nil {
 		j, ok := activeJob(r.cfg.Store.Map())
@@ -395,6 +414,9 @@ func (r *Runner) Run(ctx context.Context) {
 			continue
 		}
 		err := r.step(ctx, j)
+		if err != nil && r.rc != nil {
+			r.rc.close() // a connection may be broken
+		}
 		if err == nil || errors.Is(err, errJobChanged) {
 			backoff = r.cfg.PollInterval
 			continue
@@ -431,6 +453,18 @@ func (r *Runner) step(ctx context.Context, j shardmap.Job) error {
 		return r.cancelling(ctx, j, d)
 	}
 	return fmt.Errorf("job %s: unknown phase %q", j.ID, j.Phase)
+}
+
+// jobConns returns the Run goroutine's connections to the job's database.
+func (r *Runner) jobConns(d *jobData) *conns {
+	if r.rc != nil && r.rc.db != d.Database {
+		r.rc.close()
+		r.rc = nil
+	}
+	if r.rc == nil {
+		r.rc = r.newConns(d.Database)
+	}
+	return r.rc
 }
 
 // hook calls the test hook of step.

@@ -193,6 +193,13 @@ func fenceTrigger(job string) string     { return "pgshard_fence_" + job }
 func fenceFunc(job string, i int) string { return fmt.Sprintf("pgshard.fence_%s_%d", job, i) }
 func pairName(job string, i int) string  { return fmt.Sprintf("pgshard_%s_%d", job, i) }
 
+func markerTable(job string) string { return "pgshard.marker_" + job }
+
+// markerDDL creates the job's marker table (see the cut-over's step (c)).
+func markerDDL(job string) string {
+	return "CREATE SCHEMA IF NOT EXISTS pgshard; CREATE TABLE IF NOT EXISTS " + markerTable(job) + " (k text PRIMARY KEY)"
+}
+
 // fenceLockKey is the advisory lock that orders writers of fenced ranges
 // before the cut-over's barrier (see DESIGN.md, "The barrier").
 func fenceLockKey(job string) int64 {
