@@ -279,3 +279,39 @@ END$$`, rng.SQL("hashint8extended(NEW.user_id, 0)"), shardmap.CodeFenced)
 		from, to = to, from
 	}
 }
+
+// A scatter read hinted to the primaries still merges (the hint chose
+// the backends, not the kind of statement), and reads them: rows a
+// replica has not replayed yet are counted.
+func TestPrimaryHintOnScatterRead(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newMemTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	if _, err := c.Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	a, b := sh.keysOnTwoShards()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		if _, err := c.Exec(ctx, "DELETE FROM orders"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "INSERT INTO orders VALUES ($1, 1), ($2, 2)", mode, a, b); err != nil {
+			t.Fatal(err)
+		}
+		var n, sum int64
+		if err := sh.connect(ctx).QueryRow(ctx, "/* pgshard:primary */ SELECT count(*), sum(v) FROM orders", mode).Scan(&n, &sum); err != nil {
+			t.Fatal(err)
+		}
+		if n != 2 || sum != 3 {
+			t.Fatalf("%v: hinted scatter read: count %d sum %d, want 2 and 3", mode, n, sum)
+		}
+		var standby int64
+		if err := sh.connect(ctx).QueryRow(ctx, "/* pgshard:primary */ SELECT max(pg_is_in_recovery()::int) FROM orders", mode).Scan(&standby); err != nil {
+			t.Fatal(err)
+		}
+		if standby != 0 {
+			t.Fatalf("%v: a scatter read hinted to the primaries ran on a replica", mode)
+		}
+	}
+}

@@ -648,13 +648,28 @@ func (s *session) currentLegs(ctx context.Context, legs []*leg, pl *router.Plan,
 	return legs, pl, nil
 }
 
+// replicaAllowed reports whether a read spread over shards may go to
+// replicas: not with a /* pgshard:primary */ hint or the session's
+// pgshard.route = primary, as for a read on one shard (routeQuery).
+func (s *session) replicaAllowed(sql string) bool {
+	if s.forcePrimary {
+		return false
+	}
+	hint := router.Inspect(sql).Route
+	if hint == router.RouteAuto {
+		hint = s.route
+	}
+	return hint != router.RoutePrimary
+}
+
 // runSpread runs a simple Query (x nil) or an extended-protocol batch
 // whose plan spans several shards, and answers the client. The session
 // is idle: outside a transaction, holding no backend.
 func (s *session) runSpread(ctx context.Context, pl *router.Plan, sql string, x *extReq) error {
 	shards := s.srv.spreadShards(pl)
 	read := pl.Read && pl.Kind != router.AllShards
-	legs, err := s.openLegs(ctx, shards, read)
+	replica := read && s.replicaAllowed(sql)
+	legs, err := s.openLegs(ctx, shards, replica)
 	if err != nil {
 		if we := asWireError(err); we.Severity != "FATAL" {
 			s.emitError(err)
@@ -663,7 +678,7 @@ func (s *session) runSpread(ctx context.Context, pl *router.Plan, sql string, x 
 		}
 		return err
 	}
-	if legs, pl, err = s.currentLegs(ctx, legs, pl, sql, x, read); err != nil {
+	if legs, pl, err = s.currentLegs(ctx, legs, pl, sql, x, replica); err != nil {
 		if we := asWireError(err); we.Severity != "FATAL" {
 			s.emitError(err)
 			s.emitReady()
