@@ -7,6 +7,8 @@
 #   make bench      benchmarks against direct PostgreSQL, pgbouncer, pgpool-II
 #
 # Variables: SHARDS=2 REPLICAS=1 SPARE=0 NODES=1 (also read from the environment).
+# SPARE=1 starts a spare shard outside the map (SPARE0_PRIMARY etc. in .dev/env)
+# to try `pgshardctl reshard` on (README, Resharding).
 
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)

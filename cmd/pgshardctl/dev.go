@@ -15,7 +15,10 @@ package main
 //	pgshard<i>-data/ node i's Raft log and snapshots (removed by the next up)
 //	pgshard.{toml,log,pid}  symlinks to node 0's files
 //	env              shell export lines: PGSHARD_URL, PGSHARD_ADMIN_URL,
-//	                 PGSHARD<i>_URL, PGSHARD<i>_ADMIN_URL, ...
+//	                 PGSHARD<i>_URL, PGSHARD<i>_ADMIN_URL, SHARD<i>_PRIMARY_URL, ...,
+//	                 and for --spare N: SPARE<i>_PRIMARY_URL, SPARE<i>_REPLICA<j>_URL,
+//	                 SPARE<i>_PRIMARY and SPARE<i>_REPLICA<j> (the libpq DSNs
+//	                 `pgshardctl reshard --add NAME --primary/--replica` takes)
 
 import (
 	"bytes"
@@ -296,7 +299,7 @@ func devUp(args []string, foreground bool) (err error) {
 	if err := os.WriteFile(o.envFile(), []byte(devEnv(o, topo, token)), 0o644); err != nil {
 		return err
 	}
-	printHowTo(o, foreground)
+	printHowTo(o, topo, foreground)
 
 	if !foreground {
 		if err := topo.Detach(); err != nil {
@@ -605,6 +608,9 @@ func pgshardConfig(o *devOptions, i int, topo *topology.Topology, token string) 
 	}
 	fmt.Fprintf(&b, "\n[pool]\nmode = %s\nsize = %d\n", tomlString(o.poolMode), o.poolSize)
 	b.WriteString("\n[[users]]\nname = \"app\"\npassword = \"app\"\nauth = \"scram-sha-256\"\n")
+	// The topology's superuser postgres logs in from 127.0.0.1 without a
+	// password; the tables live in database app.
+	b.WriteString("\n[resharding]\nuser = \"postgres\"\ndatabase = \"app\"\n")
 	for _, sh := range topo.Shards {
 		fmt.Fprintf(&b, "\n[[shards]]\nname = %s\nprimary = %s\nreplicas = [", tomlString(sh.Name), tomlString(sh.Primary.DSN()))
 		for i, r := range sh.Replicas {
@@ -669,10 +675,17 @@ func devEnv(o *devOptions, topo *topology.Topology, token string) string {
 	}
 	servers("SHARD", topo.Shards)
 	servers("SPARE", topo.Spares)
+	// A spare's DSNs as `pgshardctl reshard --add` takes them.
+	for i, sh := range topo.Spares {
+		line(fmt.Sprintf("SPARE%d_PRIMARY", i), shellQuote(sh.Primary.DSN()))
+		for j, r := range sh.Replicas {
+			line(fmt.Sprintf("SPARE%d_REPLICA%d", i, j), shellQuote(r.DSN()))
+		}
+	}
 	return b.String()
 }
 
-func printHowTo(o *devOptions, foreground bool) {
+func printHowTo(o *devOptions, topo *topology.Topology, foreground bool) {
 	rel := o.dir
 	if wd, err := os.Getwd(); err == nil {
 		if r, err := filepath.Rel(wd, o.dir); err == nil && !strings.HasPrefix(r, "..") {
@@ -693,6 +706,18 @@ func printHowTo(o *devOptions, foreground bool) {
 
   logs: %s/pgshard<i>.log, %s/pg/*/postgres.log
 `, nodes, rel, rel, rel)
+	if len(topo.Spares) > 0 {
+		sh := topo.Spares[0]
+		add := "--add " + sh.Name + " --primary \"$SPARE0_PRIMARY\""
+		for j := range sh.Replicas {
+			add += fmt.Sprintf(" --replica \"$SPARE0_REPLICA%d\"", j)
+		}
+		fmt.Fprintf(os.Stderr, `  resharding: %d spare shard(s) run outside the map (SPARE<i>_PRIMARY, SPARE<i>_REPLICA<j> in env):
+    bin/pgshardctl reshard plan %s
+    bin/pgshardctl reshard start %s && bin/pgshardctl reshard status --watch
+
+`, len(topo.Spares), add, add)
+	}
 	if foreground {
 		fmt.Fprintln(os.Stderr, "\nCtrl-C stops pgshard and PostgreSQL. pgshard (node 0)'s log follows:")
 	} else {

@@ -46,6 +46,9 @@ func parseEnv(t *testing.T, path string) map[string]string {
 	env := map[string]string{}
 	for _, line := range strings.Split(string(b), "\n") {
 		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok && strings.HasPrefix(line, "export ") {
+			if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' { // shellQuote's quoting (no quote inside here)
+				v = v[1 : len(v)-1]
+			}
 			env[k] = v
 		}
 	}
@@ -133,6 +136,8 @@ func TestDevUpDown(t *testing.T) {
 		"SHARD0_REPLICA0_URL": "postgres://app:app@127.0.0.1:" + strconv.Itoa(pgPort+1) + "/app?sslmode=disable",
 		"SPARE0_PRIMARY_URL":  "postgres://app:app@127.0.0.1:" + strconv.Itoa(pgPort+2) + "/app?sslmode=disable",
 		"SPARE0_REPLICA0_URL": "postgres://app:app@127.0.0.1:" + strconv.Itoa(pgPort+3) + "/app?sslmode=disable",
+		"SPARE0_PRIMARY":      "host=127.0.0.1 port=" + strconv.Itoa(pgPort+2),
+		"SPARE0_REPLICA0":     "host=127.0.0.1 port=" + strconv.Itoa(pgPort+3),
 	}
 	for k, v := range want {
 		if env[k] != v {
@@ -149,7 +154,8 @@ func TestDevUpDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(cfg.Shards) != 1 || cfg.Shards[0].Primary != "host=127.0.0.1 port="+strconv.Itoa(pgPort) ||
-		len(cfg.Shards[0].Replicas) != 1 || cfg.AdminToken != env["PGSHARD_ADMIN_TOKEN"] {
+		len(cfg.Shards[0].Replicas) != 1 || cfg.AdminToken != env["PGSHARD_ADMIN_TOKEN"] ||
+		cfg.Resharding != (config.Resharding{User: "postgres", Database: "app"}) {
 		t.Errorf("config: %+v", cfg)
 	}
 
@@ -196,6 +202,39 @@ func TestDevUpDown(t *testing.T) {
 	// down twice is fine.
 	if out, err := ctl("dev", "down", "--dir", dev); err != nil {
 		t.Fatalf("second dev down: %v\n%s", err, out)
+	}
+}
+
+// TestDevEnvSpares: .dev/env gives each spare's DSNs as a shell reads
+// them, ready for `pgshardctl reshard --add NAME --primary "$SPARE0_PRIMARY"`,
+// and the dev configuration names the resharding database.
+func TestDevEnvSpares(t *testing.T) {
+	srv := func(port int) *topology.Server { return &topology.Server{Host: "127.0.0.1", Port: port} }
+	topo := &topology.Topology{
+		Shards: []*topology.Shard{{Name: "shard0", Primary: srv(1000)}},
+		Spares: []*topology.Shard{{Name: "spare0", Spare: true, Primary: srv(2000), Replicas: []*topology.Server{srv(2001), srv(2002)}}},
+	}
+	o := &devOptions{dir: t.TempDir(), nodes: 1, port: 6432, adminPort: 6480, raftPort: 6490, poolMode: "transaction", poolSize: 5}
+	file := filepath.Join(o.dir, "env")
+	if err := os.WriteFile(file, []byte(devEnv(o, topo, "tok")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("sh", "-c", `. "$1" && printf '%s|%s|%s|%s|%s' "$SPARE0_PRIMARY" "$SPARE0_REPLICA0" "$SPARE0_REPLICA1" "$SPARE0_PRIMARY_URL" "$SHARD0_PRIMARY_URL"`, "sh", file).CombinedOutput()
+	want := "host=127.0.0.1 port=2000|host=127.0.0.1 port=2001|host=127.0.0.1 port=2002|" +
+		"postgres://app:app@127.0.0.1:2000/app?sslmode=disable|postgres://app:app@127.0.0.1:1000/app?sslmode=disable"
+	if err != nil || string(out) != want {
+		t.Errorf("sourcing the env file: %v\n got %s\nwant %s", err, out, want)
+	}
+	cfgFile := filepath.Join(o.dir, "pgshard0.toml")
+	if err := os.WriteFile(cfgFile, []byte(pgshardConfig(o, 0, topo, "tok")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgFile, func(string) string { return "" })
+	if err == nil {
+		err = cfg.Validate()
+	}
+	if err != nil || cfg.Resharding.Database != "app" || cfg.Resharding.User != "postgres" || len(cfg.Shards) != 1 {
+		t.Errorf("dev config: %+v %v", cfg.Resharding, err)
 	}
 }
 
