@@ -826,13 +826,16 @@ func TestCutoverRetries(t *testing.T) {
 	if txErr != nil {
 		t.Fatal(txErr)
 	}
-	if st.Phase != PhaseDone || st.CutoverAttempts < 3 {
+	if st.Phase != PhaseDone {
 		t.Fatalf("status %+v", st)
 	}
-	t.Logf("cut-over: %s after %d attempts", st.Cutover, st.CutoverAttempts)
 	e.check("")
 	var n int
 	if err := e.superConn("spare0").QueryRow(context.Background(), "SELECT count(*) FROM orders WHERE user_id = $1 AND note = 'long'", key).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("the long transaction's row on spare0: %d %v", n, err)
+		t.Errorf("the long transaction's row on spare0: %d %v", n, err)
+	}
+	t.Logf("cut-over: %s after %d attempts", st.Cutover, st.CutoverAttempts)
+	if st.CutoverAttempts < 3 {
+		t.Errorf("%d cut-over attempts, want a failure at (a) and at least one at the barrier", st.CutoverAttempts)
 	}
 }
