@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -69,6 +70,16 @@ func queryOne(ctx context.Context, url, sql string) (string, error) {
 		return "", errors.New("no rows")
 	}
 	return string(res[0].Rows[0][0]), nil
+}
+
+func execSQL(ctx context.Context, url, sql string) error {
+	c, err := pgconn.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	_, err = c.Exec(ctx, sql).ReadAll()
+	return err
 }
 
 // TestDevUpDown builds pgshard and pgshardctl and runs `dev up` and `dev
@@ -174,6 +185,51 @@ func TestDevUpDown(t *testing.T) {
 		if got, err := queryOne(ctx, url, sql); err != nil || got != want {
 			t.Errorf("%s on %s = %q, %v; want %q", sql, url, got, err, want)
 		}
+	}
+
+	// README's resharding walkthrough: the spare joins the map by a
+	// reshard job with the DSNs of .dev/env, then leaves it again.
+	admin := []string{"--admin-url", env["PGSHARD_ADMIN_URL"], "--token", env["PGSHARD_ADMIN_TOKEN"]}
+	reshard := func(args ...string) string {
+		t.Helper()
+		out, err := ctl(append(append([]string{"reshard"}, args...), admin...)...)
+		if err != nil {
+			t.Fatalf("pgshardctl reshard %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	var rows strings.Builder
+	for i := range 200 {
+		if i > 0 {
+			rows.WriteString(", ")
+		}
+		fmt.Fprintf(&rows, "(%d)", i+1)
+	}
+	for _, sql := range []string{
+		"CREATE TABLE orders (user_id bigint NOT NULL, id bigserial, PRIMARY KEY (user_id, id))",
+		"INSERT INTO orders (user_id) VALUES " + rows.String(),
+	} {
+		if err := execSQL(ctx, env["PGSHARD_URL"], sql); err != nil {
+			t.Fatalf("%.40s: %v", sql, err)
+		}
+	}
+	add := []string{"--add", "spare0", "--primary", env["SPARE0_PRIMARY"], "--replica", env["SPARE0_REPLICA0"]}
+	if out := reshard(append([]string{"plan"}, add...)...); !strings.Contains(out, "spare0  50.00%") || !strings.Contains(out, "in database app") {
+		t.Errorf("reshard plan:\n%s", out)
+	}
+	reshard(append([]string{"start"}, add...)...)
+	if out := reshard("status", "--watch", "--interval", "200ms"); !strings.Contains(out, "phase done") {
+		t.Errorf("reshard status --watch after adding spare0:\n%s", out)
+	}
+	if out, err := ctl(append([]string{"verify"}, admin...)...); err != nil || !strings.Contains(out, "orders  sharded  spare0") {
+		t.Errorf("verify after adding spare0: %v\n%s", err, out)
+	}
+	reshard("start", "--remove", "spare0")
+	if out := reshard("status", "--watch", "--interval", "200ms"); !strings.Contains(out, "phase done") {
+		t.Errorf("reshard status --watch after removing spare0:\n%s", out)
+	}
+	if n, err := queryOne(ctx, env["PGSHARD_URL"], "SELECT count(*) FROM orders"); err != nil || n != "200" {
+		t.Errorf("rows after adding and removing spare0: %s %v", n, err)
 	}
 
 	// A second up refuses to start over the running one.

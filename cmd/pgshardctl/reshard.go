@@ -319,17 +319,12 @@ func watchStatus(ctx context.Context, client *admin.Client, o watchOptions) erro
 	var (
 		id        string // the job followed
 		last      string // the last line or object printed
-		drawn     int    // lines of the display drawn last
 		printed   time.Time
 		failingAt time.Time
 	)
-	redraw := func(text string) {
-		if drawn > 0 {
-			fmt.Fprintf(stdout, "\x1b[%dA\x1b[J", drawn)
-		}
-		fmt.Fprint(stdout, text)
-		drawn = strings.Count(text, "\n")
-	}
+	// On a terminal each look redraws the screen from its top left corner
+	// (as watch(1) does): right however long lines wrap.
+	redraw := func(text string) { fmt.Fprint(stdout, "\x1b[H\x1b[2J"+text) }
 	t := time.NewTicker(o.interval)
 	defer t.Stop()
 	for {
@@ -456,7 +451,7 @@ func statusLine(st *resharder.Status) string {
 		st.ID, st.Phase, fmtCount(copied), fmtCount(rows), percent(copied, rows), fmtBytes(st.LagBytes),
 		fmtCount(int64(st.RowsPerSec)), fmtETA(st.ETA))
 	if st.Waiting != "" && !st.Finished {
-		s += "; waiting for " + st.Waiting
+		s += "; now: " + st.Waiting
 	}
 	if st.Cutover > 0 {
 		s += "; cut-over pause " + fmtPause(st.Cutover)
@@ -502,7 +497,7 @@ func printStatus(w io.Writer, st *resharder.Status, now time.Time, bars bool) {
 	}
 	fmt.Fprintf(w, "lag %s, %s rows/s, ETA %s\n", fmtBytes(st.LagBytes), fmtCount(int64(st.RowsPerSec)), fmtETA(st.ETA))
 	if st.Waiting != "" && !st.Finished {
-		fmt.Fprintf(w, "waiting for %s\n", st.Waiting)
+		fmt.Fprintf(w, "now: %s\n", st.Waiting)
 	}
 	switch {
 	case st.Cutover > 0:

@@ -278,7 +278,7 @@ func TestReshardTerminalDisplay(t *testing.T) {
 	printStatus(&b, st, time.Date(2026, 12, 1, 9, 2, 0, 0, time.UTC), true)
 	out := b.String()
 	for _, want := range []string{"[######..................]", "25%", "total", "started 2026-12-01", "(2m0s ago), updated 30s ago",
-		"waiting for the subscriptions to copy their tables", "cut-over: 2 attempt(s) so far"} {
+		"now: the subscriptions to copy their tables", "cut-over: 2 attempt(s) so far"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("display lacks %q:\n%s", want, out)
 		}
@@ -296,7 +296,7 @@ func TestReshardTerminalDisplay(t *testing.T) {
 	if strings.Contains(out, "ignored once finished") || strings.Contains(out, "[#") {
 		t.Errorf("display of a finished job without bars:\n%s", out)
 	}
-	if l := statusLine(st); !strings.Contains(l, "cut-over pause 44ms") || strings.Contains(l, "waiting") {
+	if l := statusLine(st); !strings.Contains(l, "cut-over pause 44ms") || strings.Contains(l, "now:") {
 		t.Errorf("status line: %s", l)
 	}
 
