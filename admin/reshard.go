@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/pgshard/pgshard/resharder"
 	"github.com/pgshard/pgshard/shardmap"
@@ -22,6 +23,11 @@ type Resharder interface {
 	Status(ctx context.Context) (*resharder.Status, error)
 	Cancel(ctx context.Context) (*resharder.Status, error)
 }
+
+// reshardForwardTimeout bounds a reshard request a follower forwards to
+// the leader: a plan reads every shard involved (each connection may take
+// seconds to fail), and a forward that times out is sent again.
+const reshardForwardTimeout = 2 * time.Minute
 
 // errReshardNoCluster answers the reshard endpoints of a node without
 // Raft (or without a resharder).

@@ -75,7 +75,8 @@ type Config struct {
 	SyncInterval time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
-	// HTTPClient for forwarding and syncing; nil means one with a 10s timeout.
+	// HTTPClient for forwarding and syncing; nil means one with a 10s
+	// timeout (reshardForwardTimeout for the reshard endpoints).
 	HTTPClient *http.Client
 	// Resharder runs reshard jobs (the /v1/reshard endpoints); nil on a
 	// node without Raft, whose endpoints answer no_cluster.
@@ -92,6 +93,9 @@ type Server struct {
 	store Store
 	log   *slog.Logger
 	http  *http.Client
+	// slow forwards the reshard endpoints, which plan against the shards'
+	// databases and may take longer than other writes.
+	slow  *http.Client
 	token [32]byte
 
 	mu    sync.Mutex
@@ -116,8 +120,10 @@ func New(cfg Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.slow = cfg.HTTPClient
 	if s.http == nil {
 		s.http = &http.Client{Timeout: 10 * time.Second}
+		s.slow = &http.Client{Timeout: reshardForwardTimeout}
 	}
 	s.token = sha256.Sum256([]byte(cfg.Token))
 	s.loadNodes()
@@ -583,7 +589,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, url string, bod
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(HeaderForwardedBy, s.store.ID())
-	resp, err := s.http.Do(req)
+	hc := s.http
+	if strings.HasPrefix(r.URL.Path, "/v1/reshard") {
+		hc = s.slow
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return false, err
 	}

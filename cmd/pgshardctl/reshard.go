@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"os"
 	"os/signal"
 	"sort"
@@ -135,6 +136,20 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// reshardTimeout bounds one reshard request: a plan or a start reads the
+// shards' databases (on the leader, through the node asked).
+const reshardTimeout = 2 * time.Minute
+
+func reshardCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), reshardTimeout)
+}
+
+func reshardClient(a *adminFlags) *admin.Client {
+	c := a.client()
+	c.HTTP = &http.Client{Timeout: reshardTimeout}
+	return c
+}
+
 // ---- plan
 
 func reshardPlan(args []string) error {
@@ -142,9 +157,9 @@ func reshardPlan(args []string) error {
 	if err != nil {
 		return err
 	}
-	c, cancel := ctx()
+	c, cancel := reshardCtx()
 	defer cancel()
-	p, err := a.client().ReshardPlan(c, spec)
+	p, err := reshardClient(a).ReshardPlan(c, spec)
 	if err != nil {
 		return err
 	}
@@ -209,9 +224,9 @@ func reshardStart(args []string) error {
 	if err != nil {
 		return err
 	}
-	c, cancel := ctx()
+	c, cancel := reshardCtx()
 	defer cancel()
-	st, err := a.client().ReshardStart(c, spec)
+	st, err := reshardClient(a).ReshardStart(c, spec)
 	if err != nil {
 		return err
 	}
@@ -232,9 +247,9 @@ func reshardCancel(args []string) error {
 	if err := nargs(pos, 0, "no arguments"); err != nil {
 		return err
 	}
-	c, cancel := ctx()
+	c, cancel := reshardCtx()
 	defer cancel()
-	st, err := a.client().ReshardCancel(c)
+	st, err := reshardClient(a).ReshardCancel(c)
 	if err != nil {
 		return err
 	}
@@ -274,9 +289,9 @@ func reshardStatus(args []string) error {
 	if *interval <= 0 {
 		return usagef("--interval must be positive")
 	}
-	client := a.client()
+	client := reshardClient(a)
 	if !*watch {
-		c, cancel := ctx()
+		c, cancel := reshardCtx()
 		defer cancel()
 		st, err := client.ReshardStatus(c)
 		if err != nil {
