@@ -366,6 +366,9 @@ JOIN pg_database db ON db.oid = s.subdbid WHERE db.datname = current_database() 
 		if lag > r.cfg.MaxLag {
 			return fmt.Sprintf("%s: a replica is %d bytes behind", t, lag), nil
 		}
+		for _, dsn := range sh.Replicas {
+			_, _ = cs.get(ctx, dsn) // connected before the freeze
+		}
 	}
 	return "", nil
 }
@@ -491,10 +494,15 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 	}
 	// The targets' streaming replicas take reads of the moved ranges as
 	// soon as the ring moves: they replay the targets' WAL first.
+	r.log.Debug("cut-over step", "job", j.ID, "step", "markers", "since_freeze", time.Since(d.FrozenAt))
 	targetLSN := map[string]string{}
 	for _, t := range d.targets() {
 		c, _ := cs.get(ctx, d.dsn(m, t))
-		if err := exec(ctx, c, "SET synchronous_commit = on; SELECT pg_catalog.txid_current(); RESET synchronous_commit"); err != nil {
+		// remote_apply flushes like on (no synchronous standbys are
+		// configured) and marks the commit record so that each replica
+		// reports its replay at once instead of at its next status
+		// interval.
+		if err := exec(ctx, c, "SET synchronous_commit = remote_apply; SELECT pg_catalog.txid_current(); RESET synchronous_commit"); err != nil {
 			return err
 		}
 		var lsn string
@@ -503,24 +511,49 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 		}
 		targetLSN[t] = lsn
 	}
+	r.log.Debug("cut-over step", "job", j.ID, "step", "targets flushed", "since_freeze", time.Since(d.FrozenAt))
+	// The replicas replay while the rest of the cut-over goes on (on
+	// connections of their own); the ring waits for them.
+	type replica struct {
+		shard, dsn, lsn string
+		c               *pgx.Conn
+	}
+	var replicas []replica
 	for _, t := range d.targets() {
-		c, _ := cs.get(ctx, d.dsn(m, t))
-		for {
-			var behind int
-			if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_type = 'logical' AND active_pid IS NOT NULL) AND (replay_lsn IS NULL OR replay_lsn < $1::pg_lsn)", targetLSN[t]).Scan(&behind); err != nil {
-				return err
+		sh, _ := m.Shard(t)
+		for _, dsn := range sh.Replicas {
+			c, err := cs.get(ctx, dsn)
+			if err != nil {
+				// An unreachable replica takes no reads (the proxy's
+				// health checks); a lagging one none of these.
+				r.log.Warn("replica not checked at cut-over", "shard", t, "replica", dsn, "err", err)
+				continue
 			}
-			if behind == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				return r.abortCutover(ctx, j, d, fmt.Errorf("replicas of %s did not replay %s within %s", t, targetLSN[t], r.cfg.FreezeTimeout))
-			}
-			if err := sleep(ctx, time.Millisecond); err != nil {
-				return err
-			}
+			replicas = append(replicas, replica{t, dsn, targetLSN[t], c})
 		}
 	}
+	rctx, rcancel := context.WithCancel(ctx)
+	replayed := make(chan error, 1)
+	go func() {
+		for _, rp := range replicas {
+			if err := waitReplayed(rctx, rp.c, rp.lsn, deadline); err != nil {
+				if errors.Is(err, errTimeout) {
+					replayed <- fmt.Errorf("replica %s of %s did not replay %s within %s", rp.dsn, rp.shard, rp.lsn, r.cfg.FreezeTimeout)
+					return
+				}
+				if rctx.Err() == nil {
+					r.log.Warn("replica not checked at cut-over", "shard", rp.shard, "replica", rp.dsn, "err", err)
+				}
+			}
+		}
+		replayed <- nil
+	}()
+	defer func() {
+		rcancel()
+		if replayed != nil {
+			<-replayed
+		}
+	}()
 	r.log.Debug("cut-over step", "job", j.ID, "step", "cutover:caughtup", "since_freeze", time.Since(d.FrozenAt))
 	if err := r.hook("cutover:caughtup"); err != nil {
 		return err
@@ -564,6 +597,14 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 			}
 		}
 	}
+	err = <-replayed
+	replayed = nil
+	if err != nil {
+		return r.abortCutover(ctx, j, d, err)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	r.log.Debug("cut-over step", "job", j.ID, "step", "cutover:disabled", "since_freeze", time.Since(d.FrozenAt))
 	if err := r.hook("cutover:disabled"); err != nil {
 		return err
@@ -582,6 +623,27 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 		return err
 	}
 	return r.afterRing(ctx, j, d, nm.RingVersion())
+}
+
+var errTimeout = errors.New("timed out")
+
+// waitReplayed waits until the replica on c has replayed lsn.
+func waitReplayed(ctx context.Context, c *pgx.Conn, lsn string, deadline time.Time) error {
+	for {
+		var ok *bool
+		if err := c.QueryRow(ctx, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn).Scan(&ok); err != nil {
+			return err
+		}
+		if ok != nil && *ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errTimeout
+		}
+		if err := sleep(ctx, time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // afterRing records the cut-over and commits phase cleanup (f).
@@ -663,17 +725,26 @@ func planRows(d *jobData) int64 {
 func (r *Runner) verify(ctx context.Context, cs *conns, m *shardmap.Map, d *jobData) (string, error) {
 	var rows int64
 	for _, p := range d.Pairs {
-		src, _ := cs.get(ctx, d.dsn(m, p.From))
-		tgt, _ := cs.get(ctx, d.dsn(m, p.To))
+		src, err := cs.get(ctx, d.dsn(m, p.From))
+		if err != nil {
+			return "", err
+		}
+		tgt, err := cs.get(ctx, d.dsn(m, p.To))
+		if err != nil {
+			return "", err
+		}
 		for _, t := range d.Sharded {
 			h := hashExpr(t)
 			q := fmt.Sprintf("SELECT count(*), coalesce(sum(%s::numeric), 0)::text FROM %s WHERE %s", h, quoteIdent(t.Name), shardmap.RangesSQL(p.Ranges, h))
 			var n1, n2 int64
 			var s1, s2 string
-			if err := src.QueryRow(ctx, q).Scan(&n1, &s1); err != nil {
-				return "", fmt.Errorf("verify %s on %s: %w", t.Name, p.From, err)
+			srcErr := make(chan error, 1)
+			go func() { srcErr <- src.QueryRow(ctx, q).Scan(&n1, &s1) }() // both sides at once
+			err := tgt.QueryRow(ctx, q).Scan(&n2, &s2)
+			if err1 := <-srcErr; err1 != nil {
+				return "", fmt.Errorf("verify %s on %s: %w", t.Name, p.From, err1)
 			}
-			if err := tgt.QueryRow(ctx, q).Scan(&n2, &s2); err != nil {
+			if err != nil {
 				return "", fmt.Errorf("verify %s on %s: %w", t.Name, p.To, err)
 			}
 			if n1 != n2 || s1 != s2 {
