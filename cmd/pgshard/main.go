@@ -269,6 +269,10 @@ func run(args []string) error {
 				if err := srv.Reload(next); err != nil {
 					log.Error("reload failed; keeping the running configuration", "err", err)
 				}
+				if next.Resharding != cfg.Resharding {
+					// The resharder was built with the login at start.
+					log.Warn("reload: these settings need a restart and were not applied", "settings", "resharding")
+				}
 				continue
 			}
 			log.Info("shutting down", "signal", sig.String(), "timeout", cfg.ShutdownTimeout.Duration.String())
