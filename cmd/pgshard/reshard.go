@@ -176,7 +176,8 @@ func (n *raftNodes) adminURLOf(id string) string {
 // each member still waited for and why (behind, unreachable, admin URL not
 // known).
 func (n *raftNodes) WaitApplied(ctx context.Context, v uint64) error {
-	done := map[string]bool{} // versions only grow: a member is asked until it reports v
+	done := map[string]bool{}  // versions only grow: a member is asked until it reports v
+	why := map[string]string{} // the last thing learnt of a member not done
 	delay := 2 * time.Millisecond
 	for {
 		servers, err := n.store.Servers()
@@ -201,10 +202,17 @@ func (n *raftNodes) WaitApplied(ctx context.Context, v uint64) error {
 		}
 		wg.Wait()
 		for i, id := range todo {
-			if whys[i] == "" {
+			switch {
+			case whys[i] == "":
 				done[id] = true
-			} else {
-				waiting = append(waiting, id+" ("+whys[i]+")")
+			case ctx.Err() != nil && why[id] != "":
+				// The request was cut by the deadline: what the member
+				// answered before says more.
+			default:
+				why[id] = whys[i]
+			}
+			if !done[id] {
+				waiting = append(waiting, id+" ("+why[id]+")")
 			}
 		}
 		if len(waiting) == 0 && len(servers) > 0 {
