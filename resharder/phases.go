@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -597,6 +598,7 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 			}
 		}
 	}
+	r.log.Debug("cut-over step", "job", j.ID, "step", "workers stopped", "since_freeze", time.Since(d.FrozenAt))
 	err = <-replayed
 	replayed = nil
 	if err != nil {
@@ -721,52 +723,107 @@ func planRows(d *jobData) int64 {
 
 // verify counts, per moved table and pair, the rows of the moving ranges
 // and the sum of their key hashes on the source and on the target. It runs
-// in the cut-over, when neither side changes them.
+// in the cut-over, when neither side changes them: one scan per table and
+// server (a FILTER per pair), the servers in parallel.
 func (r *Runner) verify(ctx context.Context, cs *conns, m *shardmap.Map, d *jobData) (string, error) {
-	var rows int64
+	type tally struct {
+		n   int64
+		sum string
+	}
+	var servers []string
 	for _, p := range d.Pairs {
-		src, err := cs.get(ctx, d.dsn(m, p.From))
+		for _, s := range []string{p.From, p.To} {
+			if !slices.Contains(servers, s) {
+				servers = append(servers, s)
+			}
+		}
+	}
+	type work struct {
+		c       *pgx.Conn
+		queries []string
+		keys    [][]string // per query, the result keys of its columns (pairs of n and sum)
+		out     map[string]tally
+		err     error
+	}
+	works := make([]*work, len(servers))
+	for i, s := range servers {
+		c, err := cs.get(ctx, d.dsn(m, s))
 		if err != nil {
 			return "", err
 		}
-		tgt, err := cs.get(ctx, d.dsn(m, p.To))
-		if err != nil {
-			return "", err
-		}
+		w := &work{c: c, out: map[string]tally{}}
 		for _, t := range d.Sharded {
-			h := hashExpr(t)
-			q := fmt.Sprintf("SELECT count(*), coalesce(sum(%s::numeric), 0)::text FROM %s WHERE %s", h, quoteIdent(t.Name), shardmap.RangesSQL(p.Ranges, h))
-			var n1, n2 int64
-			var s1, s2 string
-			srcErr := make(chan error, 1)
-			go func() { srcErr <- src.QueryRow(ctx, q).Scan(&n1, &s1) }() // both sides at once
-			err := tgt.QueryRow(ctx, q).Scan(&n2, &s2)
-			if err1 := <-srcErr; err1 != nil {
-				return "", fmt.Errorf("verify %s on %s: %w", t.Name, p.From, err1)
+			var cols, keys []string
+			for pi, p := range d.Pairs {
+				if p.From != s && p.To != s {
+					continue
+				}
+				in := shardmap.RangesSQL(p.Ranges, "h")
+				cols = append(cols, fmt.Sprintf("count(*) FILTER (WHERE %s), coalesce(sum(h::numeric) FILTER (WHERE %s), 0)::text", in, in))
+				keys = append(keys, fmt.Sprintf("%d/%s", pi, t.Name))
 			}
-			if err != nil {
-				return "", fmt.Errorf("verify %s on %s: %w", t.Name, p.To, err)
+			w.queries = append(w.queries, fmt.Sprintf("SELECT %s FROM (SELECT %s AS h FROM %s) s", strings.Join(cols, ", "), hashExpr(t), quoteIdent(t.Name)))
+			w.keys = append(w.keys, keys)
+		}
+		for pi, p := range d.Pairs {
+			if !p.Ref || (p.From != s && p.To != s) {
+				continue
 			}
-			if n1 != n2 || s1 != s2 {
-				return "", fmt.Errorf("verify %s %s→%s: source has %d rows (key sum %s), target %d (key sum %s)", t.Name, p.From, p.To, n1, s1, n2, s2)
+			for _, t := range d.Reference {
+				w.queries = append(w.queries, fmt.Sprintf("SELECT count(*), '' FROM %s", quoteIdent(t.Name)))
+				w.keys = append(w.keys, []string{fmt.Sprintf("%d/%s", pi, t.Name)})
 			}
-			rows += n1
+		}
+		works[i] = w
+	}
+	done := make(chan struct{}, len(works))
+	for _, w := range works {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for qi, q := range w.queries {
+				vals := make([]any, 0, 2*len(w.keys[qi]))
+				ts := make([]tally, len(w.keys[qi]))
+				for k := range ts {
+					vals = append(vals, &ts[k].n, &ts[k].sum)
+				}
+				if err := w.c.QueryRow(ctx, q).Scan(vals...); err != nil {
+					w.err = fmt.Errorf("verify: %s: %w", firstLine(q), err)
+					return
+				}
+				for k, key := range w.keys[qi] {
+					w.out[key] = ts[k]
+				}
+			}
+		}()
+	}
+	for range works {
+		<-done
+	}
+	for _, w := range works {
+		if w.err != nil {
+			return "", w.err
+		}
+	}
+	var rows int64
+	for pi, p := range d.Pairs {
+		src := works[slices.Index(servers, p.From)].out
+		tgt := works[slices.Index(servers, p.To)].out
+		names := make([]string, 0, len(d.Sharded)+len(d.Reference))
+		for _, t := range d.Sharded {
+			names = append(names, t.Name)
 		}
 		if p.Ref {
 			for _, t := range d.Reference {
-				q := fmt.Sprintf("SELECT count(*) FROM %s", quoteIdent(t.Name))
-				var n1, n2 int64
-				if err := src.QueryRow(ctx, q).Scan(&n1); err != nil {
-					return "", err
-				}
-				if err := tgt.QueryRow(ctx, q).Scan(&n2); err != nil {
-					return "", err
-				}
-				if n1 != n2 {
-					return "", fmt.Errorf("verify reference table %s: %s has %d rows, %s %d", t.Name, p.From, n1, p.To, n2)
-				}
-				rows += n1
+				names = append(names, t.Name)
 			}
+		}
+		for _, name := range names {
+			key := fmt.Sprintf("%d/%s", pi, name)
+			a, b := src[key], tgt[key]
+			if a != b {
+				return "", fmt.Errorf("verify %s %s→%s: source has %d rows (key sum %s), target %d (key sum %s)", name, p.From, p.To, a.n, a.sum, b.n, b.sum)
+			}
+			rows += a.n
 		}
 	}
 	return fmt.Sprintf("counts and key sums equal at cut-over (%d rows)", rows), nil

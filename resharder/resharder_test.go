@@ -467,7 +467,7 @@ func (e *env) check(skip string) {
 			e.t.Errorf("%s (on ring: %v) has %d countries", name, onRing, countries)
 		}
 	}
-	if (totals["devices"] != 600 || totals["sessions"] != 600) {
+	if totals["devices"] != 600 || totals["sessions"] != 600 {
 		e.t.Errorf("devices and sessions on the shards: %v, want 600 each", totals)
 	}
 	e.mu.Lock()
