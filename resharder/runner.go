@@ -267,6 +267,11 @@ func (r *Runner) Start(ctx context.Context, s Spec) (*Status, error) {
 	defer r.mu.Unlock()
 	m := r.cfg.Store.Map()
 	if j, ok := activeJob(m); ok {
+		if d, err := decodeData(j); err == nil && sameSpec(d.Spec, s) {
+			// The same request again (a client or a forwarding node
+			// that lost the answer and retried): the job it started.
+			return r.status(ctx, j, false)
+		}
 		return nil, fmt.Errorf("job %s is in phase %s: %w", j.ID, j.Phase, ErrJobRunning)
 	}
 	pl, err := r.plan(ctx, m, s)
@@ -330,6 +335,18 @@ func (r *Runner) Start(ctx context.Context, s Spec) (*Status, error) {
 	r.poke()
 	j, _ := nm.Job(id)
 	return r.status(ctx, j, false)
+}
+
+// sameSpec reports whether b asks for what the job with spec a does (b's
+// database may be left to the default).
+func sameSpec(a, b Spec) bool {
+	if b.Database != "" && b.Database != a.Database {
+		return false
+	}
+	if (a.Add == nil) != (b.Add == nil) || a.Remove != b.Remove {
+		return false
+	}
+	return a.Add == nil || a.Add.Name == b.Add.Name && a.Add.Primary == b.Add.Primary && slices.Equal(a.Add.Replicas, b.Add.Replicas)
 }
 
 func (r *Runner) poke() {
