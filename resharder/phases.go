@@ -336,7 +336,12 @@ JOIN pg_database db ON db.oid = s.subdbid WHERE db.datname = current_database() 
 			return "", err
 		}
 		if total == 0 || notReady > 0 {
-			return fmt.Sprintf("%s: %d of %d tables copying from %s", p.To, notReady, total, p.From), nil
+			why := fmt.Sprintf("%s: %d of %d tables copying from %s", p.To, notReady, total, p.From)
+			var syncErrs, applyErrs int64
+			if err := tgt.QueryRow(ctx, "SELECT sync_error_count, apply_error_count FROM pg_stat_subscription_stats WHERE subname = $1", p.Name).Scan(&syncErrs, &applyErrs); err == nil && syncErrs+applyErrs > 0 {
+				why += fmt.Sprintf(" (%d copy and %d apply errors so far: see %s's server log)", syncErrs, applyErrs, p.To)
+			}
+			return why, nil
 		}
 		src, err := cs.get(ctx, d.dsn(m, p.From))
 		if err != nil {

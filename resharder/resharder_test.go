@@ -906,3 +906,34 @@ func TestResumeCancel(t *testing.T) {
 	}
 	e.check("spare0")
 }
+
+// TestCancelRemove: a cancelled remove deletes the copies from the
+// receiving shards and leaves the shard active with its ranges.
+func TestCancelRemove(t *testing.T) {
+	e := newEnv(t, "shard0", "shard1", "spare0")
+	before := e.store.Map()
+	e.startWriters()
+	var r *Runner
+	r = e.runner(func(step string) error {
+		if step == "copy:synced" {
+			if _, err := r.Cancel(context.Background()); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	})
+	if _, err := r.Start(e.ctx(time.Minute), Spec{Remove: "spare0"}); err != nil {
+		t.Fatal(err)
+	}
+	st := e.runJob(r, 60*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	e.stopWriters()
+	if st.Phase != PhaseCancelled {
+		t.Fatalf("status %+v", st)
+	}
+	m := e.store.Map()
+	if sh, ok := m.Shard("spare0"); !ok || sh.State != shardmap.ShardActive || !sameRing(m.Ring(), before.Ring()) {
+		t.Fatalf("map after cancel: %v", m.Shards())
+	}
+	e.check("")
+}
