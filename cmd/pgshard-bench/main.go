@@ -35,6 +35,7 @@ type options struct {
 	pgshardBin, jsonOut, dir string
 	modes, targets           []string
 	sharded                  shardedOptions
+	reshard                  reshardOptions
 }
 
 func main() {
@@ -76,6 +77,12 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.sharded.scanReps, "scan-reps", 5, "sharded mode: runs of the scatter query per protocol and target")
 	fs.IntVar(&o.sharded.commits, "commits", 300, "sharded mode: statements per case of the two-shard commit measurement")
 	fs.IntVar(&o.sharded.insertBatch, "insert-batch", 1000, "sharded mode: rows per multi-row INSERT when loading the keyed table through pgshard")
+	fs.IntVar(&o.reshard.rows, "reshard-rows", 1000000, "resharding mode: rows of the table a reshard job splits from 1 shard to 2 (0 skips the mode)")
+	fs.IntVar(&o.reshard.writers, "reshard-writers", 4, "resharding mode: writers through pgshard during the job")
+	o.reshard.pause = 2 * time.Millisecond
+	fs.DurationVar(&o.reshard.pause, "reshard-pause", o.reshard.pause, "resharding mode: each writer's pause between statements")
+	fs.IntVar(&o.reshard.baselineReps, "reshard-baseline-reps", 2, "resharding mode: runs of the plain COPY baseline")
+	fs.IntVar(&o.reshard.replicas, "reshard-replicas", 0, "resharding mode: streaming replicas of the shard and of the new shard")
 	shardedModes := fs.String("sharded-modes", "simple,prepared", "sharded mode: pgbench protocol modes (-M) of the keyed runs")
 	pgbin := os.Getenv("PGSHARD_PGBIN")
 	if pgbin == "" {
@@ -93,6 +100,7 @@ func parseFlags(args []string) (options, error) {
 	o.modes = splitList(*modes)
 	o.targets = splitList(*targets)
 	o.sharded.modes = splitList(*shardedModes)
+	o.reshard.verbose = o.verbose
 	var errs []error
 	for _, m := range o.sharded.modes {
 		if !slices.Contains([]string{"simple", "extended", "prepared"}, m) {
@@ -103,8 +111,11 @@ func parseFlags(args []string) (options, error) {
 		so.scanReps < 1 || so.commits < 1 || so.insertBatch < 1 || len(so.modes) == 0 || 4*so.commits > so.rows/2) {
 		errs = append(errs, errors.New("sharded mode: -sharded-duration must be ≥1s, -sharded-rounds, -scan-reps, -commits, -insert-batch ≥1, -sharded-rows ≥100 and ≥ 8×-commits, -scan-rows ≥2, -sharded-modes not empty"))
 	}
-	if len(o.targets) == 0 && !o.sharded.enabled {
-		errs = append(errs, errors.New("nothing to measure: -targets is empty and -sharded=false"))
+	if len(o.targets) == 0 && !o.sharded.enabled && !o.reshard.enabled() {
+		errs = append(errs, errors.New("nothing to measure: -targets is empty, -sharded=false and -reshard-rows 0"))
+	}
+	if ro := o.reshard; ro.rows < 0 || ro.enabled() && (ro.rows < 100 || ro.writers < 0 || ro.pause < 0 || ro.baselineReps < 1 || ro.replicas < 0) {
+		errs = append(errs, errors.New("resharding mode: -reshard-rows must be 0 or ≥100, -reshard-baseline-reps ≥1, -reshard-writers, -reshard-pause, -reshard-replicas ≥0"))
 	}
 	for _, m := range o.modes {
 		if !slices.Contains([]string{"simple", "extended", "prepared"}, m) {
@@ -391,6 +402,24 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 			srep.printText(stdout)
 		}
 		err = errors.Join(err, serr)
+	}
+	if o.reshard.enabled() && ctx.Err() == nil {
+		// The peers (and the sharded mode's servers) are stopped by now.
+		for _, p := range slices.Backward(procs) {
+			if serr := p.stop(10 * time.Second); serr != nil {
+				err = errors.Join(err, serr)
+			}
+		}
+		rrep, rerr := runReshard(ctx, o.reshard, logf, vlogf)
+		if rrep != nil {
+			if rerr != nil {
+				rrep.Error = rerr.Error()
+				rrep.summarize()
+			}
+			rep.Reshard = rrep
+			rrep.printText(stdout)
+		}
+		err = errors.Join(err, rerr)
 	}
 	if o.jsonOut != "" {
 		if jerr := rep.writeJSON(o.jsonOut, stdout); jerr != nil {

@@ -82,6 +82,8 @@ type report struct {
 	Runs              []runResult  `json:"runs"`
 	// Sharded is the sharded mode (nil with -sharded=false).
 	Sharded *shardedReport `json:"sharded,omitempty"`
+	// Reshard is the resharding mode (nil with -reshard-rows 0).
+	Reshard *reshardReport `json:"reshard,omitempty"`
 }
 
 // naPrepared is the table entry for pgbouncer -M prepared when it failed.

@@ -210,7 +210,7 @@ func TestParseFlagsSharded(t *testing.T) {
 	if o, err := parseFlags([]string{"-targets", ""}); err != nil || len(o.targets) != 0 {
 		t.Fatalf("-targets '': %v, %v", o.targets, err)
 	}
-	for _, args := range [][]string{{"-targets", "", "-sharded=false"}, {"-sharded-modes", "bogus"}, {"-commits", "20000"}, {"-sharded-duration", "0"}} {
+	for _, args := range [][]string{{"-targets", "", "-sharded=false", "-reshard-rows", "0"}, {"-sharded-modes", "bogus"}, {"-commits", "20000"}, {"-sharded-duration", "0"}} {
 		if _, err := parseFlags(args); err == nil {
 			t.Errorf("parseFlags(%v) accepted", args)
 		}
