@@ -427,8 +427,15 @@ func (r *Runner) cutover(ctx context.Context, j shardmap.Job, d *jobData) error 
 		if err != nil {
 			return err
 		}
-		if err := enableSub(ctx, c, p.Name); err != nil { // a redone cut-over
-			return err
+		var enabled bool
+		if err := c.QueryRow(ctx, "SELECT subenabled FROM pg_subscription WHERE subname = $1", p.Name).Scan(&enabled); err != nil {
+			return fmt.Errorf("subscription %s on %s: %w", p.Name, p.To, err)
+		}
+		if !enabled {
+			// A cut-over redone after (d): its workers would take a while
+			// to start again, so the freeze is given up and copy waits
+			// for them instead.
+			return r.abortCutover(ctx, j, d, fmt.Errorf("cut-over resumed with subscription %s disabled", p.Name))
 		}
 	}
 	// (a)
