@@ -56,7 +56,48 @@
 // hashint8extended(user_id, 0) lies outside the ranges the map gives it
 // (must be none), and count(*) through pgshard. Targets of issue 8 are
 // printed next to the figures ("met"/"MISSED"); nothing asserts them.
-// -targets "" skips the peers and runs only the sharded mode.
+// -targets "" skips the peers; -targets "" -sharded=false runs only the
+// resharding mode (pgbouncer and pgpool-II are then not needed).
+//
+// Then, unless -reshard-rows 0, the resharding mode (reshard.go) measures
+// an online reshard job against a plain copy of the same rows. It starts
+// its own PostgreSQL topology, a shard primary (shard0) and a spare one
+// (spare0, outside the map), an in-process pgshard proxy (proxy.Server)
+// over an in-memory shard map (the resharder's Store: shardmap commands
+// applied under a mutex, each new map handed to the proxy's SetShards and
+// SetMap before Apply returns; its Nodes waits for the proxy's MapVersion)
+// and an in-process resharder.Runner. Then:
+//
+//  1. bench_reshard (user_id bigint PRIMARY KEY, v, name, a 32-character
+//     pad, created; -reshard-rows rows) is loaded by COPY on shard0. The
+//     job's Plan for adding spare0 gives the ranges that move (about half
+//     the rows); they are counted on shard0.
+//  2. The baseline, -reshard-baseline-reps times: COPY (SELECT … WHERE
+//     <the moving ranges on hashint8extended(user_id, 0)>) TO STDOUT on
+//     shard0 piped (pgconn CopyTo → io.Pipe → CopyFrom) into COPY … FROM
+//     STDIN of an identical table on spare0, which is dropped afterwards:
+//     rows/s, and MB/s of the COPY text stream. One more run after the
+//     job copies the same rows back (spare0 → shard0) to bracket the
+//     machine's noise; the ratio below uses the median of all runs.
+//  3. -reshard-writers writers start through the proxy, autocommit INSERTs
+//     of new keys and UPDATE … WHERE user_id = $1 of loaded keys, 3 in 4 on
+//     the moving ranges, -reshard-pause between statements; after 2 s the
+//     job starts (Runner.Start, Runner.Run) and runs to done; the writers
+//     stop 1 s later. The in-memory store notes when each phase is
+//     committed: the copy runs from the job's creation of its subscriptions
+//     (its copy_started, just before phase copy) to its first commit of
+//     phase cutover (every table synchronized, lag under MaxLag). Its rate
+//     is the counted rows (and the baseline's COPY bytes) over that time;
+//     the ratio job / plain COPY (median) is printed against issue 9's
+//     target (≥ 0.5×), with every phase's duration and the whole job's.
+//  4. The cut-over: Status.Cutover (freeze commit → ring commit) and the
+//     writers' latencies before the job, during it on moving and on other
+//     ranges, and of the statements in flight while the ranges were frozen
+//     (p50, p99, max), against issue 9's stall targets (which are for 3
+//     nodes; this is 1). Failed statements and PS001 answers that reached a
+//     client are counted; afterwards every row must be on its owner only,
+//     and the row count and sum(v), on the shards and through pgshard, must
+//     equal the loaded rows plus the acknowledged inserts and updates.
 //
 // Everything it starts runs under one temporary directory and is stopped on
 // exit, on error and on SIGINT/SIGTERM.
@@ -66,4 +107,6 @@
 //	go run ./cmd/pgshard-bench [-duration 10s] [-rounds 3] [-scale 10] [-clients 16] [-json out.json]
 //	    [-sharded=false] [-sharded-duration 4s] [-sharded-rounds 2] [-sharded-rows 100000]
 //	    [-scan-rows 1000000] [-scan-reps 5] [-commits 300]
+//	    [-reshard-rows 1000000] [-reshard-writers 4] [-reshard-pause 2ms]
+//	    [-reshard-baseline-reps 2] [-reshard-replicas 0]
 package main

@@ -176,7 +176,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	if o.verbose {
 		vlogf = logf
 	}
-	for _, bin := range []string{pgbenchBin, pgbouncerBin, pgpoolBin} {
+	// Each binary is needed only by the targets that use it (the
+	// resharding mode alone needs none of them; pgbench -i still loads
+	// the main primary).
+	bins := []string{pgbenchBin}
+	if slices.Contains(o.targets, tPgbouncer) {
+		bins = append(bins, pgbouncerBin)
+	}
+	if slices.Contains(o.targets, tPgpool) {
+		bins = append(bins, pgpoolBin)
+	}
+	for _, bin := range bins {
 		if _, err := os.Stat(bin); err != nil {
 			return fmt.Errorf("%s missing (run scripts/install-deps.sh bench): %w", bin, err)
 		}

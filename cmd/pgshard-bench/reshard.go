@@ -224,13 +224,13 @@ func runReshard(ctx context.Context, ro reshardOptions, logf, vlogf func(string,
 
 	// 2. The baseline: the same rows between the same two servers.
 	for i := 1; i <= ro.baselineReps; i++ {
-		b, err := r.baseline(ctx, cond)
+		b, err := r.baseline(ctx, r.src, r.tgt, cond)
 		if err != nil {
 			return rep, err
 		}
 		b.Rep = i
 		rep.Baseline = append(rep.Baseline, b)
-		logf("reshard: baseline %d: COPY TO | COPY FROM of %d rows (%.1f MB) in %.2fs = %.0f rows/s, %.1f MB/s",
+		logf("reshard: baseline %d (before the job): COPY TO | COPY FROM of %d rows (%.1f MB) in %.2fs = %.0f rows/s, %.1f MB/s",
 			i, b.Rows, float64(b.Bytes)/1e6, b.Seconds, b.RowsPerSec, b.MBPerSec)
 		if b.Rows != rep.MovingRows {
 			rep.Problems = append(rep.Problems, fmt.Sprintf("baseline %d copied %d rows, want %d", i, b.Rows, rep.MovingRows))
@@ -248,10 +248,10 @@ func runReshard(ctx context.Context, ro reshardOptions, logf, vlogf func(string,
 			wl.stop()
 		}
 	}()
-	select { // the writers' reference window before the job
+	select { // the writers' warm-up (1 s) and reference window (2 s) before the job
 	case <-ctx.Done():
 		return rep, ctx.Err()
-	case <-time.After(2 * time.Second):
+	case <-time.After(3 * time.Second):
 	}
 	logf("reshard: starting the job (add %s) with %d writer(s) through pgshard", reshardTarget, ro.writers)
 	jobStart := time.Now()
@@ -292,6 +292,20 @@ func runReshard(ctx context.Context, ro reshardOptions, logf, vlogf func(string,
 	}
 	if err := r.check(ctx, rep, wl); err != nil {
 		return rep, err
+	}
+	// One more baseline after the job, to bracket the machine's noise: the
+	// same rows (the loaded ones of the moved ranges), now on the new
+	// shard, copied back the other way between the same two servers.
+	b, err := r.baseline(ctx, r.tgt, r.src, fmt.Sprintf("%s AND user_id <= %d", cond, ro.rows))
+	if err != nil {
+		return rep, err
+	}
+	b.Rep, b.After = len(rep.Baseline)+1, true
+	rep.Baseline = append(rep.Baseline, b)
+	logf("reshard: baseline %d (after the job, %s → %s): %d rows (%.1f MB) in %.2fs = %.0f rows/s, %.1f MB/s",
+		b.Rep, b.From, b.To, b.Rows, float64(b.Bytes)/1e6, b.Seconds, b.RowsPerSec, b.MBPerSec)
+	if b.Rows != rep.MovingRows {
+		rep.Problems = append(rep.Problems, fmt.Sprintf("baseline %d copied %d rows, want %d", b.Rep, b.Rows, rep.MovingRows))
 	}
 	rep.summarize()
 	rep.Elapsed = time.Since(start).Round(time.Second).String()
@@ -424,25 +438,25 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// baseline copies the moving rows from the source into a fresh copy of the
-// table on the new shard: COPY (SELECT … WHERE <ranges>) TO STDOUT on one
+// baseline copies the rows of cond from server from into a fresh copy of
+// the table on server to: COPY (SELECT … WHERE cond) TO STDOUT on one
 // connection piped into COPY … FROM STDIN on the other, then drops it.
-func (r *reshardRun) baseline(ctx context.Context, cond string) (baselineRun, error) {
-	var b baselineRun
+func (r *reshardRun) baseline(ctx context.Context, from, to *topology.Server, cond string) (baselineRun, error) {
+	b := baselineRun{From: strings.TrimSuffix(from.Name, "-primary"), To: strings.TrimSuffix(to.Name, "-primary")}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
-	if _, err := execSQL(cctx, r.tgt.Port, "DROP TABLE IF EXISTS "+baselineTable+"; "+reshardDDL(baselineTable)); err != nil {
+	if _, err := execSQL(cctx, to.Port, "DROP TABLE IF EXISTS "+baselineTable+"; "+reshardDDL(baselineTable)); err != nil {
 		return b, fmt.Errorf("reshard: baseline: %w", err)
 	}
-	if err := r.tgt.Exec(cctx, appDB, "CHECKPOINT"); err != nil {
+	if err := to.Exec(cctx, appDB, "CHECKPOINT"); err != nil {
 		return b, fmt.Errorf("reshard: baseline: %w", err)
 	}
-	src, err := pgconn.Connect(cctx, appDSN(r.src.Port))
+	src, err := pgconn.Connect(cctx, appDSN(from.Port))
 	if err != nil {
 		return b, fmt.Errorf("reshard: baseline: %w", err)
 	}
 	defer src.Close(context.Background())
-	tgt, err := pgconn.Connect(cctx, appDSN(r.tgt.Port))
+	tgt, err := pgconn.Connect(cctx, appDSN(to.Port))
 	if err != nil {
 		return b, fmt.Errorf("reshard: baseline: %w", err)
 	}
@@ -475,10 +489,10 @@ func (r *reshardRun) baseline(ctx context.Context, cond string) (baselineRun, er
 	b.Rows, b.Bytes, b.Seconds = inTag.RowsAffected(), cw.n, d.Seconds()
 	b.RowsPerSec = float64(b.Rows) / d.Seconds()
 	b.MBPerSec = float64(b.Bytes) / 1e6 / d.Seconds()
-	if _, err := execSQL(cctx, r.tgt.Port, "DROP TABLE "+baselineTable); err != nil {
+	if _, err := execSQL(cctx, to.Port, "DROP TABLE "+baselineTable); err != nil {
 		return b, fmt.Errorf("reshard: baseline: %w", err)
 	}
-	if err := r.tgt.Exec(cctx, appDB, "CHECKPOINT"); err != nil {
+	if err := to.Exec(cctx, appDB, "CHECKPOINT"); err != nil {
 		return b, fmt.Errorf("reshard: baseline: %w", err)
 	}
 	return b, nil
@@ -586,6 +600,7 @@ type writeLoad struct {
 	r        *reshardRun
 	ro       reshardOptions
 	done     chan struct{}
+	started  time.Time
 	wg       sync.WaitGroup
 	inserted atomic.Int64
 	updated  atomic.Int64
@@ -624,6 +639,7 @@ func (w *writeLoad) start(ctx context.Context) error {
 		}
 		conns = append(conns, c)
 	}
+	w.started = time.Now()
 	for i, c := range conns {
 		w.wg.Add(1)
 		go func() {
@@ -729,24 +745,29 @@ func (w *writeLoad) summary(jobStart, jobEnd time.Time, freezeFrom, freezeTo tim
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var s writeSummary
-	var before, moving, other, frozen []float64
+	var before, moving, other, frozen, afterRing []float64
+	toMs := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	for _, x := range w.samples {
 		end := x.start.Add(x.dur)
-		ms := float64(x.dur) / float64(time.Millisecond)
+		ms := toMs(x.dur)
 		switch {
 		case end.Before(jobStart):
-			before = append(before, ms)
+			if !x.start.Before(w.started.Add(time.Second)) { // after the warm-up (first connections to the shard)
+				before = append(before, ms)
+			}
 		case x.start.After(jobEnd):
 		case x.moving:
 			moving = append(moving, ms)
 			if !freezeFrom.IsZero() && x.start.Before(freezeTo) && end.After(freezeFrom) {
 				frozen = append(frozen, ms)
+				afterRing = append(afterRing, toMs(max(0, end.Sub(freezeTo))))
 			}
 		default:
 			other = append(other, ms)
 		}
 	}
 	s.Before, s.Moving, s.Other, s.InFreeze = latencies(before), latencies(moving), latencies(other), latencies(frozen)
+	s.AfterRing = latencies(afterRing)
 	s.Failed, s.FailedSample = w.nfailed, slices.Clone(w.failed)
 	s.Fenced = w.fenced.Load()
 	s.Inserted, s.Updated = w.inserted.Load(), w.updated.Load()

@@ -17,6 +17,9 @@ const (
 // baselineRun is one plain COPY TO | COPY FROM of the moving rows.
 type baselineRun struct {
 	Rep        int     `json:"rep"`
+	From       string  `json:"from"`
+	To         string  `json:"to"`
+	After      bool    `json:"after_job,omitempty"` // run after the job (the rows copied back)
 	Rows       int64   `json:"rows"`
 	Bytes      int64   `json:"bytes"` // of the COPY text stream
 	Seconds    float64 `json:"seconds"`
@@ -55,9 +58,12 @@ type writeSummary struct {
 	Moving   latencyStats `json:"during_job_moving"`
 	Other    latencyStats `json:"during_job_other"`
 	InFreeze latencyStats `json:"moving_in_flight_during_freeze"`
-	Inserted int64        `json:"inserted"`
-	Updated  int64        `json:"updated"`
-	Failed   int          `json:"failed"`
+	// AfterRing is, for those, the time from the ring's commit to their
+	// end (what the new owner took: connections, the statement).
+	AfterRing latencyStats `json:"in_freeze_after_ring_commit"`
+	Inserted  int64        `json:"inserted"`
+	Updated   int64        `json:"updated"`
+	Failed    int          `json:"failed"`
 	// FailedSample holds the first few failures.
 	FailedSample []string `json:"failed_sample,omitempty"`
 	// Fenced counts PS001 answers that reached a client (the proxy
@@ -219,10 +225,14 @@ func (r *reshardReport) printText(w io.Writer) {
 	fmt.Fprintf(w, "\n1. copy rate: the same rows, the same two servers, the same run\n\n")
 	rows := [][]string{{"copy", "rows", "seconds", "rows/s", "MB/s"}}
 	for _, b := range r.Baseline {
-		rows = append(rows, []string{fmt.Sprintf("plain COPY (SELECT … WHERE <moving ranges>) TO STDOUT | COPY … FROM STDIN, run %d", b.Rep),
+		when := "before the job"
+		if b.After {
+			when = "after the job"
+		}
+		rows = append(rows, []string{fmt.Sprintf("plain COPY (SELECT … WHERE <moving ranges>) TO STDOUT | COPY … FROM STDIN, %s → %s, %s", b.From, b.To, when),
 			fmt.Sprint(b.Rows), fmt.Sprintf("%.2f", b.Seconds), fmt.Sprintf("%.0f", b.RowsPerSec), fmt.Sprintf("%.1f", b.MBPerSec)})
 	}
-	rows = append(rows, []string{"plain COPY, median", "", "", fmtF(r.BaselineRowsPerSec, "%.0f"), fmtF(r.BaselineMBPerSec, "%.1f")})
+	rows = append(rows, []string{"plain COPY, median of the runs", "", "", fmtF(r.BaselineRowsPerSec, "%.0f"), fmtF(r.BaselineMBPerSec, "%.1f")})
 	copyS := "-"
 	if r.CopySec > 0 {
 		copyS = fmt.Sprintf("%.2f", r.CopySec)
@@ -234,6 +244,7 @@ func (r *reshardReport) printText(w io.Writer) {
 	fmt.Fprintf(w, "   job phases: prepare %s, copy %s, cut-over phase %s, cleanup %s (deleting the moved rows from the source); whole job %s\n",
 		secs(r.PrepareSec), secs(r.CopySec), secs(r.CutoverPhaseSec), secs(r.CleanupSec), secs(r.JobSec))
 	fmt.Fprintln(w, "   MB/s: bytes of the rows as COPY text (the baseline's stream; the job's initial sync sends the same text) over the copy's duration.")
+	fmt.Fprintln(w, "   The plain COPY runs before the job and once after it (the same rows copied back the other way) to bracket the machine's noise.")
 
 	ws := r.Writes
 	fmt.Fprintf(w, "\n2. cut-over: freeze %s (Status.Cutover: freeze commit → ring commit), %d attempt(s)",
@@ -248,7 +259,7 @@ func (r *reshardReport) printText(w io.Writer) {
 		name string
 		l    latencyStats
 	}{{"before the job (reference)", ws.Before}, {"during the job, moving ranges", ws.Moving}, {"during the job, other ranges", ws.Other},
-		{"moving ranges, in flight during the freeze", ws.InFreeze}} {
+		{"moving ranges, in flight during the freeze", ws.InFreeze}, {"  of which after the ring's commit", ws.AfterRing}} {
 		rows = append(rows, []string{x.name, fmt.Sprint(x.l.N), fmt.Sprintf("%.1f", x.l.P50), fmt.Sprintf("%.1f", x.l.P99), fmt.Sprintf("%.1f", x.l.Max)})
 	}
 	writeTable(w, rows, 1)
@@ -258,6 +269,7 @@ func (r *reshardReport) printText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "   stall on moving ranges during the job: p99 %s (target < %.0f ms: %s), max %s (target < %.0f ms: %s); targets are for 3 nodes, this is 1\n",
 		fmtF(p99, "%.1f ms"), targetStallP99, verdict(p99, targetStallP99, true), fmtF(mx, "%.1f ms"), targetStallMax, verdict(mx, targetStallMax, true))
+	fmt.Fprintln(w, "   before the job: from 1 s after the writers started (their first statements open the proxy's connections) to the job's start.")
 	fmt.Fprintf(w, "   failed statements: %d; PS001 (fenced) answers that reached a client: %d\n", ws.Failed, ws.Fenced)
 	if r.Check != "" {
 		fmt.Fprintln(w, "   check after the job:", r.Check)

@@ -27,7 +27,7 @@ func TestReshardMode(t *testing.T) {
 	if len(rep.Problems) > 0 {
 		t.Errorf("problems: %q", rep.Problems)
 	}
-	if rep.MovingRows <= 0 || rep.MovingRows >= int64(ro.rows) || len(rep.Baseline) != 1 || rep.Baseline[0].Rows != rep.MovingRows {
+	if rep.MovingRows <= 0 || rep.MovingRows >= int64(ro.rows) || len(rep.Baseline) != 2 || rep.Baseline[0].Rows != rep.MovingRows || rep.Baseline[1].Rows != rep.MovingRows {
 		t.Errorf("moving rows %d, baseline %+v", rep.MovingRows, rep.Baseline)
 	}
 	if rep.Phase != "done" || rep.CopyRowsPerSec == nil || rep.Ratio == nil || rep.Cutover <= 0 || rep.Writes.Moving.N == 0 || rep.Writes.Failed != 0 {
@@ -37,8 +37,9 @@ func TestReshardMode(t *testing.T) {
 	rep.printText(&out)
 	t.Log("\n" + out.String())
 	for _, want := range []string{
-		"plain COPY (SELECT … WHERE <moving ranges>) TO STDOUT | COPY … FROM STDIN, run 1",
-		"plain COPY, median", "reshard job, copy phase", "rows/s", "MB/s", "job / plain COPY: ", "(target ≥ 0.5×: ",
+		"plain COPY (SELECT … WHERE <moving ranges>) TO STDOUT | COPY … FROM STDIN, shard0 → spare0, before the job",
+		"plain COPY (SELECT … WHERE <moving ranges>) TO STDOUT | COPY … FROM STDIN, spare0 → shard0, after the job",
+		"plain COPY, median of the runs", "reshard job, copy phase", "rows/s", "MB/s", "job / plain COPY: ", "(target ≥ 0.5×: ",
 		"job phases: prepare ", "whole job ", "2. cut-over: freeze ", "during the job, moving ranges", "during the job, other ranges",
 		"moving ranges, in flight during the freeze", "stall on moving ranges during the job: p99 ", "check after the job: rows: shard0 ",
 	} {
