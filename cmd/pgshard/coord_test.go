@@ -120,7 +120,18 @@ func coordCluster(t *testing.T) []*coordNode {
 	c := admin.NewClient(nodes[0].url, coordToken)
 	for i := 1; i < 3; i++ {
 		nd := startCoordNode(t, fmt.Sprintf("n%d", i), false, nodes[0].url)
-		if _, err := c.Join(ctx, admin.JoinRequest{ID: nd.store.ID(), Addr: nd.store.Addr(), AdminURL: nd.url}); err != nil {
+		for attempt := 0; ; attempt++ {
+			_, err := c.Join(ctx, admin.JoinRequest{ID: nd.store.ID(), Addr: nd.store.Addr(), AdminURL: nd.url})
+			if err == nil {
+				break
+			}
+			// On a loaded machine a heartbeat can time out while the
+			// cluster grows: the leader steps down mid-join. Joining again
+			// is idempotent.
+			if attempt < 5 && (strings.Contains(err.Error(), "leadership lost") || strings.Contains(err.Error(), "no Raft leader") || strings.Contains(err.Error(), "not the leader")) {
+				time.Sleep(500 * time.Millisecond)
+				continue
+			}
 			t.Fatalf("join n%d: %v", i, err)
 		}
 		nodes = append(nodes, nd)
