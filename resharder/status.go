@@ -32,7 +32,16 @@ func (r *Runner) status(ctx context.Context, j shardmap.Job, live bool) (*Status
 		tp := TableProgress{TableMove: t}
 		switch j.Phase {
 		case PhaseCutover, PhaseCleanup, PhaseDone:
-			tp.Copied = t.Rows
+			tp.Copied = t.Rows // the plan's figure, unless this node counted
+			for _, p := range d.Pairs {
+				if p.From == t.From && p.To == t.To {
+					r.pmu.Lock()
+					if n, ok := r.counted[j.ID+"/"+p.Name+"/"+t.Table]; ok {
+						tp.Copied = n
+					}
+					r.pmu.Unlock()
+				}
+			}
 		}
 		st.Tables = append(st.Tables, tp)
 	}
