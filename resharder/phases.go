@@ -51,6 +51,16 @@ func (r *Runner) prepare(ctx context.Context, j shardmap.Job, d *jobData) error 
 	if err := r.hook("prepare:fence"); err != nil {
 		return err
 	}
+	// Copies must not land on a shard before every proxy excludes them
+	// from scatter statements: wait until every node routes by a map
+	// that has the job's moving ranges (this job record's version).
+	r.setWaiting("every node applying the job's moving ranges")
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := r.cfg.Nodes.WaitApplied(wctx, j.Updated)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("waiting for every node to apply the job's moving ranges (the phase is retried): %w", err)
+	}
 	for i, p := range d.Pairs {
 		src, err := cs.get(ctx, d.dsn(m, p.From))
 		if err != nil {
@@ -78,7 +88,7 @@ func (r *Runner) prepare(ctx context.Context, j shardmap.Job, d *jobData) error 
 	}
 	d.CopyStarted = time.Now().UTC()
 	d.Error = ""
-	_, err := r.commit(ctx, j, d, PhaseCopy, nil)
+	_, err = r.commit(ctx, j, d, PhaseCopy, nil)
 	return err
 }
 
