@@ -60,6 +60,22 @@ func waitLeader(t *testing.T, s *Store) {
 	})
 }
 
+// leaderOf waits until one of stores leads and returns it.
+func leaderOf(t *testing.T, stores []*Store) *Store {
+	t.Helper()
+	var l *Store
+	testutil.WaitFor(t, 10*time.Second, "a leader", func() error {
+		for _, s := range stores {
+			if s.IsLeader() {
+				l = s
+				return nil
+			}
+		}
+		return errors.New("no leader")
+	})
+	return l
+}
+
 // copyDir copies a data dir (files and directories) for damage tests.
 func copyDir(t *testing.T, src, dst string) {
 	t.Helper()
@@ -250,15 +266,31 @@ func TestClusterOnDiskTCP(t *testing.T) {
 	}
 	t.Cleanup(closeAll)
 	waitLeader(t, stores[0])
+	// On a loaded machine the leader can step down while the cluster
+	// grows (a new voter slow to answer): retry through whoever leads.
 	for i := 1; i < 3; i++ {
-		if err := stores[0].AddVoter(ctx, ids[i], addrs[i]); err != nil {
+		for attempt := 0; ; attempt++ {
+			err := leaderOf(t, stores).AddVoter(ctx, ids[i], addrs[i])
+			if err == nil {
+				break
+			}
+			if attempt < 5 && (errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrNotLeader)) {
+				continue
+			}
 			t.Fatal(err)
 		}
 	}
 	var m *Map
 	for _, cmd := range historyLog() {
-		if got, err := stores[0].Apply(ctx, cmd); err == nil {
-			m = got
+		for attempt := 0; ; attempt++ {
+			got, err := leaderOf(t, stores).Apply(ctx, cmd)
+			if err == nil {
+				m = got
+			}
+			if attempt < 5 && (errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrNotLeader)) {
+				continue // rejected commands stay rejected; lost ones are retried
+			}
+			break
 		}
 	}
 	want := mustJSON(t, m)
