@@ -79,7 +79,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.sharded.insertBatch, "insert-batch", 1000, "sharded mode: rows per multi-row INSERT when loading the keyed table through pgshard")
 	fs.IntVar(&o.reshard.rows, "reshard-rows", 1000000, "resharding mode: rows of the table a reshard job splits from 1 shard to 2 (0 skips the mode)")
 	fs.IntVar(&o.reshard.writers, "reshard-writers", 4, "resharding mode: writers through pgshard during the job")
-	o.reshard.pause = 2 * time.Millisecond
+	o.reshard.pause = 10 * time.Millisecond
 	fs.DurationVar(&o.reshard.pause, "reshard-pause", o.reshard.pause, "resharding mode: each writer's pause between statements")
 	fs.IntVar(&o.reshard.baselineReps, "reshard-baseline-reps", 2, "resharding mode: runs of the plain COPY baseline")
 	fs.IntVar(&o.reshard.replicas, "reshard-replicas", 0, "resharding mode: streaming replicas of the shard and of the new shard")

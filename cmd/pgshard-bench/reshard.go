@@ -222,22 +222,10 @@ func runReshard(ctx context.Context, ro reshardOptions, logf, vlogf func(string,
 	logf("reshard: plan: %d range(s) (of the ring's %d) move from %s to %s: %d of %d rows (plan estimate %d rows, %.1f MB)",
 		len(r.ranges), len(r.store.Map().Ring().Ranges(reshardSource)), reshardSource, reshardTarget, rep.MovingRows, ro.rows, rep.PlanRows, float64(rep.PlanBytes)/1e6)
 
-	// 2. The baseline: the same rows between the same two servers.
-	for i := 1; i <= ro.baselineReps; i++ {
-		b, err := r.baseline(ctx, r.src, r.tgt, cond)
-		if err != nil {
-			return rep, err
-		}
-		b.Rep = i
-		rep.Baseline = append(rep.Baseline, b)
-		logf("reshard: baseline %d (before the job): COPY TO | COPY FROM of %d rows (%.1f MB) in %.2fs = %.0f rows/s, %.1f MB/s",
-			i, b.Rows, float64(b.Bytes)/1e6, b.Seconds, b.RowsPerSec, b.MBPerSec)
-		if b.Rows != rep.MovingRows {
-			rep.Problems = append(rep.Problems, fmt.Sprintf("baseline %d copied %d rows, want %d", i, b.Rows, rep.MovingRows))
-		}
-	}
-
-	// 1 and 3. The job, under a keyed write load through the proxy.
+	// The writers run from here to the end, so that the plain COPYs and
+	// the job's copy compete with the same load: 1 s of warm-up (the
+	// proxy's first connections), 2 s of reference, the baselines, the
+	// job, the last baseline.
 	wl := newWriteLoad(r, ro)
 	if err := wl.start(ctx); err != nil {
 		return rep, err
@@ -248,10 +236,45 @@ func runReshard(ctx context.Context, ro reshardOptions, logf, vlogf func(string,
 			wl.stop()
 		}
 	}()
-	select { // the writers' warm-up (1 s) and reference window (2 s) before the job
-	case <-ctx.Done():
-		return rep, ctx.Err()
-	case <-time.After(3 * time.Second):
+	sleep := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	if err := sleep(3 * time.Second); err != nil {
+		return rep, err
+	}
+	refEnd := time.Now()
+	baseline := func(from, to *topology.Server, cond string, after bool) error {
+		b, err := r.baseline(ctx, from, to, cond)
+		if err != nil {
+			return err
+		}
+		b.Rep, b.After = len(rep.Baseline)+1, after
+		rep.Baseline = append(rep.Baseline, b)
+		logf("reshard: baseline %d (%s → %s): COPY TO | COPY FROM of %d rows (%.1f MB) in %.2fs = %.0f rows/s, %.1f MB/s",
+			b.Rep, b.From, b.To, b.Rows, float64(b.Bytes)/1e6, b.Seconds, b.RowsPerSec, b.MBPerSec)
+		if b.Rows != rep.MovingRows {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("baseline %d copied %d rows, want %d", b.Rep, b.Rows, rep.MovingRows))
+		}
+		return nil
+	}
+	// 2. The baseline: the same rows between the same two servers.
+	// The loaded rows of the moving ranges (the writers add others).
+	loaded := fmt.Sprintf("%s AND user_id <= %d", cond, ro.rows)
+	for range ro.baselineReps {
+		if err := baseline(r.src, r.tgt, loaded, false); err != nil {
+			return rep, err
+		}
+	}
+
+	// 1 and 3. The job. It copies the rows of the moving ranges as they
+	// are when it starts: the loaded ones and the writers' so far.
+	if rep.JobRows, err = queryInt(ctx, r.src.Port, "SELECT count(*) FROM "+reshardTable+" WHERE "+cond); err != nil {
+		return rep, err
 	}
 	logf("reshard: starting the job (add %s) with %d writer(s) through pgshard", reshardTarget, ro.writers)
 	jobStart := time.Now()
@@ -270,12 +293,6 @@ func runReshard(ctx context.Context, ro reshardOptions, logf, vlogf func(string,
 	jobEnd := time.Now()
 	cancel()
 	<-runDone
-	select { // the writers go on briefly on the new map
-	case <-ctx.Done():
-	case <-time.After(time.Second):
-	}
-	wl.stop()
-	stopped = true
 	if final != nil {
 		rep.Cutover = final.Cutover.Seconds() * 1000
 		rep.CutoverAttempts = final.CutoverAttempts
@@ -286,27 +303,37 @@ func runReshard(ctx context.Context, ro reshardOptions, logf, vlogf func(string,
 	rep.Phases = r.store.phaseEvents()
 	rep.timeJob(jobStart, jobEnd)
 	freezeFrom, freezeTo := rep.freezeWindow()
-	rep.Writes = wl.summary(jobStart, jobEnd, freezeFrom, freezeTo)
 	if jobErr != nil {
+		wl.stop()
+		stopped = true
+		rep.Writes = wl.summary(refEnd, jobStart, jobEnd, freezeFrom, freezeTo)
 		return rep, jobErr
-	}
-	if err := r.check(ctx, rep, wl); err != nil {
-		return rep, err
 	}
 	// One more baseline after the job, to bracket the machine's noise: the
 	// same rows (the loaded ones of the moved ranges), now on the new
 	// shard, copied back the other way between the same two servers.
-	b, err := r.baseline(ctx, r.tgt, r.src, fmt.Sprintf("%s AND user_id <= %d", cond, ro.rows))
-	if err != nil {
+	if err := baseline(r.tgt, r.src, loaded, true); err != nil {
 		return rep, err
 	}
-	b.Rep, b.After = len(rep.Baseline)+1, true
-	rep.Baseline = append(rep.Baseline, b)
-	logf("reshard: baseline %d (after the job, %s → %s): %d rows (%.1f MB) in %.2fs = %.0f rows/s, %.1f MB/s",
-		b.Rep, b.From, b.To, b.Rows, float64(b.Bytes)/1e6, b.Seconds, b.RowsPerSec, b.MBPerSec)
-	if b.Rows != rep.MovingRows {
-		rep.Problems = append(rep.Problems, fmt.Sprintf("baseline %d copied %d rows, want %d", b.Rep, b.Rows, rep.MovingRows))
+	wl.stop()
+	stopped = true
+	rep.Writes = wl.summary(refEnd, jobStart, jobEnd, freezeFrom, freezeTo)
+	if err := r.check(ctx, rep, wl); err != nil {
+		return rep, err
 	}
+	// What a new backend connection to the new shard costs (the pool of
+	// each proxy opens its first ones when held statements go there).
+	var conn []float64
+	for range 3 {
+		t0 := time.Now()
+		c, err := pgconn.Connect(ctx, appDSN(r.tgt.Port))
+		if err != nil {
+			return rep, fmt.Errorf("reshard: connect to %s: %w", reshardTarget, err)
+		}
+		conn = append(conn, float64(time.Since(t0))/float64(time.Millisecond))
+		c.Close(context.Background())
+	}
+	rep.ConnectMs = median(conn)
 	rep.summarize()
 	rep.Elapsed = time.Since(start).Round(time.Second).String()
 	return rep, nil
@@ -739,9 +766,10 @@ func (w *writeLoad) loop(i int, c *pgx.Conn) {
 	}
 }
 
-// summary sums up the statements: before the job, during it (moving
-// ranges and others) and those in flight while the ranges were frozen.
-func (w *writeLoad) summary(jobStart, jobEnd time.Time, freezeFrom, freezeTo time.Time) writeSummary {
+// summary sums up the statements: the reference window (from 1 s after
+// the start to refEnd), during the job (moving ranges and others) and
+// those in flight while the ranges were frozen.
+func (w *writeLoad) summary(refEnd, jobStart, jobEnd time.Time, freezeFrom, freezeTo time.Time) writeSummary {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var s writeSummary
@@ -752,7 +780,9 @@ func (w *writeLoad) summary(jobStart, jobEnd time.Time, freezeFrom, freezeTo tim
 		ms := toMs(x.dur)
 		switch {
 		case end.Before(jobStart):
-			if !x.start.Before(w.started.Add(time.Second)) { // after the warm-up (first connections to the shard)
+			// The reference: after the warm-up (the first connections to
+			// the shard), before the plain COPYs.
+			if !x.start.Before(w.started.Add(time.Second)) && end.Before(refEnd) {
 				before = append(before, ms)
 			}
 		case x.start.After(jobEnd):

@@ -54,7 +54,7 @@ func latencies(v []float64) latencyStats {
 
 // writeSummary is what the writers saw.
 type writeSummary struct {
-	Before   latencyStats `json:"before_job"`
+	Before   latencyStats `json:"reference"` // before the copies
 	Moving   latencyStats `json:"during_job_moving"`
 	Other    latencyStats `json:"during_job_other"`
 	InFreeze latencyStats `json:"moving_in_flight_during_freeze"`
@@ -80,7 +80,10 @@ type reshardReport struct {
 	Ranges     int    `json:"moving_ranges"`
 	PlanRows   int64  `json:"plan_rows"`
 	PlanBytes  int64  `json:"plan_bytes"`
-	MovingRows int64  `json:"moving_rows"` // counted on the source before the job
+	MovingRows int64  `json:"moving_rows"` // loaded rows of the moving ranges (what the plain COPYs copy)
+	// JobRows is the rows of the moving ranges when the job starts: the
+	// loaded ones and those the writers inserted so far.
+	JobRows int64 `json:"job_rows"`
 
 	Baseline []baselineRun `json:"baseline"`
 
@@ -107,11 +110,14 @@ type reshardReport struct {
 	BaselineBytes      int64    `json:"baseline_bytes,omitempty"`
 	Ratio              *float64 `json:"copy_vs_baseline,omitempty"`
 
-	Writes   writeSummary `json:"writes"`
-	Check    string       `json:"check,omitempty"`
-	Elapsed  string       `json:"elapsed,omitempty"`
-	Error    string       `json:"error,omitempty"`
-	Problems []string     `json:"problems,omitempty"`
+	Writes writeSummary `json:"writes"`
+	// ConnectMs is the median time of a new connection as app (SCRAM) to
+	// the new shard, after the job.
+	ConnectMs *float64 `json:"connect_new_shard_ms,omitempty"`
+	Check     string   `json:"check,omitempty"`
+	Elapsed   string   `json:"elapsed,omitempty"`
+	Error     string   `json:"error,omitempty"`
+	Problems  []string `json:"problems,omitempty"`
 }
 
 // event returns the first event of phase at or after from.
@@ -192,11 +198,16 @@ func (r *reshardReport) summarize() {
 		r.BaselineBytes = int64(*m)
 	}
 	r.CopyRowsPerSec, r.CopyMBPerSec, r.Ratio = nil, nil, nil
-	if r.CopySec > 0 && r.MovingRows > 0 {
-		v := float64(r.MovingRows) / r.CopySec
+	jobRows := r.JobRows
+	if jobRows == 0 {
+		jobRows = r.MovingRows
+	}
+	if r.CopySec > 0 && jobRows > 0 {
+		v := float64(jobRows) / r.CopySec
 		r.CopyRowsPerSec = &v
-		if r.BaselineBytes > 0 {
-			mb := float64(r.BaselineBytes) / 1e6 / r.CopySec
+		if r.BaselineBytes > 0 && r.MovingRows > 0 {
+			// the baseline's bytes per row times the job's rows
+			mb := float64(r.BaselineBytes) * float64(jobRows) / float64(r.MovingRows) / 1e6 / r.CopySec
 			r.CopyMBPerSec = &mb
 		}
 		r.Ratio = ratio(r.CopyRowsPerSec, r.BaselineRowsPerSec)
@@ -219,8 +230,8 @@ func (r *reshardReport) printText(w io.Writer) {
 	fmt.Fprintf(w, "\nresharding mode: reshard job adding a shard to a 1-shard cluster vs plain COPY between the same two servers (%s)\n", r.Elapsed)
 	fmt.Fprintf(w, "  %s: %d rows (user_id bigint PRIMARY KEY, v bigint, name text, pad text(32), created timestamptz) on shard0; job: add spare0 (%d replica(s) per server)\n",
 		reshardTable, r.Rows, r.Replicas)
-	fmt.Fprintf(w, "  moving: %d range(s), %d rows counted on the source before the job (plan estimate %d rows, %.1f MB); as COPY text %.1f MB\n",
-		r.Ranges, r.MovingRows, r.PlanRows, float64(r.PlanBytes)/1e6, float64(r.BaselineBytes)/1e6)
+	fmt.Fprintf(w, "  moving: %d range(s), %d loaded rows (plan estimate %d rows, %.1f MB; as COPY text %.1f MB); %d with the writers' inserts when the job starts\n",
+		r.Ranges, r.MovingRows, r.PlanRows, float64(r.PlanBytes)/1e6, float64(r.BaselineBytes)/1e6, r.JobRows)
 
 	fmt.Fprintf(w, "\n1. copy rate: the same rows, the same two servers, the same run\n\n")
 	rows := [][]string{{"copy", "rows", "seconds", "rows/s", "MB/s"}}
@@ -237,13 +248,17 @@ func (r *reshardReport) printText(w io.Writer) {
 	if r.CopySec > 0 {
 		copyS = fmt.Sprintf("%.2f", r.CopySec)
 	}
-	rows = append(rows, []string{"reshard job, copy phase (subscription created → synchronized)", fmt.Sprint(r.MovingRows), copyS,
+	jobRows := r.JobRows
+	if jobRows == 0 {
+		jobRows = r.MovingRows
+	}
+	rows = append(rows, []string{"reshard job, copy phase (subscription created → synchronized)", fmt.Sprint(jobRows), copyS,
 		fmtF(r.CopyRowsPerSec, "%.0f"), fmtF(r.CopyMBPerSec, "%.1f")})
 	writeTable(w, rows, 1)
 	fmt.Fprintf(w, "   job / plain COPY: %s (target ≥ %.1f×: %s)\n", fmtF(r.Ratio, "%.2f×"), targetCopyRatio, verdict(r.Ratio, targetCopyRatio, false))
 	fmt.Fprintf(w, "   job phases: prepare %s, copy %s, cut-over phase %s, cleanup %s (deleting the moved rows from the source); whole job %s\n",
 		secs(r.PrepareSec), secs(r.CopySec), secs(r.CutoverPhaseSec), secs(r.CleanupSec), secs(r.JobSec))
-	fmt.Fprintln(w, "   MB/s: bytes of the rows as COPY text (the baseline's stream; the job's initial sync sends the same text) over the copy's duration.")
+	fmt.Fprintln(w, "   MB/s: bytes of the rows as COPY text (the baseline's stream, per row; the job's initial sync sends the same text) over the copy's duration.")
 	fmt.Fprintln(w, "   The plain COPY runs before the job and once after it (the same rows copied back the other way) to bracket the machine's noise.")
 
 	ws := r.Writes
@@ -258,7 +273,7 @@ func (r *reshardReport) printText(w io.Writer) {
 	for _, x := range []struct {
 		name string
 		l    latencyStats
-	}{{"before the job (reference)", ws.Before}, {"during the job, moving ranges", ws.Moving}, {"during the job, other ranges", ws.Other},
+	}{{"reference, before the copies", ws.Before}, {"during the job, moving ranges", ws.Moving}, {"during the job, other ranges", ws.Other},
 		{"moving ranges, in flight during the freeze", ws.InFreeze}, {"  of which after the ring's commit", ws.AfterRing}} {
 		rows = append(rows, []string{x.name, fmt.Sprint(x.l.N), fmt.Sprintf("%.1f", x.l.P50), fmt.Sprintf("%.1f", x.l.P99), fmt.Sprintf("%.1f", x.l.Max)})
 	}
@@ -269,7 +284,10 @@ func (r *reshardReport) printText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "   stall on moving ranges during the job: p99 %s (target < %.0f ms: %s), max %s (target < %.0f ms: %s); targets are for 3 nodes, this is 1\n",
 		fmtF(p99, "%.1f ms"), targetStallP99, verdict(p99, targetStallP99, true), fmtF(mx, "%.1f ms"), targetStallMax, verdict(mx, targetStallMax, true))
-	fmt.Fprintln(w, "   before the job: from 1 s after the writers started (their first statements open the proxy's connections) to the job's start.")
+	fmt.Fprintf(w, "   a new connection to %s (SCRAM login) takes %s after the job: the proxy's pool opens its first ones to the new owner after the ring's commit.\n",
+		reshardTarget, fmtF(r.ConnectMs, "%.1f ms"))
+	fmt.Fprintln(w, "   reference: the 2 s before the plain COPYs, from 1 s after the writers started (their first statements open the proxy's connections).")
+	fmt.Fprintln(w, "   The writers run through the plain COPYs and the job alike, so both copies compete with the same load.")
 	fmt.Fprintf(w, "   failed statements: %d; PS001 (fenced) answers that reached a client: %d\n", ws.Failed, ws.Fenced)
 	if r.Check != "" {
 		fmt.Fprintln(w, "   check after the job:", r.Check)
