@@ -773,7 +773,7 @@ func (w *writeLoad) summary(refEnd, jobStart, jobEnd time.Time, freezeFrom, free
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var s writeSummary
-	var before, moving, other, frozen, afterRing []float64
+	var before, moving, other, frozen, afterRing, firstSecond []float64
 	toMs := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	for _, x := range w.samples {
 		end := x.start.Add(x.dur)
@@ -792,12 +792,15 @@ func (w *writeLoad) summary(refEnd, jobStart, jobEnd time.Time, freezeFrom, free
 				frozen = append(frozen, ms)
 				afterRing = append(afterRing, toMs(max(0, end.Sub(freezeTo))))
 			}
+			if !freezeTo.IsZero() && !x.start.Before(freezeTo) && x.start.Before(freezeTo.Add(time.Second)) {
+				firstSecond = append(firstSecond, ms)
+			}
 		default:
 			other = append(other, ms)
 		}
 	}
 	s.Before, s.Moving, s.Other, s.InFreeze = latencies(before), latencies(moving), latencies(other), latencies(frozen)
-	s.AfterRing = latencies(afterRing)
+	s.AfterRing, s.NewOwner = latencies(afterRing), latencies(firstSecond)
 	s.Failed, s.FailedSample = w.nfailed, slices.Clone(w.failed)
 	s.Fenced = w.fenced.Load()
 	s.Inserted, s.Updated = w.inserted.Load(), w.updated.Load()

@@ -41,7 +41,7 @@ func TestReshardMode(t *testing.T) {
 		"plain COPY (SELECT … WHERE <moving ranges>) TO STDOUT | COPY … FROM STDIN, spare0 → shard0, after the job",
 		"plain COPY, median of the runs", "reshard job, copy phase", "rows/s", "MB/s", "job / plain COPY: ", "(target ≥ 0.5×: ",
 		"job phases: prepare ", "whole job ", "2. cut-over: freeze ", "during the job, moving ranges", "during the job, other ranges",
-		"moving ranges, in flight during the freeze", "stall on moving ranges during the job: p99 ", "check after the job: rows: shard0 ",
+		"moving ranges, in flight during the freeze", "started in the 1 s after the ring's commit", "stall on moving ranges during the job: p99 ", "check after the job: rows: shard0 ",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q", want)
