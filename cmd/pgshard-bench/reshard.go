@@ -778,6 +778,9 @@ func (w *writeLoad) summary(refEnd, jobStart, jobEnd time.Time, freezeFrom, free
 	for _, x := range w.samples {
 		end := x.start.Add(x.dur)
 		ms := toMs(x.dur)
+		if x.moving && !freezeTo.IsZero() && !x.start.Before(freezeTo) && x.start.Before(freezeTo.Add(time.Second)) {
+			firstSecond = append(firstSecond, ms) // also after the job's end
+		}
 		switch {
 		case end.Before(jobStart):
 			// The reference: after the warm-up (the first connections to
@@ -791,9 +794,6 @@ func (w *writeLoad) summary(refEnd, jobStart, jobEnd time.Time, freezeFrom, free
 			if !freezeFrom.IsZero() && x.start.Before(freezeTo) && end.After(freezeFrom) {
 				frozen = append(frozen, ms)
 				afterRing = append(afterRing, toMs(max(0, end.Sub(freezeTo))))
-			}
-			if !freezeTo.IsZero() && !x.start.Before(freezeTo) && x.start.Before(freezeTo.Add(time.Second)) {
-				firstSecond = append(firstSecond, ms)
 			}
 		default:
 			other = append(other, ms)
