@@ -315,3 +315,48 @@ func TestPrimaryHintOnScatterRead(t *testing.T) {
 		}
 	}
 }
+
+// When a job starts moving ranges, every shard gets idle backends for the
+// logins this node serves, so that statements released at the cut-over
+// do not all log in to a shard this node never used.
+func TestJobWarmsEveryShard(t *testing.T) {
+	sh := startSharded(t, 2)
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	var db string
+	if err := c.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	probes := []*pgx.Conn{sh.shardConn(ctx, 0), sh.shardConn(ctx, 1)} // one each: they count only others
+	backends := func(i int) int {
+		var n int
+		if err := probes[i].QueryRow(ctx,
+			"SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = $1 AND pid <> pg_backend_pid()", db).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The session used one shard; find the other.
+	cold := -1
+	for i := range 2 {
+		if backends(i) == 0 {
+			cold = i
+		}
+	}
+	if cold < 0 {
+		t.Skip("the session's start used both shards")
+	}
+	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh.moving([]shardmap.Range{rng}, false)
+	deadline := time.Now().Add(10 * time.Second)
+	for backends(cold) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("shard %d has no backend 10 s after a job started moving ranges", cold)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("shard %d warmed: %d backends", cold, backends(cold))
+}

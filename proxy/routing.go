@@ -50,6 +50,12 @@ func (s *Server) SetMap(m *shardmap.Map) {
 		slices.Equal(old.moving, moving) && slices.Equal(old.frozen, frozen) {
 		return
 	}
+	old := s.routing.Load()
+	if len(moving) > 0 && (old == nil || len(old.moving) == 0 || len(frozen) > 0 && len(old.frozen) == 0) {
+		// A job starts, or its cut-over does: the statements it will
+		// release find backends ready on every shard (warm.go).
+		defer s.warmShards()
+	}
 	rs := &routingState{ring: m.Ring(), tables: tables, moving: moving, frozen: frozen, ringVersion: m.RingVersion()}
 	if rs.ring != nil {
 		rs.owners = len(rs.ring.Shards())

@@ -54,7 +54,8 @@ type Server struct {
 	ln         net.Listener
 	closing    atomic.Bool
 
-	wg sync.WaitGroup // one per session goroutine
+	wg     sync.WaitGroup // one per session goroutine
+	warmWG sync.WaitGroup // warming passes (warm.go)
 }
 
 type poolKey struct{ addr, user, db string }
@@ -406,6 +407,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	s.stopForgetting()
+	s.warmWG.Wait()
 	for _, p := range s.pools() {
 		p.Close()
 	}
