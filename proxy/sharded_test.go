@@ -883,9 +883,20 @@ func TestConcurrentTransfersKeepTheTotal(t *testing.T) {
 			for r := 0; r < rounds && time.Now().Before(budget); r++ {
 				if conn == nil || conn.IsClosed() {
 					var err error
-					if conn, err = pgx.Connect(ctx, sh.url("app")); err != nil {
-						t.Errorf("client %d: connect: %v", w, err)
-						return
+					for attempt := 0; ; attempt++ {
+						if conn, err = pgx.Connect(ctx, sh.url("app")); err == nil {
+							break
+						}
+						if attempt == 2 || ctx.Err() != nil {
+							t.Errorf("client %d: connect: %v", w, err)
+							return
+						}
+						// Seen once in many runs while backends are
+						// terminated: the client got an unexpected message
+						// during startup. Logged (not yet understood, see
+						// TestConnectWhileBackendsAreTerminated); this test
+						// is about the money.
+						t.Logf("client %d: connect failed, retrying: %v", w, err)
 					}
 					if _, err := conn.Exec(ctx, "SET lock_timeout = '3s'"); err != nil {
 						continue
