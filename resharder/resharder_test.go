@@ -809,15 +809,19 @@ func TestCutoverRetries(t *testing.T) {
 		}
 	}
 	nodes := &failingNodes{Nodes: e.nodes}
-	nodes.fail.Store(1)
 	c := e.newConn("shard0")
-	var once sync.Once
+	var once, arm sync.Once
 	var txErr error
 	txDone := make(chan struct{})
 	r := New(Config{Store: e.store, Nodes: nodes, Login: Login{User: "postgres", Database: e.db},
 		Log:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		PollInterval: 50 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, FreezeTimeout: 500 * time.Millisecond,
 		hook: func(step string) error {
+			if step == "prepare:subscriptions" {
+				// Past prepare's own wait for the nodes: the next one
+				// is the cut-over's (a), which fails once.
+				arm.Do(func() { nodes.fail.Store(1) })
+			}
 			if step != "cutover:frozen" {
 				return nil
 			}
