@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"sync"
 	"time"
 
@@ -110,45 +109,21 @@ func (s *session) holdQuery(ctx context.Context, sql string, fx router.Effects) 
 // holdGroup is holdQuery for an extended-protocol batch: it waits while
 // any of its Binds touches a frozen range.
 func (s *session) holdGroup(ctx context.Context, group []byte) *wire.Error {
-	return s.hold(ctx, func(rs *routingState) (bool, *wire.Error) {
-		var parsed map[string]*pgproto3.Parse
-		for b := group; len(b) >= 5; {
-			n := 1 + int(binary.BigEndian.Uint32(b[1:]))
-			typ, body := b[0], b[5:n]
-			b = b[n:]
-			switch typ {
-			case 'P':
-				var p pgproto3.Parse
-				if p.Decode(body) != nil {
-					return false, nil // handled (and refused) as usual
-				}
-				if fx := router.Inspect(p.Query); fx.Schema && !fx.Pin {
-					return false, errSchemaWhileMoving()
-				}
-				if parsed == nil {
-					parsed = map[string]*pgproto3.Parse{}
-				}
-				parsed[p.Name] = &p
-			case 'B':
-				if len(rs.frozen) == 0 {
-					continue
-				}
-				_, rest, ok := cstringBytes(body)
-				stmt, rest, ok2 := cstring(rest)
-				if !ok || !ok2 {
-					return false, nil
-				}
-				sql, types, known := s.stmtText(parsed, stmt)
-				if !known {
-					continue
-				}
-				s.params.Types = types
-				if bindParams(rest, &s.params) && touchesFrozen(rs, sql, &s.params) {
-					return true, nil
-				}
+	return s.hold(ctx, func(rs *routingState) (wait bool, refuse *wire.Error) {
+		s.eachBind(group, func(p *pgproto3.Parse) bool {
+			if fx := router.Inspect(p.Query); fx.Schema && !fx.Pin {
+				refuse = errSchemaWhileMoving()
 			}
-		}
-		return false, nil
+			return refuse == nil
+		}, func(sql string, types []uint32, rest []byte) bool {
+			if len(rs.frozen) == 0 {
+				return true
+			}
+			s.params.Types = types
+			wait = bindParams(rest, &s.params) && touchesFrozen(rs, sql, &s.params)
+			return !wait
+		})
+		return wait && refuse == nil, refuse
 	})
 }
 

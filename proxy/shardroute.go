@@ -467,6 +467,22 @@ func (s *session) groupShard(group []byte) string {
 	if s.grp.batchKnown {
 		return s.grp.batchShard
 	}
+	shard := ""
+	s.eachBind(group, nil, func(sql string, types []uint32, rest []byte) bool {
+		if pl, ok := s.planBind(sql, types, rest); ok && pl.Kind == router.Single {
+			shard = pl.Shard
+			return false
+		}
+		return true
+	})
+	return shard
+}
+
+// eachBind walks an extended-protocol batch: onParse (if set) gets each
+// Parse, onBind each Bind of a known statement (its text, its parameter
+// types, the Bind after the portal and statement names). It stops when
+// either returns false, and at a malformed Parse or Bind.
+func (s *session) eachBind(group []byte, onParse func(p *pgproto3.Parse) bool, onBind func(sql string, types []uint32, rest []byte) bool) {
 	var parsed map[string]*pgproto3.Parse
 	for b := group; len(b) >= 5; {
 		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
@@ -474,30 +490,28 @@ func (s *session) groupShard(group []byte) string {
 		b = b[n:]
 		switch typ {
 		case 'P':
-			var p pgproto3.Parse
+			p := new(pgproto3.Parse)
 			if p.Decode(body) != nil {
-				return ""
+				return
 			}
 			if parsed == nil {
 				parsed = map[string]*pgproto3.Parse{}
 			}
-			parsed[p.Name] = &p
+			parsed[p.Name] = p
+			if onParse != nil && !onParse(p) {
+				return
+			}
 		case 'B':
 			_, rest, ok := cstringBytes(body)
 			stmt, rest, ok2 := cstring(rest)
 			if !ok || !ok2 {
-				return ""
+				return
 			}
-			sql, types, known := s.stmtText(parsed, stmt)
-			if !known {
-				continue
-			}
-			if pl, ok := s.planBind(sql, types, rest); ok && pl.Kind == router.Single {
-				return pl.Shard
+			if sql, types, known := s.stmtText(parsed, stmt); known && !onBind(sql, types, rest) {
+				return
 			}
 		}
 	}
-	return ""
 }
 
 // routeBind plans a Bind when several shards own the ring (stmt: the
