@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -81,34 +79,14 @@ func newShardRT(cfg config.Config, sh config.Shard, m *metrics, logger *slog.Log
 	return rt, nil
 }
 
-// withLogin adds a login to a server's connection string (URL or
-// keyword/value), keeping its other settings (sslmode and the like).
+// withLogin adds a login to a server's connection string (config.WithLogin)
+// and checks that the result parses.
 func withLogin(dsn, user, password, db string) (string, error) {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return "", err
-		}
-		u.User = url.UserPassword(user, password)
-		u.Path = "/" + db
-		return u.String(), nil
-	}
-	cs := fmt.Sprintf("%s user=%s password=%s dbname=%s", dsn, quoteConnValue(user), quoteConnValue(password), quoteConnValue(db))
+	cs := config.WithLogin(dsn, user, password, db)
 	if _, err := pgconn.ParseConfig(cs); err != nil {
 		return "", err
 	}
 	return cs, nil
-}
-
-func quoteConnValue(v string) string {
-	out := []byte{'\''}
-	for i := 0; i < len(v); i++ {
-		if v[i] == '\'' || v[i] == '\\' {
-			out = append(out, '\\')
-		}
-		out = append(out, v[i])
-	}
-	return string(append(out, '\''))
 }
 
 // pick chooses the replica for a read by a session that last wrote at

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/shardmap"
 )
 
@@ -30,41 +30,9 @@ func quoteName(name string) string { return `"` + strings.ReplaceAll(name, `"`, 
 // quoteLiteral quotes a SQL string literal (standard_conforming_strings on).
 func quoteLiteral(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
 
-func quoteConnValue(v string) string {
-	out := []byte{'\''}
-	for i := 0; i < len(v); i++ {
-		if v[i] == '\'' || v[i] == '\\' {
-			out = append(out, '\\')
-		}
-		out = append(out, v[i])
-	}
-	return string(append(out, '\''))
-}
-
-// connString completes a shard's DSN (keyword/value or URL, without
-// credentials and database) with the login and database. The result is a
-// libpq connection string, valid both for pgx and for a subscription's
-// CONNECTION.
+// connString completes a shard's DSN with the resharder's login and db.
 func connString(dsn string, l Login, db string) string {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		if u, err := url.Parse(dsn); err == nil {
-			if l.Password != "" {
-				u.User = url.UserPassword(l.User, l.Password)
-			} else if l.User != "" {
-				u.User = url.User(l.User)
-			}
-			u.Path = "/" + db
-			return u.String()
-		}
-	}
-	s := strings.TrimSpace(dsn)
-	if l.User != "" {
-		s += " user=" + quoteConnValue(l.User)
-	}
-	if l.Password != "" {
-		s += " password=" + quoteConnValue(l.Password)
-	}
-	return s + " dbname=" + quoteConnValue(db)
+	return config.WithLogin(dsn, l.User, l.Password, db)
 }
 
 // connect opens a connection to a shard's primary as the resharder's login.
