@@ -266,23 +266,8 @@ func (r *Runner) copyPhase(ctx context.Context, j shardmap.Job, d *jobData) erro
 	m := r.cfg.Store.Map()
 	cs := r.jobConns(d)
 	// After a cut-over that gave up: fences off, subscriptions on.
-	for _, s := range d.sources() {
-		c, err := cs.get(ctx, d.dsn(m, s))
-		if err != nil {
-			return err
-		}
-		if err := setFence(ctx, c, j.ID, false); err != nil {
-			return err
-		}
-	}
-	for _, p := range d.Pairs {
-		c, err := cs.get(ctx, d.dsn(m, p.To))
-		if err != nil {
-			return err
-		}
-		if err := enableSub(ctx, c, p.Name); err != nil {
-			return err
-		}
+	if err := r.reopen(ctx, j, d); err != nil {
+		return err
 	}
 	for {
 		if r.changed(j) {
@@ -688,10 +673,9 @@ func (r *Runner) afterRing(ctx context.Context, j shardmap.Job, d *jobData, ring
 	return err
 }
 
-// abortCutover gives the freeze up: fences off, subscriptions on, back to
-// copy with a later retry.
-func (r *Runner) abortCutover(ctx context.Context, j shardmap.Job, d *jobData, cause error) error {
-	r.log.Warn("cut-over gave up; retrying later", "job", j.ID, "attempt", d.Attempts, "err", cause)
+// reopen undoes a cut-over's steps on the databases: fences off on the
+// sources, subscriptions enabled on the targets.
+func (r *Runner) reopen(ctx context.Context, j shardmap.Job, d *jobData) error {
 	m := r.cfg.Store.Map()
 	cs := r.jobConns(d)
 	for _, s := range d.sources() {
@@ -711,6 +695,16 @@ func (r *Runner) abortCutover(ctx context.Context, j shardmap.Job, d *jobData, c
 		if err := enableSub(ctx, c, p.Name); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// abortCutover gives the freeze up: fences off, subscriptions on, back to
+// copy with a later retry.
+func (r *Runner) abortCutover(ctx context.Context, j shardmap.Job, d *jobData, cause error) error {
+	r.log.Warn("cut-over gave up; retrying later", "job", j.ID, "attempt", d.Attempts, "err", cause)
+	if err := r.reopen(ctx, j, d); err != nil {
+		return err
 	}
 	d.Error = "cut-over attempt " + fmt.Sprint(d.Attempts) + ": " + cause.Error()
 	d.RetryAt = time.Now().Add(min(r.cfg.RetryBackoff<<min(max(d.Attempts-1, 0), 5), 30*time.Second)).UTC()
