@@ -80,6 +80,58 @@ func (n *clusterNodeProc) stop(t *testing.T, sig syscall.Signal) {
 	}
 }
 
+// startClusterNodes writes the configurations of three pgshard nodes
+// (node0 bootstraps, the others join it; extra is TOML put before
+// [cluster], e.g. [[shards]]) and starts them. They are killed at the end
+// of the test, and their logs printed if it failed.
+func startClusterNodes(t *testing.T, extra string) []*clusterNodeProc {
+	t.Helper()
+	base := t.TempDir()
+	nodes := make([]*clusterNodeProc, 3)
+	for i := range nodes {
+		nodes[i] = &clusterNodeProc{id: fmt.Sprintf("node%d", i), log: &syncBuffer{},
+			port: freePort(t), aport: freePort(t), raftPort: freePort(t),
+			conf: filepath.Join(base, fmt.Sprintf("node%d.toml", i)), dataDir: filepath.Join(base, fmt.Sprintf("data%d", i))}
+	}
+	for i, n := range nodes {
+		join := "bootstrap = true"
+		if i > 0 {
+			join = fmt.Sprintf("join = [%q]", nodes[0].adminURL())
+		}
+		conf := fmt.Sprintf(`listen = "127.0.0.1:%d"
+admin_listen = "127.0.0.1:%d"
+admin_token = %q
+shutdown_timeout = "5s"
+[[users]]
+name = "app"
+password = "app"
+%s[cluster]
+node_id = %q
+raft_listen = "127.0.0.1:%d"
+data_dir = %q
+heartbeat_timeout = "500ms"
+election_timeout = "500ms"
+%s
+`, n.port, n.aport, e2eToken, extra, n.id, n.raftPort, n.dataDir, join)
+		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n.start(t)
+	}
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			if n.running() {
+				_ = n.cmd.Process.Kill()
+				<-n.done
+			}
+			if t.Failed() {
+				t.Logf("%s log:\n%s", n.id, n.log.String())
+			}
+		}
+	})
+	return nodes
+}
+
 // runCtl runs pgshardctl against a node and returns stdout.
 func runCtl(t *testing.T, n *clusterNodeProc, args ...string) (string, error) {
 	t.Helper()
@@ -109,53 +161,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	defer cancel()
 	ctl(t)
 
-	base := t.TempDir()
-	nodes := make([]*clusterNodeProc, 3)
-	for i := range nodes {
-		n := &clusterNodeProc{id: fmt.Sprintf("node%d", i), log: &syncBuffer{},
-			port: freePort(t), aport: freePort(t), raftPort: freePort(t),
-			conf: filepath.Join(base, fmt.Sprintf("node%d.toml", i)), dataDir: filepath.Join(base, fmt.Sprintf("data%d", i))}
-		nodes[i] = n
-	}
-	for i, n := range nodes {
-		join := "bootstrap = true"
-		if i > 0 {
-			join = fmt.Sprintf("join = [%q]", nodes[0].adminURL())
-		}
-		conf := fmt.Sprintf(`listen = "127.0.0.1:%d"
-admin_listen = "127.0.0.1:%d"
-admin_token = %q
-shutdown_timeout = "5s"
-[[users]]
-name = "app"
-password = "app"
-[[shards]]
-name = "shard0"
-primary = %q
-[cluster]
-node_id = %q
-raft_listen = "127.0.0.1:%d"
-data_dir = %q
-heartbeat_timeout = "500ms"
-election_timeout = "500ms"
-%s
-`, n.port, n.aport, e2eToken, dsn, n.id, n.raftPort, n.dataDir, join)
-		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n.start(t)
-	}
-	t.Cleanup(func() {
-		for _, n := range nodes {
-			if n.running() {
-				_ = n.cmd.Process.Kill()
-				<-n.done
-			}
-			if t.Failed() {
-				t.Logf("%s log:\n%s", n.id, n.log.String())
-			}
-		}
-	})
+	nodes := startClusterNodes(t, fmt.Sprintf("[[shards]]\nname = \"shard0\"\nprimary = %q\n", dsn))
 
 	// All three are voters, the map is seeded from [[shards]], every node
 	// holds the same version.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -355,52 +354,7 @@ func TestReshardUnderLoad(t *testing.T) {
 			fmt.Fprintf(&shardsConf, "replicas = [%q]\n", sh.Replicas[0].DSN())
 		}
 	}
-	base := t.TempDir()
-	nodes := make([]*clusterNodeProc, 3)
-	for i := range nodes {
-		nodes[i] = &clusterNodeProc{id: fmt.Sprintf("node%d", i), log: &syncBuffer{},
-			port: freePort(t), aport: freePort(t), raftPort: freePort(t),
-			conf: filepath.Join(base, fmt.Sprintf("node%d.toml", i)), dataDir: filepath.Join(base, fmt.Sprintf("data%d", i))}
-	}
-	for i, n := range nodes {
-		join := "bootstrap = true"
-		if i > 0 {
-			join = fmt.Sprintf("join = [%q]", nodes[0].adminURL())
-		}
-		conf := fmt.Sprintf(`listen = "127.0.0.1:%d"
-admin_listen = "127.0.0.1:%d"
-admin_token = %q
-shutdown_timeout = "5s"
-[[users]]
-name = "app"
-password = "app"
-[resharding]
-user = "postgres"
-database = "app"
-%s[cluster]
-node_id = %q
-raft_listen = "127.0.0.1:%d"
-data_dir = %q
-heartbeat_timeout = "500ms"
-election_timeout = "500ms"
-%s
-`, n.port, n.aport, e2eToken, shardsConf.String(), n.id, n.raftPort, n.dataDir, join)
-		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n.start(t)
-	}
-	t.Cleanup(func() {
-		for _, n := range nodes {
-			if n.running() {
-				_ = n.cmd.Process.Kill()
-				<-n.done
-			}
-			if t.Failed() {
-				t.Logf("%s log:\n%s", n.id, n.log.String())
-			}
-		}
-	})
+	nodes := startClusterNodes(t, "[resharding]\nuser = \"postgres\"\ndatabase = \"app\"\n"+shardsConf.String())
 	testutil.WaitFor(t, 30*time.Second, "three voters agreeing on the seeded map", func() error { return agree(ctx, nodes, 3, 0) })
 	url := func(n *clusterNodeProc) string {
 		return fmt.Sprintf("postgres://app:app@127.0.0.1:%d/app?sslmode=disable", n.port)
