@@ -36,6 +36,7 @@ type options struct {
 	modes, targets           []string
 	sharded                  shardedOptions
 	reshard                  reshardOptions
+	relay                    relayOptions
 }
 
 func main() {
@@ -83,6 +84,8 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.reshard.pause, "reshard-pause", o.reshard.pause, "resharding mode: each writer's pause between statements")
 	fs.IntVar(&o.reshard.baselineReps, "reshard-baseline-reps", 2, "resharding mode: runs of the plain COPY baseline")
 	fs.IntVar(&o.reshard.replicas, "reshard-replicas", 0, "resharding mode: streaming replicas of the shard and of the new shard")
+	var relayParts, latencyClients string
+	relayFlags(fs, &o.relay, &relayParts, &latencyClients)
 	shardedModes := fs.String("sharded-modes", "simple,prepared", "sharded mode: pgbench protocol modes (-M) of the keyed runs")
 	pgbin := os.Getenv("PGSHARD_PGBIN")
 	if pgbin == "" {
@@ -102,6 +105,9 @@ func parseFlags(args []string) (options, error) {
 	o.sharded.modes = splitList(*shardedModes)
 	o.reshard.verbose = o.verbose
 	var errs []error
+	if err := o.relay.finish(relayParts, latencyClients); err != nil {
+		errs = append(errs, err)
+	}
 	for _, m := range o.sharded.modes {
 		if !slices.Contains([]string{"simple", "extended", "prepared"}, m) {
 			errs = append(errs, fmt.Errorf("-sharded-modes: unknown mode %q", m))
@@ -186,6 +192,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	if slices.Contains(o.targets, tPgpool) {
 		bins = append(bins, pgpoolBin)
 	}
+	if len(o.targets) > 0 && o.relay.has(partSyscalls) {
+		bins = append(bins, o.relay.straceBin)
+	}
 	for _, bin := range bins {
 		if _, err := os.Stat(bin); err != nil {
 			return fmt.Errorf("%s missing (run scripts/install-deps.sh bench): %w", bin, err)
@@ -227,7 +236,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 
 	logf("starting PostgreSQL (1 primary, %d replica(s))", o.reps)
-	topo, err := topology.Start(ctx, topology.Config{Shards: 1, Replicas: o.reps, Logf: vlogf})
+	topo, err := topology.Start(ctx, topology.Config{Shards: 1, Replicas: o.reps, Logf: vlogf,
+		Settings: o.relay.pgSettings(o.targets, o.poolSize)})
 	if err != nil {
 		return fmt.Errorf("start topology: %w", err)
 	}
@@ -251,7 +261,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 
 	// The peers.
-	pc := peerConfig{dir: dir, runAs: runAs, poolSize: o.poolSize, clients: o.clients, split: o.split, be: be}
+	pc := peerConfig{dir: dir, runAs: runAs, poolSize: o.poolSize, clients: o.clients, split: o.split, be: be,
+		maxClients: o.relay.maxClients()}
 	var procs []*proc
 	defer func() {
 		for _, p := range slices.Backward(procs) {
@@ -393,6 +404,18 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		if p.exited() {
 			err = errors.Join(err, fmt.Errorf("%s exited during the benchmark (%v); log:\n%s", p.name, p.err, p.logTail(30)))
 		}
+	}
+	if o.relay.enabled && len(targets) > 0 && ctx.Err() == nil {
+		lrep, lerr := runRelay(ctx, o.relay, relayEnv{m: m, targets: targets, session: session,
+			primaryPort: be.primaryPort, dir: filepath.Join(dir, "relay")})
+		if lrep != nil {
+			if lerr != nil {
+				lrep.Error = lerr.Error()
+			}
+			rep.Relay = lrep
+			lrep.printText(stdout)
+		}
+		err = errors.Join(err, lerr)
 	}
 	if o.sharded.enabled {
 		// The peers are done: stop them so that they take nothing from

@@ -50,8 +50,10 @@ type peerConfig struct {
 	runAs    *topology.OSUser
 	poolSize int
 	clients  int
-	split    bool // pgshard: give it the replicas (read/write splitting)
-	be       backend
+	// maxClients is the most clients of any run (the relay runs), if more.
+	maxClients int
+	split      bool // pgshard: give it the replicas (read/write splitting)
+	be         backend
 }
 
 // peerDir creates dir/name owned by the unprivileged user.
@@ -86,7 +88,7 @@ log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 3600
-`, appDB, pc.be.primaryPort, port, filepath.Join(dir, "userlist.txt"), poolMode, pc.poolSize, max(1000, 4*pc.clients))
+`, appDB, pc.be.primaryPort, port, filepath.Join(dir, "userlist.txt"), poolMode, pc.poolSize, max(1000, 4*pc.clients, pc.maxClients+100))
 }
 
 // startPgbouncer starts pgbouncer (as the unprivileged user: it refuses
@@ -204,7 +206,7 @@ func pgshardConfig(port, adminPort int, pc peerConfig) string {
 	fmt.Fprintf(&b, "admin_listen = \"127.0.0.1:%d\"\n", adminPort)
 	b.WriteString("log_level = \"warn\"\n")
 	b.WriteString("shutdown_timeout = \"5s\"\n")
-	fmt.Fprintf(&b, "max_clients = %d\n", max(1000, 4*pc.clients))
+	fmt.Fprintf(&b, "max_clients = %d\n", max(1000, 4*pc.clients, pc.maxClients+100))
 	fmt.Fprintf(&b, "\n[pool]\nmode = \"transaction\"\nsize = %d\n", pc.poolSize)
 	fmt.Fprintf(&b, "\n[[users]]\nname = %q\npassword = %q\n", appUser, appPassword)
 	fmt.Fprintf(&b, "\n[[shards]]\nname = \"shard0\"\nprimary = \"host=127.0.0.1 port=%d\"\n", pc.be.primaryPort)

@@ -91,9 +91,11 @@ func pgbenchInit(ctx context.Context, port, scale int) error {
 	return nil
 }
 
-func runPgbench(ctx context.Context, args []string) (string, int, error) {
+// runPgbench runs pgbench with args, and env added to its environment.
+func runPgbench(ctx context.Context, args []string, env ...string) (string, int, error) {
 	cmd := exec.CommandContext(ctx, pgbenchBin, args...)
 	cmd.Env = append(topology.ChildEnv(), "PGPASSWORD="+appPassword, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=5")
+	cmd.Env = append(cmd.Env, env...)
 	var buf bytes.Buffer
 	cmd.Stdout = &buf
 	cmd.Stderr = &buf

@@ -84,6 +84,8 @@ type report struct {
 	Sharded *shardedReport `json:"sharded,omitempty"`
 	// Reshard is the resharding mode (nil with -reshard-rows 0).
 	Reshard *reshardReport `json:"reshard,omitempty"`
+	// Relay is the relay measurements (nil with -relay=false).
+	Relay *relayReport `json:"relay,omitempty"`
 }
 
 // naPrepared is the table entry for pgbouncer -M prepared when it failed.
