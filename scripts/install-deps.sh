@@ -4,7 +4,7 @@
 # everything is present.
 #
 #   scripts/install-deps.sh         PostgreSQL 15 server + client (psql, pgbench), docker-compose
-#   scripts/install-deps.sh bench   ... plus pgbouncer and pgpool-II
+#   scripts/install-deps.sh bench   ... plus pgbouncer, pgpool-II and strace
 #
 # Runs apt-get as root (no sudo). When not root and something is missing,
 # it prints what to install and fails.
@@ -49,6 +49,11 @@ if ((want_bench)); then
 	if ! command -v pgpool >/dev/null 2>&1 && ! [[ -x /usr/sbin/pgpool ]]; then
 		missing+=(pgpool)
 		packages+=(pgpool2)
+	fi
+	# The bench's system calls per query (-relay-parts syscalls).
+	if ! command -v strace >/dev/null 2>&1 && ! [[ -x /usr/bin/strace ]]; then
+		missing+=(strace)
+		packages+=(strace)
 	fi
 fi
 

@@ -21,6 +21,40 @@
 // later rounds skip it and a pgbouncer in session pooling is measured
 // instead as a clearly labelled reference.
 //
+// Then, unless -relay=false, the relay measurements (relay.go) of issue 10
+// run against pgshard, pgbouncer and direct PostgreSQL (those of -targets),
+// with the same peers, apart from the rounds above:
+//
+//  1. System calls per query (-relay-parts syscalls), in each of -modes:
+//     pgbench -S with -relay-clients clients for -relay-duration, with
+//     `strace -c -f` attached once pgbench has connected: to the proxy
+//     process with all its threads (-f -p attaches to every thread of
+//     pgshard, and follows new ones; the count is printed and checked
+//     against /proc/PID/task), or, for direct, to the run's PostgreSQL
+//     backends (found in pg_stat_activity by the application_name the run
+//     sets). SIGINT stops strace after pgbench; its summary table gives
+//     the calls, divided by the queries pgbench's per-transaction log (-l)
+//     shows completed while strace was attached: read/recvfrom,
+//     write/sendto, epoll_wait/epoll_pwait, futex, nanosleep, the others
+//     summed, the total, and the failed reads (EAGAIN). strace stops the
+//     traced process at every system call: these runs give counts, not
+//     speed. pgbouncer's -M prepared row is the session-pooling reference.
+//  2. Latency per query (-relay-parts latency): pgbench -S -M
+//     -latency-mode (simple) with each of -latency-clients (1,16,256)
+//     clients and -j min(clients, -threads); p50, p99, mean and max from
+//     its per-transaction log. pgbench's -T includes connecting the
+//     clients; when that took a quarter of it or more (256 new PostgreSQL
+//     backends are slow to start), the run is made again with -T
+//     lengthened by 1.5 times the connecting time. For 256
+//     clients directly, the primary gets max_connections = the most
+//     clients + 4 × -pool-size + 10 (topology's default is 200), and the
+//     proxies' client limits are raised when needed.
+//  3. Connection churn (-relay-parts churn): pgbench -S -C (a new
+//     connection, with SCRAM authentication, per transaction),
+//     -relay-clients clients: TPS, pgshard / pgbouncer, the average
+//     connection time, and the CPU of the proxy and of PostgreSQL per
+//     connection.
+//
 // Then, unless -sharded=false, the sharded mode (sharded.go) measures
 // pgshard's routing by user_id. The peers are stopped first; two more
 // PostgreSQL primaries are started, and two pgshard nodes, each a one-node
@@ -115,4 +149,6 @@
 //	    [-scan-rows 1000000] [-scan-reps 5] [-commits 300]
 //	    [-reshard-rows 1000000] [-reshard-writers 4] [-reshard-pause 10ms]
 //	    [-reshard-baseline-reps 2] [-reshard-replicas 0]
+//	    [-relay=false] [-relay-parts syscalls,latency,churn] [-relay-duration 3s] [-relay-clients 16]
+//	    [-latency-clients 1,16,256] [-latency-mode simple] [-strace /usr/bin/strace]
 package main

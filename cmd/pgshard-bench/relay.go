@@ -253,9 +253,9 @@ func latencyRun(ctx context.Context, ro relayOptions, env relayEnv, t *target, c
 	row := latencyRow{Target: t.name, Clients: clients, Threads: max(1, min(clients, env.m.o.threads))}
 	var d string
 	var err error
-	// pgbench's -T includes connecting its clients: when that took half
-	// of it (a direct PostgreSQL backend's start is slow), run again with
-	// the connecting time added.
+	// pgbench's -T includes connecting its clients: when that took a
+	// quarter of it or more (a direct PostgreSQL backend's start is slow),
+	// run again with -T lengthened by 1.5 times the connecting time.
 	run := ro.duration.Round(time.Second)
 	var out string
 	var code int
@@ -286,7 +286,7 @@ func latencyRun(ctx context.Context, ro relayOptions, env relayEnv, t *target, c
 		if row.ConnectMs != nil {
 			conn = time.Duration(*row.ConnectMs * float64(time.Millisecond))
 		}
-		if attempt == 2 || err != nil || conn < run/2 && st.Transactions > 0 {
+		if attempt == 2 || err != nil || conn < run/4 && st.Transactions > 0 {
 			break
 		}
 		more := max(time.Second, (conn * 3 / 2).Round(time.Second))

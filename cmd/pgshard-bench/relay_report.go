@@ -168,7 +168,7 @@ func (r *relayReport) printText(w io.Writer) {
 		writeTable(w, rows, 2)
 		fmt.Fprintln(w, "Latency: from the client's send to its last reply byte, as pgbench measures it; with many clients on this machine it")
 		fmt.Fprintln(w, "  includes waiting for a CPU, for pgbench's own threads and for a pooled backend (pool size above). connecting: pgbench's")
-		fmt.Fprintln(w, "  initial connection time, which -T includes: when it took half of -T, the run was made again with -T lengthened by it.")
+		fmt.Fprintln(w, "  initial connection time, which -T includes: when it took a quarter of -T or more, the run was made again with a longer -T.")
 	}
 	if len(r.Churn) > 0 {
 		fmt.Fprintf(w, "\nConnection churn (pgbench -S -C -M %s: a new connection, SCRAM authentication, per transaction; %d clients, %s)\n", r.LatencyMode, r.Clients, r.Duration)
