@@ -12,6 +12,12 @@
 // lock, so a client that pipelines more than the socket buffers hold cannot
 // deadlock the relay.
 //
+// An idle client costs no goroutine and no buffer (park.go): a session that
+// holds no backend and received nothing for one to two seconds is parked in
+// an epoll set (internal/parking) with its read buffer back in a pool, and
+// its loop runs again, on a new goroutine, when the client sends something
+// or hangs up. TLS sessions keep their goroutine.
+//
 // # The response queue
 //
 // For every message sent to the backend that will be answered, the session

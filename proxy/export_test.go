@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // DebugSessions describes every session's state (tests only).
@@ -37,3 +38,24 @@ func (s *Server) DebugSessions() string {
 // the client with an error and drops its backends, leaving the prepared
 // transactions to the recovery loop. nil restores normal behaviour.
 func SetCoordinatorCrash(stage string) { testCrashStage.Store(&stage) }
+
+// SetParkSweep sets the idle sweeper's period for servers started after
+// it and returns the previous one.
+func SetParkSweep(d time.Duration) time.Duration {
+	return time.Duration(parkSweep.Swap(int64(d)))
+}
+
+// Parked returns how many sessions are parked now.
+func (s *Server) Parked() int {
+	if s.lot == nil {
+		return 0
+	}
+	return s.lot.Len()
+}
+
+// Clients returns how many client sessions are registered.
+func (s *Server) Clients() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}

@@ -10,6 +10,7 @@ import (
 // metrics are the proxy's Prometheus metrics.
 type metrics struct {
 	clients      prometheus.Gauge
+	parked       prometheus.Gauge
 	clientsTotal prometheus.Counter
 	rejected     *prometheus.CounterVec
 	queries      prometheus.Counter
@@ -26,6 +27,8 @@ func newMetrics(reg prometheus.Registerer, srv *Server) *metrics {
 	m := &metrics{
 		clients: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgshard_client_connections", Help: "Client connections open now."}),
+		parked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgshard_client_connections_parked", Help: "Idle client connections parked: no goroutine and no buffers (included in pgshard_client_connections)."}),
 		clientsTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgshard_client_connections_total", Help: "Client connections accepted."}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -53,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1e-3, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.clientsTotal, m.rejected, m.queries, m.errors, m.latency, m.wait, m.waitErrors,
+		reg.MustRegister(m.clients, m.parked, m.clientsTotal, m.rejected, m.queries, m.errors, m.latency, m.wait, m.waitErrors,
 			m.routed, m.retries, m.holds, &poolCollector{srv: srv})
 	}
 	return m

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/internal/parking"
 	"github.com/pgshard/pgshard/pool"
 	"github.com/pgshard/pgshard/router"
 	"github.com/pgshard/pgshard/wire"
@@ -54,8 +55,15 @@ type Server struct {
 	ln         net.Listener
 	closing    atomic.Bool
 
-	wg     sync.WaitGroup // one per session goroutine
-	warmWG sync.WaitGroup // warming passes (warm.go)
+	wg sync.WaitGroup // one per session, running or parked
+
+	// Idle clients (park.go), started by Serve, stopped by Shutdown.
+	lot         *parking.Lot
+	lotDone     chan struct{}
+	sweepStop   chan struct{}
+	sweepDone   chan struct{}
+	parkStopped bool
+	warmWG      sync.WaitGroup // warming passes (warm.go)
 }
 
 type poolKey struct{ addr, user, db string }
@@ -189,6 +197,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	s.serveCtx = ctx
 	shards := s.shardList()
+	if s.lot == nil && !s.closing.Load() {
+		s.startParking()
+	}
 	s.mu.Unlock()
 	for _, rt := range shards {
 		rt.start(ctx) // idempotent: SetShards may have started it
@@ -219,23 +230,31 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			_ = tc.SetNoDelay(true)
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(ctx, conn)
-		}()
+		go s.serveConn(ctx, conn)
 	}
 }
 
+// panicked tells a client that a bug ended its session and logs the stack:
+// a bug must cost one client its connection, not every client the process.
+func (s *Server) panicked(r any, conn net.Conn) {
+	s.metrics.rejected.WithLabelValues("internal_error").Inc()
+	s.log.Error("BUG: session panicked; connection closed", "panic", r, "stack", string(debug.Stack()))
+	_, _ = conn.Write(wire.AppendError(nil, wire.Fatalf(wire.CodeInternalError, "pgshard: internal error; the connection is closed")))
+}
+
+// serveConn starts a client's session and runs it (drive). It owns one
+// count of s.wg, which drive takes over once the session runs.
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
-	defer conn.Close()
+	running := false
 	defer func() {
-		// A bug must cost one client its connection, not every client the
-		// process: say so to the client, log the stack, go on serving.
-		if r := recover(); r != nil {
-			s.metrics.rejected.WithLabelValues("internal_error").Inc()
-			s.log.Error("BUG: session panicked; connection closed", "panic", r, "stack", string(debug.Stack()))
-			_, _ = conn.Write(wire.AppendError(nil, wire.Fatalf(wire.CodeInternalError, "pgshard: internal error; the connection is closed")))
+		if running {
+			return
 		}
+		if r := recover(); r != nil {
+			s.panicked(r, conn)
+		}
+		conn.Close()
+		s.wg.Done()
 	}()
 	cfg := s.cfg.Load()
 	users := *s.users.Load()
@@ -277,15 +296,20 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	sess := newSession(s, st, u, cfg.Pool.Mode, cfg.Routing.ReadWriteSplit)
+	sess.ctx = ctx
 	if !s.register(sess, cfg.MaxClients) {
 		fail("max_clients", wire.Fatalf(wire.CodeTooManyConnections, "sorry, too many clients already (max_clients = %d)", cfg.MaxClients))
 		return
 	}
-	defer s.unregister(sess)
 	s.metrics.clients.Inc()
 	s.metrics.clientsTotal.Inc()
-	defer s.metrics.clients.Dec()
-
+	started := false
+	defer func() {
+		if !started {
+			s.unregister(sess)
+			s.metrics.clients.Dec()
+		}
+	}()
 	if err := sess.start(ctx); err != nil {
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -295,10 +319,40 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		sess.finish()
 		return
 	}
-	if err := sess.run(ctx); err != nil {
+	started, running = true, true
+	s.drive(sess)
+}
+
+// drive runs the session loop until the session ends, then releases it, or
+// until it parks (park.go): the Lot drives it again when its client sends
+// something. Whoever ends the session says s.wg.Done.
+func (s *Server) drive(sess *session) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.panicked(r, sess.conn)
+			s.endSession(sess, false)
+		}
+	}()
+	err := sess.run(sess.ctx)
+	if err == errParked {
+		return
+	}
+	if err != nil {
 		sess.logger.Debug("session ended with an error", "err", err)
 	}
-	sess.finish()
+	s.endSession(sess, true)
+}
+
+// endSession releases what a session holds (finish: its backend, when
+// the session did not panic) and closes its client connection.
+func (s *Server) endSession(sess *session, finish bool) {
+	if finish {
+		sess.finish()
+	}
+	s.unregister(sess)
+	s.metrics.clients.Dec()
+	_ = sess.conn.Close()
+	s.wg.Done()
 }
 
 func credentials(u config.User) wire.Credentials {
@@ -406,6 +460,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = fmt.Errorf("proxy: shutdown timed out; closed %d sessions mid-transaction", n)
 		<-done
 	}
+	s.stopParking()
 	s.stopForgetting()
 	s.warmWG.Wait()
 	for _, p := range s.pools() {
@@ -473,15 +528,20 @@ func (s *Server) SetShards(shards []config.Shard) error {
 }
 
 // closeIfIdle ends a session that holds no backend (between transactions).
+// A parked one is driven again, to end when its connection closes.
 func (s *session) closeIfIdle() {
 	s.mu.Lock()
 	idle := s.sc == nil && !s.busy
+	parked := s.unparkLocked()
 	if idle {
 		s.out = wire.AppendError(s.out, wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
 	}
 	s.mu.Unlock()
 	if idle {
 		go s.closeAfterFlush()
+	}
+	if parked {
+		go s.srv.drive(s)
 	}
 }
 

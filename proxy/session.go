@@ -6,15 +6,18 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/internal/parking"
 	"github.com/pgshard/pgshard/pool"
 	"github.com/pgshard/pgshard/router"
 	"github.com/pgshard/pgshard/shardmap"
@@ -129,11 +132,7 @@ type session struct {
 	user   string
 	db     string
 	mode   config.PoolMode
-	logger interface {
-		Debug(string, ...any)
-		Info(string, ...any)
-		Warn(string, ...any)
-	}
+	logger sessionLog
 
 	// Routing (sharding and read/write splitting).
 	binds         map[string]*shardBinding // by shard name (session loop; see bindingFor)
@@ -205,6 +204,13 @@ type session struct {
 	wmu     sync.Mutex
 	spare   []byte
 	retryWG sync.WaitGroup
+
+	// Parking (park.go).
+	ctx      context.Context // the server's, for the session loop
+	src      clientSource    // what cr reads from
+	parkConn parking.Conn    // the client's socket, when it can be parked
+	spot     *parking.Spot   // where the session is parked (under mu)
+	idleMark atomic.Bool     // set by the sweeper, cleared by each message
 }
 
 func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMode, split bool) *session {
@@ -218,7 +224,7 @@ func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMo
 			s.split = s.split || rt.monitor != nil
 		}
 	}
-	s.logger = srv.log.With("user", st.User, "db", st.Database, "client", st.Conn.RemoteAddr().String())
+	s.logger = sessionLog{s}
 	for k, v := range st.Params {
 		switch {
 		case k == "options":
@@ -231,6 +237,11 @@ func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMo
 		}
 	}
 	s.setsKey = settingsKey(s.sets)
+	s.src.conn = st.Conn
+	st.Reader.SetSource(&s.src)
+	if pc, ok := st.Conn.(parking.Conn); ok && srv.lot != nil {
+		s.parkConn = pc
+	}
 	return s
 }
 
@@ -424,9 +435,19 @@ func (s *session) run(ctx context.Context) error {
 		if s.pushback != nil {
 			typ, msg, s.pushback = s.pushback[0], s.pushback, nil
 		} else {
+			s.src.parkable = true
 			typ, msg, err = s.cr.Next()
+			s.src.parkable = false
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// The sweeper asks an idle session to park (park.go).
+				if s.park() {
+					return errParked
+				}
+				_ = s.conn.SetReadDeadline(time.Time{})
+				continue
+			}
 			var pe *wire.ProtocolError
 			if errors.As(err, &pe) {
 				s.clientError(err)
@@ -435,6 +456,9 @@ func (s *session) run(ctx context.Context) error {
 				return nil
 			}
 			return err
+		}
+		if s.idleMark.Load() {
+			s.idleMark.Store(false)
 		}
 		s.waitRetry()
 		if s.split || s.srv.owners() > 1 {

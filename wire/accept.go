@@ -209,7 +209,7 @@ func (a *acceptor) run(ctx context.Context) (*Startup, error) {
 	if a.cfg.TLSConfig != nil {
 		// PostgreSQL 17's direct SSL negotiation (sslnegotiation=direct):
 		// the client starts with a TLS ClientHello instead of an SSLRequest.
-		if b, err := a.r.br.Peek(1); err == nil && b[0] == tlsHandshakeRecord {
+		if b, err := a.r.reader().Peek(1); err == nil && b[0] == tlsHandshakeRecord {
 			if err := a.directTLS(ctx); err != nil {
 				return nil, err
 			}
@@ -290,7 +290,7 @@ func (a *acceptor) run(ctx context.Context) (*Startup, error) {
 // message ('X' and the high bytes of its length, 4), which a client sends
 // when it gives up before its startup packet.
 func (a *acceptor) terminateFirst() bool {
-	b, _ := a.r.br.Peek(4)
+	b, _ := a.r.reader().Peek(4)
 	return string(b) == "X\x00\x00\x00"
 }
 
@@ -307,7 +307,7 @@ func (a *acceptor) directTLS(ctx context.Context) error {
 	cfg := a.cfg.TLSConfig.Clone()
 	cfg.NextProtos = []string{alpnPostgreSQL}
 	// The ClientHello may already sit in the buffer: feed it to TLS first.
-	tc := tls.Server(&prefixConn{Conn: a.conn, r: a.r.br}, cfg)
+	tc := tls.Server(&prefixConn{Conn: a.conn, r: a.r.reader()}, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		a.noReply = true
 		return fmt.Errorf("direct TLS handshake: %w", err)

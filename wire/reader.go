@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // DefaultMaxMessageSize is the largest message accepted when no limit is
@@ -19,11 +20,28 @@ const readBufferSize = 32 << 10
 // int32 length that counts itself). It only frames: the contents are decoded
 // with pgproto3 by whoever needs them, so messages that are merely relayed
 // cost no decoding.
+//
+// Its read buffer is taken from a pool when bytes are read and can be given
+// back between messages (Release), so an idle connection holds none.
 type Reader struct {
-	br  *bufio.Reader
+	br  *bufio.Reader // nil after Release
+	src source
 	max int
 	buf []byte
+	// A message over the buffer's size being read when an error (a read
+	// deadline) interrupted it: Next goes on with it.
+	partial []byte
+	total   int
+	long    bool
 }
+
+// source lets SetSource change what the buffered reader reads from
+// without discarding what it buffered.
+type source struct{ r io.Reader }
+
+func (s *source) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+var bufPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
 
 // NewReader returns a Reader over r that refuses messages whose declared
 // length exceeds max bytes (DefaultMaxMessageSize when max <= 0).
@@ -31,15 +49,55 @@ func NewReader(r io.Reader, max int) *Reader {
 	if max <= 0 {
 		max = DefaultMaxMessageSize
 	}
-	return &Reader{br: bufio.NewReaderSize(r, readBufferSize), max: max}
+	rd := &Reader{max: max}
+	rd.src.r = r
+	return rd
+}
+
+// SetSource makes the Reader read from r from now on; bytes already
+// buffered are kept. r usually wraps the previous source.
+func (r *Reader) SetSource(src io.Reader) { r.src.r = src }
+
+// Release gives the read buffer back to a pool when it holds no bytes and
+// no message is half read, and reports whether it did. The next read takes
+// a buffer again.
+func (r *Reader) Release() bool {
+	if r.long {
+		return false
+	}
+	if r.br != nil {
+		if r.br.Buffered() > 0 {
+			return false
+		}
+		r.br.Reset(nil)
+		bufPool.Put(r.br)
+		r.br = nil
+	}
+	r.buf = nil
+	return true
+}
+
+func (r *Reader) reader() *bufio.Reader {
+	if r.br == nil {
+		r.br = bufPool.Get().(*bufio.Reader)
+		r.br.Reset(&r.src)
+	}
+	return r.br
 }
 
 // Next returns the next message: its type byte and the raw message, header
 // included. msg is valid until the next call to Next. A message whose length
 // is impossible or above the limit yields a *ProtocolError; the stream cannot
 // be resynchronised after that, so the caller closes the connection.
+//
+// After an error from the source that is not the end of the stream (a read
+// deadline), the next call goes on where this one stopped.
 func (r *Reader) Next() (typ byte, msg []byte, err error) {
-	hdr, err := r.br.Peek(5)
+	if r.long {
+		return r.finishLong()
+	}
+	br := r.reader()
+	hdr, err := br.Peek(5)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
 			err = io.ErrUnexpectedEOF
@@ -55,49 +113,60 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 		return 0, nil, &ProtocolError{Msg: fmt.Sprintf("message of type %q is %d bytes, over the limit of %d", typ, n, r.max), Oversized: true}
 	}
 	total := n + 1
-	if total <= r.br.Size() {
+	if total <= br.Size() {
 		// Fast path: the whole message fits in the buffer; hand out a view.
-		msg, err = r.br.Peek(total)
+		msg, err = br.Peek(total)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
 			return 0, nil, err
 		}
-		_, _ = r.br.Discard(total)
+		_, _ = br.Discard(total)
 		return typ, msg, nil
 	}
-	// Grow the buffer as the bytes arrive rather than trusting the declared
-	// length: a peer that announces a huge message and sends nothing costs
-	// no more memory than it sent.
-	msg = r.buf[:0]
-	for len(msg) < total {
+	r.partial, r.total, r.long = r.buf[:0], total, true
+	return r.finishLong()
+}
+
+// finishLong reads the rest of a message over the buffer's size. It grows
+// the message as the bytes arrive rather than trusting the declared
+// length: a peer that announces a huge message and sends nothing costs no
+// more memory than it sent.
+func (r *Reader) finishLong() (byte, []byte, error) {
+	msg := r.partial
+	br := r.reader()
+	for len(msg) < r.total {
 		if len(msg) == cap(msg) {
-			grown := make([]byte, len(msg), min(total, max(2*cap(msg), 64<<10)))
+			grown := make([]byte, len(msg), min(r.total, max(2*cap(msg), 64<<10)))
 			copy(grown, msg)
 			msg = grown
 		}
-		chunk := msg[len(msg):min(total, cap(msg))]
-		if _, err = io.ReadFull(r.br, chunk); err != nil {
+		chunk := msg[len(msg):min(r.total, cap(msg))]
+		n, err := io.ReadFull(br, chunk)
+		msg = msg[:len(msg)+n]
+		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
+			r.partial = msg
 			return 0, nil, err
 		}
-		msg = msg[:len(msg)+len(chunk)]
 	}
+	r.partial, r.long = nil, false
 	r.buf = msg
 	if cap(r.buf) > 1<<20 {
 		r.buf = nil // do not pin a huge buffer for the life of the connection
 	}
-	return typ, msg, nil
+	return msg[0], msg, nil
 }
 
 // NextUntyped reads a message without a type byte (the startup packet, SSL
 // and cancel requests): an int32 length that counts itself, then the body.
 // It returns the body only.
 func (r *Reader) NextUntyped() ([]byte, error) {
-	hdr, err := r.br.Peek(4)
+	br := r.reader()
+	hdr, err := br.Peek(4)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
 			err = io.ErrUnexpectedEOF
@@ -113,7 +182,7 @@ func (r *Reader) NextUntyped() ([]byte, error) {
 		r.buf = make([]byte, n)
 	}
 	b := r.buf[:n]
-	if _, err := io.ReadFull(r.br, b); err != nil {
+	if _, err := io.ReadFull(br, b); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
@@ -127,7 +196,12 @@ const maxStartupPacket = 10000
 
 // Buffered reports how many bytes are read from the socket but not yet
 // returned as messages. A relay flushes its output when this reaches zero.
-func (r *Reader) Buffered() int { return r.br.Buffered() }
+func (r *Reader) Buffered() int {
+	if r.br == nil {
+		return 0
+	}
+	return r.br.Buffered()
+}
 
 // Body returns the message body of a raw message returned by Next.
 func Body(msg []byte) []byte { return msg[5:] }

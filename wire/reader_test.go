@@ -84,3 +84,94 @@ func (o oneByteReader) Read(p []byte) (int, error) {
 	}
 	return o.r.Read(p)
 }
+
+// hiccupReader returns errHiccup every third Read, before reading.
+type hiccupReader struct {
+	r io.Reader
+	n int
+}
+
+var errHiccup = errors.New("hiccup")
+
+func (h *hiccupReader) Read(p []byte) (int, error) {
+	h.n++
+	if h.n%3 == 0 {
+		return 0, errHiccup
+	}
+	if len(p) > 1000 {
+		p = p[:1000]
+	}
+	return h.r.Read(p)
+}
+
+// TestReaderGoesOnAfterAnError interrupts every message, short and over
+// the buffer's size, with source errors (as a read deadline does) and
+// releases the buffer whenever it may: the messages come out whole and in
+// order, and Release refuses while bytes or half a message are held.
+func TestReaderGoesOnAfterAnError(t *testing.T) {
+	big := bytes.Repeat([]byte("y"), 100<<10)
+	var stream []byte
+	var want [][]byte
+	for i := range 20 {
+		start := len(stream)
+		if i%4 == 1 {
+			stream, _ = (&pgproto3.CopyData{Data: big}).Encode(stream)
+		} else {
+			stream, _ = (&pgproto3.Query{String: "select " + string(rune('a'+i))}).Encode(stream)
+		}
+		want = append(want, stream[start:])
+	}
+	r := NewReader(&hiccupReader{r: bytes.NewReader(stream)}, 1<<20)
+	var errs, released int
+	for i := 0; i < len(want); {
+		if r.Release() {
+			released++
+			if r.Buffered() != 0 {
+				t.Fatal("Release with bytes buffered")
+			}
+		}
+		_, msg, err := r.Next()
+		if errors.Is(err, errHiccup) {
+			errs++
+			continue
+		}
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if !bytes.Equal(msg, want[i]) {
+			t.Fatalf("message %d: %d bytes, want %d", i, len(msg), len(want[i]))
+		}
+		i++
+	}
+	if _, _, err := r.Next(); err != io.EOF && !errors.Is(err, errHiccup) {
+		t.Fatalf("at the end: %v", err)
+	}
+	if errs < 10 || released == 0 {
+		t.Fatalf("%d errors, %d releases: the test did not interrupt enough", errs, released)
+	}
+}
+
+func TestReaderReleaseAndSetSource(t *testing.T) {
+	var a, b []byte
+	a, _ = (&pgproto3.Query{String: "one"}).Encode(a)
+	a, _ = (&pgproto3.Query{String: "two"}).Encode(a)
+	b, _ = (&pgproto3.Sync{}).Encode(b)
+	r := NewReader(bytes.NewReader(a), 0)
+	if _, _, err := r.Next(); err != nil {
+		t.Fatal(err)
+	}
+	if r.Release() {
+		t.Fatal("Release with the second message buffered")
+	}
+	// The buffered message survives a change of source.
+	r.SetSource(bytes.NewReader(b))
+	if typ, _, err := r.Next(); err != nil || typ != 'Q' {
+		t.Fatalf("second message: %q %v", typ, err)
+	}
+	if !r.Release() {
+		t.Fatal("Release refused with nothing buffered")
+	}
+	if typ, _, err := r.Next(); err != nil || typ != 'S' {
+		t.Fatalf("after Release: %q %v", typ, err)
+	}
+}

@@ -1,0 +1,215 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgshard/pgshard/internal/parking"
+	"github.com/pgshard/pgshard/router"
+)
+
+// Idle clients are parked: a session that holds no backend and has waited
+// for its client's next message through a whole sweep (parkSweep, so 1 to
+// 2 sweeps) gives up its goroutine and its buffers, and its socket waits in
+// the server's parking.Lot. When the client sends something (or hangs up),
+// the Lot starts a goroutine that runs the session loop again.
+//
+// The sweeper asks a session to park by setting its connection's read
+// deadline in the past. Only the session loop's wait for a new message
+// (clientSource.parkable) sees that deadline; every other read of the
+// client (the rest of a batch, COPY data) clears it and reads on. The loop
+// parks only if the session is still idle, nothing is buffered and no
+// message is half read (park); otherwise it clears the deadline and waits
+// as before. A parked session keeps its place in Server.wg: whoever ends
+// it (drive) says Done.
+//
+// TLS sessions are not parked: crypto/tls buffers what it decrypted.
+
+// parkSweep is the sweeper's period in nanoseconds (tests shorten it).
+var parkSweep atomic.Int64
+
+func init() { parkSweep.Store(int64(time.Second)) }
+
+// errParked is returned by run when the session parked: its goroutine ends
+// and the session lives on in the Lot.
+var errParked = errors.New("session parked")
+
+// clientSource is what a session's wire.Reader reads the client through: the
+// connection, whose read deadline (the sweeper's request to park) only the
+// session loop's wait for a new message sees.
+type clientSource struct {
+	conn     net.Conn
+	parkable bool // the session loop waits for a new message (session loop)
+}
+
+func (c *clientSource) Read(p []byte) (int, error) {
+	for {
+		n, err := c.conn.Read(p)
+		if err == nil || c.parkable || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		_ = c.conn.SetReadDeadline(time.Time{})
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// idleLocked reports whether the session holds nothing that needs its
+// goroutine: no backend, no leg running, no answer or retry pending, no
+// output (park also checks the session loop's own state: a transaction's
+// legs, a message read ahead). Called with s.mu held.
+func (s *session) idleLocked() bool {
+	return s.sc == nil && !s.busy && s.q.len() == 0 && len(s.out) == 0 &&
+		!s.rt.pending && !s.rt.active && len(s.running) == 0 &&
+		s.cancelling == 0 && !s.closing && !s.dead && !s.lost
+}
+
+// park hands the session's socket to the Lot when the session is idle and
+// nothing of the client's is buffered, and reports whether it did; the
+// session loop then returns errParked at once. Called by the session loop
+// after its wait for a new message ended on the sweeper's deadline.
+func (s *session) park() bool {
+	lot := s.srv.lot
+	if lot == nil || s.parkConn == nil || s.pushback != nil || len(s.tx.legs) > 0 || !s.cr.Release() {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.idleLocked() || s.srv.closing.Load() {
+		return false
+	}
+	// The resumed loop's reads must block as usual.
+	if err := s.conn.SetReadDeadline(time.Time{}); err != nil {
+		return false
+	}
+	sp, err := lot.Park(s.parkConn, func() { s.srv.unparked(s) })
+	if err != nil {
+		return false
+	}
+	s.spot = sp
+	s.out, s.spare, s.sbuf, s.gbuf = nil, nil, nil, nil
+	s.q = queue{}
+	s.params = router.Params{}
+	s.srv.metrics.parked.Inc()
+	return true
+}
+
+// unpark takes a parked session out of the Lot and reports whether it was
+// parked; the caller then runs it (Server.drive). Called with s.mu held.
+func (s *session) unparkLocked() bool {
+	if s.spot == nil || !s.srv.lot.Unpark(s.spot) {
+		return false
+	}
+	s.spot = nil
+	s.srv.metrics.parked.Dec()
+	return true
+}
+
+// unparked runs a session the Lot woke, on the Lot's goroutine for it.
+func (s *Server) unparked(sess *session) {
+	sess.mu.Lock()
+	sess.spot = nil
+	sess.mu.Unlock()
+	s.metrics.parked.Dec()
+	s.drive(sess)
+}
+
+// sweepIdle asks every session that stayed idle since the last sweep to
+// park; owned by Serve, it ends with ctx.
+func (s *Server) sweepIdle(done <-chan struct{}) {
+	t := time.NewTicker(time.Duration(parkSweep.Load()))
+	defer t.Stop()
+	var list []*session
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		list = list[:0]
+		for _, sess := range s.sessions {
+			list = append(list, sess)
+		}
+		s.mu.Unlock()
+		for _, sess := range list {
+			sess.sweep()
+		}
+		clear(list)
+	}
+}
+
+// sweep marks the session; one still marked at the next sweep received no
+// message meanwhile and is asked to park if it is idle.
+func (s *session) sweep() {
+	if s.parkConn == nil || !s.idleMark.Swap(true) {
+		return
+	}
+	s.mu.Lock()
+	ask := s.spot == nil && s.idleLocked()
+	s.mu.Unlock()
+	if ask {
+		_ = s.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// startParking starts the Lot and the sweeper; without epoll (not Linux)
+// sessions keep their goroutines. Called by Serve with s.mu held.
+func (s *Server) startParking() {
+	lot, err := parking.New()
+	if err != nil {
+		s.log.Info("idle clients keep a goroutine each", "err", err)
+		return
+	}
+	s.lot = lot
+	s.lotDone, s.sweepStop, s.sweepDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(s.lotDone)
+		if err := lot.Run(); err != nil {
+			s.log.Error("BUG: parking lot stopped; clients parked now are not woken", "err", err)
+		}
+	}()
+	go func() {
+		defer close(s.sweepDone)
+		s.sweepIdle(s.sweepStop)
+	}()
+}
+
+// stopParking stops the sweeper and the Lot once no session is left.
+func (s *Server) stopParking() {
+	s.mu.Lock()
+	lot := s.lot
+	stopped := s.parkStopped
+	s.parkStopped = true
+	s.mu.Unlock()
+	if lot == nil || stopped {
+		return
+	}
+	close(s.sweepStop)
+	<-s.sweepDone
+	_ = lot.Close()
+	<-s.lotDone
+}
+
+// sessionLog logs with the session's user, database and client address,
+// composed when a line is logged: an idle session holds no logger of its
+// own.
+type sessionLog struct{ s *session }
+
+func (l sessionLog) with(args []any) []any {
+	return append(args, "user", l.s.user, "db", l.s.db, "client", l.s.conn.RemoteAddr().String())
+}
+
+func (l sessionLog) Debug(msg string, args ...any) {
+	if l.s.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.s.srv.log.Debug(msg, l.with(args)...)
+	}
+}
+func (l sessionLog) Info(msg string, args ...any) { l.s.srv.log.Info(msg, l.with(args)...) }
+func (l sessionLog) Warn(msg string, args ...any) { l.s.srv.log.Warn(msg, l.with(args)...) }
