@@ -16,7 +16,9 @@
 // holds no backend and received nothing for one to two seconds is parked in
 // an epoll set (internal/parking) with its read buffer back in a pool, and
 // its loop runs again, on a new goroutine, when the client sends something
-// or hangs up. TLS sessions keep their goroutine.
+// or hangs up. TLS sessions keep their goroutine. When a wave of clients
+// went idle, the sweeper hands the freed memory back to the operating
+// system at once (releaser).
 //
 // # The response queue
 //

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -95,6 +96,7 @@ func (s *session) park() bool {
 	s.spot = sp
 	s.out, s.spare, s.sbuf, s.gbuf = nil, nil, nil, nil
 	s.q = queue{}
+	s.grp = nil
 	s.params = router.Params{}
 	s.srv.metrics.parked.Inc()
 	return true
@@ -126,6 +128,7 @@ func (s *Server) sweepIdle(done <-chan struct{}) {
 	t := time.NewTicker(time.Duration(parkSweep.Load()))
 	defer t.Stop()
 	var list []*session
+	var rel releaser
 	for {
 		select {
 		case <-done:
@@ -142,7 +145,42 @@ func (s *Server) sweepIdle(done <-chan struct{}) {
 			sess.sweep()
 		}
 		clear(list)
+		rel.after(s.lot.Len(), time.Now())
 	}
+}
+
+// releaseStep and releaseEvery bound how often the sweeper hands memory
+// back to the operating system: when a wave of parking ended (no more
+// parked than at the sweep before) with at least releaseStep more sessions
+// parked than at the last release, at most once per releaseEvery.
+const (
+	releaseStep  = 1000
+	releaseEvery = 10 * time.Second
+)
+
+// releaser returns the buffers of sessions parked in bulk (a wave of
+// clients going idle) to the operating system at once: otherwise the Go
+// runtime keeps them until its next collection, which an idle process
+// makes only every two minutes, and returns them slowly after that.
+type releaser struct {
+	parked int       // parked sessions at the last release
+	at     time.Time // of the last release
+	prev   int       // parked sessions at the last sweep
+}
+
+func (r *releaser) after(parked int, now time.Time) bool {
+	prev := r.prev
+	r.prev = parked
+	if parked < r.parked {
+		r.parked = parked
+	}
+	// Once the wave is over: the count did not grow since the last sweep.
+	if parked > prev || parked-r.parked < releaseStep || now.Sub(r.at) < releaseEvery {
+		return false
+	}
+	debug.FreeOSMemory()
+	r.parked, r.at = parked, now
+	return true
 }
 
 // sweep marks the session; one still marked at the next sweep received no

@@ -159,7 +159,7 @@ type session struct {
 	txnBegin      string         // the BEGIN lazyTxn sent with the transaction's first message (under mu)
 	txnFresh      bool           // ... and nothing that reads or writes ran in it yet (under mu)
 	tx            txState        // the transaction's legs on other shards (txlegs.go; session loop)
-	grp           groupCache     // the extended-protocol batch being routed (handleGroup; session loop)
+	grp           *groupCache    // the extended-protocol batch being routed (handleGroup; session loop; nil while parked)
 	running       []*leg         // legs running the client's statement (spread.go; under mu)
 	legCancels    sync.WaitGroup // cancel requests being sent to running legs
 	spreadErrs    int            // errors emitted by spread statements (session loop)
@@ -217,7 +217,7 @@ func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMo
 	s := &session{
 		srv: srv, conn: st.Conn, cr: st.Reader, user: st.User, db: st.Database, mode: mode,
 		txStatus: 'I', stmts: map[string]*stmtDef{}, sets: map[string]string{},
-		cuser: u, node: -1, binds: map[string]*shardBinding{},
+		cuser: u, node: -1, binds: map[string]*shardBinding{}, grp: new(groupCache),
 	}
 	if split && mode == config.PoolTransaction {
 		for _, rt := range srv.shardList() {
@@ -428,6 +428,9 @@ func (s *session) startOnce(ctx context.Context) error {
 
 // run is the session loop. It returns when the client leaves or fails.
 func (s *session) run(ctx context.Context) error {
+	if s.grp == nil {
+		s.grp = new(groupCache)
+	}
 	for {
 		var typ byte
 		var msg []byte
@@ -519,8 +522,8 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		s.gbuf = append(s.gbuf, m...)
 		last = t
 	}
-	s.grp = groupCache{}
-	defer func() { s.grp = groupCache{} }()
+	*s.grp = groupCache{}
+	defer func() { *s.grp = groupCache{} }()
 	if e := s.holdGroup(ctx, s.gbuf); e != nil {
 		if err := s.refuseExtended(ctx, e); err != nil {
 			return err
@@ -1529,9 +1532,9 @@ func (s *session) startRetry(toPrimary bool, reason string) {
 			// This node's map is stale: the range moved. Wait for the
 			// new ring; the batch is planned again on it.
 			s.srv.waitRingChange(ring)
-			s.grp = groupCache{}
+			*s.grp = groupCache{}
 			want.shard = s.groupShard(s.gbuf) // "" for a simple Query: planned as it is handled
-			s.grp = groupCache{}
+			*s.grp = groupCache{}
 		}
 		// Whatever the session loop composed for the lost backend after it
 		// was lost is dropped: the batch is re-sent whole.

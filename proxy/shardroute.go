@@ -708,7 +708,7 @@ type oneStmtGroup struct {
 func (s *session) singleGroup(group []byte) (oneStmtGroup, bool) {
 	if !s.grp.valid {
 		g, ok := s.decodeSingleGroup(group)
-		s.grp = groupCache{valid: true, g: g, ok: ok}
+		*s.grp = groupCache{valid: true, g: g, ok: ok}
 	}
 	return s.grp.g, s.grp.ok
 }

@@ -41,7 +41,37 @@ type source struct{ r io.Reader }
 
 func (s *source) Read(p []byte) (int, error) { return s.r.Read(p) }
 
-var bufPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+// freeReaders keeps read buffers given back by Release for the next
+// Reader that needs one, up to maxFreeReaders; more are left to the
+// garbage collector, so that clients going idle in bulk return their
+// memory (a sync.Pool would keep them through a collection).
+var freeReaders struct {
+	sync.Mutex
+	list []*bufio.Reader
+}
+
+const maxFreeReaders = 32
+
+func getReader() *bufio.Reader {
+	freeReaders.Lock()
+	defer freeReaders.Unlock()
+	if n := len(freeReaders.list); n > 0 {
+		br := freeReaders.list[n-1]
+		freeReaders.list[n-1] = nil
+		freeReaders.list = freeReaders.list[:n-1]
+		return br
+	}
+	return bufio.NewReaderSize(nil, readBufferSize)
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	freeReaders.Lock()
+	defer freeReaders.Unlock()
+	if len(freeReaders.list) < maxFreeReaders {
+		freeReaders.list = append(freeReaders.list, br)
+	}
+}
 
 // NewReader returns a Reader over r that refuses messages whose declared
 // length exceeds max bytes (DefaultMaxMessageSize when max <= 0).
@@ -69,8 +99,7 @@ func (r *Reader) Release() bool {
 		if r.br.Buffered() > 0 {
 			return false
 		}
-		r.br.Reset(nil)
-		bufPool.Put(r.br)
+		putReader(r.br)
 		r.br = nil
 	}
 	r.buf = nil
@@ -79,7 +108,7 @@ func (r *Reader) Release() bool {
 
 func (r *Reader) reader() *bufio.Reader {
 	if r.br == nil {
-		r.br = bufPool.Get().(*bufio.Reader)
+		r.br = getReader()
 		r.br.Reset(&r.src)
 	}
 	return r.br
