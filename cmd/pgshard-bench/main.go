@@ -37,6 +37,7 @@ type options struct {
 	sharded                  shardedOptions
 	reshard                  reshardOptions
 	relay                    relayOptions
+	idle                     idleOptions
 }
 
 func main() {
@@ -86,6 +87,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.reshard.replicas, "reshard-replicas", 0, "resharding mode: streaming replicas of the shard and of the new shard")
 	var relayParts, latencyClients string
 	relayFlags(fs, &o.relay, &relayParts, &latencyClients)
+	registerIdleFlags(fs, &o.idle)
 	shardedModes := fs.String("sharded-modes", "simple,prepared", "sharded mode: pgbench protocol modes (-M) of the keyed runs")
 	pgbin := os.Getenv("PGSHARD_PGBIN")
 	if pgbin == "" {
@@ -139,6 +141,7 @@ func parseFlags(args []string) (options, error) {
 	if o.split && o.reps == 0 {
 		errs = append(errs, errors.New("-split needs -replicas ≥1"))
 	}
+	errs = append(errs, o.finishIdle())
 	return o, errors.Join(errs...)
 }
 
@@ -178,6 +181,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		return err
 	}
 	logf := log.New(os.Stderr, "pgshard-bench: ", log.Ltime).Printf
+	// Before any child starts: the proxies inherit the limit.
+	fdSoft, fdHard, fdErr := raiseNofile()
 	vlogf := func(string, ...any) {}
 	if o.verbose {
 		vlogf = logf
@@ -252,9 +257,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		be.replicaPorts = append(be.replicaPorts, r.Port)
 	}
 
-	logf("pgbench -i -s %d on the primary", o.scale)
-	if err := pgbenchInit(ctx, be.primaryPort, o.scale); err != nil {
-		return err
+	if !o.idle.only {
+		logf("pgbench -i -s %d on the primary", o.scale)
+		if err := pgbenchInit(ctx, be.primaryPort, o.scale); err != nil {
+			return err
+		}
 	}
 	if err := shard.WaitCaughtUp(ctx); err != nil {
 		return err
@@ -262,7 +269,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 
 	// The peers.
 	pc := peerConfig{dir: dir, runAs: runAs, poolSize: o.poolSize, clients: o.clients, split: o.split, be: be,
-		maxClients: o.relay.maxClients()}
+		maxClients: o.peerMaxClients()}
 	var procs []*proc
 	defer func() {
 		for _, p := range slices.Backward(procs) {
@@ -343,6 +350,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		},
 	}
 	rep.Machine.LoadBefore = loadAvg()
+	if o.idle.enabled() {
+		rep.Idle = runIdle(ctx, o.idle, targets, o.poolSize, fdSoft, fdHard, fdErr, logf)
+	}
 
 	if o.warmup > 0 {
 		logf("warm-up: %s per target", o.warmup)
@@ -396,8 +406,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 	rep.Machine.LoadAfter = loadAvg()
 	rep.summarize()
-	if len(targets) > 0 {
+	if o.rounds > 0 {
 		rep.printText(stdout)
+	}
+	if rep.Idle != nil {
+		rep.Idle.printText(stdout)
 	}
 	// A proxy that died during the run is a failure of the run.
 	for _, p := range procs {

@@ -86,6 +86,8 @@ type report struct {
 	Reshard *reshardReport `json:"reshard,omitempty"`
 	// Relay is the relay measurements (nil with -relay=false).
 	Relay *relayReport `json:"relay,omitempty"`
+	// Idle is the idle clients measurement (nil with -idle 0).
+	Idle *idleReport `json:"idle,omitempty"`
 }
 
 // naPrepared is the table entry for pgbouncer -M prepared when it failed.
