@@ -133,9 +133,10 @@ func raiseNofile() (soft, hard uint64, err error) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 0, 0, fmt.Errorf("getrlimit NOFILE: %w", err)
 	}
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return lim.Cur, lim.Max, fmt.Errorf("setrlimit NOFILE to %d: %w", lim.Max, err)
+	want := lim
+	want.Cur = want.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+		return lim.Cur, lim.Max, fmt.Errorf("setrlimit NOFILE to %d: %w", want.Max, err)
 	}
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 0, 0, fmt.Errorf("getrlimit NOFILE: %w", err)
@@ -205,9 +206,10 @@ func parseNofileLimit(b []byte) (soft, hard int64, err error) {
 	return 0, 0, errors.New("parse limits: no \"Max open files\" line")
 }
 
-// nofileOf returns the soft RLIMIT_NOFILE of process pid.
-func nofileOf(pid int) (int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/limits")
+// nofileOf returns the soft RLIMIT_NOFILE of process pid ("self": this
+// one).
+func nofileOf(pid string) (int64, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/limits")
 	if err != nil {
 		return 0, err
 	}
@@ -493,7 +495,7 @@ func runIdle(ctx context.Context, iopt idleOptions, targets []*target, poolSize 
 			if ctx.Err() != nil {
 				return rep
 			}
-			row := measureIdle(ctx, iopt, t, n, poolSize, fdSoft, logf)
+			row := measureIdle(ctx, iopt, t, n, poolSize, logf)
 			if p := prev[t.name]; len(p) > 0 {
 				row.Note = joinNote(row.Note, fmt.Sprintf("same %s process already held %v idle clients (memory it kept may absorb part of these)", t.name, p))
 			}
@@ -512,7 +514,7 @@ func joinNote(a, b string) string {
 }
 
 // measureIdle holds n idle clients through t once.
-func measureIdle(ctx context.Context, iopt idleOptions, t *target, n, poolSize int, benchLimit uint64, logf func(string, ...any)) idleRow {
+func measureIdle(ctx context.Context, iopt idleOptions, t *target, n, poolSize int, logf func(string, ...any)) idleRow {
 	row := idleRow{Target: t.name, Requested: n}
 	pid := t.proc.pid()
 	fail := func(format string, args ...any) idleRow {
@@ -521,7 +523,7 @@ func measureIdle(ctx context.Context, iopt idleOptions, t *target, n, poolSize i
 		return row
 	}
 	var err error
-	if row.ProxyFDLimit, err = nofileOf(pid); err != nil {
+	if row.ProxyFDLimit, err = nofileOf(strconv.Itoa(pid)); err != nil {
 		return fail("fd limit of %s: %v", t.name, err)
 	}
 	if row.FDsBefore, err = openFDs(strconv.Itoa(pid)); err != nil {
@@ -531,7 +533,11 @@ func measureIdle(ctx context.Context, iopt idleOptions, t *target, n, poolSize i
 	if err != nil {
 		return fail("open fds of the bench: %v", err)
 	}
-	row.Clients, row.Capped = idleCap(n, int64(benchLimit), benchOpen, row.ProxyFDLimit, row.FDsBefore, poolSize)
+	benchLimit, err := nofileOf("self")
+	if err != nil {
+		return fail("fd limit of the bench: %v", err)
+	}
+	row.Clients, row.Capped = idleCap(n, benchLimit, benchOpen, row.ProxyFDLimit, row.FDsBefore, poolSize)
 	if row.Capped != "" {
 		logf("idle clients, %s: %s; measuring %d", t.name, row.Capped, row.Clients)
 	}

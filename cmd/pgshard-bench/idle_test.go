@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -191,6 +193,33 @@ func TestIdleReport(t *testing.T) {
 	for _, want := range []string{"16.8 MiB", "875", "21197", "19880/19886 (of 50000)", "MISSED", "capped at 19886", "soft 20000, hard 20000"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestIdleDialerSource checks that a client past the first perSourceAddr
+// dials from 127.0.0.2.
+func TestIdleDialerSource(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer ln.Close()
+	for _, i := range []int{0, perSourceAddr} {
+		ctx := context.WithValue(context.Background(), srcKey{}, sourceAddr(i))
+		c, err := idleDialer(ctx, "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatalf("dial as client %d: %v", i, err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := s.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+		s.Close()
+		if want := sourceAddr(i).String(); got != want {
+			t.Errorf("client %d came from %s, want %s", i, got, want)
 		}
 	}
 }
