@@ -651,13 +651,13 @@ func (r idleRow) targetVerdict() string {
 	var v []string
 	if r.Clients == idleTargetN && r.BytesPerClient != nil {
 		ok := *r.BytesPerClient <= idleTargetBytes && r.ConnectErrors == 0
-		v = append(v, fmt.Sprintf("≤ %d B/client at %d: %s", idleTargetBytes, idleTargetN, metMissed(ok)))
+		v = append(v, fmt.Sprintf("issue 10 target ≤ %d B/client at %d: %s (%.0f)", idleTargetBytes, idleTargetN, metMissed(ok), *r.BytesPerClient))
 	}
 	if r.Requested >= 50000 {
 		if r.Clients < 50000 {
-			v = append(v, fmt.Sprintf("50000 held: not measured (capped at %d by the fd limit)", r.Clients))
+			v = append(v, fmt.Sprintf("issue 10 target 50000 held: not measured (capped at %d by the fd limit)", r.Clients))
 		} else {
-			v = append(v, "50000 held without error: "+metMissed(r.ConnectErrors == 0 && r.RecheckErrors == 0 && r.Error == ""))
+			v = append(v, "issue 10 target 50000 held without error: "+metMissed(r.ConnectErrors == 0 && r.RecheckErrors == 0 && r.Error == ""))
 		}
 	}
 	return strings.Join(v, "; ")

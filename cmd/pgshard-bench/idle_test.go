@@ -177,14 +177,14 @@ func TestIdleReport(t *testing.T) {
 	if v := rep.Rows[0].targetVerdict(); v != "" {
 		t.Errorf("pgbouncer verdict %q", v)
 	}
-	if v := rep.Rows[1].targetVerdict(); v != "≤ 4096 B/client at 10000: MISSED" {
+	if v := rep.Rows[1].targetVerdict(); v != "issue 10 target ≤ 4096 B/client at 10000: MISSED (21197)" {
 		t.Errorf("pgshard 10000 verdict %q", v)
 	}
-	if v := rep.Rows[2].targetVerdict(); v != "50000 held: not measured (capped at 19886 by the fd limit)" {
+	if v := rep.Rows[2].targetVerdict(); v != "issue 10 target 50000 held: not measured (capped at 19886 by the fd limit)" {
 		t.Errorf("pgshard 50000 verdict %q", v)
 	}
 	ok := idleRow{Target: tPgshard, Requested: 10000, Clients: 10000, Connected: 10000, BytesPerClient: bpc(4000)}
-	if v := ok.targetVerdict(); v != "≤ 4096 B/client at 10000: met" {
+	if v := ok.targetVerdict(); v != "issue 10 target ≤ 4096 B/client at 10000: met (4000)" {
 		t.Errorf("met verdict %q", v)
 	}
 	var b bytes.Buffer
