@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -425,6 +426,66 @@ func parallel(ctx context.Context, n, k int, f func(i int)) {
 	wg.Wait()
 }
 
+// goStats is what pgshard's /metrics says of its Go runtime.
+type goStats struct {
+	Goroutines int64 `json:"goroutines"`
+	HeapInuse  int64 `json:"heap_inuse_bytes"`
+	StackInuse int64 `json:"stack_inuse_bytes"`
+}
+
+// parseGoStats reads go_goroutines, go_memstats_heap_inuse_bytes and
+// go_memstats_stack_inuse_bytes from a Prometheus text exposition.
+func parseGoStats(b []byte) (goStats, error) {
+	var g goStats
+	dst := map[string]*int64{
+		"go_goroutines":                 &g.Goroutines,
+		"go_memstats_heap_inuse_bytes":  &g.HeapInuse,
+		"go_memstats_stack_inuse_bytes": &g.StackInuse,
+	}
+	seen := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		name, v, ok := strings.Cut(line, " ")
+		p := dst[name]
+		if !ok || p == nil {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			return g, fmt.Errorf("metrics %s: %w", name, err)
+		}
+		*p = int64(f)
+		seen++
+	}
+	if seen != len(dst) {
+		return g, errors.New("metrics: go_goroutines, go_memstats_heap_inuse_bytes or go_memstats_stack_inuse_bytes missing")
+	}
+	return g, nil
+}
+
+// readGoStats scrapes pgshard's /metrics on 127.0.0.1:port.
+func readGoStats(ctx context.Context, port int) (*goStats, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://127.0.0.1:%d/metrics", port), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	g, err := parseGoStats(b)
+	return &g, err
+}
+
 // idleRow is one (target, N) measurement.
 type idleRow struct {
 	Target    string `json:"target"`
@@ -455,6 +516,10 @@ type idleRow struct {
 	// RSS readings) failed: clients the proxy did not hold.
 	RecheckErrors int    `json:"recheck_errors"`
 	RecheckError  string `json:"first_recheck_errors,omitempty"`
+	// GoBefore and GoIdle are pgshard's Go runtime figures (/metrics),
+	// scraped right after the RSS readings before and idle.
+	GoBefore *goStats `json:"go_before,omitempty"`
+	GoIdle   *goStats `json:"go_idle,omitempty"`
 	// AcceptsAfter is whether the proxy took a new login after the idle
 	// clients were closed.
 	AcceptsAfter bool   `json:"accepts_after_close"`
@@ -557,6 +622,18 @@ func measureIdle(ctx context.Context, iopt idleOptions, t *target, n, poolSize i
 		return fail("read %s's status: %v", t.name, err)
 	}
 	row.RSSBeforeKB, row.ThreadsBefore = before.rssKB, before.threads
+	scrape := func() *goStats {
+		if t.adminPort == 0 {
+			return nil
+		}
+		g, err := readGoStats(ctx, t.adminPort)
+		if err != nil {
+			row.Note = joinNote(row.Note, "no Go runtime figures: "+err.Error())
+			return nil
+		}
+		return g
+	}
+	row.GoBefore = scrape()
 
 	logf("idle clients: connecting %d through %s (%d at a time)", row.Clients, t.name, iopt.concurrency)
 	conns := make([]idleConn, row.Clients)
@@ -596,6 +673,9 @@ func measureIdle(ctx context.Context, iopt idleOptions, t *target, n, poolSize i
 	row.FDsIdle, _ = openFDs(strconv.Itoa(pid))
 	row.RSSIdleEarlyKB, row.RSSIdleKB, row.HWMKB, row.ThreadsIdle = early.rssKB, idle.rssKB, idle.hwmKB, idle.threads
 	row.BytesPerClient = bytesPerClient(row.RSSBeforeKB, row.RSSIdleKB, row.Connected)
+	if row.GoBefore != nil {
+		row.GoIdle = scrape()
+	}
 	if d := row.RSSIdleKB - row.RSSBeforeKB; d > 0 && abs64(row.RSSIdleKB-row.RSSIdleEarlyKB)*20 > d {
 		row.Note = joinNote(row.Note, fmt.Sprintf("RSS still moving while idle: %d kB at %s, %d kB at %s",
 			row.RSSIdleEarlyKB, iopt.settle/2, row.RSSIdleKB, iopt.settle))
@@ -674,7 +754,7 @@ func metMissed(ok bool) string {
 func (r *idleReport) printText(w io.Writer) {
 	fmt.Fprintf(w, "\nidle clients: N clients log in (SCRAM), run SELECT 1 and stay idle; %d connects at a time, RSS read %s after the last\n",
 		r.Concurrency, r.Settle)
-	rows := [][]string{{"target", "N", "RSS before", "RSS idle", "bytes/client", "threads", "proxy fds", "connect errors", "lost", "RSS after close", "connect time"}}
+	rows := [][]string{{"target", "N", "RSS before", "RSS idle", "bytes/client", "threads", "goroutines", "proxy fds", "connect errors", "lost", "RSS after close", "connect time"}}
 	var notes []string
 	for _, x := range r.Rows {
 		n := fmt.Sprint(x.Clients)
@@ -685,9 +765,9 @@ func (r *idleReport) printText(w io.Writer) {
 			n = fmt.Sprintf("%d/%s", x.Connected, n)
 		}
 		rows = append(rows, []string{x.Target, n, kb(x.RSSBeforeKB), kb(x.RSSIdleKB), fmtF(x.BytesPerClient, "%.0f"),
-			fmt.Sprintf("%d → %d", x.ThreadsBefore, x.ThreadsIdle), fmt.Sprintf("%d → %d", x.FDsBefore, x.FDsIdle),
+			fmt.Sprintf("%d → %d", x.ThreadsBefore, x.ThreadsIdle), x.goroutines(), fmt.Sprintf("%d → %d", x.FDsBefore, x.FDsIdle),
 			fmt.Sprint(x.ConnectErrors), fmt.Sprint(x.RecheckErrors), kb(x.RSSClosedKB), fmt.Sprintf("%.1f s", x.ConnectSeconds)})
-		for _, s := range []string{x.Capped, x.Error, x.Note, x.targetVerdict()} {
+		for _, s := range []string{x.Capped, x.Error, x.Note, x.goNote(), x.targetVerdict()} {
 			if s != "" {
 				notes = append(notes, fmt.Sprintf("%s N=%d: %s", x.Target, x.Requested, s))
 			}
@@ -714,6 +794,25 @@ func (r *idleReport) printText(w io.Writer) {
 	for _, n := range notes {
 		fmt.Fprintln(w, "note:", n)
 	}
+}
+
+// goroutines is the table entry "before → idle" ("-" without figures).
+func (r idleRow) goroutines() string {
+	if r.GoBefore == nil || r.GoIdle == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d → %d", r.GoBefore.Goroutines, r.GoIdle.Goroutines)
+}
+
+// goNote spells out the Go runtime figures per client.
+func (r idleRow) goNote() string {
+	if r.GoBefore == nil || r.GoIdle == nil || r.Connected == 0 {
+		return ""
+	}
+	per := func(a, b int64) float64 { return float64(b-a) / float64(r.Connected) }
+	return fmt.Sprintf("Go runtime per idle client: %.2f goroutines, heap in use %.0f B, stacks %.0f B (heap %.1f → %.1f MiB, stacks %.1f → %.1f MiB)",
+		per(r.GoBefore.Goroutines, r.GoIdle.Goroutines), per(r.GoBefore.HeapInuse, r.GoIdle.HeapInuse), per(r.GoBefore.StackInuse, r.GoIdle.StackInuse),
+		float64(r.GoBefore.HeapInuse)/(1<<20), float64(r.GoIdle.HeapInuse)/(1<<20), float64(r.GoBefore.StackInuse)/(1<<20), float64(r.GoIdle.StackInuse)/(1<<20))
 }
 
 // kb formats kB as MiB with one decimal ("-" for 0: not read).

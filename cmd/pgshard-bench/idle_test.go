@@ -223,3 +223,35 @@ func TestIdleDialerSource(t *testing.T) {
 		}
 	}
 }
+
+func TestParseGoStats(t *testing.T) {
+	in := `# HELP go_goroutines Number of goroutines that currently exist.
+# TYPE go_goroutines gauge
+go_goroutines 10042
+go_memstats_heap_inuse_bytes 1.1534336e+08
+go_memstats_heap_idle_bytes 4.2e+06
+go_memstats_stack_inuse_bytes 8.4e+07
+pgshard_clients 10000
+`
+	g, err := parseGoStats([]byte(in))
+	if err != nil || g != (goStats{Goroutines: 10042, HeapInuse: 115343360, StackInuse: 84000000}) {
+		t.Fatalf("parseGoStats = %+v, %v", g, err)
+	}
+	if _, err := parseGoStats([]byte("go_goroutines 3\n")); err == nil {
+		t.Fatal("no error without the memstats")
+	}
+	if _, err := parseGoStats([]byte("go_goroutines x\ngo_memstats_heap_inuse_bytes 1\ngo_memstats_stack_inuse_bytes 1\n")); err == nil {
+		t.Fatal("no error for a bad value")
+	}
+	r := idleRow{Connected: 10000, GoBefore: &goStats{Goroutines: 42, HeapInuse: 10 << 20, StackInuse: 1 << 20},
+		GoIdle: &goStats{Goroutines: 10042, HeapInuse: 10<<20 + 40960000, StackInuse: 1<<20 + 81920000}}
+	if got := r.goroutines(); got != "42 → 10042" {
+		t.Errorf("goroutines = %q", got)
+	}
+	if got, want := r.goNote(), "Go runtime per idle client: 1.00 goroutines, heap in use 4096 B, stacks 8192 B"; !strings.HasPrefix(got, want) {
+		t.Errorf("goNote = %q, want prefix %q", got, want)
+	}
+	if (idleRow{}).goroutines() != "-" || (idleRow{}).goNote() != "" {
+		t.Error("figures without a scrape")
+	}
+}

@@ -307,6 +307,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 			t.proc, err = startPgpool(t.port, extra, pc)
 		case tPgshard:
 			t.proc, err = startPgshard(bin, t.port, extra, pc)
+			t.adminPort = extra
 		}
 		if err != nil {
 			return err

@@ -36,6 +36,8 @@ type target struct {
 	port int
 	// proc is the proxy process (nil for direct PostgreSQL).
 	proc *proc
+	// adminPort is pgshard's admin HTTP port (/metrics), 0 for the others.
+	adminPort int
 }
 
 // backend describes the PostgreSQL servers the peers point at.
