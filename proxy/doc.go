@@ -13,7 +13,7 @@
 // deadlock the relay.
 //
 // An idle client costs no goroutine and no buffer (park.go): a session that
-// holds no backend and received nothing for one to two seconds is parked in
+// holds no backend and received nothing for half a second to a second is parked in
 // an epoll set (internal/parking) with its read buffer back in a pool, and
 // its loop runs again, on a new goroutine, when the client sends something
 // or hangs up. TLS sessions keep their goroutine. When a wave of clients

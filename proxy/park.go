@@ -15,8 +15,8 @@ import (
 )
 
 // Idle clients are parked: a session that holds no backend and has waited
-// for its client's next message through a whole sweep (parkSweep, so 1 to
-// 2 sweeps) gives up its goroutine and its buffers, and its socket waits in
+// for its client's next message through a whole sweep (parkSweep, so 0.5
+// to 1 s) gives up its goroutine and its buffers, and its socket waits in
 // the server's parking.Lot. When the client sends something (or hangs up),
 // the Lot starts a goroutine that runs the session loop again.
 //
@@ -34,7 +34,7 @@ import (
 // parkSweep is the sweeper's period in nanoseconds (tests shorten it).
 var parkSweep atomic.Int64
 
-func init() { parkSweep.Store(int64(time.Second)) }
+func init() { parkSweep.Store(int64(500 * time.Millisecond)) }
 
 // errParked is returned by run when the session parked: its goroutine ends
 // and the session lives on in the Lot.

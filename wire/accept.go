@@ -142,7 +142,7 @@ func Accept(ctx context.Context, conn net.Conn, cfg *ServerConfig) (*Startup, er
 	}
 	stopWatch := watchContext(ctx, conn)
 
-	a := &acceptor{cfg: cfg, conn: conn, r: NewReader(conn, startupReaderMax(cfg.MaxMessageSize))}
+	a := &acceptor{cfg: cfg, conn: conn, r: NewClientReader(conn, startupReaderMax(cfg.MaxMessageSize))}
 	st, err := a.run(ctx)
 	cancelled := stopWatch()
 	if err == nil && cancelled {
@@ -254,7 +254,7 @@ func (a *acceptor) run(ctx context.Context) (*Startup, error) {
 				return nil, fmt.Errorf("TLS handshake: %w", err)
 			}
 			a.conn = tc
-			a.r = NewReader(tc, a.r.max)
+			a.r = NewClientReader(tc, a.r.max)
 			// PostgreSQL allows no GSSENCRequest once TLS is on.
 			sslDone, gssDone = true, true
 		case code == codeGSSENCRequest && !gssDone:
@@ -313,7 +313,7 @@ func (a *acceptor) directTLS(ctx context.Context) error {
 		return fmt.Errorf("direct TLS handshake: %w", err)
 	}
 	a.conn = tc
-	a.r = NewReader(tc, a.r.max)
+	a.r = NewClientReader(tc, a.r.max)
 	if tc.ConnectionState().NegotiatedProtocol != alpnPostgreSQL {
 		return Fatalf(CodeProtocolViolation, "received direct SSL connection request without ALPN protocol negotiation extension")
 	}

@@ -13,8 +13,13 @@ import (
 // has to buffer a whole message, so it takes less by default.
 const DefaultMaxMessageSize = 64 << 20
 
-// readBufferSize is the size of the buffered reader in front of a socket.
-const readBufferSize = 32 << 10
+// readBufferSize is the size of the buffered reader in front of a server
+// socket (results stream through it), clientReadBufferSize in front of a
+// client's (statements; a longer message is read into a buffer of its own).
+const (
+	readBufferSize       = 32 << 10
+	clientReadBufferSize = 8 << 10
+)
 
 // Reader splits a byte stream into protocol v3 messages (a type byte and an
 // int32 length that counts itself). It only frames: the contents are decoded
@@ -33,6 +38,7 @@ type Reader struct {
 	partial []byte
 	total   int
 	long    bool
+	client  bool // reads a client: clientReadBufferSize, buffers shared (Release)
 }
 
 // source lets SetSource change what the buffered reader reads from
@@ -41,7 +47,7 @@ type source struct{ r io.Reader }
 
 func (s *source) Read(p []byte) (int, error) { return s.r.Read(p) }
 
-// freeReaders keeps read buffers given back by Release for the next
+// freeReaders keeps client read buffers given back by Release for the next
 // Reader that needs one, up to maxFreeReaders; more are left to the
 // garbage collector, so that clients going idle in bulk return their
 // memory (a sync.Pool would keep them through a collection).
@@ -52,7 +58,10 @@ var freeReaders struct {
 
 const maxFreeReaders = 32
 
-func getReader() *bufio.Reader {
+func getReader(client bool) *bufio.Reader {
+	if !client {
+		return bufio.NewReaderSize(nil, readBufferSize)
+	}
 	freeReaders.Lock()
 	defer freeReaders.Unlock()
 	if n := len(freeReaders.list); n > 0 {
@@ -61,11 +70,14 @@ func getReader() *bufio.Reader {
 		freeReaders.list = freeReaders.list[:n-1]
 		return br
 	}
-	return bufio.NewReaderSize(nil, readBufferSize)
+	return bufio.NewReaderSize(nil, clientReadBufferSize)
 }
 
 func putReader(br *bufio.Reader) {
 	br.Reset(nil)
+	if br.Size() != clientReadBufferSize {
+		return
+	}
 	freeReaders.Lock()
 	defer freeReaders.Unlock()
 	if len(freeReaders.list) < maxFreeReaders {
@@ -81,6 +93,14 @@ func NewReader(r io.Reader, max int) *Reader {
 	}
 	rd := &Reader{max: max}
 	rd.src.r = r
+	return rd
+}
+
+// NewClientReader returns a Reader for a client connection: a smaller
+// buffer, taken from and given back to a shared free list (Release).
+func NewClientReader(r io.Reader, max int) *Reader {
+	rd := NewReader(r, max)
+	rd.client = true
 	return rd
 }
 
@@ -108,7 +128,7 @@ func (r *Reader) Release() bool {
 
 func (r *Reader) reader() *bufio.Reader {
 	if r.br == nil {
-		r.br = getReader()
+		r.br = getReader(r.client)
 		r.br.Reset(&r.src)
 	}
 	return r.br
