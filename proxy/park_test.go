@@ -2,9 +2,13 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,4 +185,148 @@ func TestBusySessionsAreNotParked(t *testing.T) {
 	if _, err := raw.Exec(ctx2, "SELECT 1").ReadAll(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestParkingUnderChurn runs clients that pause at random (0-20 ms) between
+// statements while the sweeper parks sessions idle for 2 to 4 ms, so that
+// sessions park and wake all the time: prepared statements, transactions
+// with pauses inside, pipelined batches, COPY, and cancel requests sent
+// at random moments, some to parked sessions. Every answer is checked and
+// every committed row counted.
+func TestParkingUnderChurn(t *testing.T) {
+	old := proxy.SetParkSweep(2 * time.Millisecond)
+	t.Cleanup(func() { proxy.SetParkSweep(old) })
+	h := startProxy(t, nil)
+	ctx := testCtx(t)
+	setup := h.pgconn(ctx)
+	if _, err := setup.Exec(ctx, "CREATE TABLE churn (client int, n int)").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	var maxParked atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if n := int64(h.srv.Parked()); n > maxParked.Load() {
+				maxParked.Store(n)
+			}
+		}
+	}()
+	const clients = 12
+	deadline := time.Now().Add(6 * time.Second)
+	var wg sync.WaitGroup
+	committed := make([]int, clients)
+	errs := make(chan error, clients)
+	for id := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(id), 7))
+			c, err := pgx.Connect(ctx, h.url("app"))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close(context.Background())
+			pc := c.PgConn()
+			for i := 0; time.Now().Before(deadline); i++ {
+				time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
+				switch op := rng.IntN(6); op {
+				case 0: // prepared statement (pgx caches it)
+					var v int
+					if err := c.QueryRow(ctx, "SELECT $1::int * 2", i).Scan(&v); err != nil || v != 2*i {
+						errs <- fmt.Errorf("client %d: prepared: %d, %v", id, v, err)
+						return
+					}
+				case 1: // a transaction with a pause inside
+					tx, err := c.Begin(ctx)
+					if err == nil {
+						_, err = tx.Exec(ctx, "INSERT INTO churn VALUES ($1, $2)", id, i)
+					}
+					time.Sleep(time.Duration(rng.IntN(10)) * time.Millisecond)
+					if err == nil {
+						err = tx.Commit(ctx)
+					}
+					if err != nil {
+						errs <- fmt.Errorf("client %d: transaction: %v", id, err)
+						return
+					}
+					committed[id]++
+				case 2: // several statements in one simple Query
+					res, err := pc.Exec(ctx, fmt.Sprintf("SELECT %d; SELECT 'x' || %d", i, i)).ReadAll()
+					if err != nil || len(res) != 2 || string(res[1].Rows[0][0]) != fmt.Sprintf("x%d", i) {
+						errs <- fmt.Errorf("client %d: multi-statement: %v", id, err)
+						return
+					}
+				case 3: // a pipelined batch
+					b := &pgx.Batch{}
+					b.Queue("SELECT $1::int", i)
+					b.Queue("INSERT INTO churn VALUES ($1, $2)", id, -i)
+					b.Queue("SELECT $1::text", "done")
+					var v int
+					var s string
+					br := c.SendBatch(ctx, b)
+					err1 := br.QueryRow().Scan(&v)
+					_, err2 := br.Exec()
+					err3 := br.QueryRow().Scan(&s)
+					if err := errors.Join(err1, err2, err3, br.Close()); err != nil || v != i || s != "done" {
+						errs <- fmt.Errorf("client %d: batch: %v", id, err)
+						return
+					}
+					committed[id]++
+				case 4: // COPY
+					tag, err := pc.CopyFrom(ctx, strings.NewReader(fmt.Sprintf("%d\t%d\n%d\t%d\n", id, i, id, i)), "COPY churn FROM STDIN")
+					if err != nil || tag.RowsAffected() != 2 {
+						errs <- fmt.Errorf("client %d: copy: %v", id, err)
+						return
+					}
+					committed[id] += 2
+				case 5: // a cancel at a random moment (pgx sends CancelRequest)
+					qctx, cancel := context.WithTimeout(ctx, time.Duration(rng.IntN(30))*time.Millisecond)
+					_, err := c.Exec(qctx, "SELECT pg_sleep(0.02)")
+					cancel()
+					if err != nil && sqlState(err) != "57014" && !errors.Is(err, context.DeadlineExceeded) && !pgconn.Timeout(err) {
+						errs <- fmt.Errorf("client %d: cancelled query: %v", id, err)
+						return
+					}
+					if pc.IsClosed() {
+						// pgx closes a connection whose query a context ended
+						// before it could cancel it: open another.
+						c.Close(context.Background())
+						if c, err = pgx.Connect(ctx, h.url("app")); err != nil {
+							errs <- err
+							return
+						}
+						pc = c.PgConn()
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	for id, want := range committed {
+		res, err := setup.Exec(ctx, fmt.Sprintf("SELECT count(*) FROM churn WHERE client = %d", id)).ReadAll()
+		if err != nil || string(res[0].Rows[0][0]) != fmt.Sprint(want) {
+			t.Errorf("client %d: %v rows, want %d (%v)", id, res, want, err)
+		}
+	}
+	if maxParked.Load() < 2 {
+		t.Errorf("at most %d sessions were parked at once: the test did not exercise parking", maxParked.Load())
+	}
+	t.Logf("at most %d of %d sessions parked at once", maxParked.Load(), clients)
 }
