@@ -143,11 +143,13 @@
 // them): right after the peers start, before any pgbench run, for each N of
 // -idle (default 10000) pgbouncer and then pgshard get N clients that log in
 // with SCRAM, run SELECT 1 and stay idle. The proxy's VmRSS and threads
-// (/proc/PID/status) are read before the first client and at half the
-// -idle-settle time and at it after the last; bytes per client = (RSS idle
-// - RSS before) / clients connected, against issue 10's target for pgshard
-// (≤ 4 KiB at 10,000). Then every client runs SELECT 1 again (the lost
-// ones are counted), all are closed, and RSS is read once more. The bench
+// (/proc/PID/status) are read before the first client and every second
+// for -idle-settle (30 s) after the last; bytes per client = (RSS idle -
+// RSS before) / clients connected, at 2 s and at the end, the end against
+// issue 10's target for pgshard (≤ 4 KiB at 10,000); pgshard's goroutines,
+// Go heap and stacks come from its /metrics. Then every client runs SELECT
+// 1 again (the lost ones are counted), all are closed, and RSS is read once
+// more after -idle-settle. The bench
 // raises its RLIMIT_NOFILE soft limit to the hard limit at start (the
 // proxies inherit it); an N that does not fit in the bench's or the
 // proxy's limit (N + open files + pool) is capped, and the report says so.
@@ -164,5 +166,5 @@
 //	    [-reshard-baseline-reps 2] [-reshard-replicas 0]
 //	    [-relay=false] [-relay-parts syscalls,latency,churn] [-relay-duration 3s] [-relay-clients 16]
 //	    [-latency-clients 1,16,256] [-latency-mode simple] [-strace /usr/bin/strace]
-//	    [-idle 10000[,50000]] [-idle-only] [-idle-concurrency 32] [-idle-settle 2s]
+//	    [-idle 10000[,50000]] [-idle-only] [-idle-concurrency 32] [-idle-settle 30s]
 package main

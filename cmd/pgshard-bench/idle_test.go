@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseStatus(t *testing.T) {
@@ -253,5 +254,30 @@ pgshard_clients 10000
 	}
 	if (idleRow{}).goroutines() != "-" || (idleRow{}).goNote() != "" {
 		t.Error("figures without a scrape")
+	}
+}
+
+func TestStillMoving(t *testing.T) {
+	// Grew by 100000 kB over before: a change of 5000 kB is 5%, not more.
+	flat := []int64{110000, 108000, 105000, 105000, 105000, 105000, 105000, 105000}
+	if e, ok := stillMoving(flat, 5000); ok || e != 105000 {
+		t.Errorf("flat = %d, %v", e, ok)
+	}
+	// Dropped from 120000 to 60000 in the last 5 s.
+	if e, ok := stillMoving([]int64{120000, 120000, 120000, 110000, 60000, 60000}, 20000); !ok || e != 120000 {
+		t.Errorf("dropping = %d, %v", e, ok)
+	}
+	if _, ok := stillMoving([]int64{1}, 0); ok {
+		t.Error("one reading is not moving")
+	}
+	if _, ok := stillMoving([]int64{10, 900}, 1000); ok {
+		t.Error("no growth over before: not reported")
+	}
+}
+
+func TestSampleRSS(t *testing.T) {
+	series, early, last, err := sampleRSS(context.Background(), os.Getpid(), 1500*time.Millisecond)
+	if err != nil || len(series) != 2 || early.rssKB <= 0 || last.rssKB != series[1] || early != last {
+		t.Fatalf("sampleRSS = %v, %+v, %+v, %v", series, early, last, err)
 	}
 }
