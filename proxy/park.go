@@ -190,9 +190,9 @@ func (s *session) sweep() {
 		return
 	}
 	s.mu.Lock()
-	ask := s.spot == nil && s.idleLocked()
-	s.mu.Unlock()
-	if ask {
+	defer s.mu.Unlock()
+	// Under mu, so that it cannot land after park cleared the deadline.
+	if s.spot == nil && s.idleLocked() {
 		_ = s.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
