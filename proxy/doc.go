@@ -17,8 +17,8 @@
 // an epoll set (internal/parking) with its read buffer back in a pool, and
 // its loop runs again, on a new goroutine, when the client sends something
 // or hangs up. TLS sessions keep their goroutine. When a wave of clients
-// went idle, the sweeper hands the freed memory back to the operating
-// system at once (releaser).
+// went idle or left, the sweeper hands the freed memory back to the
+// operating system at once (releaser).
 //
 // # The response queue
 //

@@ -144,42 +144,42 @@ func (s *Server) sweepIdle(done <-chan struct{}) {
 		for _, sess := range list {
 			sess.sweep()
 		}
+		rel.after(len(list)-s.lot.Len(), time.Now())
 		clear(list)
-		rel.after(s.lot.Len(), time.Now())
 	}
 }
 
 // releaseStep and releaseEvery bound how often the sweeper hands memory
-// back to the operating system: when a wave of parking ended (no more
-// parked than at the sweep before) with at least releaseStep more sessions
-// parked than at the last release, at most once per releaseEvery.
+// back to the operating system: when a wave ended in which at least
+// releaseStep sessions gave up their goroutines (parked or ended), at most
+// once per releaseEvery.
 const (
 	releaseStep  = 1000
 	releaseEvery = 10 * time.Second
 )
 
-// releaser returns the buffers of sessions parked in bulk (a wave of
-// clients going idle) to the operating system at once: otherwise the Go
-// runtime keeps them until its next collection, which an idle process
-// makes only every two minutes, and returns them slowly after that.
+// releaser returns the memory of sessions that gave up their goroutines in
+// bulk (a wave of clients going idle, or leaving) to the operating system
+// at once: otherwise the Go runtime keeps it until its next collection,
+// which an idle process makes only every two minutes, and returns it
+// slowly after that.
 type releaser struct {
-	parked int       // parked sessions at the last release
-	at     time.Time // of the last release
-	prev   int       // parked sessions at the last sweep
+	peak int       // most running sessions since the last release
+	at   time.Time // of the last release
+	prev int       // running sessions at the last sweep
 }
 
-func (r *releaser) after(parked int, now time.Time) bool {
+// after is told the sessions running (not parked) at a sweep.
+func (r *releaser) after(running int, now time.Time) bool {
 	prev := r.prev
-	r.prev = parked
-	if parked < r.parked {
-		r.parked = parked
-	}
-	// Once the wave is over: the count did not grow since the last sweep.
-	if parked > prev || parked-r.parked < releaseStep || now.Sub(r.at) < releaseEvery {
+	r.prev = running
+	r.peak = max(r.peak, running)
+	// Once the wave is over: no fewer running than at the last sweep.
+	if running < prev || r.peak-running < releaseStep || now.Sub(r.at) < releaseEvery {
 		return false
 	}
 	debug.FreeOSMemory()
-	r.parked, r.at = parked, now
+	r.peak, r.at = running, now
 	return true
 }
 

@@ -34,29 +34,32 @@ func TestClientSourceIgnoresDeadlinesOutsideTheWait(t *testing.T) {
 	}
 }
 
-func TestReleaserRunsAfterAWaveOfParking(t *testing.T) {
+func TestReleaserRunsAfterAWave(t *testing.T) {
 	var r releaser
 	now := time.Now()
-	if r.after(releaseStep-1, now) || r.after(releaseStep-1, now) {
-		t.Fatal("released below the step")
+	// A wave of clients: running sessions rise, then park or leave.
+	r.after(10, now)
+	r.after(12+releaseStep, now)
+	if r.after(12, now) {
+		t.Fatal("released while the wave still ebbs")
 	}
-	if r.after(releaseStep+5, now) {
-		t.Fatal("released while the count still grows")
-	}
-	if !r.after(releaseStep+5, now) {
+	if !r.after(12, now) {
 		t.Fatal("not released once the wave ended")
 	}
-	r.after(3*releaseStep, now.Add(releaseEvery/2))
-	if r.after(3*releaseStep, now.Add(releaseEvery/2)) {
+	// Below the step nothing happens.
+	sec := func(n int) time.Time { return now.Add(time.Duration(n) * time.Second) }
+	r.after(12+releaseStep/2, sec(1))
+	r.after(12, sec(1))
+	if r.after(12, sec(1)) {
+		t.Fatal("released after a wave below the step")
+	}
+	// At most once per releaseEvery.
+	r.after(12+2*releaseStep, sec(2))
+	r.after(5, sec(2))
+	if r.after(5, sec(2)) {
 		t.Fatal("released twice within releaseEvery")
 	}
-	if !r.after(3*releaseStep, now.Add(releaseEvery)) {
+	if !r.after(5, now.Add(releaseEvery)) {
 		t.Fatal("not released after releaseEvery")
-	}
-	// Sessions woken lower the mark: a new wave releases again.
-	r.after(10, now.Add(2*releaseEvery))
-	r.after(10+releaseStep, now.Add(3*releaseEvery))
-	if !r.after(10+releaseStep, now.Add(3*releaseEvery)) {
-		t.Fatal("a second wave was not released")
 	}
 }
