@@ -144,7 +144,8 @@ func (s *Server) sweepIdle(done <-chan struct{}) {
 		for _, sess := range list {
 			sess.sweep()
 		}
-		rel.after(len(list)-s.lot.Len(), time.Now())
+		parked := s.lot.Len()
+		rel.after(len(list)-parked, parked, time.Now())
 		clear(list)
 	}
 }
@@ -164,22 +165,27 @@ const (
 // which an idle process makes only every two minutes, and returns it
 // slowly after that.
 type releaser struct {
-	peak int       // most running sessions since the last release
-	at   time.Time // of the last release
-	prev int       // running sessions at the last sweep
+	peak   int       // most running sessions since the last release
+	parked int       // fewest parked sessions since the last release
+	at     time.Time // of the last release
+	prev   [2]int    // running and parked sessions at the last sweep
 }
 
-// after is told the sessions running (not parked) at a sweep.
-func (r *releaser) after(running int, now time.Time) bool {
+// after is told the sessions running and parked at a sweep.
+func (r *releaser) after(running, parked int, now time.Time) bool {
 	prev := r.prev
-	r.prev = running
+	r.prev = [2]int{running, parked}
 	r.peak = max(r.peak, running)
-	// Once the wave is over: no fewer running than at the last sweep.
-	if running < prev || r.peak-running < releaseStep || now.Sub(r.at) < releaseEvery {
+	r.parked = min(r.parked, parked)
+	// Once the wave is over (no fewer running, no more parked than at the
+	// last sweep) if it was one: many stopped running, or parked (a slow
+	// wave of logins that went idle may never have many running at once).
+	wave := r.peak-running >= releaseStep || parked-r.parked >= releaseStep
+	if running < prev[0] || parked > prev[1] || !wave || now.Sub(r.at) < releaseEvery {
 		return false
 	}
 	debug.FreeOSMemory()
-	r.peak, r.at = running, now
+	r.peak, r.parked, r.at = running, parked, now
 	return true
 }
 

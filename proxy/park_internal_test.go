@@ -37,29 +37,38 @@ func TestClientSourceIgnoresDeadlinesOutsideTheWait(t *testing.T) {
 func TestReleaserRunsAfterAWave(t *testing.T) {
 	var r releaser
 	now := time.Now()
+	sec := func(n int) time.Time { return now.Add(time.Duration(n) * time.Second) }
 	// A wave of clients: running sessions rise, then park or leave.
-	r.after(10, now)
-	r.after(12+releaseStep, now)
-	if r.after(12, now) {
+	r.after(10, 0, now)
+	r.after(12+releaseStep, 0, now)
+	if r.after(12, 5, now) {
 		t.Fatal("released while the wave still ebbs")
 	}
-	if !r.after(12, now) {
+	if !r.after(12, 5, now) {
 		t.Fatal("not released once the wave ended")
 	}
 	// Below the step nothing happens.
-	sec := func(n int) time.Time { return now.Add(time.Duration(n) * time.Second) }
-	r.after(12+releaseStep/2, sec(1))
-	r.after(12, sec(1))
-	if r.after(12, sec(1)) {
+	r.after(12+releaseStep/2, 5, sec(1))
+	r.after(12, 5, sec(1))
+	if r.after(12, 5, sec(1)) {
 		t.Fatal("released after a wave below the step")
 	}
 	// At most once per releaseEvery.
-	r.after(12+2*releaseStep, sec(2))
-	r.after(5, sec(2))
-	if r.after(5, sec(2)) {
+	r.after(12+2*releaseStep, 5, sec(2))
+	r.after(5, 5, sec(2))
+	if r.after(5, 5, sec(2)) {
 		t.Fatal("released twice within releaseEvery")
 	}
-	if !r.after(5, now.Add(releaseEvery)) {
+	if !r.after(5, 5, now.Add(releaseEvery)) {
 		t.Fatal("not released after releaseEvery")
+	}
+	// A slow wave of clients going idle: few run at once, many park.
+	for p := 5; p <= 5+releaseStep; p += 100 {
+		if r.after(20, p, now.Add(2*releaseEvery)) {
+			t.Fatal("released while sessions still park")
+		}
+	}
+	if !r.after(20, 5+releaseStep, now.Add(2*releaseEvery)) {
+		t.Fatal("a slow wave of parking was not released")
 	}
 }
