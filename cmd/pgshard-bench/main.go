@@ -523,32 +523,15 @@ func (m *measurer) measure(ctx context.Context, t *target, mode string, d time.D
 	}
 	st, parseErr := parsePgbench(out)
 	r.TPS, r.Transactions, r.Failed, r.AbortedClients = st.TPS, st.Transactions, st.Failed, st.Aborted
-	var problems []string
-	switch {
-	case err != nil:
-		problems = append(problems, err.Error())
-	case parseErr != nil:
-		problems = append(problems, fmt.Sprintf("exit %d, %v", code, parseErr))
-	case code != 0:
-		problems = append(problems, fmt.Sprintf("exit %d", code))
-	}
+	var found []string
 	if parseErr == nil && st.Scale != m.o.scale {
-		problems = append(problems, fmt.Sprintf("pgbench reports scaling factor %d, want %d", st.Scale, m.o.scale))
-	}
-	if st.Aborted > 0 {
-		problems = append(problems, fmt.Sprintf("%d of %d clients aborted", st.Aborted, m.o.clients))
-	}
-	if st.Failed > 0 {
-		problems = append(problems, fmt.Sprintf("%d failed transactions", st.Failed))
-	}
-	if len(problems) > 0 && st.FirstError != "" {
-		problems = append(problems, "first error: "+st.FirstError)
+		found = append(found, fmt.Sprintf("pgbench reports scaling factor %d, want %d", st.Scale, m.o.scale))
 	}
 	if t.proc != nil && t.proc.exited() {
-		problems = append(problems, fmt.Sprintf("%s exited: %v", t.name, t.proc.err))
+		found = append(found, fmt.Sprintf("%s exited: %v", t.name, t.proc.err))
 	}
-	r.OK = len(problems) == 0
-	r.Problem = strings.Join(problems, "; ")
+	r.Problem = pgbenchProblem(code, err, parseErr, st, m.o.clients, found...)
+	r.OK = r.Problem == ""
 	if !r.OK {
 		r.OutputTail = tail(out, 15)
 	}

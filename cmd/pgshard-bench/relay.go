@@ -212,8 +212,10 @@ func pgbenchArgs(port int, mode string, clients, threads int, d time.Duration, e
 }
 
 // pgbenchProblem describes what went wrong in a pgbench run ("" if
-// nothing did).
-func pgbenchProblem(out string, code int, err, parseErr error, st pgbenchStats) string {
+// nothing did): how it ended, aborted clients (of clients, when known),
+// failed transactions, the caller's own findings (extra), and then the
+// first error pgbench printed.
+func pgbenchProblem(code int, err, parseErr error, st pgbenchStats, clients int, extra ...string) string {
 	var problems []string
 	switch {
 	case err != nil:
@@ -224,11 +226,16 @@ func pgbenchProblem(out string, code int, err, parseErr error, st pgbenchStats) 
 		problems = append(problems, fmt.Sprintf("exit %d", code))
 	}
 	if st.Aborted > 0 {
-		problems = append(problems, fmt.Sprintf("%d clients aborted", st.Aborted))
+		if clients > 0 {
+			problems = append(problems, fmt.Sprintf("%d of %d clients aborted", st.Aborted, clients))
+		} else {
+			problems = append(problems, fmt.Sprintf("%d clients aborted", st.Aborted))
+		}
 	}
 	if st.Failed > 0 {
 		problems = append(problems, fmt.Sprintf("%d failed transactions", st.Failed))
 	}
+	problems = append(problems, extra...)
 	if len(problems) > 0 && st.FirstError != "" {
 		problems = append(problems, "first error: "+st.FirstError)
 	}
@@ -296,7 +303,7 @@ func latencyRun(ctx context.Context, ro relayOptions, env relayEnv, t *target, c
 	}
 	row.RunSeconds = int(run / time.Second)
 	row.TPS, row.Transactions = st.TPS, st.Transactions
-	row.Problem = pgbenchProblem(out, code, err, parseErr, st)
+	row.Problem = pgbenchProblem(code, err, parseErr, st, 0)
 	if t.proc != nil && t.proc.exited() {
 		row.Problem = strings.TrimPrefix(row.Problem+fmt.Sprintf("; %s exited: %v", t.name, t.proc.err), "; ")
 	}
@@ -362,7 +369,7 @@ func churnRun(ctx context.Context, ro relayOptions, env relayEnv, t *target) (ch
 	_ = os.WriteFile(filepath.Join(env.dir, "churn-"+t.name+".out"), []byte(out), 0o644)
 	st, connMs, parseErr := parseChurn(out)
 	row.TPS, row.Transactions, row.ConnectMs = st.TPS, st.Transactions, connMs
-	row.Problem = pgbenchProblem(out, code, err, parseErr, st)
+	row.Problem = pgbenchProblem(code, err, parseErr, st, 0)
 	if row.Transactions > 0 {
 		if t.proc != nil && perr == nil {
 			row.ProxyCPUus = cpuPerTxn(proxyAfter-proxyBefore, m.ticks, row.Transactions)
@@ -537,7 +544,7 @@ func traceRun(ctx context.Context, ro relayOptions, env relayEnv, t *target, mod
 	row.Threads, row.NewThreads, row.TasksBefore = att.initial, att.later, tasks
 	bst, parseErr := parsePgbench(r.out)
 	var problems []string
-	if p := pgbenchProblem(r.out, r.code, r.err, parseErr, bst); p != "" {
+	if p := pgbenchProblem(r.code, r.err, parseErr, bst, 0); p != "" {
 		problems = append(problems, p)
 	}
 	if serr != nil {

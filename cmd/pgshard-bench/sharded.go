@@ -589,26 +589,8 @@ func (r *shardedRun) pgbenchOnce(ctx context.Context, t *target, workload, scrip
 	_ = os.WriteFile(filepath.Join(r.dir, fmt.Sprintf("round%d-%s-%s-%s.log", round, workload, mode, t.name)), []byte(out), 0o644)
 	st, parseErr := parsePgbench(out)
 	res.TPS, res.Transactions = st.TPS, st.Transactions
-	var problems []string
-	switch {
-	case err != nil:
-		problems = append(problems, err.Error())
-	case parseErr != nil:
-		problems = append(problems, fmt.Sprintf("exit %d, %v", code, parseErr))
-	case code != 0:
-		problems = append(problems, fmt.Sprintf("exit %d", code))
-	}
-	if st.Aborted > 0 {
-		problems = append(problems, fmt.Sprintf("%d of %d clients aborted", st.Aborted, r.o.clients))
-	}
-	if st.Failed > 0 {
-		problems = append(problems, fmt.Sprintf("%d failed transactions", st.Failed))
-	}
-	if len(problems) > 0 && st.FirstError != "" {
-		problems = append(problems, "first error: "+st.FirstError)
-	}
-	res.OK = len(problems) == 0
-	res.Problem = strings.Join(problems, "; ")
+	res.Problem = pgbenchProblem(code, err, parseErr, st, r.o.clients)
+	res.OK = res.Problem == ""
 	if res.Transactions > 0 {
 		if t.proc != nil && perr == nil {
 			res.ProxyCPUus = cpuPerTxn(after-before, r.ticks, res.Transactions)
