@@ -27,7 +27,10 @@ import (
 // changed (see ServerMessage and startRetry): the client sees nothing.
 //
 // While any job moves rows, schema changes are refused (SQLSTATE 55000):
-// the job copies the schema once, at its start.
+// the job copies the schema once, at its start. So is TRUNCATE: the job's
+// publications do not carry it, so rows already copied to a new owner, or
+// copied from a snapshot taken before it, would come back after the
+// cut-over.
 
 // maxHold bounds how long a statement waits for a freeze to lift. A
 // cut-over takes well under a second; past this the statement goes on
@@ -88,9 +91,10 @@ func touchesFrozen(rs *routingState, sql string, params *router.Params) bool {
 	return loc.hit || (!pl.Read && (pl.Kind == router.Scatter || pl.Kind == router.AllShards || pl.Copy != nil))
 }
 
-// errSchemaWhileMoving refuses a schema change during a reshard job.
+// errSchemaWhileMoving refuses a schema change or TRUNCATE during a
+// reshard job.
 func errSchemaWhileMoving() *wire.Error {
-	e := wire.Errorf("55000", "pgshard: schema changes are not allowed while a reshard job moves rows")
+	e := wire.Errorf("55000", "pgshard: schema changes and TRUNCATE are not allowed while a reshard job moves rows")
 	e.Hint = "wait until `pgshardctl reshard status` shows the job finished, or cancel it"
 	return e
 }
@@ -99,7 +103,7 @@ func errSchemaWhileMoving() *wire.Error {
 // returns a refusal for a schema change during a job.
 func (s *session) holdQuery(ctx context.Context, sql string, fx router.Effects) *wire.Error {
 	return s.hold(ctx, func(rs *routingState) (bool, *wire.Error) {
-		if fx.Schema && !fx.Pin {
+		if (fx.Schema && !fx.Pin) || fx.Truncate {
 			return false, errSchemaWhileMoving()
 		}
 		return len(rs.frozen) > 0 && touchesFrozen(rs, sql, nil), nil
@@ -111,7 +115,7 @@ func (s *session) holdQuery(ctx context.Context, sql string, fx router.Effects) 
 func (s *session) holdGroup(ctx context.Context, group []byte) *wire.Error {
 	return s.hold(ctx, func(rs *routingState) (wait bool, refuse *wire.Error) {
 		s.eachBind(group, func(p *pgproto3.Parse) bool {
-			if fx := router.Inspect(p.Query); fx.Schema && !fx.Pin {
+			if fx := router.Inspect(p.Query); (fx.Schema && !fx.Pin) || fx.Truncate {
 				refuse = errSchemaWhileMoving()
 			}
 			return refuse == nil

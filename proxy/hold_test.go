@@ -188,17 +188,23 @@ func TestFrozenRangeWaitsForTheNewRing(t *testing.T) {
 		sh.moving([]shardmap.Range{rng}, true)
 	}
 
-	// Schema changes are refused while the job moves rows, in both protocols.
+	// Schema changes and TRUNCATE are refused while the job moves rows, in
+	// both protocols.
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
-		_, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE other (user_id bigint, v int)", mode)
-		var pe *pgconn.PgError
-		if !errors.As(err, &pe) || pe.Code != "55000" {
-			t.Fatalf("CREATE TABLE during a job (%v): %v, want SQLSTATE 55000", mode, err)
+		for _, sql := range []string{"CREATE TABLE other (user_id bigint, v int)", "TRUNCATE orders", "truncate TABLE ONLY orders"} {
+			_, err := sh.connect(ctx).Exec(ctx, sql, mode)
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "55000" {
+				t.Fatalf("%s during a job (%v): %v, want SQLSTATE 55000", sql, mode, err)
+			}
 		}
 	}
 	sh.moving(nil, false)
 	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE other (user_id bigint, v int)"); err != nil {
 		t.Fatalf("CREATE TABLE after the job: %v", err)
+	}
+	if _, err := sh.connect(ctx).Exec(ctx, "TRUNCATE orders"); err != nil {
+		t.Fatalf("TRUNCATE after the job: %v", err)
 	}
 }
 

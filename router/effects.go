@@ -38,6 +38,8 @@ type Effects struct {
 	// Schema is set when a statement starts with CREATE, ALTER, DROP or
 	// COMMENT: plans prepared before it may no longer fit.
 	Schema bool
+	// Truncate is set when a statement starts with TRUNCATE.
+	Truncate bool
 	// Deallocate names the statement of a lone DEALLOCATE [PREPARE] name;
 	// DeallocateAll is set by a lone DEALLOCATE [PREPARE] ALL.
 	Deallocate    string
@@ -177,6 +179,9 @@ func (e *Effects) add(sql string, toks []token) {
 	}
 	if keywordIs(first.word, "create") || keywordIs(first.word, "alter") || keywordIs(first.word, "drop") || keywordIs(first.word, "comment") {
 		e.Schema = true
+	}
+	if keywordIs(first.word, "truncate") {
+		e.Truncate = true
 	}
 	if readOnlyTxn(toks) {
 		e.ReadOnly = true
