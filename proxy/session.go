@@ -1467,12 +1467,20 @@ func (s *session) sweepRetired() {
 		return
 	}
 	s.st.stmtGen = g
+	closed := false
 	for def := range s.st.prepared {
 		if def.retired.Load() {
 			delete(s.st.prepared, def)
 			s.push(entry{kind: 'C', swallow: true})
 			s.sbuf = appendClose(s.sbuf, 'S', def.name)
+			closed = true
 		}
+	}
+	if closed {
+		// The backend answers a Close only at a Sync or Flush, and when a
+		// session starts nothing of the client's follows: without this the
+		// backend would stay attached, its answers owed.
+		s.sbuf = append(s.sbuf, msgFlush...)
 	}
 }
 
@@ -1934,6 +1942,11 @@ func (s *session) ServerMessage(c *pool.Conn, typ byte, msg []byte, more bool) {
 			}
 			s.startRetry(true, reason)
 		}
+	} else if s.q.len() == 0 {
+		// The last answer owed was not a ReadyForQuery (the Close of a
+		// retired statement, flushed as a session started): the backend
+		// may go, if nothing else holds it (maybeRelease checks).
+		s.maybeRelease()
 	}
 	// What is buffered behind this message is for this session only while
 	// it still holds the backend: once released at ReadyForQuery (or

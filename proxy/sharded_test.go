@@ -38,11 +38,14 @@ type shardedHarness struct {
 
 // startSharded starts a topology of n shards (one replica each) and a
 // proxy whose shard map spreads the ring over all of them.
-func startSharded(t *testing.T, n int) *shardedHarness {
+func startSharded(t *testing.T, n int, mutate ...func(*config.Config)) *shardedHarness {
 	t.Helper()
 	topo := topotest.Start(t, topology.Config{Shards: n, Replicas: 1})
 	sh := &shardedHarness{m: &shardmap.Map{}}
 	h := startProxyOn(t, topo, func(cfg *config.Config) {
+		for _, m := range mutate {
+			m(cfg)
+		}
 		cfg.Shards = nil
 		for i, s := range topo.Shards {
 			c := config.Shard{Name: fmt.Sprintf("shard%d", i), Primary: s.Primary.DSN()}
@@ -1078,4 +1081,41 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestSessionStartClosesRetiredStatements: after a schema change retired
+// the statements a backend holds, the next session that starts on that
+// backend closes them there (with a Flush, since nothing of the client's
+// follows yet) and its first statement runs, also with several shards,
+// where a session waits for everything it sent to be answered.
+func TestSessionStartClosesRetiredStatements(t *testing.T) {
+	// One backend per pool: the next session starts on the backend that
+	// holds the retired statements.
+	sh := startSharded(t, 2, func(cfg *config.Config) { cfg.Pool.Size = 1 })
+	sh.srv.SetTxnLog(newMemTxnLog())
+	ctx := testCtx(t)
+	a := sh.connect(ctx)
+	if _, err := a.Exec(ctx, "CREATE TABLE keyed (user_id bigint, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	// Prepared on both shards' backends.
+	for k := range 20 {
+		var n int
+		if err := a.QueryRow(ctx, "SELECT count(*) FROM keyed WHERE user_id = $1", k).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("prepared statement: %d, %v", n, err)
+		}
+	}
+	if _, err := a.Exec(ctx, "CREATE TABLE retired_by (user_id bigint, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		c := sh.connect(ctx)
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var v int
+		err := c.QueryRow(qctx, "SELECT 41 + $1::int", i).Scan(&v)
+		cancel()
+		if err != nil || v != 41+i {
+			t.Fatalf("session %d after the schema change: %d, %v\n%s", i, v, err, sh.srv.DebugSessions())
+		}
+	}
 }
