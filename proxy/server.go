@@ -448,6 +448,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		close(done)
 	}()
 	var err error
+	stuck := false
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -458,7 +459,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		err = fmt.Errorf("proxy: shutdown timed out; closed %d sessions mid-transaction", n)
-		<-done
+		select {
+		case <-done:
+		case <-time.After(shutdownGrace):
+			// A session waiting for its backend (a query still running
+			// behind the closed client) ends when the pools close below.
+			stuck = true
+		}
 	}
 	s.stopParking()
 	s.stopForgetting()
@@ -469,8 +476,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, rt := range s.shardList() {
 		rt.close()
 	}
+	if stuck {
+		select {
+		case <-done:
+		case <-time.After(shutdownGrace):
+			err = fmt.Errorf("%w; some sessions had not ended %s after their backends were closed", err, shutdownGrace)
+		}
+	}
 	return err
 }
+
+// shutdownGrace is how long Shutdown waits, once its time is up and the
+// client connections are closed, for the sessions to end by themselves,
+// and then again after closing their backends.
+const shutdownGrace = 3 * time.Second
 
 // shardList returns the shards the proxy routes to now.
 func (s *Server) shardList() []*shardRT {

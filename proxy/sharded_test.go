@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/config"
+	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/proxy"
 	"github.com/pgshard/pgshard/shardmap"
 	"github.com/pgshard/pgshard/topology"
@@ -1118,4 +1119,49 @@ func TestSessionStartClosesRetiredStatements(t *testing.T) {
 			t.Fatalf("session %d after the schema change: %d, %v\n%s", i, v, err, sh.srv.DebugSessions())
 		}
 	}
+}
+
+// TestShutdownGivesUpOnStuckSessions: a client pipelines a second query
+// behind a long one (with several shards its session waits for the first
+// answer before routing the second); a shutdown whose time runs out closes
+// the connection and returns within a few seconds, not when the long query
+// ends.
+func TestShutdownGivesUpOnStuckSessions(t *testing.T) {
+	sh := startSharded(t, 2)
+	ctx := testCtx(t)
+	c := sh.pgconn(ctx)
+	var batch []byte
+	batch, _ = (&pgproto3.Query{String: "/* pgshard:primary */ SELECT pg_sleep(30)"}).Encode(batch)
+	batch, _ = (&pgproto3.Query{String: "SELECT 1"}).Encode(batch)
+	if _, err := c.Conn().Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the long query to run", func() error {
+		total := 0
+		for _, s := range sh.topo.Shards {
+			n, err := s.Primary.QueryValue(ctx, sh.db,
+				"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND state = 'active' AND pid <> pg_backend_pid()")
+			if err != nil {
+				return err
+			}
+			if n == "1" {
+				total++
+			}
+		}
+		if total != 1 {
+			return fmt.Errorf("running on %d shards", total)
+		}
+		return nil
+	})
+	start := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	err := sh.srv.Shutdown(sctx)
+	if took := time.Since(start); took > 15*time.Second {
+		t.Fatalf("Shutdown returned after %s", took)
+	}
+	if err == nil {
+		t.Fatal("Shutdown reported no stragglers")
+	}
+	t.Logf("Shutdown: %v after %s", err, time.Since(start).Round(time.Millisecond))
 }
