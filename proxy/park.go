@@ -102,28 +102,35 @@ func (s *session) park() bool {
 	return true
 }
 
-// unpark takes a parked session out of the Lot and reports whether it was
-// parked; the caller then runs it (Server.drive). Called with s.mu held.
+// unparkLocked takes a parked session out of the Lot and reports whether
+// it was parked; the caller then runs it (Server.drive). Called with s.mu
+// held.
 func (s *session) unparkLocked() bool {
 	if s.spot == nil || !s.srv.lot.Unpark(s.spot) {
 		return false
 	}
+	s.leftLotLocked()
+	return true
+}
+
+// leftLotLocked notes that the session is no longer parked. Called with
+// s.mu held.
+func (s *session) leftLotLocked() {
 	s.spot = nil
 	s.srv.metrics.parked.Dec()
-	return true
 }
 
 // unparked runs a session the Lot woke, on the Lot's goroutine for it.
 func (s *Server) unparked(sess *session) {
 	sess.mu.Lock()
-	sess.spot = nil
+	sess.leftLotLocked()
 	sess.mu.Unlock()
-	s.metrics.parked.Dec()
 	s.drive(sess)
 }
 
 // sweepIdle asks every session that stayed idle since the last sweep to
-// park; owned by Serve, it ends with ctx.
+// park; started by Serve (startParking), it ends when done is closed
+// (Shutdown's stopParking).
 func (s *Server) sweepIdle(done <-chan struct{}) {
 	t := time.NewTicker(time.Duration(parkSweep.Load()))
 	defer t.Stop()

@@ -303,9 +303,8 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	}
 	s.metrics.clients.Inc()
 	s.metrics.clientsTotal.Inc()
-	started := false
 	defer func() {
-		if !started {
+		if !running {
 			s.unregister(sess)
 			s.metrics.clients.Dec()
 		}
@@ -319,7 +318,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		sess.finish()
 		return
 	}
-	started, running = true, true
+	running = true
 	s.drive(sess)
 }
 

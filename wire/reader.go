@@ -75,9 +75,6 @@ func getReader(client bool) *bufio.Reader {
 
 func putReader(br *bufio.Reader) {
 	br.Reset(nil)
-	if br.Size() != clientReadBufferSize {
-		return
-	}
 	freeReaders.Lock()
 	defer freeReaders.Unlock()
 	if len(freeReaders.list) < maxFreeReaders {
@@ -119,7 +116,9 @@ func (r *Reader) Release() bool {
 		if r.br.Buffered() > 0 {
 			return false
 		}
-		putReader(r.br)
+		if r.client {
+			putReader(r.br)
+		}
 		r.br = nil
 	}
 	r.buf = nil
