@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -65,13 +66,16 @@ type target struct {
 //
 // On a replica (held), a read stays retryable until rows flow: a refusal
 // (25006 and kin) re-sends it to the primary, a lost connection elsewhere.
-// On any backend, a FATAL or a lost connection before the batch got any
-// answer means the backend went away on its own (terminated while idle in
-// the pool, server shutting down): the batch never ran there, so it is
-// re-sent on a fresh backend; the client sees nothing of it.
+// On any backend, a FATAL before the batch got any answer means the
+// backend went away on its own (terminated while idle in the pool, server
+// shutting down): the batch never ran there, so it is re-sent on a fresh
+// backend; the client sees nothing of it. So does a reset connection
+// before any answer when the batch ends a transaction at most once, at its
+// end (see unreadBatch): the backend's FATAL may be lost to the reset.
 type retryState struct {
 	active   bool
-	held     bool // a read on a replica: retryable until rows flow
+	since    time.Time // when the batch was first sent
+	held     bool      // a read on a replica: retryable until rows flow
 	want     target
 	outStart int
 	failed   bool // the replica refused it (25006 and kin): re-send at ReadyForQuery
@@ -1431,6 +1435,7 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {
 		s.rt.active, s.rt.held, s.rt.want = true, node >= 0, s.want
 		s.rt.outStart, s.rt.failed, s.rt.fatal = len(s.out), false, nil
+		s.rt.since = time.Now()
 		s.rt.fence, s.rt.fenced, s.rt.answered = false, false, false
 		if rs := s.srv.routing.Load(); node < 0 && rs != nil && len(rs.moving) > 0 {
 			s.rt.fence, s.rt.ring = true, rs.ringVersion
@@ -2184,6 +2189,7 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 	}
 	node, att := s.node, s.att
 	idle := s.idleAttachment() && !s.rt.active
+	unread := s.unreadBatch(err)
 	s.detach()
 	s.q.clear()
 	if s.starting {
@@ -2204,7 +2210,7 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		return
 	}
 	fatal := s.rt.fatal
-	if s.rt.active && !s.closing && (s.rt.held || fatal != nil) && s.retries < maxRetries {
+	if s.rt.active && !s.closing && (s.rt.held || fatal != nil || unread) && s.retries < maxRetries {
 		// The backend went away before the batch got an answer: a read
 		// on a replica that died, or a backend that ended on its own
 		// (its FATAL swallowed). Re-send the batch elsewhere.
@@ -2234,6 +2240,36 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 		s.logger.Warn("backend connection lost", "err", err)
 		s.closeAfterFlush()
 	}
+}
+
+// resetWindow bounds how long after a batch was sent a reset connection
+// still proves the backend did not read all of it: a reset that comes
+// later may answer a TCP keepalive probe of a server that restarted after
+// running the batch.
+const resetWindow = time.Minute
+
+// unreadBatch reports whether a backend lost with err cannot have committed
+// anything of the retryable batch it was sent: the connection was reset
+// (the backend closed with bytes of the batch unread, or before they
+// arrived; pg_terminate_backend on a pooled backend does this, and the
+// reset can discard its FATAL), nothing was answered, and the batch ends a
+// transaction at most once, with its last message (a Sync, simple Query or
+// FunctionCall). The last byte sent is then among those unread, so that
+// message never ran. Called with s.mu held, before the queue is cleared.
+func (s *session) unreadBatch(err error) bool {
+	if !s.rt.active || s.rt.answered || time.Since(s.rt.since) > resetWindow ||
+		!(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		return false
+	}
+	ends := 0
+	for i := s.q.head; i < len(s.q.buf); i++ {
+		if k := s.q.buf[i].kind; k == 'Q' || k == 'S' || k == 'F' {
+			if ends++; ends > 1 || i != len(s.q.buf)-1 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // idleAttachment reports whether the attached backend holds nothing of the

@@ -654,3 +654,188 @@ func TestPipelinedWriteAfterReplicaRead(t *testing.T) {
 		}
 	}
 }
+
+// resetRelay forwards TCP connections to a backend and, when armed, answers
+// the next bytes pgshard sends on a connection it had already made with a
+// reset instead of forwarding them: what pgshard sees when a pooled
+// backend was terminated and closed with its batch unread, the reset
+// having discarded the backend's FATAL. A real server does this only in a
+// narrow race, so the test makes it on demand.
+type resetRelay struct {
+	ln       net.Listener
+	target   string
+	accepted atomic.Int64
+	mu       sync.Mutex
+	armed    int   // resets still to make
+	before   int64 // only on connections accepted before arming
+	resets   atomic.Int32
+	wg       sync.WaitGroup
+}
+
+func startResetRelay(t *testing.T, target string) *resetRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &resetRelay{ln: ln, target: target}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			id := r.accepted.Add(1)
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				r.relay(c.(*net.TCPConn), id)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		r.wg.Wait()
+	})
+	return r
+}
+
+// arm makes the relay reset the next n batches sent on the connections it
+// holds now (idle pooled backends); connections made later pass.
+func (r *resetRelay) arm(n int) {
+	r.mu.Lock()
+	r.armed, r.before = n, r.accepted.Load()+1
+	r.mu.Unlock()
+}
+
+func (r *resetRelay) takeReset(id int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.armed == 0 || id >= r.before {
+		return false
+	}
+	r.armed--
+	r.resets.Add(1)
+	return true
+}
+
+func (r *resetRelay) relay(c *net.TCPConn, id int64) {
+	defer c.Close()
+	up, err := net.Dial("tcp", r.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go func() {
+		// Backend to pgshard; ends when either side closes.
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := up.Read(buf)
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		c.Close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if r.takeReset(id) {
+				c.SetLinger(0) // close with a reset, the bytes unread
+				return
+			}
+			if _, werr := up.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A pooled backend that resets the connection before answering a batch
+// (terminated, its FATAL lost to the reset) cannot have run the batch's
+// end: a batch that ends a transaction once, at its end, is re-sent on
+// another backend in every protocol mode, and runs exactly once. A batch
+// with two Syncs is not: its first transaction may have committed before
+// the reset, so the client is told the connection was lost.
+func TestResetBackendBeforeAnswerIsRetried(t *testing.T) {
+	var relay *resetRelay
+	h := startProxy(t, func(c *config.Config) {
+		c.Pool.Size = 2
+		p := strings.Fields(c.Shards[0].Primary) // host=... port=...
+		relay = startResetRelay(t, net.JoinHostPort(strings.TrimPrefix(p[0], "host="), strings.TrimPrefix(p[1], "port=")))
+		host, port, _ := net.SplitHostPort(relay.ln.Addr().String())
+		c.Shards[0].Primary = fmt.Sprintf("host=%s port=%s", host, port)
+	})
+	ctx := testCtx(t)
+	admin := h.direct(ctx)
+	if _, err := admin.Exec(ctx, "CREATE TABLE resets (v int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	c := h.connect(ctx)
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement,
+		pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec}
+	v := 0
+	for round := 0; round < rounds(3); round++ {
+		for _, mode := range modes {
+			v++
+			if _, err := c.Exec(ctx, "SELECT 1", mode); err != nil { // a pooled backend, idle
+				t.Fatal(err)
+			}
+			before := relay.resets.Load()
+			relay.arm(1)
+			if _, err := c.Exec(ctx, "INSERT INTO resets VALUES ($1)", mode, v); err != nil {
+				t.Fatalf("mode %v: %v", mode, err)
+			}
+			if relay.resets.Load() != before+1 {
+				t.Fatalf("mode %v: the relay made no reset: the test proved nothing", mode)
+			}
+		}
+	}
+	var n, sum int
+	if err := admin.QueryRow(ctx, "SELECT count(*), sum(v) FROM resets").Scan(&n, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if n != v || sum != v*(v+1)/2 {
+		t.Fatalf("%d rows summing to %d after %d inserts: want each once", n, sum, v)
+	}
+
+	// Two transactions in one batch: not re-sent.
+	pc := h.pgconn(ctx)
+	if err := pc.Exec(ctx, "SELECT 1").Close(); err != nil {
+		t.Fatal(err)
+	}
+	relay.arm(1)
+	p := pc.StartPipeline(ctx)
+	p.SendQueryParams("INSERT INTO resets VALUES (1000)", nil, nil, nil, nil)
+	p.SendPipelineSync()
+	p.SendQueryParams("INSERT INTO resets VALUES (1001)", nil, nil, nil, nil)
+	p.SendPipelineSync()
+	err := p.Flush()
+	for err == nil {
+		var res any
+		if res, err = p.GetResults(); err == nil && res == nil {
+			err = errors.New("the pipeline ended without an error")
+		}
+		if rr, ok := res.(*pgconn.ResultReader); ok {
+			_, err = rr.Close()
+		}
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "08006" {
+		t.Fatalf("two-transaction batch on a reset backend: got %v, want SQLSTATE 08006", err)
+	}
+	if relay.resets.Load() != int32(len(modes)*rounds(3)+1) {
+		t.Fatal("the relay made no reset on the pipeline")
+	}
+}
