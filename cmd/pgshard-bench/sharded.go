@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -33,11 +34,17 @@ import (
 const (
 	tPgshard1 = "pgshard-1shard"
 	tPgshard2 = "pgshard-2shards"
+	// tDirect2 is the machine's own cost of two servers: half the clients
+	// directly on each of pgshard-2shards' servers, each on a local copy of
+	// the rows it holds (localTable), so every query finds its row as it
+	// does on the single server.
+	tDirect2 = "direct-2servers"
 )
 
 // Tables the sharded mode creates.
 const (
 	keyedTable = "bench_users"
+	localTable = "bench_users_local" // a shard's rows renumbered 1..n, for tDirect2
 	scanTable  = "bench_scan"
 )
 
@@ -70,6 +77,8 @@ type shardedRun struct {
 	dir         string
 	direct      *topology.Server // the single PostgreSQL: direct target and pgshard-1's shard
 	n1, n2      *shardNode
+	localRows   []int64           // rows of localTable on each of n2's shards
+	paths       map[string]string // pgbench scripts by workload ("read-server0": tDirect2's)
 	ticks       int64
 	logf, vlogf func(string, ...any)
 }
@@ -387,6 +396,25 @@ func (r *shardedRun) setup(ctx context.Context, rep *shardedReport) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	// The two-server reference: each shard's rows, renumbered from 1, in a
+	// table of the same shape, read and written directly.
+	for _, s := range r.n2.shards {
+		for _, sql := range []string{
+			"CREATE TABLE " + localTable + " (LIKE " + keyedTable + " INCLUDING ALL)",
+			"INSERT INTO " + localTable + " SELECT row_number() OVER (ORDER BY user_id), v, name FROM " + keyedTable,
+			"VACUUM ANALYZE " + localTable,
+			"GRANT ALL ON " + localTable + " TO " + appUser,
+		} {
+			if err := s.Exec(ctx, appDB, sql); err != nil {
+				return fmt.Errorf("%s on %s: %w", sql, s.Name, err)
+			}
+		}
+		n, err := queryInt(ctx, s.Port, "SELECT count(*) FROM "+localTable)
+		if err != nil {
+			return err
+		}
+		r.localRows = append(r.localRows, n)
+	}
 	for _, s := range append([]*topology.Server{r.direct}, r.n2.shards...) {
 		for _, sql := range []string{"VACUUM ANALYZE " + scanTable, "VACUUM ANALYZE " + keyedTable, "CHECKPOINT"} {
 			if err := s.Exec(ctx, appDB, sql); err != nil {
@@ -502,10 +530,10 @@ func (r *shardedRun) checkPlacement(ctx context.Context, n *shardNode, table str
 }
 
 // Keyed pgbench scripts: reads, and a read then a write of one user.
-func keyedScripts(rows int) map[string]string {
+func keyedScripts(table string, rows int64) map[string]string {
 	set := fmt.Sprintf("\\set uid random(1, %d)\n", rows)
-	sel := "SELECT v, name FROM " + keyedTable + " WHERE user_id = :uid;\n"
-	upd := "UPDATE " + keyedTable + " SET v = v + 1 WHERE user_id = :uid;\n"
+	sel := "SELECT v, name FROM " + table + " WHERE user_id = :uid;\n"
+	upd := "UPDATE " + table + " SET v = v + 1 WHERE user_id = :uid;\n"
 	return map[string]string{"read": set + sel, "mix": set + sel + upd}
 }
 
@@ -514,14 +542,25 @@ var workloads = []string{"read", "mix"}
 
 func (r *shardedRun) pgbenchRuns(ctx context.Context, rep *shardedReport) error {
 	paths := map[string]string{}
-	for name, body := range keyedScripts(r.so.rows) {
-		p := filepath.Join(r.dir, name+".sql")
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", p, err)
-		}
-		paths[name] = p
+	write := func(key, body string) error {
+		p := filepath.Join(r.dir, key+".sql")
+		paths[key] = p
+		return os.WriteFile(p, []byte(body), 0o644)
 	}
-	targets := []*target{{name: tDirect, port: r.direct.Port}, &r.n1.target, &r.n2.target}
+	for name, body := range keyedScripts(keyedTable, int64(r.so.rows)) {
+		if err := write(name, body); err != nil {
+			return err
+		}
+	}
+	for i, n := range r.localRows {
+		for name, body := range keyedScripts(localTable, n) {
+			if err := write(fmt.Sprintf("%s-server%d", name, i), body); err != nil {
+				return err
+			}
+		}
+	}
+	r.paths = paths
+	targets := []*target{{name: tDirect, port: r.direct.Port}, {name: tDirect2}, &r.n1.target, &r.n2.target}
 	// One short unrecorded run per target (connections, caches).
 	for _, t := range targets {
 		if _, err := r.pgbenchOnce(ctx, t, "mix", paths["mix"], "prepared", 2*time.Second, 0); err != nil {
@@ -556,7 +595,7 @@ func (r *shardedRun) pgbenchOnce(ctx context.Context, t *target, workload, scrip
 	}
 	// The PostgreSQL servers behind the target.
 	servers := []*topology.Server{r.direct}
-	if t.name == tPgshard2 {
+	if t.name == tPgshard2 || t.name == tDirect2 {
 		servers = r.n2.shards
 	}
 	pgTicks := func() int64 {
@@ -570,14 +609,28 @@ func (r *shardedRun) pgbenchOnce(ctx context.Context, t *target, workload, scrip
 		return sum
 	}
 	pgBefore := pgTicks()
-	args := []string{
-		"-h", "127.0.0.1", "-p", strconv.Itoa(t.port), "-U", appUser,
-		"-n", "-f", script, "-M", mode,
-		"-c", strconv.Itoa(r.o.clients), "-j", strconv.Itoa(r.o.threads),
-		"-T", strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second))),
-		appDB,
+	args := func(port int, script string, clients, threads int) []string {
+		return []string{
+			"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", appUser,
+			"-n", "-f", script, "-M", mode,
+			"-c", strconv.Itoa(clients), "-j", strconv.Itoa(threads),
+			"-T", strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second))),
+			appDB,
+		}
 	}
-	out, code, err := runPgbench(ctx, args)
+	var out string
+	var code int
+	var st pgbenchStats
+	var err, parseErr error
+	if t.name == tDirect2 {
+		out, code, st, err, parseErr = r.pgbenchEach(ctx, workload, func(i int) []string {
+			c := r.o.clients/2 + i*(r.o.clients%2) // the second server takes an odd one
+			return args(r.n2.shards[i].Port, r.paths[fmt.Sprintf("%s-server%d", workload, i)], c, max(1, r.o.threads/2))
+		})
+	} else {
+		out, code, err = runPgbench(ctx, args(t.port, script, r.o.clients, r.o.threads))
+		st, parseErr = parsePgbench(out)
+	}
 	if ctx.Err() != nil {
 		return res, ctx.Err()
 	}
@@ -587,7 +640,6 @@ func (r *shardedRun) pgbenchOnce(ctx context.Context, t *target, workload, scrip
 		after, perr = treeTicks(t.proc.pid())
 	}
 	_ = os.WriteFile(filepath.Join(r.dir, fmt.Sprintf("round%d-%s-%s-%s.log", round, workload, mode, t.name)), []byte(out), 0o644)
-	st, parseErr := parsePgbench(out)
 	res.TPS, res.Transactions = st.TPS, st.Transactions
 	res.Problem = pgbenchProblem(code, err, parseErr, st, r.o.clients)
 	res.OK = res.Problem == ""
@@ -613,6 +665,36 @@ func (r *shardedRun) pgbenchOnce(ctx context.Context, t *target, workload, scrip
 		r.logf("%s", line)
 	}
 	return res, nil
+}
+
+// pgbenchEach runs one pgbench per server of pgshard-2shards at once
+// (args(i): server i's arguments) and adds up what they report: TPS and
+// transactions summed, the first failure kept.
+func (r *shardedRun) pgbenchEach(ctx context.Context, workload string, args func(i int) []string) (out string, code int, st pgbenchStats, err, parseErr error) {
+	n := len(r.n2.shards)
+	outs, codes, errs := make([]string, n), make([]int, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { outs[i], codes[i], errs[i] = runPgbench(ctx, args(i)) })
+	}
+	wg.Wait()
+	for i := range n {
+		out += fmt.Sprintf("== %s (%s)\n%s", r.n2.shards[i].Name, workload, outs[i])
+		one, perr := parsePgbench(outs[i])
+		st.TPS += one.TPS
+		st.Transactions += one.Transactions
+		st.Failed += one.Failed
+		st.Aborted += one.Aborted
+		st.RunAborted = st.RunAborted || one.RunAborted
+		if st.FirstError == "" {
+			st.FirstError = one.FirstError
+		}
+		if code == 0 {
+			code = codes[i]
+		}
+		err, parseErr = cmp.Or(err, errs[i]), cmp.Or(parseErr, perr)
+	}
+	return out, code, st, err, parseErr
 }
 
 // scatterQuery is the query of the scatter measurement.

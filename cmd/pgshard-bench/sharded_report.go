@@ -25,15 +25,20 @@ type keyedRow struct {
 	Workload string   `json:"workload"`
 	Mode     string   `json:"mode"`
 	Direct   *float64 `json:"direct_tps,omitempty"`
-	One      *float64 `json:"pgshard_1shard_tps,omitempty"`
-	Two      *float64 `json:"pgshard_2shards_tps,omitempty"`
-	TwoVsOne *float64 `json:"two_vs_one,omitempty"`
-	OneVsDir *float64 `json:"one_vs_direct,omitempty"`
-	TwoVsDir *float64 `json:"two_vs_direct,omitempty"`
-	OneCPUus *float64 `json:"pgshard_1shard_cpu_us_per_txn,omitempty"`
-	TwoCPUus *float64 `json:"pgshard_2shards_cpu_us_per_txn,omitempty"`
+	// Direct2 is half the clients directly on each of two servers (the
+	// machine's own cost of two servers); Dir2VsDir its ratio to Direct.
+	Direct2   *float64 `json:"direct_2servers_tps,omitempty"`
+	Dir2VsDir *float64 `json:"direct_2servers_vs_direct,omitempty"`
+	One       *float64 `json:"pgshard_1shard_tps,omitempty"`
+	Two       *float64 `json:"pgshard_2shards_tps,omitempty"`
+	TwoVsOne  *float64 `json:"two_vs_one,omitempty"`
+	OneVsDir  *float64 `json:"one_vs_direct,omitempty"`
+	TwoVsDir  *float64 `json:"two_vs_direct,omitempty"`
+	OneCPUus  *float64 `json:"pgshard_1shard_cpu_us_per_txn,omitempty"`
+	TwoCPUus  *float64 `json:"pgshard_2shards_cpu_us_per_txn,omitempty"`
 	// CPU of the PostgreSQL servers behind each target per transaction.
 	DirPGus    *float64 `json:"direct_postgres_cpu_us_per_txn,omitempty"`
+	Dir2PGus   *float64 `json:"direct_2servers_postgres_cpu_us_per_txn,omitempty"`
 	OnePGus    *float64 `json:"pgshard_1shard_postgres_cpu_us_per_txn,omitempty"`
 	TwoPGus    *float64 `json:"pgshard_2shards_postgres_cpu_us_per_txn,omitempty"`
 	FailedRuns int      `json:"failed_runs"`
@@ -136,6 +141,8 @@ func (r *shardedReport) summarize() {
 			row.Direct, row.One, row.Two = median(tps[tDirect]), median(tps[tPgshard1]), median(tps[tPgshard2])
 			row.OneCPUus, row.TwoCPUus = median(cpu[tPgshard1]), median(cpu[tPgshard2])
 			row.DirPGus, row.OnePGus, row.TwoPGus = median(pg[tDirect]), median(pg[tPgshard1]), median(pg[tPgshard2])
+			row.Direct2, row.Dir2PGus = median(tps[tDirect2]), median(pg[tDirect2])
+			row.Dir2VsDir = ratio(row.Direct2, row.Direct)
 			row.TwoVsOne, row.OneVsDir, row.TwoVsDir = ratio(row.Two, row.One), ratio(row.One, row.Direct), ratio(row.Two, row.Direct)
 			if row.Direct != nil || row.One != nil || row.Two != nil || row.FailedRuns > 0 {
 				r.Keyed = append(r.Keyed, row)
@@ -195,19 +202,22 @@ func (r *shardedReport) printText(w io.Writer) {
 	fmt.Fprintf(w, "\n1. keyed pgbench scripts on %s (%d rows, user_id bigint primary key; uid = random(1, %d)), %d clients, %d threads, %s per run, %d round(s), medians\n",
 		keyedTable, r.Rows, r.Rows, r.Clients, r.Threads, r.Duration, r.Rounds)
 	fmt.Fprintf(w, "   read: SELECT v, name FROM %s WHERE user_id = :uid;  mix: that SELECT, then UPDATE %s SET v = v + 1 WHERE user_id = :uid (autocommit each)\n\n", keyedTable, keyedTable)
-	rows := [][]string{{"workload", "mode", "direct TPS", "1 shard TPS", "2 shards TPS", "2 shards / 1 shard", "1 shard / direct", "2 shards / direct",
-		"proxy CPU µs/txn (1 / 2 shards)", "Postgres CPU µs/txn (direct / 1 / 2 shards)"}}
+	rows := [][]string{{"workload", "mode", "direct TPS", "direct 2 servers", "1 shard TPS", "2 shards TPS", "2 shards / 1 shard", "direct 2 servers / 1",
+		"1 shard / direct", "2 shards / direct", "proxy CPU µs/txn (1 / 2 shards)", "Postgres CPU µs/txn (direct / 2 servers / 1 / 2 shards)"}}
 	for _, k := range r.Keyed {
 		cpu := fmtF(k.OneCPUus, "%.1f") + " / " + fmtF(k.TwoCPUus, "%.1f")
-		pg := fmtF(k.DirPGus, "%.1f") + " / " + fmtF(k.OnePGus, "%.1f") + " / " + fmtF(k.TwoPGus, "%.1f")
-		rows = append(rows, []string{k.Workload, k.Mode, fmtF(k.Direct, "%.0f"), fmtF(k.One, "%.0f"), fmtF(k.Two, "%.0f"),
-			fmtF(k.TwoVsOne, "%.2f×"), fmtF(k.OneVsDir, "%.2f×"), fmtF(k.TwoVsDir, "%.2f×"), cpu, pg})
+		pg := fmtF(k.DirPGus, "%.1f") + " / " + fmtF(k.Dir2PGus, "%.1f") + " / " + fmtF(k.OnePGus, "%.1f") + " / " + fmtF(k.TwoPGus, "%.1f")
+		rows = append(rows, []string{k.Workload, k.Mode, fmtF(k.Direct, "%.0f"), fmtF(k.Direct2, "%.0f"), fmtF(k.One, "%.0f"), fmtF(k.Two, "%.0f"),
+			fmtF(k.TwoVsOne, "%.2f×"), fmtF(k.Dir2VsDir, "%.2f×"), fmtF(k.OneVsDir, "%.2f×"), fmtF(k.TwoVsDir, "%.2f×"), cpu, pg})
 	}
 	writeTable(w, rows, 2)
-	var worstTwo, worstRead *float64
+	var worstTwo, worstRead, worstDir2 *float64
 	for _, k := range r.Keyed {
 		if k.TwoVsOne != nil && (worstTwo == nil || *k.TwoVsOne < *worstTwo) {
 			worstTwo = k.TwoVsOne
+		}
+		if k.Dir2VsDir != nil && (worstDir2 == nil || *k.Dir2VsDir < *worstDir2) {
+			worstDir2 = k.Dir2VsDir
 		}
 		if k.Workload == "read" {
 			for _, v := range []*float64{k.OneVsDir, k.TwoVsDir} {
@@ -217,7 +227,9 @@ func (r *shardedReport) printText(w io.Writer) {
 			}
 		}
 	}
-	fmt.Fprintln(w, "   CPU: utime+stime of pgshard's process / of the PostgreSQL servers behind the target (both shards for 2 shards) during the run, per transaction.")
+	fmt.Fprintln(w, "   direct 2 servers: half the clients directly on each of the 2 shards' servers, each on its own rows renumbered 1..n in "+localTable+" (every query finds its row):")
+	fmt.Fprintf(w, "   what spreading the same load over two PostgreSQL servers costs this machine without pgshard (worst %s of one server).\n", fmtF(worstDir2, "%.2f×"))
+	fmt.Fprintln(w, "   CPU: utime+stime of pgshard's process / of the PostgreSQL servers behind the target (both servers for 2 servers and 2 shards) during the run, per transaction.")
 	fmt.Fprintf(w, "   targets: 2 shards ≥ %.2f× 1 shard: worst %s (%s); keyed reads ≥ %.2f× direct: worst %s (%s)\n",
 		targetTwoVsOne, fmtF(worstTwo, "%.2f×"), verdict(worstTwo, targetTwoVsOne, false),
 		targetReadVsDir, fmtF(worstRead, "%.2f×"), verdict(worstRead, targetReadVsDir, false))
