@@ -32,6 +32,17 @@ func (s *Server) DebugSessions() string {
 	return b.String()
 }
 
+// SetSpreadLegsHook runs f each time a statement spread inside a
+// transaction has its legs, before they are checked against the current
+// map; nil removes it.
+func SetSpreadLegsHook(f func()) {
+	if f == nil {
+		testSpreadLegsHook.Store(nil)
+		return
+	}
+	testSpreadLegsHook.Store(&f)
+}
+
 // SetCoordinatorCrash makes the two-phase commit coordinator stop at stage
 // ("prepared": every shard prepared, no decision; "decided": the commit
 // recorded, no COMMIT PREPARED sent) as a crashed node would: it answers

@@ -402,6 +402,12 @@ const decideTimeout = 10 * time.Second
 // commit (tests only: SetCoordinatorCrash); empty in production.
 var testCrashStage atomic.Pointer[string]
 
+// testSpreadLegsHook runs when a statement spread inside a transaction has
+// its legs, before they are checked against the current map (tests only:
+// SetSpreadLegsHook, to commit a cut-over in that window); nil in
+// production.
+var testSpreadLegsHook atomic.Pointer[func()]
+
 // testCrashAt reports whether a simulated crash happens at stage.
 func testCrashAt(stage string) bool {
 	p := testCrashStage.Load()
@@ -594,8 +600,11 @@ func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *ext
 	return rs, excl, nil
 }
 
-// legsMatch plans sql again on rs and reports whether legs are the
-// shards that plan runs on, and the plan.
+// legsMatch plans sql again on rs and reports whether legs cover the
+// shards that plan runs on, and the plan. A leg more is harmless: it runs
+// the statement with the moving ranges its shard does not own excluded,
+// and holds no other rows it does not own (a transaction's home shard is
+// a leg of every statement spread inside it).
 func legsMatch(rs *routingState, legs []*leg, sql string, x *extReq) (router.Plan, bool) {
 	var params *router.Params
 	if x != nil {
@@ -609,13 +618,31 @@ func legsMatch(rs *routingState, legs []*leg, sql string, x *extReq) (router.Pla
 	case router.Multi:
 		want = slices.Clone(now.Shards)
 	}
-	have := make([]string, len(legs))
-	for i, l := range legs {
-		have[i] = l.b.rt.name
+	for _, name := range want {
+		if !slices.ContainsFunc(legs, func(l *leg) bool { return l.b.rt.name == name }) {
+			return now, false
+		}
 	}
-	slices.Sort(have)
-	slices.Sort(want)
-	return now, slices.Equal(have, want)
+	return now, true
+}
+
+// replanMoving plans a spread statement again on the current map while a
+// reshard job moves rows, when its legs no longer cover the shards that
+// plan runs on (a cut-over committed since pl was planned). It returns the
+// new plan, or nil when the legs stand.
+func (s *session) replanMoving(legs []*leg, pl *router.Plan, sql string, x *extReq) *router.Plan {
+	rs := s.srv.routing.Load()
+	if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
+		return nil
+	}
+	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
+		return nil
+	}
+	now, ok := legsMatch(rs, legs, sql, x)
+	if ok || (now.Kind != router.Scatter && now.Kind != router.Multi) || len(now.Rows) > 0 {
+		return nil
+	}
+	return &now
 }
 
 // currentLegs makes sure, while a reshard job moves rows, that the legs
@@ -627,19 +654,12 @@ func legsMatch(rs *routingState, legs []*leg, sql string, x *extReq) (router.Pla
 // differs). Without a job it returns legs and pl as they are.
 func (s *session) currentLegs(ctx context.Context, legs []*leg, pl *router.Plan, sql string, x *extReq, read bool) ([]*leg, *router.Plan, error) {
 	for tries := 0; tries < 3; tries++ {
-		rs := s.srv.routing.Load()
-		if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
-			return legs, pl, nil
-		}
-		if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
-			return legs, pl, nil
-		}
-		now, ok := legsMatch(rs, legs, sql, x)
-		if ok || (now.Kind != router.Scatter && now.Kind != router.Multi) || len(now.Rows) > 0 {
+		now := s.replanMoving(legs, pl, sql, x)
+		if now == nil {
 			return legs, pl, nil
 		}
 		s.closeLegs(legs, true)
-		pl = &now
+		pl = now
 		var err error
 		if legs, err = s.openLegs(ctx, s.srv.spreadShards(pl), read); err != nil {
 			return nil, pl, err

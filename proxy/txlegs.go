@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -70,6 +71,22 @@ func (s *session) txLegFor(ctx context.Context, shard string) (*leg, error) {
 	}
 	s.tx.legs[shard] = l
 	return l, nil
+}
+
+// addTxLegs appends to legs the transaction's leg on each of shards that
+// legs lack (opened as needed).
+func (s *session) addTxLegs(ctx context.Context, legs []*leg, shards []string) ([]*leg, error) {
+	for _, name := range shards {
+		if slices.ContainsFunc(legs, func(l *leg) bool { return l.b.rt.name == name }) {
+			continue
+		}
+		l, err := s.txLegFor(ctx, name)
+		if err != nil {
+			return legs, err
+		}
+		legs = append(legs, l)
+	}
+	return legs, nil
 }
 
 func (s *session) dropLeg(l *leg) {
@@ -834,17 +851,24 @@ func (s *session) spreadInTxn(ctx context.Context, pl *router.Plan, sql string, 
 	if home == nil {
 		return s.legFailed(wire.Errorf(wire.CodeConnectionFailure, "pgshard: lost the transaction's backend"), true)
 	}
-	legs := []*leg{home}
-	for _, name := range s.srv.spreadShards(pl) {
-		if name == home.b.rt.name {
-			continue
+	legs, err := s.addTxLegs(ctx, []*leg{home}, s.srv.spreadShards(pl))
+	if h := testSpreadLegsHook.Load(); h != nil && err == nil {
+		(*h)()
+	}
+	// A cut-over committed since pl was planned: the statement runs on the
+	// current map's plan, on the transaction's legs it needs besides
+	// (a few times at most; ownedTexts refuses what still differs).
+	for tries := 0; tries < 3 && err == nil; tries++ {
+		now := s.replanMoving(legs, pl, sql, x)
+		if now == nil {
+			break
 		}
-		l, err := s.txLegFor(ctx, name)
-		if err != nil {
-			restore()
-			return s.legFailed(err, true)
-		}
-		legs = append(legs, l)
+		pl = now
+		legs, err = s.addTxLegs(ctx, legs, s.srv.spreadShards(pl))
+	}
+	if err != nil {
+		restore()
+		return s.legFailed(err, true)
 	}
 	errs := s.spreadErrs
 	s.spreadTxn = true
@@ -855,7 +879,6 @@ func (s *session) spreadInTxn(ctx context.Context, pl *router.Plan, sql string, 
 		}
 		s.emitRaw(msgBindComplete)
 	}
-	var err error
 	if pl.Read && pl.Kind != router.AllShards {
 		err = s.spreadRead(ctx, legs, pl, sql, x)
 	} else {
