@@ -96,14 +96,23 @@ func (r *Runner) prepare(ctx context.Context, j shardmap.Job, d *jobData) error 
 // last_value is the on/off flag (sequences are not transactional: setval is
 // seen by every session at once), and per sharded table a row trigger that
 // refuses a write whose old or new key lies in a range the source gives
-// away, once the flag is on, with SQLSTATE PS001.
+// away, once the flag is on, with SQLSTATE PS001. A TRUNCATE of a moved
+// table is refused (55000) as long as the fence is installed: the job's
+// publications do not carry it, so the rows it removed would live on in
+// the copies.
 func (r *Runner) installFence(ctx context.Context, c *pgx.Conn, job string, tables []shardmap.Table, lost []shardmap.Range) error {
 	seq := fenceSeq(job)
 	if err := exec(ctx, c, fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS pgshard;
 GRANT USAGE ON SCHEMA pgshard TO PUBLIC;
 CREATE SEQUENCE IF NOT EXISTS %s MINVALUE 0 MAXVALUE 1 START 0;
 GRANT SELECT ON %s TO PUBLIC;
-%s`, seq, seq, markerDDL(job))); err != nil {
+CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $pgshard$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = '55000',
+    MESSAGE = format('pgshard: TRUNCATE of %%s refused while a reshard job moves its rows; retry after the job', TG_TABLE_NAME);
+END
+$pgshard$;
+%s`, seq, seq, truncFenceFunc(job), markerDDL(job))); err != nil {
 		return err
 	}
 	key := fenceLockKey(job)
@@ -136,19 +145,32 @@ END
 $pgshard$`, fn, check("NEW"), check("OLD"))); err != nil {
 			return err
 		}
-		var exists bool
-		if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)", quoteIdent(t.Name), fenceTrigger(job)).Scan(&exists); err != nil {
-			return err
-		}
-		if exists {
-			continue
-		}
-		if err := r.execLocking(ctx, c, fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s()",
-			fenceTrigger(job), quoteIdent(t.Name), fn)); err != nil {
-			return err
+		for _, tr := range []struct{ name, ddl string }{
+			{fenceTrigger(job), fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s()",
+				fenceTrigger(job), quoteIdent(t.Name), fn)},
+			{truncFenceTrigger(job), fmt.Sprintf("CREATE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()",
+				truncFenceTrigger(job), quoteIdent(t.Name), truncFenceFunc(job))},
+		} {
+			exists, err := hasTrigger(ctx, c, t.Name, tr.name)
+			if err != nil {
+				return err
+			}
+			if exists {
+				continue
+			}
+			if err := r.execLocking(ctx, c, tr.ddl); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// hasTrigger reports whether table has the trigger name.
+func hasTrigger(ctx context.Context, c *pgx.Conn, table, name string) (bool, error) {
+	var exists bool
+	err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)", quoteIdent(table), name).Scan(&exists)
+	return exists, err
 }
 
 // setFence turns a source's fence on or off (no-op when it is gone).
@@ -998,20 +1020,22 @@ func (r *Runner) dropAll(ctx context.Context, cs *conns, m *shardmap.Map, job st
 			return err
 		}
 		for i, t := range d.Sharded {
-			var exists bool
-			if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)", quoteIdent(t.Name), fenceTrigger(job)).Scan(&exists); err != nil {
-				return err
-			}
-			if exists {
-				if err := r.execLocking(ctx, c, fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s", fenceTrigger(job), quoteIdent(t.Name))); err != nil {
+			for _, tr := range []string{fenceTrigger(job), truncFenceTrigger(job)} {
+				exists, err := hasTrigger(ctx, c, t.Name, tr)
+				if err != nil {
 					return err
+				}
+				if exists {
+					if err := r.execLocking(ctx, c, fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s", tr, quoteIdent(t.Name))); err != nil {
+						return err
+					}
 				}
 			}
 			if err := exec(ctx, c, fmt.Sprintf("DROP FUNCTION IF EXISTS %s()", fenceFunc(job, i))); err != nil {
 				return err
 			}
 		}
-		if err := exec(ctx, c, "DROP SEQUENCE IF EXISTS "+fenceSeq(job)); err != nil {
+		if err := exec(ctx, c, fmt.Sprintf("DROP FUNCTION IF EXISTS %s(); DROP SEQUENCE IF EXISTS %s", truncFenceFunc(job), fenceSeq(job))); err != nil {
 			return err
 		}
 	}

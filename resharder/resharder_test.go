@@ -729,6 +729,11 @@ func TestFence(t *testing.T) {
 		if sqlState(err) != shardmap.CodeFenced {
 			errs = append(errs, fmt.Sprintf("update in a moving range: %v", err))
 		}
+		// A TRUNCATE on the source, as a node that has not yet seen the
+		// job would send it: the copies would keep the rows.
+		if _, err := c.Exec(ctx, "TRUNCATE orders"); sqlState(err) != "55000" || !strings.Contains(err.Error(), "TRUNCATE of orders refused while a reshard job moves its rows") {
+			errs = append(errs, fmt.Sprintf("truncate on the source during the job: %v, want 55000", err))
+		}
 		var id int64
 		if err := c.QueryRow(ctx, "INSERT INTO orders (user_id) VALUES ($1) RETURNING id", staying).Scan(&id); err != nil {
 			errs = append(errs, fmt.Sprintf("insert into a staying range: %v", err))
@@ -747,6 +752,12 @@ func TestFence(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	e.check("")
+	// The job's triggers and functions are gone with it.
+	var left int
+	if err := c.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshard_fence%')
+		+ (SELECT count(*) FROM pg_proc WHERE proname LIKE 'fence%' AND pronamespace = to_regnamespace('pgshard'))`).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("fence triggers and functions left after the job: %d (%v)", left, err)
+	}
 }
 
 func TestPlanRefuses(t *testing.T) {

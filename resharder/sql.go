@@ -159,7 +159,12 @@ func hashExpr(t shardmap.Table) string {
 func fenceSeq(job string) string         { return "pgshard.fence_" + job }
 func fenceTrigger(job string) string     { return "pgshard_fence_" + job }
 func fenceFunc(job string, i int) string { return fmt.Sprintf("pgshard.fence_%s_%d", job, i) }
-func pairName(job string, i int) string  { return fmt.Sprintf("pgshard_%s_%d", job, i) }
+
+// The job's TRUNCATE fence on a source: a statement trigger on each moved
+// table and its function.
+func truncFenceTrigger(job string) string { return "pgshard_fence_trunc_" + job }
+func truncFenceFunc(job string) string    { return "pgshard.fence_trunc_" + job }
+func pairName(job string, i int) string   { return fmt.Sprintf("pgshard_%s_%d", job, i) }
 
 func markerTable(job string) string { return "pgshard.marker_" + job }
 
