@@ -138,7 +138,10 @@ func newEnv(t *testing.T, placed ...string) *env {
 		CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
 		CREATE TABLE devices (id uuid, name text) WITH (fillfactor = 90);
 		ALTER TABLE devices REPLICA IDENTITY FULL;
-		INSERT INTO countries VALUES ('fr', 'France'), ('jp', 'Japan'), ('de', 'Germany');`, lo, hi, lo, lo))
+		INSERT INTO countries VALUES ('fr', 'France'), ('jp', 'Japan'), ('de', 'Germany');
+		GRANT SELECT, INSERT ON orders TO PUBLIC;
+		GRANT USAGE ON SEQUENCE orders_id_seq TO PUBLIC;
+		GRANT SELECT ON countries TO postgres WITH GRANT OPTION;`, lo, hi, lo, lo))
 	}
 	m := e.store.Map()
 	for k := int64(1); k <= 600; k++ {
@@ -578,6 +581,15 @@ func TestAddShardUnderWrites(t *testing.T) {
 	var idx int
 	if err := e.conn("spare0").QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'").Scan(&idx); err != nil || idx != 2 {
 		t.Errorf("indexes of orders on spare0: %d %v", idx, err)
+	}
+	// The privileges granted on the source, as the source has them.
+	const acls = "SELECT string_agg(relname || ':' || relowner::regrole::text || ':' || coalesce(relacl::text, '-'), ' ' ORDER BY relname) FROM pg_class WHERE relname IN ('orders', 'orders_id_seq', 'countries', 'sessions')"
+	var want, got string
+	if err := e.conn("shard0").QueryRow(ctx, acls).Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.conn("spare0").QueryRow(ctx, acls).Scan(&got); err != nil || got != want || !strings.Contains(want, "=ar/app") {
+		t.Errorf("privileges on spare0: %q (%v), want %q as on shard0", got, err, want)
 	}
 }
 

@@ -143,7 +143,8 @@ END IF; END$pgshard$`, quoteLiteral(x.qname), quoteLiteral(s.col), lo, hi, lo, h
 }
 
 // tableDDL renders CREATE TABLE (with the owned sequences of serial columns
-// before it and their OWNED BY after it) from the source's catalogs.
+// before it and their OWNED BY after it, then the privileges granted on
+// them and the owner) from the source's catalogs.
 func tableDDL(ctx context.Context, src *pgx.Conn, oid uint32, schema, qname string) (string, error) {
 	var b strings.Builder
 	var nspOwner string
@@ -162,7 +163,7 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass A
 	if err != nil {
 		return "", err
 	}
-	var owned []string
+	var owned, seqs []string
 	for rows.Next() {
 		var name, typ, col string
 		var inc, mn, mx, start, cache int64
@@ -177,6 +178,7 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass A
 		}
 		fmt.Fprintf(&b, "CREATE SEQUENCE IF NOT EXISTS %s AS %s INCREMENT %d MINVALUE %d MAXVALUE %d START %d CACHE %d %s; ", name, typ, inc, mn, mx, start, cache, cyc)
 		owned = append(owned, fmt.Sprintf("ALTER SEQUENCE %s OWNED BY %s.%s", name, qname, col))
+		seqs = append(seqs, name)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -234,10 +236,38 @@ ORDER BY a.attnum`, oid)
 	// The owner (a cluster-wide role: it must exist on the target) also
 	// becomes the owned sequences' owner.
 	owned = append(owned, fmt.Sprintf("ALTER TABLE %s OWNER TO %s", qname, owner))
+	// Then the privileges granted on the table and its owned sequences: a
+	// superuser's or the owner's GRANT records the owner as grantor, as on
+	// the source (granted before the owner changes, a grant to the role
+	// running the job would become the owner's).
+	for _, obj := range append([]string{qname}, seqs...) {
+		grants, err := grantsOn(ctx, src, obj)
+		if err != nil {
+			return "", err
+		}
+		owned = append(owned, grants...)
+	}
 	for _, o := range owned {
 		b.WriteString("; " + o)
 	}
 	return b.String(), nil
+}
+
+// grantsOn returns the GRANTs that give every role but the owner (roles
+// are cluster-wide: they must exist on the target) the privileges it has
+// on the table or sequence obj on src. Column privileges are not copied.
+func grantsOn(ctx context.Context, src *pgx.Conn, obj string) ([]string, error) {
+	rows, err := src.Query(ctx, `SELECT format('GRANT %s ON %s %s TO %s%s', a.privilege_type,
+  CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, $2::text,
+  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+  CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+FROM pg_class c, aclexplode(c.relacl) a
+WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner
+ORDER BY a.grantee, a.privilege_type`, obj, obj)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // copyConstraints adds src's constraints of a table to tgt, skipping those
