@@ -141,7 +141,14 @@ func newEnv(t *testing.T, placed ...string) *env {
 		INSERT INTO countries VALUES ('fr', 'France'), ('jp', 'Japan'), ('de', 'Germany');
 		GRANT SELECT, INSERT ON orders TO PUBLIC;
 		GRANT USAGE ON SEQUENCE orders_id_seq TO PUBLIC;
-		GRANT SELECT ON countries TO postgres WITH GRANT OPTION;`, lo, hi, lo, lo))
+		GRANT SELECT ON countries TO postgres WITH GRANT OPTION;
+		CREATE FUNCTION s1.device_name() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.name := coalesce(NEW.name, 'unnamed'); RETURN NEW; END$$;
+		CREATE TRIGGER device_name BEFORE INSERT ON devices FOR EACH ROW EXECUTE FUNCTION s1.device_name();
+		CREATE TRIGGER device_off BEFORE UPDATE ON devices FOR EACH ROW EXECUTE FUNCTION s1.device_name();
+		ALTER TABLE devices DISABLE TRIGGER device_off;
+		ALTER TABLE countries ENABLE ROW LEVEL SECURITY;
+		CREATE POLICY countries_read ON countries FOR SELECT TO PUBLIC USING (code <> 'xx');
+		CREATE POLICY countries_write ON countries AS RESTRICTIVE FOR INSERT TO postgres WITH CHECK (length(code) = 2);`, lo, hi, lo, lo))
 	}
 	m := e.store.Map()
 	for k := int64(1); k <= 600; k++ {
@@ -581,6 +588,22 @@ func TestAddShardUnderWrites(t *testing.T) {
 	var idx int
 	if err := e.conn("spare0").QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'").Scan(&idx); err != nil || idx != 2 {
 		t.Errorf("indexes of orders on spare0: %d %v", idx, err)
+	}
+	// Triggers (with their function), row security and policies as on the
+	// source; the trigger fires on the new shard.
+	const defs = `SELECT (SELECT string_agg(tgname || ':' || tgenabled::text || ':' || pg_get_triggerdef(oid), ' ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'devices'::regclass AND NOT tgisinternal)
+		|| (SELECT string_agg(policyname || ':' || permissive || ':' || cmd || ':' || roles::text || ':' || coalesce(qual, '-') || ':' || coalesce(with_check, '-'), ' ' ORDER BY policyname) FROM pg_policies WHERE tablename = 'countries')
+		|| (SELECT relrowsecurity::text FROM pg_class WHERE oid = 'countries'::regclass)`
+	var wantDefs, gotDefs string
+	if err := e.conn("shard0").QueryRow(ctx, defs).Scan(&wantDefs); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.conn("spare0").QueryRow(ctx, defs).Scan(&gotDefs); err != nil || gotDefs != wantDefs || !strings.Contains(wantDefs, "device_off:D") || !strings.Contains(wantDefs, "RESTRICTIVE") {
+		t.Errorf("triggers and policies on spare0: %q (%v), want %q as on shard0", gotDefs, err, wantDefs)
+	}
+	var name string
+	if err := e.conn("spare0").QueryRow(ctx, "INSERT INTO devices (id) VALUES ('00000000-0000-4000-8000-000000000001') RETURNING name").Scan(&name); err != nil || name != "unnamed" {
+		t.Errorf("trigger on spare0: name %q (%v), want unnamed", name, err)
 	}
 	// The privileges granted on the source, as the source has them.
 	const acls = "SELECT string_agg(relname || ':' || relowner::regrole::text || ':' || coalesce(relacl::text, '-'), ' ' ORDER BY relname) FROM pg_class WHERE relname IN ('orders', 'orders_id_seq', 'countries', 'sessions')"

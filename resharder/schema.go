@@ -93,6 +93,12 @@ FROM pg_class c WHERE c.oid = $1`, x.oid).Scan(&ident, &identIdx); err != nil {
 		if err := copyConstraints(ctx, src, tgt, x.oid, x.qname, true); err != nil {
 			return err
 		}
+		if err := copyPolicies(ctx, src, tgt, x.oid, x.qname); err != nil {
+			return fmt.Errorf("row security of %s: %w", x.t.Name, err)
+		}
+		if err := copyTriggers(ctx, src, tgt, x.oid); err != nil {
+			return fmt.Errorf("triggers of %s: %w", x.t.Name, err)
+		}
 	}
 	// Sequences: a sharded table's take the target's range (unless they
 	// already do); a reference table's continue from the source's value.
@@ -251,6 +257,112 @@ ORDER BY a.attnum`, oid)
 		b.WriteString("; " + o)
 	}
 	return b.String(), nil
+}
+
+// copyPolicies turns on the table's row-level security on tgt as src has
+// it (ENABLE, FORCE) and creates its policies that tgt lacks by name.
+func copyPolicies(ctx context.Context, src, tgt *pgx.Conn, oid uint32, qname string) error {
+	var enabled, forced bool
+	if err := src.QueryRow(ctx, "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1", oid).Scan(&enabled, &forced); err != nil {
+		return err
+	}
+	if enabled {
+		if err := exec(ctx, tgt, "ALTER TABLE "+qname+" ENABLE ROW LEVEL SECURITY"); err != nil {
+			return err
+		}
+	}
+	if forced {
+		if err := exec(ctx, tgt, "ALTER TABLE "+qname+" FORCE ROW LEVEL SECURITY"); err != nil {
+			return err
+		}
+	}
+	rows, err := src.Query(ctx, `SELECT p.polname, format('CREATE POLICY %I ON %s AS %s FOR %s TO %s', p.polname, $2::text,
+  CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+  CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+  (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') FROM unnest(p.polroles) r))
+  || coalesce(' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')', '')
+  || coalesce(' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')', '')
+FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname`, oid, qname)
+	if err != nil {
+		return err
+	}
+	type policy struct{ name, ddl string }
+	policies, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (policy, error) {
+		var p policy
+		err := row.Scan(&p.name, &p.ddl)
+		return p, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range policies {
+		var exists bool
+		if err := tgt.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = to_regclass($1) AND polname = $2)", qname, p.name).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			if err := exec(ctx, tgt, p.ddl); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// copyTriggers creates on tgt the table's user triggers that it lacks by
+// name (not pgshard's fences), in the state src has them (disabled,
+// replica, always), with each trigger function tgt lacks (its definition
+// from src, and its owner). Replica and always triggers fire for the rows
+// the job copies, as they would on a logical replica.
+func copyTriggers(ctx context.Context, src, tgt *pgx.Conn, oid uint32) error {
+	rows, err := src.Query(ctx, `SELECT t.tgname, pg_get_triggerdef(t.oid), t.tgenabled::text, t.tgfoid::regprocedure::text,
+  pg_get_functiondef(t.tgfoid), quote_ident(n.nspname), quote_ident(pg_get_userbyid(n.nspowner)), quote_ident(pg_get_userbyid(f.proowner)),
+  format('%I.%I', c.relnamespace::regnamespace::text, c.relname)
+FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace n ON n.oid = f.pronamespace JOIN pg_class c ON c.oid = t.tgrelid
+WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgname NOT LIKE 'pgshard\_fence\_%'
+ORDER BY t.tgname`, oid)
+	if err != nil {
+		return err
+	}
+	type trigger struct{ name, def, enabled, fn, fnDef, fnSchema, nspOwner, fnOwner, table string }
+	triggers, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (trigger, error) {
+		var t trigger
+		err := row.Scan(&t.name, &t.def, &t.enabled, &t.fn, &t.fnDef, &t.fnSchema, &t.nspOwner, &t.fnOwner, &t.table)
+		return t, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range triggers {
+		var exists, haveFn bool
+		if err := tgt.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2), to_regprocedure($3) IS NOT NULL",
+			t.table, t.name, t.fn).Scan(&exists, &haveFn); err != nil {
+			return err
+		}
+		if exists {
+			continue
+		}
+		var b strings.Builder
+		b.WriteString("BEGIN; ")
+		if !haveFn {
+			fmt.Fprintf(&b, "CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s; %s; ALTER FUNCTION %s OWNER TO %s; ", t.fnSchema, t.nspOwner, t.fnDef, t.fn, t.fnOwner)
+		}
+		b.WriteString(t.def + "; ")
+		switch t.enabled {
+		case "D":
+			fmt.Fprintf(&b, "ALTER TABLE %s DISABLE TRIGGER %s; ", t.table, quoteName(t.name))
+		case "R":
+			fmt.Fprintf(&b, "ALTER TABLE %s ENABLE REPLICA TRIGGER %s; ", t.table, quoteName(t.name))
+		case "A":
+			fmt.Fprintf(&b, "ALTER TABLE %s ENABLE ALWAYS TRIGGER %s; ", t.table, quoteName(t.name))
+		}
+		b.WriteString("COMMIT")
+		if err := exec(ctx, tgt, b.String()); err != nil {
+			_, _ = tgt.Exec(ctx, "ROLLBACK")
+			return fmt.Errorf("trigger %s: %w", t.name, err)
+		}
+	}
+	return nil
 }
 
 // grantsOn returns the GRANTs that give every role but the owner (roles
