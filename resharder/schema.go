@@ -42,6 +42,9 @@ func (r *Runner) copySchema(ctx context.Context, src, tgt *pgx.Conn, sharded, re
 		if exists {
 			continue
 		}
+		if err := copyTypes(ctx, src, tgt, x.oid); err != nil {
+			return fmt.Errorf("column types of %s on %s: %w", t.Name, target, err)
+		}
 		ddl, err := tableDDL(ctx, src, x.oid, schema, x.qname)
 		if err != nil {
 			return fmt.Errorf("schema of %s: %w", t.Name, err)
@@ -257,6 +260,86 @@ ORDER BY a.attnum`, oid)
 		b.WriteString("; " + o)
 	}
 	return b.String(), nil
+}
+
+// copyTypes creates on tgt the user-defined types of the table's columns
+// (and of their arrays) that tgt lacks: an extension's type by creating
+// the extension (in the schema it has on src), an enum with its labels in
+// order, a domain with its base type, default, NOT NULL and checks, each
+// with its owner. A domain's base type must exist; composite and range
+// types are not created (the table's creation then fails with the reason).
+func copyTypes(ctx context.Context, src, tgt *pgx.Conn, oid uint32) error {
+	rows, err := src.Query(ctx, `WITH RECURSIVE cols AS (
+  SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END AS typ
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+), deps(typ, depth) AS (
+  SELECT typ, 0 FROM cols
+  UNION ALL SELECT t.typbasetype, d.depth + 1 FROM deps d JOIN pg_type t ON t.oid = d.typ WHERE t.typtype = 'd' AND d.depth < 10
+)
+SELECT format('%I.%I', n.nspname, t.typname), t.typtype::text, quote_ident(n.nspname), quote_ident(pg_get_userbyid(n.nspowner)), quote_ident(pg_get_userbyid(t.typowner)),
+  (SELECT format('%I WITH SCHEMA %I', e.extname, en.nspname) FROM pg_depend dp JOIN pg_extension e ON e.oid = dp.refobjid JOIN pg_namespace en ON en.oid = e.extnamespace
+   WHERE dp.classid = 'pg_type'::regclass AND dp.objid = t.oid AND dp.refclassid = 'pg_extension'::regclass AND dp.deptype = 'e'),
+  (SELECT string_agg(quote_literal(enumlabel), ', ' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid),
+  CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END, t.typdefault, t.typnotnull,
+  (SELECT string_agg(format('CONSTRAINT %I %s', conname, pg_get_constraintdef(c.oid)), ' ' ORDER BY conname) FROM pg_constraint c WHERE c.contypid = t.oid)
+FROM (SELECT typ, max(depth) AS depth FROM deps GROUP BY typ) d JOIN pg_type t ON t.oid = d.typ JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY d.depth DESC, 1`, oid)
+	if err != nil {
+		return err
+	}
+	type typ struct {
+		name, kind, schema, nspOwner, owner string
+		ext, labels, base, def              *string
+		notNull                             bool
+		checks                              *string
+	}
+	types, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (typ, error) {
+		var t typ
+		err := row.Scan(&t.name, &t.kind, &t.schema, &t.nspOwner, &t.owner, &t.ext, &t.labels, &t.base, &t.def, &t.notNull, &t.checks)
+		return t, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range types {
+		var exists bool
+		if err := tgt.QueryRow(ctx, "SELECT to_regtype($1) IS NOT NULL", t.name).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			continue
+		}
+		var ddl string
+		switch {
+		case t.ext != nil:
+			ddl = "CREATE EXTENSION IF NOT EXISTS " + *t.ext
+		case t.kind == "e" && t.labels != nil:
+			ddl = fmt.Sprintf("CREATE TYPE %s AS ENUM (%s)", t.name, *t.labels)
+		case t.kind == "d" && t.base != nil:
+			ddl = fmt.Sprintf("CREATE DOMAIN %s AS %s", t.name, *t.base)
+			if t.def != nil {
+				ddl += " DEFAULT " + *t.def
+			}
+			if t.notNull {
+				ddl += " NOT NULL"
+			}
+			if t.checks != nil {
+				ddl += " " + *t.checks
+			}
+		default:
+			continue
+		}
+		if t.ext == nil {
+			ddl = fmt.Sprintf("BEGIN; CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s; %s; ALTER TYPE %s OWNER TO %s; COMMIT", t.schema, t.nspOwner, ddl, t.name, t.owner)
+		}
+		if err := exec(ctx, tgt, ddl); err != nil {
+			_, _ = tgt.Exec(ctx, "ROLLBACK")
+			return fmt.Errorf("type %s: %w", t.name, err)
+		}
+	}
+	return nil
 }
 
 // copyPolicies turns on the table's row-level security on tgt as src has
