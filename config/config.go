@@ -180,7 +180,7 @@ func Default() Config {
 	return Config{
 		Listen:          "127.0.0.1:6432",
 		AdminListen:     "127.0.0.1:6480",
-		AuthTimeout:     Duration{10 * time.Second},
+		AuthTimeout:     Duration{time.Minute}, // PostgreSQL's authentication_timeout
 		MaxMessageSize:  64 << 20,
 		MaxClients:      10000,
 		ShutdownTimeout: Duration{30 * time.Second},

@@ -16,9 +16,11 @@ import (
 )
 
 // DefaultAuthTimeout bounds the whole startup handshake when
-// ServerConfig.AuthTimeout is zero (PostgreSQL's authentication_timeout
-// defaults to one minute; a proxy has less patience).
-const DefaultAuthTimeout = 10 * time.Second
+// ServerConfig.AuthTimeout is zero: PostgreSQL's authentication_timeout
+// default (pgbouncer's client_login_timeout is a minute too). Ten seconds
+// proved too short for a client starved of CPU on a loaded machine, which
+// then failed to connect although nothing was wrong.
+const DefaultAuthTimeout = time.Minute
 
 // maxAuthMessage is the largest password or SASL message accepted during
 // authentication (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH), counting the
