@@ -146,6 +146,7 @@ func newEnv(t *testing.T, placed ...string) *env {
 		GRANT SELECT, INSERT ON orders TO PUBLIC;
 		GRANT USAGE ON SEQUENCE orders_id_seq TO PUBLIC;
 		GRANT SELECT ON countries TO postgres WITH GRANT OPTION;
+		GRANT UPDATE (note, n) ON orders TO PUBLIC;
 		CREATE FUNCTION s1.device_name() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.name := coalesce(NEW.name, 'unnamed'); RETURN NEW; END$$;
 		CREATE TRIGGER device_name BEFORE INSERT ON devices FOR EACH ROW EXECUTE FUNCTION s1.device_name();
 		CREATE TRIGGER device_off BEFORE UPDATE ON devices FOR EACH ROW EXECUTE FUNCTION s1.device_name();
@@ -623,12 +624,14 @@ func TestAddShardUnderWrites(t *testing.T) {
 		t.Errorf("trigger on spare0: name %q (%v), want unnamed", name, err)
 	}
 	// The privileges granted on the source, as the source has them.
-	const acls = "SELECT string_agg(relname || ':' || relowner::regrole::text || ':' || coalesce(relacl::text, '-'), ' ' ORDER BY relname) FROM pg_class WHERE relname IN ('orders', 'orders_id_seq', 'countries', 'sessions')"
+	const acls = `SELECT string_agg(relname || ':' || relowner::regrole::text || ':' || coalesce(relacl::text, '-'), ' ' ORDER BY relname)
+		|| (SELECT string_agg(attname || ':' || attacl::text, ' ' ORDER BY attname) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attacl IS NOT NULL)
+		FROM pg_class WHERE relname IN ('orders', 'orders_id_seq', 'countries', 'sessions')`
 	var want, got string
 	if err := e.conn("shard0").QueryRow(ctx, acls).Scan(&want); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.conn("spare0").QueryRow(ctx, acls).Scan(&got); err != nil || got != want || !strings.Contains(want, "=ar/app") {
+	if err := e.conn("spare0").QueryRow(ctx, acls).Scan(&got); err != nil || got != want || !strings.Contains(want, "=ar/app") || !strings.Contains(want, "note:{=w/app}") {
 		t.Errorf("privileges on spare0: %q (%v), want %q as on shard0", got, err, want)
 	}
 }

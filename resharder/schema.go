@@ -450,15 +450,19 @@ ORDER BY t.tgname`, oid)
 
 // grantsOn returns the GRANTs that give every role but the owner (roles
 // are cluster-wide: they must exist on the target) the privileges it has
-// on the table or sequence obj on src. Column privileges are not copied.
+// on the table or sequence obj on src, and on a table's columns.
 func grantsOn(ctx context.Context, src *pgx.Conn, obj string) ([]string, error) {
-	rows, err := src.Query(ctx, `SELECT format('GRANT %s ON %s %s TO %s%s', a.privilege_type,
+	rows, err := src.Query(ctx, `SELECT format('GRANT %s%s ON %s %s TO %s%s', a.privilege_type, coalesce(' (' || quote_ident(x.attname) || ')', ''),
   CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, $2::text,
   CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
-FROM pg_class c, aclexplode(c.relacl) a
+FROM pg_class c
+CROSS JOIN LATERAL (SELECT NULL::name AS attname, c.relacl AS acl, 0 AS attnum
+  UNION ALL SELECT att.attname, att.attacl, att.attnum FROM pg_attribute att
+  WHERE att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped AND att.attacl IS NOT NULL) x
+CROSS JOIN LATERAL aclexplode(x.acl) a
 WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner
-ORDER BY a.grantee, a.privilege_type`, obj, obj)
+ORDER BY x.attnum, a.grantee, a.privilege_type`, obj, obj)
 	if err != nil {
 		return nil, err
 	}
