@@ -91,6 +91,12 @@ func touchesFrozen(rs *routingState, sql string, params *router.Params) bool {
 	return loc.hit || (!pl.Read && (pl.Kind == router.Scatter || pl.Kind == router.AllShards || pl.Copy != nil))
 }
 
+// refusedWhileMoving reports whether a statement is refused while a
+// reshard job moves rows: a schema change or a TRUNCATE.
+func refusedWhileMoving(fx router.Effects) bool {
+	return (fx.Schema && !fx.Pin) || fx.Truncate
+}
+
 // errSchemaWhileMoving refuses a schema change or TRUNCATE during a
 // reshard job.
 func errSchemaWhileMoving() *wire.Error {
@@ -103,7 +109,7 @@ func errSchemaWhileMoving() *wire.Error {
 // returns a refusal for a schema change during a job.
 func (s *session) holdQuery(ctx context.Context, sql string, fx router.Effects) *wire.Error {
 	return s.hold(ctx, func(rs *routingState) (bool, *wire.Error) {
-		if (fx.Schema && !fx.Pin) || fx.Truncate {
+		if refusedWhileMoving(fx) {
 			return false, errSchemaWhileMoving()
 		}
 		return len(rs.frozen) > 0 && touchesFrozen(rs, sql, nil), nil
@@ -115,7 +121,7 @@ func (s *session) holdQuery(ctx context.Context, sql string, fx router.Effects) 
 func (s *session) holdGroup(ctx context.Context, group []byte) *wire.Error {
 	return s.hold(ctx, func(rs *routingState) (wait bool, refuse *wire.Error) {
 		s.eachBind(group, func(p *pgproto3.Parse) bool {
-			if fx := router.Inspect(p.Query); (fx.Schema && !fx.Pin) || fx.Truncate {
+			if refusedWhileMoving(router.Inspect(p.Query)) {
 				refuse = errSchemaWhileMoving()
 			}
 			return refuse == nil

@@ -395,6 +395,35 @@ func TestScatterExcludesMovingRows(t *testing.T) {
 	}
 }
 
+// txnModes are the protocol modes the transaction tests below run in.
+var txnModes = []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec}
+
+// startMovingTxns starts pgshard over 3 shards with a table mv keyed by
+// user_id and returns a client.
+func startMovingTxns(t *testing.T) (*shardedHarness, context.Context, *pgx.Conn) {
+	sh := startSharded(t, 3)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE mv (user_id bigint NOT NULL PRIMARY KEY, v bigint NOT NULL)")
+	return sh, ctx, c
+}
+
+// beginOn opens a transaction at home on the shard of key k: its first
+// statement reads k.
+func beginOn(ctx context.Context, t *testing.T, c *pgx.Conn, mode pgx.QueryExecMode, k int64) pgx.Tx {
+	t.Helper()
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int64
+	if err := tx.QueryRow(ctx, "SELECT v FROM mv WHERE user_id = $1", mode, k).Scan(&v); err != nil {
+		t.Fatalf("%v: %v", mode, err)
+	}
+	return tx
+}
+
 // A statement spread over some shards inside a transaction, while a job
 // moves rows: the transaction's home shard is a leg even when the
 // statement's keys are elsewhere, and runs with the moving ranges it does
@@ -402,11 +431,7 @@ func TestScatterExcludesMovingRows(t *testing.T) {
 // and an extra leg is harmless: rows live on their owner, or in a moving
 // range the leg excludes.
 func TestSpreadInTransactionDuringAJob(t *testing.T) {
-	sh := startSharded(t, 3)
-	sh.srv.SetTxnLog(newShardedTxnLog())
-	ctx := testCtx(t)
-	c := sh.connect(ctx)
-	mustExec(t, c, "CREATE TABLE mv (user_id bigint NOT NULL PRIMARY KEY, v bigint NOT NULL)")
+	sh, ctx, c := startMovingTxns(t)
 	keys := map[int][]int64{}
 	for k := int64(1); len(keys[0]) < 3 || len(keys[1]) < 3 || len(keys[2]) < 3; k++ {
 		keys[sh.owner(k)] = append(keys[sh.owner(k)], k)
@@ -430,15 +455,9 @@ func TestSpreadInTransactionDuringAJob(t *testing.T) {
 	}
 	sh.waitReplicas(ctx)
 	sh.setMoving([]shardmap.Range{moving})
-	for round, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for round, mode := range txnModes {
+		tx := beginOn(ctx, t, c, mode, kA) // home: shard0
 		var v, n int64
-		if err := tx.QueryRow(ctx, "SELECT v FROM mv WHERE user_id = $1", mode, kA).Scan(&v); err != nil { // home: shard0
-			t.Fatalf("%v: %v", mode, err)
-		}
 		if err := tx.QueryRow(ctx, "SELECT count(*) FROM mv WHERE user_id IN ($1, $2)", mode, kB, kC).Scan(&n); err != nil || n != 2 {
 			t.Fatalf("%v: keyed read over shard1 and shard2 in a transaction homed on shard0: %d, %v; want 2", mode, n, err)
 		}
@@ -469,14 +488,9 @@ func TestSpreadInTransactionDuringAJob(t *testing.T) {
 // (55000). Statements of the transaction before the cut-over stay where
 // they ran.
 func TestSpreadInTransactionAcrossACutOver(t *testing.T) {
-	sh := startSharded(t, 3)
-	sh.srv.SetTxnLog(newShardedTxnLog())
-	ctx := testCtx(t)
-	c := sh.connect(ctx)
-	mustExec(t, c, "CREATE TABLE mv (user_id bigint NOT NULL PRIMARY KEY, v bigint NOT NULL)")
-	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec}
+	sh, ctx, c := startMovingTxns(t)
 	var used []int64
-	for round, mode := range modes {
+	for round, mode := range txnModes {
 		// A range of shard1 moves to shard2; shard2 already has its copy
 		// of kB's row, as the job's copy phase leaves it.
 		ring := sh.current().Ring()
@@ -498,14 +512,8 @@ func TestSpreadInTransactionAcrossACutOver(t *testing.T) {
 		sh.waitReplicas(ctx)
 		sh.moving([]shardmap.Range{rng}, false)
 
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var v, n int64
-		if err := tx.QueryRow(ctx, "SELECT v FROM mv WHERE user_id = $1", mode, kA).Scan(&v); err != nil { // home: shard0
-			t.Fatalf("%v: %v", mode, err)
-		}
+		tx := beginOn(ctx, t, c, mode, kA) // home: shard0
+		var n int64
 		var cut atomic.Bool
 		proxy.SetSpreadLegsHook(func() {
 			if cut.CompareAndSwap(false, true) {

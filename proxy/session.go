@@ -74,8 +74,7 @@ type target struct {
 // end (see unreadBatch): the backend's FATAL may be lost to the reset.
 type retryState struct {
 	active   bool
-	since    time.Time // when the batch was first sent
-	held     bool      // a read on a replica: retryable until rows flow
+	held     bool // a read on a replica: retryable until rows flow
 	want     target
 	outStart int
 	failed   bool // the replica refused it (25006 and kin): re-send at ReadyForQuery
@@ -1435,7 +1434,6 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 	if s.want.retryable && s.q.len() == 0 && s.txStatus == 'I' {
 		s.rt.active, s.rt.held, s.rt.want = true, node >= 0, s.want
 		s.rt.outStart, s.rt.failed, s.rt.fatal = len(s.out), false, nil
-		s.rt.since = time.Now()
 		s.rt.fence, s.rt.fenced, s.rt.answered = false, false, false
 		if rs := s.srv.routing.Load(); node < 0 && rs != nil && len(rs.moving) > 0 {
 			s.rt.fence, s.rt.ring = true, rs.ringVersion
@@ -2242,10 +2240,10 @@ func (s *session) ServerGone(c *pool.Conn, err error) {
 	}
 }
 
-// resetWindow bounds how long after a batch was sent a reset connection
-// still proves the backend did not read all of it: a reset that comes
-// later may answer a TCP keepalive probe of a server that restarted after
-// running the batch.
+// resetWindow bounds how long after a batch's last message was sent a
+// reset connection still proves the backend did not read all of it: a
+// reset that comes later may answer a TCP keepalive probe of a server that
+// restarted after running the batch.
 const resetWindow = time.Minute
 
 // unreadBatch reports whether a backend lost with err cannot have committed
@@ -2257,14 +2255,14 @@ const resetWindow = time.Minute
 // FunctionCall). The last byte sent is then among those unread, so that
 // message never ran. Called with s.mu held, before the queue is cleared.
 func (s *session) unreadBatch(err error) bool {
-	if !s.rt.active || s.rt.answered || time.Since(s.rt.since) > resetWindow ||
-		!(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+	if !s.rt.active || s.rt.answered || !(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
 		return false
 	}
-	ends := 0
 	for i := s.q.head; i < len(s.q.buf); i++ {
-		if k := s.q.buf[i].kind; k == 'Q' || k == 'S' || k == 'F' {
-			if ends++; ends > 1 || i != len(s.q.buf)-1 {
+		// Only the last entry may end a transaction (its start: when it
+		// was queued to be sent).
+		if e := &s.q.buf[i]; e.kind == 'Q' || e.kind == 'S' || e.kind == 'F' {
+			if i != len(s.q.buf)-1 || time.Since(e.start) > resetWindow {
 				return false
 			}
 		}

@@ -565,6 +565,21 @@ func (s *session) ownedTexts(legs []*leg, pl *router.Plan, sql, text string, x *
 	return out, nil
 }
 
+// movingFor returns the routing state when a reshard job moves rows and
+// pl spreads a statement whose legs skip the moving rows they do not own
+// (a scatter or multi-shard statement, not an INSERT's rows or COPY FROM);
+// nil otherwise.
+func (s *Server) movingFor(pl *router.Plan) *routingState {
+	rs := s.routing.Load()
+	if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
+		return nil
+	}
+	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
+		return nil
+	}
+	return rs
+}
+
 // legExclusions returns, per leg, the moving ranges its shard does not
 // own on the current ring, and that routing state; excl is nil when no
 // leg excludes anything (see ownedTexts). The legs were chosen by the map
@@ -573,11 +588,8 @@ func (s *session) ownedTexts(legs []*leg, pl *router.Plan, sql, text string, x *
 // from no shard. When they do not (a cut-over committed meanwhile), the
 // statement is refused with 55000, to be retried.
 func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *extReq) (*routingState, [][]shardmap.Range, error) {
-	rs := s.srv.routing.Load()
-	if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
-		return nil, nil, nil
-	}
-	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
+	rs := s.srv.movingFor(pl)
+	if rs == nil {
 		return nil, nil, nil
 	}
 	var excl [][]shardmap.Range
@@ -631,11 +643,8 @@ func legsMatch(rs *routingState, legs []*leg, sql string, x *extReq) (router.Pla
 // plan runs on (a cut-over committed since pl was planned). It returns the
 // new plan, or nil when the legs stand.
 func (s *session) replanMoving(legs []*leg, pl *router.Plan, sql string, x *extReq) *router.Plan {
-	rs := s.srv.routing.Load()
-	if rs == nil || len(rs.moving) == 0 || rs.ring == nil || rs.planner == nil {
-		return nil
-	}
-	if (pl.Kind != router.Scatter && pl.Kind != router.Multi) || len(pl.Rows) > 0 || (pl.Copy != nil && pl.Copy.From) {
+	rs := s.srv.movingFor(pl)
+	if rs == nil {
 		return nil
 	}
 	now, ok := legsMatch(rs, legs, sql, x)
