@@ -541,10 +541,10 @@ func keyedScripts(table string, rows int64) map[string]string {
 var workloads = []string{"read", "mix"}
 
 func (r *shardedRun) pgbenchRuns(ctx context.Context, rep *shardedReport) error {
-	paths := map[string]string{}
+	r.paths = map[string]string{}
 	write := func(key, body string) error {
 		p := filepath.Join(r.dir, key+".sql")
-		paths[key] = p
+		r.paths[key] = p
 		return os.WriteFile(p, []byte(body), 0o644)
 	}
 	for name, body := range keyedScripts(keyedTable, int64(r.so.rows)) {
@@ -559,11 +559,10 @@ func (r *shardedRun) pgbenchRuns(ctx context.Context, rep *shardedReport) error 
 			}
 		}
 	}
-	r.paths = paths
 	targets := []*target{{name: tDirect, port: r.direct.Port}, {name: tDirect2}, &r.n1.target, &r.n2.target}
 	// One short unrecorded run per target (connections, caches).
 	for _, t := range targets {
-		if _, err := r.pgbenchOnce(ctx, t, "mix", paths["mix"], "prepared", 2*time.Second, 0); err != nil {
+		if _, err := r.pgbenchOnce(ctx, t, "mix", r.paths["mix"], "prepared", 2*time.Second, 0); err != nil {
 			return err
 		}
 	}
@@ -574,7 +573,7 @@ func (r *shardedRun) pgbenchRuns(ctx context.Context, rep *shardedReport) error 
 			for _, mode := range r.so.modes {
 				k := (round - 1) % len(targets)
 				for _, t := range append(slices.Clone(targets[k:]), targets[:k]...) {
-					res, err := r.pgbenchOnce(ctx, t, w, paths[w], mode, r.so.duration, round)
+					res, err := r.pgbenchOnce(ctx, t, w, r.paths[w], mode, r.so.duration, round)
 					if err != nil {
 						return err
 					}
