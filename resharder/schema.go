@@ -153,7 +153,8 @@ END IF; END$pgshard$`, quoteLiteral(x.qname), quoteLiteral(s.col), lo, hi, lo, h
 
 // tableDDL renders CREATE TABLE (with the owned sequences of serial columns
 // before it and their OWNED BY after it, then the privileges granted on
-// them and the owner) from the source's catalogs.
+// them, the owner, and the comments on the table and its columns) from the
+// source's catalogs.
 func tableDDL(ctx context.Context, src *pgx.Conn, oid uint32, schema, qname string) (string, error) {
 	var b strings.Builder
 	var nspOwner string
@@ -256,6 +257,20 @@ ORDER BY a.attnum`, oid)
 		}
 		owned = append(owned, grants...)
 	}
+	// Comments on the table and its columns.
+	rows, err = src.Query(ctx, `SELECT CASE WHEN d.objsubid = 0 THEN format('COMMENT ON TABLE %s IS %L', $2::text, d.description)
+  ELSE format('COMMENT ON COLUMN %s.%I IS %L', $2::text, a.attname, d.description) END
+FROM pg_description d LEFT JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+WHERE d.objoid = $1 AND d.classoid = 'pg_class'::regclass AND (d.objsubid = 0 OR a.attnum > 0 AND NOT a.attisdropped)
+ORDER BY d.objsubid`, oid, qname)
+	if err != nil {
+		return "", err
+	}
+	comments, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", err
+	}
+	owned = append(owned, comments...)
 	for _, o := range owned {
 		b.WriteString("; " + o)
 	}
@@ -263,28 +278,50 @@ ORDER BY a.attnum`, oid)
 }
 
 // copyTypes creates on tgt the user-defined types of the table's columns
-// (and of their arrays) that tgt lacks: an extension's type by creating
-// the extension (in the schema it has on src), an enum with its labels in
-// order, a domain with its base type, default, NOT NULL and checks, each
-// with its owner. A domain's base type must exist; composite and range
-// types are not created (the table's creation then fails with the reason).
+// (and of their arrays, a composite's attributes, a range's subtype, a
+// domain's base type, recursively) that tgt lacks, dependencies first: an
+// extension's type by creating the extension (in the schema it has on
+// src), an enum with its labels in order, a domain with its base type,
+// default, NOT NULL and checks, a composite type with its attributes, a
+// range type with its subtype, operator class, collation, difference
+// function and multirange name, each with its owner. Types it cannot
+// create (another table's row type, a base type not from an extension, a
+// range with a canonical function) fail the step naming the type.
 func copyTypes(ctx context.Context, src, tgt *pgx.Conn, oid uint32) error {
-	rows, err := src.Query(ctx, `WITH RECURSIVE cols AS (
-  SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END AS typ
-  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-), deps(typ, depth) AS (
-  SELECT typ, 0 FROM cols
-  UNION ALL SELECT t.typbasetype, d.depth + 1 FROM deps d JOIN pg_type t ON t.oid = d.typ WHERE t.typtype = 'd' AND d.depth < 10
+	rows, err := src.Query(ctx, `WITH RECURSIVE deps(typ, depth) AS (
+  SELECT a.atttypid, 0 FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT x.typ, d.depth + 1 FROM deps d JOIN pg_type t ON t.oid = d.typ
+  CROSS JOIN LATERAL (
+    SELECT t.typelem WHERE t.typcategory = 'A' AND t.typelem <> 0
+    UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd'
+    UNION ALL SELECT a.atttypid FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid AND c.relkind = 'c'
+      WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE t.typtype = 'r' AND r.rngtypid = t.oid
+    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE t.typtype = 'm' AND r.rngmultitypid = t.oid
+  ) x(typ)
+  WHERE d.depth < 20
 )
 SELECT format('%I.%I', n.nspname, t.typname), t.typtype::text, quote_ident(n.nspname), quote_ident(pg_get_userbyid(n.nspowner)), quote_ident(pg_get_userbyid(t.typowner)),
   (SELECT format('%I WITH SCHEMA %I', e.extname, en.nspname) FROM pg_depend dp JOIN pg_extension e ON e.oid = dp.refobjid JOIN pg_namespace en ON en.oid = e.extnamespace
    WHERE dp.classid = 'pg_type'::regclass AND dp.objid = t.oid AND dp.refclassid = 'pg_extension'::regclass AND dp.deptype = 'e'),
   (SELECT string_agg(quote_literal(enumlabel), ', ' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid),
   CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END, t.typdefault, t.typnotnull,
-  (SELECT string_agg(format('CONSTRAINT %I %s', conname, pg_get_constraintdef(c.oid)), ' ' ORDER BY conname) FROM pg_constraint c WHERE c.contypid = t.oid)
+  (SELECT string_agg(format('CONSTRAINT %I %s', conname, pg_get_constraintdef(c.oid)), ' ' ORDER BY conname) FROM pg_constraint c WHERE c.contypid = t.oid),
+  (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod))
+      || coalesce((SELECT format(' COLLATE %I.%I', cn.nspname, co.collname) FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+         WHERE co.oid = a.attcollation AND a.attcollation <> at.typcollation), ''), ', ' ORDER BY a.attnum)
+   FROM pg_attribute a JOIN pg_type at ON at.oid = a.atttypid JOIN pg_class c ON c.oid = a.attrelid AND c.relkind = 'c'
+   WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT CASE WHEN r.rngcanonical = 0 THEN concat_ws(', ', 'SUBTYPE = ' || format_type(r.rngsubtype, NULL),
+      (SELECT format('SUBTYPE_OPCLASS = %I.%I', ocn.nspname, oc.opcname) FROM pg_opclass oc JOIN pg_namespace ocn ON ocn.oid = oc.opcnamespace WHERE oc.oid = r.rngsubopc AND NOT oc.opcdefault),
+      (SELECT format('COLLATION = %I.%I', cn.nspname, co.collname) FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace JOIN pg_type st ON st.oid = r.rngsubtype
+       WHERE co.oid = r.rngcollation AND r.rngcollation <> st.typcollation),
+      CASE WHEN r.rngsubdiff <> 0 THEN 'SUBTYPE_DIFF = ' || r.rngsubdiff::regproc::text END,
+      (SELECT format('MULTIRANGE_TYPE_NAME = %I.%I', mn.nspname, m.typname) FROM pg_type m JOIN pg_namespace mn ON mn.oid = m.typnamespace WHERE m.oid = r.rngmultitypid)) END
+   FROM pg_range r WHERE t.typtype = 'r' AND r.rngtypid = t.oid)
 FROM (SELECT typ, max(depth) AS depth FROM deps GROUP BY typ) d JOIN pg_type t ON t.oid = d.typ JOIN pg_namespace n ON n.oid = t.typnamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND t.typcategory <> 'A' AND t.typtype <> 'm'
 ORDER BY d.depth DESC, 1`, oid)
 	if err != nil {
 		return err
@@ -293,11 +330,11 @@ ORDER BY d.depth DESC, 1`, oid)
 		name, kind, schema, nspOwner, owner string
 		ext, labels, base, def              *string
 		notNull                             bool
-		checks                              *string
+		checks, attrs, rng                  *string
 	}
 	types, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (typ, error) {
 		var t typ
-		err := row.Scan(&t.name, &t.kind, &t.schema, &t.nspOwner, &t.owner, &t.ext, &t.labels, &t.base, &t.def, &t.notNull, &t.checks)
+		err := row.Scan(&t.name, &t.kind, &t.schema, &t.nspOwner, &t.owner, &t.ext, &t.labels, &t.base, &t.def, &t.notNull, &t.checks, &t.attrs, &t.rng)
 		return t, err
 	})
 	if err != nil {
@@ -317,6 +354,8 @@ ORDER BY d.depth DESC, 1`, oid)
 			ddl = "CREATE EXTENSION IF NOT EXISTS " + *t.ext
 		case t.kind == "e" && t.labels != nil:
 			ddl = fmt.Sprintf("CREATE TYPE %s AS ENUM (%s)", t.name, *t.labels)
+		case t.kind == "e":
+			ddl = fmt.Sprintf("CREATE TYPE %s AS ENUM ()", t.name)
 		case t.kind == "d" && t.base != nil:
 			ddl = fmt.Sprintf("CREATE DOMAIN %s AS %s", t.name, *t.base)
 			if t.def != nil {
@@ -328,8 +367,12 @@ ORDER BY d.depth DESC, 1`, oid)
 			if t.checks != nil {
 				ddl += " " + *t.checks
 			}
+		case t.kind == "c" && t.attrs != nil:
+			ddl = fmt.Sprintf("CREATE TYPE %s AS (%s)", t.name, *t.attrs)
+		case t.kind == "r" && t.rng != nil:
+			ddl = fmt.Sprintf("CREATE TYPE %s AS RANGE (%s)", t.name, *t.rng)
 		default:
-			continue
+			return fmt.Errorf("type %s is not created by the job (a table's row type, a base type, or a range with a canonical function): create it on the new shard first", t.name)
 		}
 		if t.ext == nil {
 			ddl = fmt.Sprintf("BEGIN; CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s; %s; ALTER TYPE %s OWNER TO %s; COMMIT", t.schema, t.nspOwner, ddl, t.name, t.owner)
