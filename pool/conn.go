@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgshard/pgshard/internal/rawio"
 	"github.com/pgshard/pgshard/wire"
 )
 
@@ -25,6 +26,7 @@ type Handler interface {
 type Conn struct {
 	pool      *Pool
 	nc        net.Conn
+	raw       rawio.Conn // reads and writes nc
 	r         *wire.Reader
 	PID       uint32
 	SecretKey []byte
@@ -49,10 +51,12 @@ type Conn struct {
 }
 
 func newConn(p *Pool, hc *pgconn.HijackedConn) *Conn {
+	raw := rawio.New(hc.Conn)
 	c := &Conn{
 		pool:      p,
 		nc:        hc.Conn,
-		r:         wire.NewReader(hc.Conn, p.cfg.MaxMessageSize),
+		raw:       raw,
+		r:         wire.NewReader(raw, p.cfg.MaxMessageSize),
 		PID:       hc.PID,
 		SecretKey: hc.SecretKey,
 		Params:    hc.ParameterStatuses,
@@ -83,7 +87,7 @@ func (c *Conn) SetHandler(h Handler) bool {
 // Write sends raw protocol bytes to the backend. Only the holder writes.
 func (c *Conn) Write(b []byte) error {
 	c.Writes.Add(1)
-	if _, err := c.nc.Write(b); err != nil {
+	if _, err := c.raw.Write(b); err != nil {
 		c.broken.Store(true)
 		return err
 	}

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"os"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
 
 	"github.com/pgshard/pgshard/internal/parking"
+	"github.com/pgshard/pgshard/internal/rawio"
 	"github.com/pgshard/pgshard/router"
 )
 
@@ -44,17 +44,17 @@ var errParked = errors.New("session parked")
 // connection, whose read deadline (the sweeper's request to park) only the
 // session loop's wait for a new message sees.
 type clientSource struct {
-	conn     net.Conn
-	parkable bool // the session loop waits for a new message (session loop)
+	rw       rawio.Conn // the client connection; the session writes through it too
+	parkable bool       // the session loop waits for a new message (session loop)
 }
 
 func (c *clientSource) Read(p []byte) (int, error) {
 	for {
-		n, err := c.conn.Read(p)
+		n, err := c.rw.Read(p)
 		if err == nil || c.parkable || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return n, err
 		}
-		_ = c.conn.SetReadDeadline(time.Time{})
+		_ = c.rw.NetConn().SetReadDeadline(time.Time{})
 		if n > 0 {
 			return n, nil
 		}

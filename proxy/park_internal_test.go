@@ -1,19 +1,47 @@
 package proxy
 
 import (
+	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/pgshard/pgshard/internal/rawio"
 )
 
 // TestClientSourceIgnoresDeadlinesOutsideTheWait: a read other than the
 // session loop's wait for a new message reads on through the sweeper's
 // deadline; the wait itself sees it.
 func TestClientSourceIgnoresDeadlinesOutsideTheWait(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	src := &clientSource{conn: a}
+	t.Run("pipe", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		testClientSourceDeadlines(t, a, b)
+	})
+	t.Run("tcp", func(t *testing.T) { // raw system calls (rawio)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		b, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		testClientSourceDeadlines(t, a, b)
+	})
+}
+
+func testClientSourceDeadlines(t *testing.T, a, b net.Conn) {
+	src := &clientSource{rw: rawio.New(a)}
 	if err := a.SetReadDeadline(time.Unix(1, 0)); err != nil {
 		t.Fatal(err)
 	}
@@ -29,8 +57,8 @@ func TestClientSourceIgnoresDeadlinesOutsideTheWait(t *testing.T) {
 	if err := a.SetReadDeadline(time.Unix(1, 0)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := src.Read(buf); err == nil {
-		t.Fatal("the wait for a new message did not see the deadline")
+	if _, err := src.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the wait for a new message did not see the deadline: %v", err)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/internal/parking"
+	"github.com/pgshard/pgshard/internal/rawio"
 	"github.com/pgshard/pgshard/pool"
 	"github.com/pgshard/pgshard/router"
 	"github.com/pgshard/pgshard/shardmap"
@@ -240,7 +241,7 @@ func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMo
 		}
 	}
 	s.setsKey = settingsKey(s.sets)
-	s.src.conn = st.Conn
+	s.src.rw = rawio.New(st.Conn)
 	st.Reader.SetSource(&s.src)
 	if pc, ok := st.Conn.(parking.Conn); ok && srv.lot != nil {
 		s.parkConn = pc
@@ -1623,7 +1624,7 @@ func (s *session) flushClient() {
 	dead := s.dead
 	s.mu.Unlock()
 	if !dead {
-		if _, err := s.conn.Write(buf); err != nil {
+		if _, err := s.src.rw.Write(buf); err != nil {
 			s.mu.Lock()
 			s.dead = true
 			s.mu.Unlock()

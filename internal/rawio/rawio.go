@@ -1,0 +1,154 @@
+// Package rawio reads from and writes to TCP sockets with raw system
+// calls.
+//
+// A relay makes a read and a write system call per message batch on each
+// side. Through the net package each one enters and leaves the Go
+// scheduler's syscall state, and one that returns late (on a busy machine
+// the thread is often preempted right there, by the process a write woke)
+// lets the runtime's monitor hand the processor to another thread and keep
+// polling every 20 µs. On a machine whose cores PostgreSQL and the clients
+// share, that costs a tenth or more of the relay's CPU (perf: the monitor's
+// nanosleep and the wake-ups it causes). A read or write on a non-blocking
+// socket never blocks, so it can be a raw system call (recvfrom, and
+// sendto with MSG_NOSIGNAL, as pgbouncer makes them) that keeps the
+// processor; when there is nothing to read or no room to write, it waits
+// on Go's network poller exactly as net.Conn does (deadlines included).
+//
+// A Conn is two words of state (it lives in every client session, idle
+// ones included) and allocates nothing per call: the state of a call in
+// flight is borrowed from a sync.Pool.
+package rawio
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// Conn reads from and writes to a connection: with raw system calls when
+// it is a TCP connection, through its own methods otherwise (TLS, pipes).
+// It is safe for concurrent use as net.Conn is.
+type Conn struct {
+	c  net.Conn
+	rc syscall.RawConn // nil: use c's methods
+}
+
+// New returns a Conn for c.
+func New(c net.Conn) Conn {
+	rw := Conn{c: c}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			rw.rc = rc
+		}
+	}
+	return rw
+}
+
+// NetConn returns the connection.
+func (rw Conn) NetConn() net.Conn { return rw.c }
+
+// op is the state of one call in flight, handed to RawConn's callback.
+type op struct {
+	b           []byte
+	n           int
+	err         error
+	read, write func(uintptr) bool // op.doRead, op.doWrite, bound once
+}
+
+var ops = sync.Pool{New: func() any {
+	o := &op{}
+	o.read, o.write = o.doRead, o.doWrite
+	return o
+}}
+
+// Write writes all of b, as net.Conn's Write does (deadlines included).
+func (rw Conn) Write(b []byte) (int, error) {
+	if rw.rc == nil {
+		return rw.c.Write(b)
+	}
+	o := ops.Get().(*op)
+	o.b, o.n, o.err = b, 0, nil
+	err := rw.rc.Write(o.write)
+	n, werr := o.n, o.err
+	o.b, o.err = nil, nil
+	ops.Put(o)
+	if werr == nil {
+		werr = err
+	}
+	if werr != nil {
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: werr}
+	}
+	return n, nil
+}
+
+// doWrite is the RawConn callback of Write: false asks the poller to wait
+// until the socket is writable and call it again.
+func (o *op) doWrite(fd uintptr) bool {
+	for o.n < len(o.b) {
+		m, _, errno := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&o.b[o.n])), uintptr(len(o.b)-o.n), syscall.MSG_NOSIGNAL, 0, 0)
+		switch errno {
+		case 0:
+			o.n += int(m)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			o.err = os.NewSyscallError("sendto", errno)
+			return true
+		}
+	}
+	return true
+}
+
+// Read reads what is there, up to len(p), as net.Conn's Read does: it
+// waits on the network poller while nothing is (deadlines included) and
+// returns io.EOF when the peer has closed.
+func (rw Conn) Read(p []byte) (int, error) {
+	if rw.rc == nil {
+		return rw.c.Read(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	o := ops.Get().(*op)
+	o.b, o.n, o.err = p, 0, nil
+	err := rw.rc.Read(o.read)
+	n, rerr := o.n, o.err
+	o.b, o.err = nil, nil
+	ops.Put(o)
+	if rerr == nil {
+		rerr = err
+	}
+	switch {
+	case rerr == io.EOF:
+		return n, rerr
+	case rerr != nil:
+		return n, &net.OpError{Op: "read", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: rerr}
+	}
+	return n, nil
+}
+
+// doRead is the RawConn callback of Read: false asks the poller to wait
+// until the socket is readable and call it again.
+func (o *op) doRead(fd uintptr) bool {
+	for {
+		m, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&o.b[0])), uintptr(len(o.b)), 0, 0, 0)
+		switch errno {
+		case 0:
+			o.n = int(m)
+			if o.n == 0 {
+				o.err = io.EOF
+			}
+			return true
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			o.err = os.NewSyscallError("recvfrom", errno)
+			return true
+		}
+	}
+}

@@ -1,0 +1,186 @@
+package rawio
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// A write larger than the socket buffers completes through the poller
+// (EAGAIN, wait, go on) and the peer reads every byte in order.
+func TestWriteAllThroughFullBuffers(t *testing.T) {
+	c, s := tcpPair(t)
+	w := New(c)
+	if w.rc == nil {
+		t.Fatal("a TCP connection should use raw writes")
+	}
+	want := make([]byte, 32<<20)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond) // let the buffers fill first
+		b, _ := io.ReadAll(s)
+		got <- b
+	}()
+	n, err := w.Write(want)
+	if err != nil || n != len(want) {
+		t.Fatalf("Write: %d, %v", n, err)
+	}
+	c.Close()
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("peer read %d bytes, not what was written", len(b))
+	}
+}
+
+// A write deadline holds as for net.Conn: a write blocked on a full buffer
+// fails with os.ErrDeadlineExceeded.
+func TestWriteDeadline(t *testing.T) {
+	c, _ := tcpPair(t)
+	w := New(c)
+	_ = c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	start := time.Now()
+	n, err := w.Write(make([]byte, 64<<20)) // nobody reads
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n >= 64<<20 {
+		t.Fatalf("Write: %d, %v; want a deadline error", n, err)
+	}
+	if time.Since(start) > 30*time.Second {
+		t.Fatalf("deadline not kept: %s", time.Since(start))
+	}
+}
+
+// Writing to a peer that reset the connection fails with ECONNRESET or
+// EPIPE (no SIGPIPE ends the process), and after Close with net.ErrClosed.
+func TestWriteErrors(t *testing.T) {
+	c, s := tcpPair(t)
+	w := New(c)
+	_ = s.(*net.TCPConn).SetLinger(0)
+	s.Close() // RST
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		_, err = w.Write([]byte("hello"))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("write after reset: %v", err)
+	}
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "write" {
+		t.Fatalf("error %v is not a write *net.OpError", err)
+	}
+	c.Close()
+	if _, err := w.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v", err)
+	}
+}
+
+// Other connections (pipes, TLS) are written through their Write method.
+func TestWriteFallback(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	w := New(a)
+	if w.rc != nil {
+		t.Fatal("a pipe has no raw writes")
+	}
+	go func() { _, _ = w.Write([]byte("ping")) }()
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+}
+
+// Reads see the bytes written in order, then io.EOF when the peer closes;
+// a read deadline ends a read waiting for bytes with os.ErrDeadlineExceeded.
+func TestRead(t *testing.T) {
+	c, s := tcpPair(t)
+	r := New(c)
+	if r.rc == nil {
+		t.Fatal("a TCP connection should use raw reads")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	buf := make([]byte, 64)
+	if n, err := r.Read(buf); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read with nothing sent: %d, %v; want a deadline error", n, err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	want := make([]byte, 8<<20)
+	for i := range want {
+		want[i] = byte(i * 13)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the reader waits on the poller first
+		_, _ = s.Write(want)
+		s.Close()
+	}()
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes (%v), want the %d written", len(got), err, len(want))
+	}
+	if n, err := r.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("read after EOF: %d, %v", n, err)
+	}
+	c.Close()
+	if _, err := r.Read(buf); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after Close: %v", err)
+	}
+}
+
+// A write and the read of it allocate nothing.
+func TestNoAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under the race detector")
+	}
+	c, s := tcpPair(t)
+	w, r := New(c), New(s)
+	msg, buf := []byte("Q\x00\x00\x00\x0dSELECT 1\x00"), make([]byte, 64)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := w.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		for got := 0; got < len(msg); {
+			n, err := r.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per write and read, want 0", allocs)
+	}
+}
