@@ -70,3 +70,21 @@ func (s *Server) Clients() int {
 	defer s.mu.Unlock()
 	return len(s.sessions)
 }
+
+// ParkedHolding counts the parked sessions that still hold per-session
+// state a parked session gives up (shard bindings, output buffers).
+func (s *Server) ParkedHolding() (parked, holding int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sess := range s.sessions {
+		sess.mu.Lock()
+		if sess.spot != nil {
+			parked++
+			if sess.binds != nil || sess.out != nil || sess.grp != nil {
+				holding++
+			}
+		}
+		sess.mu.Unlock()
+	}
+	return parked, holding
+}

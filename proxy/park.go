@@ -97,6 +97,7 @@ func (s *session) park() bool {
 	s.out, s.spare, s.sbuf, s.gbuf = nil, nil, nil, nil
 	s.q = queue{}
 	s.grp = nil
+	s.binds = nil // pools are the server's: bindingFor finds them again
 	s.params = router.Params{}
 	s.srv.metrics.parked.Inc()
 	return true

@@ -67,6 +67,11 @@ func TestIdleClientsPark(t *testing.T) {
 	}
 	for round := range 3 {
 		waitParked(t, h, n)
+		// Parked sessions keep no shard bindings or buffers (the memory
+		// per idle client).
+		if parked, holding := h.srv.ParkedHolding(); parked != n || holding != 0 {
+			t.Fatalf("round %d: %d parked sessions, %d of them holding per-session state", round, parked, holding)
+		}
 		for i, c := range simple {
 			res, err := c.Exec(ctx, "SHOW application_name").ReadAll()
 			if err != nil || string(res[0].Rows[0][0]) != fmt.Sprintf("park%d", 2*i) {

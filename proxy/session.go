@@ -139,7 +139,7 @@ type session struct {
 	logger sessionLog
 
 	// Routing (sharding and read/write splitting).
-	binds         map[string]*shardBinding // by shard name (session loop; see bindingFor)
+	binds         map[string]*shardBinding // by shard name (session loop; see bindingFor; nil until the first, and when parked)
 	cuser         config.User
 	split         bool          // reads may go to replicas
 	route         router.Route  // SET pgshard.route
@@ -221,7 +221,7 @@ func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMo
 	s := &session{
 		srv: srv, conn: st.Conn, cr: st.Reader, user: st.User, db: st.Database, mode: mode,
 		txStatus: 'I', stmts: map[string]*stmtDef{}, sets: map[string]string{},
-		cuser: u, node: -1, binds: map[string]*shardBinding{}, grp: new(groupCache),
+		cuser: u, node: -1, grp: new(groupCache),
 	}
 	if split && mode == config.PoolTransaction {
 		for _, rt := range srv.shardList() {

@@ -80,6 +80,9 @@ func (s *session) bindingFor(name string) (*shardBinding, error) {
 		return nil, wire.Errorf(wire.CodeInternalError, "pgshard: shard %s: %v", name, err)
 	}
 	b := &shardBinding{rt: rt, primary: p, replicas: make([]*pool.Pool, len(rt.replicas))}
+	if s.binds == nil {
+		s.binds = map[string]*shardBinding{}
+	}
 	s.binds[name] = b
 	return b, nil
 }
