@@ -58,8 +58,11 @@ vet:
 # client's PID; see cmd/pgshard-compat/known.txt and README Limits).
 COMPAT_TEST_ARGS ?= -skip 'TestConnCopyFromConnectionTerminated|TestConnCheckConn'
 
+# sync.Pool drops items at random under -race: rawio's allocation check
+# runs again without it.
 test: deps build fmt-check vet
 	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -run 'TestNoAllocations' ./internal/rawio/
 	$(GO) run ./cmd/pgshard-compat -no-build $(COMPAT_TEST_ARGS)
 
 bench: deps-bench build

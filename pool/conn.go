@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"net"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -25,8 +24,7 @@ type Handler interface {
 // Conn is one backend connection.
 type Conn struct {
 	pool      *Pool
-	nc        net.Conn
-	raw       rawio.Conn // reads and writes nc
+	raw       rawio.Conn // the backend connection (raw.NetConn())
 	r         *wire.Reader
 	PID       uint32
 	SecretKey []byte
@@ -54,7 +52,6 @@ func newConn(p *Pool, hc *pgconn.HijackedConn) *Conn {
 	raw := rawio.New(hc.Conn)
 	c := &Conn{
 		pool:      p,
-		nc:        hc.Conn,
 		raw:       raw,
 		r:         wire.NewReader(raw, p.cfg.MaxMessageSize),
 		PID:       hc.PID,
@@ -98,7 +95,7 @@ func (c *Conn) isBroken() bool { return c.broken.Load() }
 
 func (c *Conn) close() {
 	c.broken.Store(true)
-	_ = c.nc.Close()
+	_ = c.raw.NetConn().Close()
 }
 
 func (c *Conn) wait() { <-c.done }
@@ -115,7 +112,7 @@ func (c *Conn) readLoop() {
 		c.hmu.Unlock()
 		if err != nil {
 			c.broken.Store(true)
-			_ = c.nc.Close()
+			_ = c.raw.NetConn().Close()
 			if h != nil {
 				h.ServerGone(c, err)
 			} else {
@@ -130,7 +127,7 @@ func (c *Conn) readLoop() {
 			// the server ending the session (shutdown, terminate).
 			if typ == 'E' {
 				c.broken.Store(true)
-				_ = c.nc.Close()
+				_ = c.raw.NetConn().Close()
 				// The next Next fails and drops the Conn.
 			}
 			continue
@@ -148,7 +145,7 @@ func (c *Conn) deliver(h Handler, typ byte, msg []byte) {
 			c.pool.log.Error("BUG: handling a backend message panicked; closing the backend connection",
 				"pid", c.PID, "panic", r, "stack", string(debug.Stack()))
 			c.broken.Store(true)
-			_ = c.nc.Close()
+			_ = c.raw.NetConn().Close()
 		}
 	}()
 	h.ServerMessage(c, typ, msg, c.r.Buffered() > 0)

@@ -402,37 +402,14 @@ func copyPolicies(ctx context.Context, src, tgt *pgx.Conn, oid uint32, qname str
 			return err
 		}
 	}
-	rows, err := src.Query(ctx, `SELECT p.polname, format('CREATE POLICY %I ON %s AS %s FOR %s TO %s', p.polname, $2::text,
+	return createMissing(ctx, src, tgt, `SELECT p.polname, format('CREATE POLICY %I ON %s AS %s FOR %s TO %s', p.polname, $2::text,
   CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
   CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
   (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') FROM unnest(p.polroles) r))
   || coalesce(' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')', '')
   || coalesce(' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')', '')
-FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname`, oid, qname)
-	if err != nil {
-		return err
-	}
-	type policy struct{ name, ddl string }
-	policies, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (policy, error) {
-		var p policy
-		err := row.Scan(&p.name, &p.ddl)
-		return p, err
-	})
-	if err != nil {
-		return err
-	}
-	for _, p := range policies {
-		var exists bool
-		if err := tgt.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = to_regclass($1) AND polname = $2)", qname, p.name).Scan(&exists); err != nil {
-			return err
-		}
-		if !exists {
-			if err := exec(ctx, tgt, p.ddl); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname`, []any{oid, qname},
+		"SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = to_regclass($1) AND polname = $2)", qname, nil)
 }
 
 // copyTriggers creates on tgt the table's user triggers that it lacks by
@@ -516,34 +493,39 @@ ORDER BY x.attnum, a.grantee, a.privilege_type`, obj, obj)
 // whose name exists: foreign keys only when fks, the others otherwise. A
 // foreign key to a table the target does not have is skipped.
 func copyConstraints(ctx context.Context, src, tgt *pgx.Conn, oid uint32, qname string, fks bool) error {
-	rows, err := src.Query(ctx, `SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+	return createMissing(ctx, src, tgt, `SELECT conname, format('ALTER TABLE %s ADD CONSTRAINT %I %s', $3::text, conname, pg_get_constraintdef(oid)) FROM pg_constraint
 WHERE conrelid = $1 AND contype IN ('p','u','c','x','f') AND (contype = 'f') = $2
-ORDER BY contype <> 'p', conname`, oid, fks)
+ORDER BY contype <> 'p', conname`, []any{oid, fks, qname},
+		"SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2)", qname,
+		func(err error) bool { return fks && sqlState(err) == "42P01" }) // undefined_table: not moved here
+}
+
+// createMissing lists (name, DDL) pairs on src with list and runs on tgt
+// each DDL whose name exists reports missing for the table qname ($1 of
+// exists, the name $2). An error skip accepts is passed over.
+func createMissing(ctx context.Context, src, tgt *pgx.Conn, list string, args []any, exists, qname string, skip func(error) bool) error {
+	rows, err := src.Query(ctx, list, args...)
 	if err != nil {
 		return err
 	}
-	type con struct{ name, def string }
-	cons, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (con, error) {
-		var c con
-		err := row.Scan(&c.name, &c.def)
-		return c, err
+	type named struct{ name, ddl string }
+	defs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (named, error) {
+		var d named
+		err := row.Scan(&d.name, &d.ddl)
+		return d, err
 	})
 	if err != nil {
 		return err
 	}
-	for _, c := range cons {
-		var exists bool
-		if err := tgt.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2)", qname, c.name).Scan(&exists); err != nil {
+	for _, d := range defs {
+		var found bool
+		if err := tgt.QueryRow(ctx, exists, qname, d.name).Scan(&found); err != nil {
 			return err
 		}
-		if exists {
+		if found {
 			continue
 		}
-		err := exec(ctx, tgt, fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", qname, quoteName(c.name), c.def))
-		if err != nil && fks && sqlState(err) == "42P01" { // undefined_table: not moved here
-			continue
-		}
-		if err != nil {
+		if err := exec(ctx, tgt, d.ddl); err != nil && (skip == nil || !skip(err)) {
 			return err
 		}
 	}

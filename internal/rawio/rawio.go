@@ -69,19 +69,31 @@ func (rw Conn) Write(b []byte) (int, error) {
 	if rw.rc == nil {
 		return rw.c.Write(b)
 	}
+	return rw.call("write", b)
+}
+
+// call makes one Read or Write through RawConn with an op from the pool and
+// reports its outcome as net.Conn would (io.EOF bare, others in an
+// *net.OpError).
+func (rw Conn) call(what string, b []byte) (int, error) {
 	o := ops.Get().(*op)
 	o.b, o.n, o.err = b, 0, nil
-	err := rw.rc.Write(o.write)
-	n, werr := o.n, o.err
+	var err error
+	if what == "read" {
+		err = rw.rc.Read(o.read)
+	} else {
+		err = rw.rc.Write(o.write)
+	}
+	n, cerr := o.n, o.err
 	o.b, o.err = nil, nil
 	ops.Put(o)
-	if werr == nil {
-		werr = err
+	if cerr == nil {
+		cerr = err
 	}
-	if werr != nil {
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: werr}
+	if cerr == nil || cerr == io.EOF {
+		return n, cerr
 	}
-	return n, nil
+	return n, &net.OpError{Op: what, Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: cerr}
 }
 
 // doWrite is the RawConn callback of Write: false asks the poller to wait
@@ -113,22 +125,7 @@ func (rw Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	o := ops.Get().(*op)
-	o.b, o.n, o.err = p, 0, nil
-	err := rw.rc.Read(o.read)
-	n, rerr := o.n, o.err
-	o.b, o.err = nil, nil
-	ops.Put(o)
-	if rerr == nil {
-		rerr = err
-	}
-	switch {
-	case rerr == io.EOF:
-		return n, rerr
-	case rerr != nil:
-		return n, &net.OpError{Op: "read", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: rerr}
-	}
-	return n, nil
+	return rw.call("read", p)
 }
 
 // doRead is the RawConn callback of Read: false asks the poller to wait
