@@ -15,10 +15,11 @@ import (
 // Reshard jobs and the proxy (see DESIGN.md, "Resharding").
 //
 // While a job cuts a range over to its new owner, the map freezes the
-// range (shardmap.Map.Frozen): a statement whose key falls in it, and every
-// write that spans shards (scatter writes, reference tables, COPY FROM),
-// waits here until the ring moves it (or the job lifts the freeze), then
-// is planned again on the new map. Other statements never wait.
+// range (shardmap.Map.Frozen): a statement whose key falls in it, every
+// scatter (reads too: see touchesFrozen), and every write that spans
+// shards (reference tables, COPY FROM), waits here until the ring moves
+// it (or the job lifts the freeze), then is planned again on the new map.
+// Other statements never wait.
 //
 // A proxy that has not applied the freeze yet (its map is stale) may still
 // send a write to the old owner; the old owner's fence refuses it with
@@ -84,11 +85,18 @@ func (f *frozenLocator) Lookup(h int64) string {
 	return f.ring.Lookup(h)
 }
 
-// touchesFrozen reports whether the statement must wait for rs's freeze.
+// touchesFrozen reports whether the statement must wait for rs's freeze:
+// a key in a frozen range, a scatter (read or write: it reads every
+// range, the frozen ones included), or a write that spans shards.
+//
+// A scatter read waits too because the nodes apply the ring's commit one
+// after another: a node that already has the new ring may acknowledge a
+// write on the new owner while this node, still frozen on the old ring,
+// would count the range on the old owner and miss that row.
 func touchesFrozen(rs *routingState, sql string, params *router.Params) bool {
 	loc := frozenLocator{ring: rs.ring, frozen: rs.frozen}
 	pl := rs.planner.Plan(sql, params, &loc)
-	return loc.hit || (!pl.Read && (pl.Kind == router.Scatter || pl.Kind == router.AllShards || pl.Copy != nil))
+	return loc.hit || pl.Kind == router.Scatter || (!pl.Read && (pl.Kind == router.AllShards || pl.Copy != nil))
 }
 
 // refusedWhileMoving reports whether a statement is refused while a
