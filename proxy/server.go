@@ -292,7 +292,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	u := users[st.User]
 	shards := s.shardList()
 	if len(shards) == 0 {
-		fail("no_shards", wire.Fatalf(wire.CodeCannotConnectNow, "pgshard: the shard map has no shards yet"))
+		fail("no_shards", wire.Fatalf(wire.CodeCannotConnectNow, "pgshard: this node has no shards to route to yet (the shard map has none, or the node is still catching up with the cluster)"))
 		return
 	}
 	sess := newSession(s, st, u, cfg.Pool.Mode, cfg.Routing.ReadWriteSplit)

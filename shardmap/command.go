@@ -38,12 +38,13 @@ const (
 	CmdDeleteJob     CommandType = "delete_job"
 	CmdDecideTxn     CommandType = "decide_txn"
 	CmdForgetTxn     CommandType = "forget_txn"
+	CmdSync          CommandType = "sync"
 )
 
 func knownCommand(t CommandType) bool {
 	switch t {
 	case CmdAddShard, CmdRemoveShard, CmdSetRing, CmdSetEndpoints, CmdSetShardState,
-		CmdAddTable, CmdRemoveTable, CmdPutJob, CmdDeleteJob, CmdDecideTxn, CmdForgetTxn:
+		CmdAddTable, CmdRemoveTable, CmdPutJob, CmdDeleteJob, CmdDecideTxn, CmdForgetTxn, CmdSync:
 		return true
 	}
 	return false
@@ -97,12 +98,24 @@ type jobIDData struct {
 	ID string `json:"id"`
 }
 
+type nodeData struct {
+	Node string `json:"node"`
+}
+
 func newCommand(t CommandType, data any) Command {
 	b, err := json.Marshal(data)
 	if err != nil {
 		return Command{V: CommandVersion, Type: t, err: fmt.Errorf("encode %s: %w: %w", t, ErrInvalidCommand, err)}
 	}
 	return Command{V: CommandVersion, Type: t, Data: b}
+}
+
+// Sync changes nothing but the map's version: a node that applied the
+// map it produced has applied everything the cluster committed before it
+// was written (a read through the log). node names who asked, for the
+// log's reader.
+func Sync(node string) Command {
+	return newCommand(CmdSync, nodeData{Node: node})
 }
 
 // AddShard registers shard s and places it on the ring with vnodes tokens
@@ -284,6 +297,11 @@ func (m *Map) Apply(cmd Command) (*Map, error) {
 		var d gidData
 		if err = decodeData(cmd, &d); err == nil {
 			next, err = m.forgetTxn(d.GID)
+		}
+	case CmdSync:
+		var d nodeData
+		if err = decodeData(cmd, &d); err == nil {
+			next = m.with()
 		}
 	default:
 		return nil, fmt.Errorf("apply: command type %q: %w", cmd.Type, ErrUnsupportedCommand)

@@ -98,8 +98,9 @@ func (n *clusterNode) start(ctx context.Context, adminURL string, proxy nodeProx
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.seedLoop(ctx) }()
 	}
+	coord := newMapCoord(n.store, adminURL, n.cfg.AdminToken, n.log.With("component", "coord"))
 	n.wg.Add(1)
-	go func() { defer n.wg.Done(); n.follow(ctx, proxy) }()
+	go func() { defer n.wg.Done(); n.follow(ctx, proxy, coord) }()
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.recoverLoop(ctx, proxy, recoverInterval, recoverGrace) }()
 }
@@ -206,9 +207,28 @@ func (n *clusterNode) seed(ctx context.Context) error {
 	return nil
 }
 
-// follow makes the proxy route to the map's shards after every change.
+// follow makes the proxy route to the map's shards after every change,
+// from the moment this node has caught up with the cluster (catchUp):
+// until then the proxy has no shards and refuses logins with 57P03.
 // While the map has no shard the proxy keeps the [[shards]] of the file.
-func (n *clusterNode) follow(ctx context.Context, proxy shardFollower) {
+func (n *clusterNode) follow(ctx context.Context, proxy shardFollower, coord *mapCoord) {
+	t0 := time.Now()
+	for {
+		err := coord.catchUp(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("catching up with the shard map before routing; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	n.log.Info("caught up with the shard map", "map_version", n.store.Map().Version(), "took", time.Since(t0).Round(time.Millisecond))
 	ch, cancel := n.store.Watch()
 	defer cancel()
 	var last []config.Shard

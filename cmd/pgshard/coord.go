@@ -325,3 +325,39 @@ func (c *mapCoord) UnregisterTable(ctx context.Context, name string) error {
 	}
 	return c.store.WaitForVersion(ctx, version)
 }
+
+// catchUp returns once this node's copy of the map holds everything the
+// cluster committed before the call: it writes a shardmap.Sync through
+// the leader and waits until the local map has applied it (a read
+// through the log). A restarted node starts from its last snapshot and
+// applies the rest of the log only once a leader tells it what is
+// committed; routing by that older map in between would read moved rows
+// from their old owner.
+func (c *mapCoord) catchUp(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, coordWriteTimeout)
+		defer cancel()
+	}
+	var version uint64
+	cmd := shardmap.Sync(c.store.ID())
+	err := c.write(ctx, "sync with the leader",
+		func(ctx context.Context) error {
+			m, err := c.store.Apply(ctx, cmd)
+			if err == nil {
+				version = m.Version()
+			}
+			return err
+		},
+		func(ctx context.Context) error {
+			m, err := c.api.ApplyCommand(ctx, cmd)
+			if err == nil {
+				version = m.Version()
+			}
+			return err
+		})
+	if err != nil {
+		return err
+	}
+	return c.store.WaitForVersion(ctx, version)
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pgshard/pgshard/admin"
+	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/internal/testutil"
 	"github.com/pgshard/pgshard/proxy"
 	"github.com/pgshard/pgshard/shardmap"
@@ -56,6 +58,7 @@ type coordNode struct {
 	// applied is what the node's admin API reports as the map version
 	// its proxy routes by (GET /v1/map/applied).
 	applied *atomic.Uint64
+	dir     string // the Raft state
 }
 
 func (n *coordNode) stop() {
@@ -70,9 +73,16 @@ func (n *coordNode) stop() {
 
 func startCoordNode(t *testing.T, id string, bootstrap bool, peers ...string) *coordNode {
 	t.Helper()
+	return openCoordNode(t, id, "127.0.0.1:0", t.TempDir(), bootstrap, peers...)
+}
+
+// openCoordNode starts a member on raftAddr with its state in dir (a
+// restart when dir holds one).
+func openCoordNode(t *testing.T, id, raftAddr, dir string, bootstrap bool, peers ...string) *coordNode {
+	t.Helper()
 	log := coordLogger(t)
 	st, err := shardmap.NewStore(shardmap.StoreConfig{
-		NodeID: id, RaftAddr: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: bootstrap, Join: !bootstrap, Logger: log,
+		NodeID: id, RaftAddr: raftAddr, DataDir: dir, Bootstrap: bootstrap, Join: !bootstrap, Logger: log,
 		HeartbeatTimeout: 250 * time.Millisecond, ElectionTimeout: 250 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 	})
@@ -95,7 +105,7 @@ func startCoordNode(t *testing.T, id string, bootstrap bool, peers ...string) *c
 	ts.Config.Handler = mux
 	ts.Start()
 	api.Start(context.Background())
-	n := &coordNode{store: st, api: api, ts: ts, url: url, coord: newMapCoord(st, url, coordToken, log), applied: applied}
+	n := &coordNode{store: st, api: api, ts: ts, url: url, coord: newMapCoord(st, url, coordToken, log), applied: applied, dir: dir}
 	t.Cleanup(n.stop)
 	return n
 }
@@ -300,6 +310,74 @@ func TestMapCoordRegisterTable(t *testing.T) {
 		t.Fatal("invalid table registered")
 	}
 }
+
+// A member restarted from a snapshot holds the snapshot's map, older than
+// the cluster's, until a leader tells it what is committed; catchUp
+// returns only once it holds everything committed before the call.
+func TestCatchUpAfterRestartFromSnapshot(t *testing.T) {
+	nodes := coordCluster(t)
+	ctx := testCtx(t)
+	l, fs := leaderAndFollowers(t, nodes)
+	f := fs[0]
+	if err := l.coord.RegisterTable(ctx, shardmap.Table{Name: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.WaitForVersion(ctx, l.store.Map().Version()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	id, addr, dir := f.store.ID(), f.store.Addr(), f.dir
+	f.stop()
+	for _, name := range []string{"after1", "after2"} {
+		if err := l.coord.RegisterTable(ctx, shardmap.Table{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := l.store.Map().Version()
+
+	r := openCoordNode(t, id, addr, dir, false, l.url)
+	nodes[slices.Index(nodes, f)] = r
+	if v := r.store.Map().Version(); v >= want {
+		t.Fatalf("restarted from its snapshot, the member's map is at version %d already (the cluster's is %d): nothing to catch up", v, want)
+	} else {
+		t.Logf("restarted at map version %d; the cluster's is %d", v, want)
+	}
+	// The node's follow loop hands its proxy no map before it caught up.
+	proxy := &mapRecorder{maps: make(chan *shardmap.Map, 64)}
+	fctx, stopFollow := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&clusterNode{store: r.store, log: coordLogger(t)}).follow(fctx, proxy, r.coord)
+	}()
+	defer func() { stopFollow(); <-done }()
+	var m *shardmap.Map
+	select {
+	case m = <-proxy.maps:
+	case <-ctx.Done():
+		t.Fatal("the proxy got no map")
+	}
+	if m.Version() <= want {
+		t.Fatalf("the proxy's first map is at version %d, want more than %d (the sync's own entry)", m.Version(), want)
+	}
+	if _, ok := m.Table("after2"); !ok {
+		t.Fatal("the proxy's first map lacks a table registered while the node was down")
+	}
+	// The leader and the other follower catch up at once.
+	for _, n := range []*coordNode{l, fs[1]} {
+		if err := n.coord.catchUp(ctx); err != nil {
+			t.Fatalf("%s: %v", n.store.ID(), err)
+		}
+	}
+}
+
+// mapRecorder is a proxy that records the maps it is given.
+type mapRecorder struct{ maps chan *shardmap.Map }
+
+func (p *mapRecorder) SetMap(m *shardmap.Map)           { p.maps <- m }
+func (p *mapRecorder) SetShards(s []config.Shard) error { return nil }
 
 // countingRecoverer counts recovery passes.
 type countingRecoverer struct{ n atomic.Int64 }
