@@ -432,3 +432,42 @@ func TestJobWarmsEveryShard(t *testing.T) {
 	}
 	t.Logf("shard %d warmed: %d backends", cold, backends(cold))
 }
+
+// What any shard may answer (a reference table's rows) is never answered
+// by a shard a job is removing: at the ring's commit that shard stops
+// getting reference-table writes, which a node a moment behind would not
+// know yet. Nor by one a job is adding.
+func TestAnyShardReadAvoidsShardsOfAJob(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newMemTxnLog())
+	ctx := testCtx(t)
+	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE kinds (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	// A row only on the second shard tells which shard answered.
+	if _, err := sh.shardConn(ctx, 1).Exec(ctx, "INSERT INTO kinds VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	sh.waitReplicas(ctx)
+	count := func() int {
+		t.Helper()
+		var n int
+		if err := sh.connect(ctx).QueryRow(ctx, "SELECT count(*) FROM kinds").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("with both shards active, the first (%s) should answer: %d rows", sh.dbs[0], n)
+	}
+	for _, state := range []shardmap.ShardState{shardmap.ShardDraining, shardmap.ShardJoining} {
+		sh.apply(shardmap.SetShardState(sh.dbs[0], state))
+		if n := count(); n != 1 {
+			t.Fatalf("with %s %s, a reference read went to it (%d rows)", sh.dbs[0], state, n)
+		}
+	}
+	sh.apply(shardmap.SetShardState(sh.dbs[0], shardmap.ShardActive))
+	if n := count(); n != 0 {
+		t.Fatalf("with %s active again, it should answer: %d rows", sh.dbs[0], n)
+	}
+}

@@ -26,6 +26,27 @@ type routingState struct {
 	moving      []shardmap.Range
 	frozen      []shardmap.Range
 	ringVersion uint64
+	// anyShard answers what any shard may answer (reference-table reads,
+	// statements on no table): the first active shard that owns ranges.
+	// Never one a job adds or removes: a removed shard stops getting
+	// reference-table writes at the ring's commit, which a node a moment
+	// behind would not know yet; "" when there is none.
+	anyShard string
+}
+
+// stableOwner returns the first shard of m that is active and owns ranges.
+func stableOwner(m *shardmap.Map) string {
+	ring := m.Ring()
+	if ring == nil {
+		return ""
+	}
+	owners := ring.Shards()
+	for _, sh := range m.Shards() {
+		if sh.State == shardmap.ShardActive && slices.Contains(owners, sh.Name) {
+			return sh.Name
+		}
+	}
+	return ""
 }
 
 // mapCatalog describes the map's tables to the planner, keyed by
@@ -45,9 +66,9 @@ func (s *Server) SetMap(m *shardmap.Map) {
 		s.mapChanged.broadcast() // held statements look again (hold.go)
 	}()
 	tables := m.Tables()
-	moving, frozen := m.Moving(), m.Frozen()
+	moving, frozen, anyShard := m.Moving(), m.Frozen(), stableOwner(m)
 	if old := s.routing.Load(); old != nil && old.ring == m.Ring() && slices.Equal(old.tables, tables) &&
-		slices.Equal(old.moving, moving) && slices.Equal(old.frozen, frozen) {
+		slices.Equal(old.moving, moving) && slices.Equal(old.frozen, frozen) && old.anyShard == anyShard {
 		return
 	}
 	old := s.routing.Load()
@@ -56,7 +77,7 @@ func (s *Server) SetMap(m *shardmap.Map) {
 		// release find backends ready on every shard (warm.go).
 		defer s.warmShards()
 	}
-	rs := &routingState{ring: m.Ring(), tables: tables, moving: moving, frozen: frozen, ringVersion: m.RingVersion()}
+	rs := &routingState{ring: m.Ring(), tables: tables, moving: moving, frozen: frozen, ringVersion: m.RingVersion(), anyShard: anyShard}
 	if rs.ring != nil {
 		rs.owners = len(rs.ring.Shards())
 	}

@@ -22,10 +22,14 @@ type shardBinding struct {
 }
 
 // defaultShard is the shard that answers what any shard may answer when
-// the session has no shard of its own yet: the ring's owner while one shard
-// owns the whole ring, else the first shard of the map.
+// the session has no shard of its own yet: the first active shard that
+// owns ranges (routingState.anyShard), else the ring's owner while one
+// shard owns the whole ring, else the first shard of the map.
 func (s *Server) defaultShard() string {
 	if rs := s.routing.Load(); rs != nil && rs.ring != nil {
+		if rs.anyShard != "" {
+			return rs.anyShard
+		}
 		if sh := rs.ring.Shards(); len(sh) == 1 {
 			return sh[0]
 		}

@@ -506,7 +506,7 @@ func TestReshardUnderLoad(t *testing.T) {
 		if killed.Load().(string) != "" {
 			// The restarted node must be back before the next round's
 			// checks lean on it.
-			testutil.WaitFor(t, 30*time.Second, "the killed node back in the cluster", func() error { return agree(ctx, nodes, 3, 0) })
+			testutil.WaitFor(t, 30*time.Second, "the killed node back in the cluster", func() error { return caughtUp(ctx, nodes, 3) })
 		}
 	}
 	load.finish()
