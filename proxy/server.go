@@ -32,6 +32,7 @@ type Server struct {
 	tls            *tls.Config
 	classifier     *router.Classifier
 	shardsPtr      atomic.Pointer[[]*shardRT]
+	awaitMap       atomic.Bool                  // AwaitMap: no client until SetShards
 	routing        atomic.Pointer[routingState] // from the shard map (routing.go)
 	mapVersion     atomic.Uint64                // of the last SetMap (routing.go)
 	mapChanged     mapSignal                    // broadcast by SetMap (hold.go)
@@ -290,9 +291,13 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	u := users[st.User]
+	if s.awaitMap.Load() {
+		fail("no_map", wire.Fatalf(wire.CodeCannotConnectNow, "pgshard: this node has not caught up with the cluster's shard map yet (no leader reachable, or the map has no shards)"))
+		return
+	}
 	shards := s.shardList()
 	if len(shards) == 0 {
-		fail("no_shards", wire.Fatalf(wire.CodeCannotConnectNow, "pgshard: this node has no shards to route to yet (the shard map has none, or the node is still catching up with the cluster)"))
+		fail("no_shards", wire.Fatalf(wire.CodeCannotConnectNow, "pgshard: the shard map has no shards yet"))
 		return
 	}
 	sess := newSession(s, st, u, cfg.Pool.Mode, cfg.Routing.ReadWriteSplit)
@@ -498,11 +503,18 @@ func (s *Server) shardList() []*shardRT {
 	return nil
 }
 
+// AwaitMap makes the server refuse every client (SQLSTATE 57P03) until
+// the first SetShards with at least one shard: a cluster node calls it
+// before serving, so that it never routes by its file's [[shards]] alone
+// (everything on the first shard) or by a map older than the cluster's.
+// The node calls SetMap and then SetShards once it has caught up.
+func (s *Server) AwaitMap() { s.awaitMap.Store(true) }
+
 // SetShards makes the proxy follow a new list of shards (from the shard
 // map): a shard whose endpoints are unchanged keeps its monitor; a new or
 // changed one gets a new monitor (and its pools are made on first use);
-// sessions already running keep the shard they started with. Until
-// sharded routing exists, sessions use the first shard of the list.
+// sessions already running keep the shard they started with. The ring
+// and tables come with SetMap, which the node calls first.
 func (s *Server) SetShards(shards []config.Shard) error {
 	cfg := s.cfg.Load()
 	old := map[string]*shardRT{}
@@ -542,6 +554,9 @@ func (s *Server) SetShards(shards []config.Shard) error {
 		rt.close()
 	}
 	s.log.Info("following the shard map", "shards", len(next), "new_or_changed", len(started))
+	if len(next) > 0 {
+		s.awaitMap.Store(false)
+	}
 	return nil
 }
 

@@ -395,3 +395,33 @@ func TestSetShardsFollowsTheMap(t *testing.T) {
 		t.Fatalf("connect with no shards: %v, want 57P03", err)
 	}
 }
+
+// A cluster node's proxy refuses clients (57P03) from AwaitMap until the
+// node hands it the map's shards, rather than routing by its file's
+// [[shards]]; a list without shards keeps it waiting.
+func TestAwaitMapRefusesUntilShards(t *testing.T) {
+	topo := topotest.Shared(t)
+	h := startProxy(t, nil)
+	ctx := testCtx(t)
+	h.srv.AwaitMap()
+	refused := func(when string) {
+		t.Helper()
+		_, err := pgx.Connect(ctx, h.url("app"))
+		if sqlState(err) != "57P03" || !strings.Contains(err.Error(), "caught up") {
+			t.Fatalf("connect %s: %v, want 57P03 naming the shard map", when, err)
+		}
+	}
+	refused("before the map")
+	if err := h.srv.SetShards(nil); err != nil {
+		t.Fatal(err)
+	}
+	refused("after a map without shards")
+	if err := h.srv.SetShards([]config.Shard{{Name: "shard0", Primary: topo.Shards[0].Primary.DSN()}}); err != nil {
+		t.Fatal(err)
+	}
+	c := h.connect(ctx)
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+}

@@ -39,12 +39,13 @@ const (
 	CmdDecideTxn     CommandType = "decide_txn"
 	CmdForgetTxn     CommandType = "forget_txn"
 	CmdSync          CommandType = "sync"
+	CmdSeed          CommandType = "seed"
 )
 
 func knownCommand(t CommandType) bool {
 	switch t {
 	case CmdAddShard, CmdRemoveShard, CmdSetRing, CmdSetEndpoints, CmdSetShardState,
-		CmdAddTable, CmdRemoveTable, CmdPutJob, CmdDeleteJob, CmdDecideTxn, CmdForgetTxn, CmdSync:
+		CmdAddTable, CmdRemoveTable, CmdPutJob, CmdDeleteJob, CmdDecideTxn, CmdForgetTxn, CmdSync, CmdSeed:
 		return true
 	}
 	return false
@@ -98,6 +99,10 @@ type jobIDData struct {
 	ID string `json:"id"`
 }
 
+type seedData struct {
+	Shards []addShardData `json:"shards"`
+}
+
 type nodeData struct {
 	Node string `json:"node"`
 }
@@ -130,6 +135,18 @@ func Sync(node string) Command {
 // reshard job move the data and commit the ring with SetRing.
 func AddShard(s Shard, vnodes int) Command {
 	return newCommand(CmdAddShard, addShardData{Name: s.Name, Primary: s.Primary, Replicas: s.Replicas, Vnodes: vnodes})
+}
+
+// Seed places shards on an empty map in one entry, as AddShard one after
+// the other would (vnodes each, 0 meaning DefaultVnodes), so that no node
+// ever routes by a map holding only some of them. Rejected with
+// ErrShardExists when the map has a shard already.
+func Seed(shards []Shard, vnodes int) Command {
+	d := seedData{}
+	for _, s := range shards {
+		d.Shards = append(d.Shards, addShardData{Name: s.Name, Primary: s.Primary, Replicas: s.Replicas, Vnodes: vnodes})
+	}
+	return newCommand(CmdSeed, d)
 }
 
 // AddSpareShard registers shard s in state joining without placing it on
@@ -298,6 +315,11 @@ func (m *Map) Apply(cmd Command) (*Map, error) {
 		if err = decodeData(cmd, &d); err == nil {
 			next, err = m.forgetTxn(d.GID)
 		}
+	case CmdSeed:
+		var d seedData
+		if err = decodeData(cmd, &d); err == nil {
+			next, err = m.seed(d)
+		}
 	case CmdSync:
 		var d nodeData
 		if err = decodeData(cmd, &d); err == nil {
@@ -452,6 +474,27 @@ func (m *Map) addShard(d addShardData) (*Map, error) {
 		next.ring = r
 	}
 	next.ringVersion = m.Version() + 1
+	return next, nil
+}
+
+func (m *Map) seed(d seedData) (*Map, error) {
+	if len(m.shards) > 0 {
+		return nil, fmt.Errorf("seed: the map has shards already: %w", ErrShardExists)
+	}
+	if len(d.Shards) == 0 {
+		return nil, fmt.Errorf("seed: no shards: %w", ErrInvalidCommand)
+	}
+	next := m
+	for _, sh := range d.Shards {
+		if sh.Spare {
+			return nil, fmt.Errorf("seed: shard %q: a seeded shard is placed on the ring: %w", sh.Name, ErrInvalidCommand)
+		}
+		n, err := next.addShard(sh)
+		if err != nil {
+			return nil, err
+		}
+		next = n
+	}
 	return next, nil
 }
 

@@ -31,8 +31,9 @@
 // A Map changes only through Commands (command.go): typed, versioned JSON
 // envelopes built by AddShard, AddSpareShard, RemoveShard, SetRing,
 // SetEndpoints, SetShardState, AddTable, RemoveTable, PutJob, DeleteJob,
-// DecideTxn (first decision wins), ForgetTxn and Sync (changes only the
-// version: a node that applied it has everything committed before it).
+// DecideTxn (first decision wins), ForgetTxn, Seed (the first shards, in
+// one entry) and Sync (changes only the version: a node that applied it
+// has everything committed before it).
 // Map.Apply is deterministic and returns a new map or a typed error
 // (errors.go) without changing anything.
 //

@@ -590,3 +590,24 @@ func TestSyncChangesOnlyTheVersion(t *testing.T) {
 	}
 	reject(t, m, Command{V: CommandVersion, Type: CmdSync, Data: json.RawMessage(`{"nod":"x"}`)}, ErrInvalidCommand)
 }
+
+// Seed places several shards in one entry with the ring AddShard one
+// after the other gives, and only on an empty map.
+func TestSeedEqualsAddShardInTurn(t *testing.T) {
+	seq := apply(t, nil, AddShard(shard("s0"), 0), AddShard(shard("s1"), 0), AddShard(shard("s2"), 0))
+	one := apply(t, nil, Seed([]Shard{shard("s0"), shard("s1"), shard("s2")}, 0))
+	if one.Version() != 1 {
+		t.Fatalf("seed: version %d, want 1", one.Version())
+	}
+	if !slices.Equal(one.Ring().Tokens(), seq.Ring().Tokens()) || !slices.EqualFunc(one.Shards(), seq.Shards(), func(a, b Shard) bool {
+		return a.Name == b.Name && a.Primary == b.Primary && slices.Equal(a.Replicas, b.Replicas) && a.State == b.State
+	}) {
+		t.Fatal("a seeded map differs from shards added in turn")
+	}
+	if one.RingVersion() != one.Version() {
+		t.Fatalf("ring version %d, map version %d", one.RingVersion(), one.Version())
+	}
+	reject(t, one, Seed([]Shard{shard("s3")}, 0), ErrShardExists)
+	reject(t, &Map{}, Seed(nil, 0), ErrInvalidCommand)
+	reject(t, &Map{}, Seed([]Shard{shard("s0"), shard("s0")}, 0), ErrShardExists)
+}

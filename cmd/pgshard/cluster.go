@@ -191,26 +191,31 @@ func (n *clusterNode) seedLoop(ctx context.Context) {
 	}
 }
 
+// seed places the file's [[shards]] on the empty map in one entry: a
+// node never routes by a map that holds only some of them (a CREATE TABLE
+// then would reach only those).
 func (n *clusterNode) seed(ctx context.Context) error {
+	var shards []shardmap.Shard
 	for _, sh := range n.cfg.Shards {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		m, err := n.store.Apply(cctx, shardmap.AddShard(shardmap.Shard{Name: sh.Name, Primary: sh.Primary, Replicas: sh.Replicas}, 0))
-		cancel()
-		if errors.Is(err, shardmap.ErrShardExists) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("add shard %s: %w", sh.Name, err)
-		}
-		n.log.Info("seeded the shard map", "shard", sh.Name, "map_version", m.Version())
+		shards = append(shards, shardmap.Shard{Name: sh.Name, Primary: sh.Primary, Replicas: sh.Replicas})
 	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := n.store.Apply(cctx, shardmap.Seed(shards, 0))
+	if errors.Is(err, shardmap.ErrShardExists) {
+		return nil // seeded meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	n.log.Info("seeded the shard map", "shards", len(shards), "map_version", m.Version())
 	return nil
 }
 
 // follow makes the proxy route to the map's shards after every change,
-// from the moment this node has caught up with the cluster (catchUp):
-// until then the proxy has no shards and refuses logins with 57P03.
-// While the map has no shard the proxy keeps the [[shards]] of the file.
+// from the moment this node has caught up with the cluster (catchUp) and
+// the map has shards: until then the proxy refuses logins with 57P03
+// (Server.AwaitMap).
 func (n *clusterNode) follow(ctx context.Context, proxy shardFollower, coord *mapCoord) {
 	t0 := time.Now()
 	for {

@@ -393,6 +393,27 @@ func agreeWith(ctx context.Context, nodes []*clusterNodeProc, voters int, minVer
 			return fmt.Errorf("%s at version %d leader %s; %s at %d leader %s", n.id, st.MapVersion, st.LeaderID, nodes[0].id, version, leader)
 		}
 		version, leader = st.MapVersion, st.LeaderID
+		if err := serving(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// serving returns an error while n's proxy refuses logins with 57P03
+// (it has not caught up with the shard map yet); any other answer means
+// it serves.
+func serving(ctx context.Context, n *clusterNodeProc) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := pgconn.Connect(cctx, fmt.Sprintf("postgres://app:app@127.0.0.1:%d/app?sslmode=disable", n.port))
+	if err == nil {
+		c.Close(ctx)
+		return nil
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "57P03" {
+		return fmt.Errorf("%s: %w", n.id, err)
 	}
 	return nil
 }

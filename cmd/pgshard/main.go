@@ -236,6 +236,10 @@ func run(args []string) error {
 		srv.SetTxnLog(coord)
 		srv.SetRegistrar(coord)
 	}
+	if node != nil {
+		// Clients wait for the map: the file's [[shards]] only seed it.
+		srv.AwaitMap()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
 	if node != nil {
