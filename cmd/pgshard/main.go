@@ -11,7 +11,7 @@
 // from then on. Two-phase commit decisions and tables created through
 // pgshard are recorded in the map, and the leader finishes prepared
 // transactions a crashed coordinator left in doubt. Without it the node
-// routes to the file's [[shards]] alone.
+// routes to the file's one shard (several need the map: refused at start).
 //
 // On a cluster node the admin API also drives resharding (package
 // resharder, pgshardctl reshard): the leader runs the jobs, logging in to
@@ -102,6 +102,11 @@ func run(args []string) error {
 	cfg, err := load()
 	if err != nil {
 		return err
+	}
+	if !cfg.Cluster.Enabled() && len(cfg.Shards) > 1 {
+		// Without the map in Raft the proxy has no ring and no tables:
+		// every row would land on the first shard.
+		return fmt.Errorf("%d [[shards]] without [cluster] data_dir: placing rows by user_id over several shards needs the shard map in Raft; set [cluster] data_dir (and bootstrap = true on the first node), or list one shard", len(cfg.Shards))
 	}
 	log := newLogger(cfg)
 	slog.SetDefault(log)

@@ -289,4 +289,14 @@ func TestDaemonRejectsBadConfig(t *testing.T) {
 			t.Errorf("error lacks %q:\n%s", want, out)
 		}
 	}
+	// Several shards without the map in Raft would all route to the first.
+	two := "listen = \"127.0.0.1:0\"\nadmin_listen = \"\"\n[[users]]\nname = \"app\"\npassword = \"app\"\n" +
+		"[[shards]]\nname = \"a\"\nprimary = \"host=127.0.0.1 port=1\"\n[[shards]]\nname = \"b\"\nprimary = \"host=127.0.0.1 port=2\"\n"
+	if err := os.WriteFile(conf, []byte(two), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(daemon(t), "-config", conf).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "2 [[shards]] without [cluster] data_dir") {
+		t.Fatalf("two shards without a cluster: %v\n%s", err, out)
+	}
 }
