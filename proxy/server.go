@@ -510,6 +510,10 @@ func (s *Server) shardList() []*shardRT {
 // The node calls SetMap and then SetShards once it has caught up.
 func (s *Server) AwaitMap() { s.awaitMap.Store(true) }
 
+// AwaitingMap reports whether the server still refuses clients for want
+// of the map (AwaitMap).
+func (s *Server) AwaitingMap() bool { return s.awaitMap.Load() }
+
 // SetShards makes the proxy follow a new list of shards (from the shard
 // map): a shard whose endpoints are unchanged keeps its monitor; a new or
 // changed one gets a new monitor (and its pools are made on first use);

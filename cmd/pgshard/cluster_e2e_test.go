@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -295,10 +296,38 @@ func TestClusterEndToEnd(t *testing.T) {
 	for _, n := range nodes {
 		n.stop(t, syscall.SIGTERM)
 	}
-	for _, n := range nodes {
+	// One node alone has no leader: it is alive but not ready, and its
+	// clients are refused, never routed by its file's [[shards]].
+	nodes[0].start(t)
+	get := func(path string) (int, error) {
+		resp, err := http.Get(nodes[0].adminURL() + path)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	testutil.WaitFor(t, 20*time.Second, "node0's /healthz", func() error {
+		if code, err := get("/healthz"); err != nil || code != http.StatusOK {
+			return fmt.Errorf("%d %v", code, err)
+		}
+		return nil
+	})
+	if code, err := get("/readyz"); err != nil || code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz of a node without a leader: %d %v, want 503", code, err)
+	}
+	if _, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://app:app@127.0.0.1:%d/%s?sslmode=disable", nodes[0].port, db)); err == nil || !strings.Contains(err.Error(), "57P03") {
+		t.Errorf("login on a node without a leader: %v, want 57P03", err)
+	}
+	for _, n := range nodes[1:] {
 		n.start(t)
 	}
 	testutil.WaitFor(t, 30*time.Second, "the restarted cluster at the same map version", func() error { return agree(ctx, nodes, 3, added.MapVersion) })
+	if resp, err := http.Get(nodes[0].adminURL() + "/readyz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz once the cluster is back: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	for _, n := range nodes {
 		if got := mapJSON(ctx, t, n); got != mapBefore {
 			t.Errorf("%s: map after restart differs:\n%s\nbefore:\n%s", n.id, got, mapBefore)

@@ -1,7 +1,7 @@
 // Command pgshard is the pgshard daemon: a PostgreSQL wire-protocol proxy
 // that pools backend connections. It reads one TOML configuration file
 // (-config), lets PGSHARD_* environment variables and flags override it,
-// serves clients on the listen address, and serves /metrics, /healthz and the
+// serves clients on the listen address, and serves /metrics, /healthz, /readyz and the
 // admin API (package admin) on the admin address.
 //
 // With [cluster] data_dir set the node is a member of the Raft cluster that
@@ -59,7 +59,7 @@ func main() {
 // line wins over the file and the environment.
 var flagSettings = []struct{ flag, key, usage string }{
 	{"listen", "listen", "client address (host:port)"},
-	{"admin-listen", "admin_listen", "admin HTTP address (host:port): admin API, /metrics, /healthz"},
+	{"admin-listen", "admin_listen", "admin HTTP address (host:port): admin API, /metrics, /healthz, /readyz"},
 	{"admin-token", "admin_token", "bearer token for the admin API"},
 	{"pool-mode", "pool.mode", "transaction or session"},
 	{"pool-size", "pool.size", "backend connections per pool"},
@@ -218,6 +218,18 @@ func run(args []string) error {
 				return
 			}
 			fmt.Fprintln(w, "ok")
+		})
+		// Readiness for load balancers: 503 also while the node has not
+		// caught up with the shard map (its clients get 57P03 then).
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+			switch {
+			case srv.ShuttingDown():
+				http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			case srv.AwaitingMap():
+				http.Error(w, "not caught up with the shard map yet", http.StatusServiceUnavailable)
+			default:
+				fmt.Fprintln(w, "ok")
+			}
 		})
 		// Profiles for performance work, behind the admin token.
 		mux.Handle("GET /debug/pprof/", adminAPI.Auth(http.HandlerFunc(pprof.Index)))
