@@ -88,3 +88,10 @@ func (s *Server) ParkedHolding() (parked, holding int) {
 	}
 	return parked, holding
 }
+
+// SetMaxHold shortens how long a statement waits for a freeze to lift
+// (tests only); it returns the restore.
+func SetMaxHold(d time.Duration) (restore func()) {
+	old := maxHold.Swap(int64(d))
+	return func() { maxHold.Store(old) }
+}

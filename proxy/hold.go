@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -34,9 +35,12 @@ import (
 // cut-over.
 
 // maxHold bounds how long a statement waits for a freeze to lift. A
-// cut-over takes well under a second; past this the statement goes on
-// by the map as it stands (the fence still guards the old owner).
-const maxHold = 10 * time.Second
+// cut-over takes well under a second and gives up after a few; past
+// this the statement is refused (router.CodeMoving), as the node's ring
+// may be stale.
+var maxHold atomic.Int64 // a time.Duration: 10 s
+
+func init() { maxHold.Store(int64(10 * time.Second)) }
 
 // maxFenceWait bounds how long a batch the fence refused waits for this
 // node's ring to change before it is re-sent anyway.
@@ -170,13 +174,18 @@ func (s *session) hold(ctx context.Context, check func(rs *routingState) (bool, 
 			return refuse
 		}
 		if timer == nil {
-			start, timer = time.Now(), time.NewTimer(maxHold)
+			start, timer = time.Now(), time.NewTimer(time.Duration(maxHold.Load()))
 		}
 		select {
 		case <-changed:
 		case <-timer.C:
-			s.logger.Warn("a statement on a frozen range waited too long; it goes on by the current map", "waited", maxHold)
-			return nil
+			// The cut-over lasts seconds at most; a freeze this long means
+			// this node has not heard its outcome (cut off from the Raft
+			// leader?). The old ring may be stale: refuse, never guess.
+			waited := time.Duration(maxHold.Load())
+			s.logger.Warn("a statement on a frozen range waited too long; refused", "waited", waited)
+			e := wire.Errorf(router.CodeMoving, "pgshard: this statement's range is being moved to another shard and this node has not learned the outcome within %v (is it cut off from the Raft leader?); retry it", waited)
+			return e
 		case <-ctx.Done():
 			return wire.Errorf(wire.CodeAdminShutdown, "pgshard: shutting down")
 		}

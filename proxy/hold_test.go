@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pgshard/pgshard/proxy"
+	"strings"
 	"testing"
 	"time"
 
@@ -274,6 +276,50 @@ func TestScatterReadWaitsForTheNewRing(t *testing.T) {
 	}
 }
 
+// A freeze that does not lift within maxHold (the node never learns the
+// cut-over's outcome: cut off from the leader) refuses the held statement
+// with 55000 instead of running it by a ring that may be stale, reads and
+// writes, keyed and scatter, in both protocols.
+func TestFreezeThatNeverLiftsRefuses(t *testing.T) {
+	defer proxy.SetMaxHold(300 * time.Millisecond)()
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newMemTxnLog())
+	ctx := testCtx(t)
+	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := sh.keyOutside(rng, sh.owner(1))
+	sh.moving([]shardmap.Range{rng}, true)
+	c := sh.connect(ctx)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		for _, q := range []struct {
+			sql  string
+			args []any
+		}{
+			{"SELECT v FROM orders WHERE user_id = $1", []any{int64(1)}},
+			{"INSERT INTO orders VALUES ($1, 1)", []any{int64(1)}},
+			{"SELECT count(*) FROM orders", nil},
+		} {
+			start := time.Now()
+			_, err := c.Exec(ctx, q.sql, append([]any{mode}, q.args...)...)
+			if sqlState(err) != "55000" || !strings.Contains(err.Error(), "has not learned the outcome") {
+				t.Fatalf("%v: %s on a freeze that never lifts: %v, want 55000", mode, q.sql, err)
+			}
+			if d := time.Since(start); d < 300*time.Millisecond {
+				t.Fatalf("%v: %s refused after %v, before the hold's bound", mode, q.sql, d)
+			}
+		}
+		// Statements off the frozen range still run at once.
+		if _, err := c.Exec(ctx, "INSERT INTO orders VALUES ($1, 1) ON CONFLICT (user_id) DO NOTHING", mode, other); err != nil {
+			t.Fatalf("%v: a key outside the freeze: %v", mode, err)
+		}
+	}
+}
+
 // A proxy whose map is stale sends a write to a range's old owner; the
 // old owner's fence refuses it with shardmap.CodeFenced; an autocommit
 // write is re-sent once the proxy's ring changes and lands on the new
@@ -444,6 +490,13 @@ func TestAnyShardReadAvoidsShardsOfAJob(t *testing.T) {
 	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE kinds (id int PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	keyOn0 := int64(1)
+	for sh.owner(keyOn0) != 0 {
+		keyOn0++
+	}
 	// A row only on the second shard tells which shard answered.
 	if _, err := sh.shardConn(ctx, 1).Exec(ctx, "INSERT INTO kinds VALUES (1)"); err != nil {
 		t.Fatal(err)
@@ -464,6 +517,17 @@ func TestAnyShardReadAvoidsShardsOfAJob(t *testing.T) {
 		sh.apply(shardmap.SetShardState(sh.dbs[0], state))
 		if n := count(); n != 1 {
 			t.Fatalf("with %s %s, a reference read went to it (%d rows)", sh.dbs[0], state, n)
+		}
+		// Nor after the session's last statement ran there.
+		c := sh.connect(ctx)
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+			if _, err := c.Exec(ctx, "SELECT * FROM orders WHERE user_id = $1", mode, keyOn0); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM kinds", mode).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("with %s %s, a reference read after a keyed one there went to it (%d rows, %v)", sh.dbs[0], state, n, err)
+			}
 		}
 	}
 	sh.apply(shardmap.SetShardState(sh.dbs[0], shardmap.ShardActive))

@@ -26,27 +26,28 @@ type routingState struct {
 	moving      []shardmap.Range
 	frozen      []shardmap.Range
 	ringVersion uint64
-	// anyShard answers what any shard may answer (reference-table reads,
-	// statements on no table): the first active shard that owns ranges.
-	// Never one a job adds or removes: a removed shard stops getting
-	// reference-table writes at the ring's commit, which a node a moment
-	// behind would not know yet; "" when there is none.
-	anyShard string
+	// stable are the active shards that own ranges, in the map's order:
+	// what any shard may answer (reference-table reads, statements on no
+	// table) goes to one of them, never to a shard a job adds or removes
+	// (a removed shard stops getting reference-table writes at the ring's
+	// commit, which a node a moment behind would not know yet).
+	stable []string
 }
 
-// stableOwner returns the first shard of m that is active and owns ranges.
-func stableOwner(m *shardmap.Map) string {
+// stableOwners returns the shards of m that are active and own ranges.
+func stableOwners(m *shardmap.Map) []string {
 	ring := m.Ring()
 	if ring == nil {
-		return ""
+		return nil
 	}
 	owners := ring.Shards()
+	var out []string
 	for _, sh := range m.Shards() {
 		if sh.State == shardmap.ShardActive && slices.Contains(owners, sh.Name) {
-			return sh.Name
+			out = append(out, sh.Name)
 		}
 	}
-	return ""
+	return out
 }
 
 // mapCatalog describes the map's tables to the planner, keyed by
@@ -66,9 +67,9 @@ func (s *Server) SetMap(m *shardmap.Map) {
 		s.mapChanged.broadcast() // held statements look again (hold.go)
 	}()
 	tables := m.Tables()
-	moving, frozen, anyShard := m.Moving(), m.Frozen(), stableOwner(m)
+	moving, frozen, stable := m.Moving(), m.Frozen(), stableOwners(m)
 	if old := s.routing.Load(); old != nil && old.ring == m.Ring() && slices.Equal(old.tables, tables) &&
-		slices.Equal(old.moving, moving) && slices.Equal(old.frozen, frozen) && old.anyShard == anyShard {
+		slices.Equal(old.moving, moving) && slices.Equal(old.frozen, frozen) && slices.Equal(old.stable, stable) {
 		return
 	}
 	old := s.routing.Load()
@@ -77,7 +78,7 @@ func (s *Server) SetMap(m *shardmap.Map) {
 		// release find backends ready on every shard (warm.go).
 		defer s.warmShards()
 	}
-	rs := &routingState{ring: m.Ring(), tables: tables, moving: moving, frozen: frozen, ringVersion: m.RingVersion(), anyShard: anyShard}
+	rs := &routingState{ring: m.Ring(), tables: tables, moving: moving, frozen: frozen, ringVersion: m.RingVersion(), stable: stable}
 	if rs.ring != nil {
 		rs.owners = len(rs.ring.Shards())
 	}

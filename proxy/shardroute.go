@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,12 +24,12 @@ type shardBinding struct {
 
 // defaultShard is the shard that answers what any shard may answer when
 // the session has no shard of its own yet: the first active shard that
-// owns ranges (routingState.anyShard), else the ring's owner while one
+// owns ranges (routingState.stable), else the ring's owner while one
 // shard owns the whole ring, else the first shard of the map.
 func (s *Server) defaultShard() string {
 	if rs := s.routing.Load(); rs != nil && rs.ring != nil {
-		if rs.anyShard != "" {
-			return rs.anyShard
+		if len(rs.stable) > 0 {
+			return rs.stable[0]
 		}
 		if sh := rs.ring.Shards(); len(sh) == 1 {
 			return sh[0]
@@ -50,6 +51,13 @@ func (s *Server) shardByName(name string) *shardRT {
 	return nil
 }
 
+// stableShard reports whether name is an active shard that owns ranges
+// (routingState.stable): one that may answer what any shard may.
+func (s *Server) stableShard(name string) bool {
+	rs := s.routing.Load()
+	return rs != nil && slices.Contains(rs.stable, name)
+}
+
 // owners is the number of shards that own ranges of the ring.
 func (s *Server) owners() int {
 	if rs := s.routing.Load(); rs != nil {
@@ -59,14 +67,15 @@ func (s *Server) owners() int {
 }
 
 // bindingFor returns the session's binding to the shard called name; ""
-// means the shard of the session's last attachment, or the default one.
+// means the shard of the session's last attachment while it is a stable
+// one (Server.stableShard), else the default one.
 // Called by whoever composes (s.cmu held).
 func (s *session) bindingFor(name string) (*shardBinding, error) {
 	if name == "" {
 		s.mu.Lock()
 		att := s.att
 		s.mu.Unlock()
-		if att != nil && s.srv.owners() > 1 {
+		if att != nil && s.srv.owners() > 1 && s.srv.stableShard(att.rt.name) {
 			name = att.rt.name
 		} else {
 			name = s.srv.defaultShard()
