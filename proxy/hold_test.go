@@ -126,6 +126,23 @@ func (sh *shardedHarness) rowsOn(ctx context.Context, i int, k int64) int {
 	return n
 }
 
+// ordersAndKey1 starts two shards with a decision log and a table orders,
+// and returns the ring's range that holds key 1.
+func ordersAndKey1(t *testing.T) (*shardedHarness, context.Context, shardmap.Range) {
+	t.Helper()
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newMemTxnLog())
+	ctx := testCtx(t)
+	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sh, ctx, rng
+}
+
 // A statement on a frozen range waits until the ring gives the range to
 // its new owner and then runs there, in both protocols; statements on
 // other ranges and other shards do not wait; scatter reads and writes
@@ -222,16 +239,7 @@ func TestFrozenRangeWaitsForTheNewRing(t *testing.T) {
 // to the job's copy of the range's existing row; the count must see both
 // once, in both protocols.
 func TestScatterReadWaitsForTheNewRing(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newMemTxnLog())
-	ctx := testCtx(t)
-	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
-		t.Fatal(err)
-	}
-	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh, ctx, rng := ordersAndKey1(t)
 	from := sh.owner(1)
 	to := 1 - from
 	stay := sh.keyOutside(rng, from)
@@ -282,16 +290,7 @@ func TestScatterReadWaitsForTheNewRing(t *testing.T) {
 // writes, keyed and scatter, in both protocols.
 func TestFreezeThatNeverLiftsRefuses(t *testing.T) {
 	defer proxy.SetMaxHold(300 * time.Millisecond)()
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newMemTxnLog())
-	ctx := testCtx(t)
-	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
-		t.Fatal(err)
-	}
-	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh, ctx, rng := ordersAndKey1(t)
 	other := sh.keyOutside(rng, sh.owner(1))
 	sh.moving([]shardmap.Range{rng}, true)
 	c := sh.connect(ctx)
@@ -326,16 +325,7 @@ func TestFreezeThatNeverLiftsRefuses(t *testing.T) {
 // owner without the client seeing an error. Inside a transaction the
 // refusal reaches the client.
 func TestFencedWriteIsRetriedOnTheNewOwner(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newMemTxnLog())
-	ctx := testCtx(t)
-	if _, err := sh.connect(ctx).Exec(ctx, "CREATE TABLE orders (user_id bigint PRIMARY KEY, v int)"); err != nil {
-		t.Fatal(err)
-	}
-	_, rng, _, err := sh.current().Locate(shardmap.KeyInt, "1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh, ctx, rng := ordersAndKey1(t)
 	from := sh.owner(1)
 	to := 1 - from
 	fence := fmt.Sprintf(`CREATE OR REPLACE FUNCTION fence() RETURNS trigger LANGUAGE plpgsql AS $$
