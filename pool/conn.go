@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -25,7 +26,7 @@ type Handler interface {
 type Conn struct {
 	pool      *Pool
 	raw       rawio.Conn // the backend connection (raw.NetConn())
-	r         *wire.Reader
+	feed      *wire.Feed // what readLoop reads, split into messages
 	PID       uint32
 	SecretKey []byte
 	// Params are the ParameterStatus values the backend reported at startup.
@@ -48,12 +49,15 @@ type Conn struct {
 	done                      chan struct{}
 }
 
+// backendReadBuffer is the size of a backend connection's read buffer.
+const backendReadBuffer = 32 << 10
+
 func newConn(p *Pool, hc *pgconn.HijackedConn) *Conn {
 	raw := rawio.New(hc.Conn)
 	c := &Conn{
 		pool:      p,
 		raw:       raw,
-		r:         wire.NewReader(raw, p.cfg.MaxMessageSize),
+		feed:      wire.NewFeed(backendReadBuffer, p.cfg.MaxMessageSize),
 		PID:       hc.PID,
 		SecretKey: hc.SecretKey,
 		Params:    hc.ParameterStatuses,
@@ -93,46 +97,59 @@ func (c *Conn) Write(b []byte) error {
 
 func (c *Conn) isBroken() bool { return c.broken.Load() }
 
+// close ends the connection: readLoop sees the end of the stream and
+// closes the descriptor (rawio.Conn.Shutdown: this may run inside a
+// delivery, where closing would wait for the delivery to end).
 func (c *Conn) close() {
 	c.broken.Store(true)
-	_ = c.raw.NetConn().Close()
+	_ = c.raw.Shutdown()
 }
+
+// errEndedIdle ends readLoop when an idle backend reports an error: the
+// server ending the session (shutdown, terminate).
+var errEndedIdle = errors.New("the server ended an idle session")
 
 func (c *Conn) wait() { <-c.done }
 
 func (c *Conn) readLoop() {
 	defer close(c.done)
-	for {
-		typ, msg, err := c.r.Next()
-		c.hmu.Lock()
-		h := c.handler
-		if err != nil {
-			c.dead = true
-		}
-		c.hmu.Unlock()
-		if err != nil {
-			c.broken.Store(true)
-			_ = c.raw.NetConn().Close()
-			if h != nil {
-				h.ServerGone(c, err)
-			} else {
-				c.pool.dropIdle(c)
+	var last byte // the type of the last message delivered
+	err := c.raw.ReadEach(c.feed.Space, func(n int) (bool, error) {
+		c.feed.Wrote(n)
+		for {
+			typ, msg, ok, err := c.feed.Next()
+			if err != nil || !ok {
+				// After a ReadyForQuery with nothing behind it the backend
+				// waits for a query: the next read would find nothing.
+				return err == nil && last == 'Z' && c.feed.Buffered() == 0, err
 			}
-			return
-		}
-		c.Messages.Add(1)
-		if h == nil {
-			c.Dropped.Add(1)
-			// Idle: only asynchronous messages can arrive. An error here is
-			// the server ending the session (shutdown, terminate).
-			if typ == 'E' {
-				c.broken.Store(true)
-				_ = c.raw.NetConn().Close()
-				// The next Next fails and drops the Conn.
+			last = typ
+			c.Messages.Add(1)
+			c.hmu.Lock()
+			h := c.handler
+			c.hmu.Unlock()
+			if h == nil {
+				c.Dropped.Add(1)
+				// Idle: only asynchronous messages can arrive. An error here
+				// is the server ending the session (shutdown, terminate).
+				if typ == 'E' {
+					return false, errEndedIdle
+				}
+				continue
 			}
-			continue
+			c.deliver(h, typ, msg)
 		}
-		c.deliver(h, typ, msg)
+	})
+	c.hmu.Lock()
+	h := c.handler
+	c.dead = true
+	c.hmu.Unlock()
+	c.broken.Store(true)
+	_ = c.raw.NetConn().Close()
+	if h != nil {
+		h.ServerGone(c, err)
+	} else {
+		c.pool.dropIdle(c)
 	}
 }
 
@@ -144,9 +161,8 @@ func (c *Conn) deliver(h Handler, typ byte, msg []byte) {
 		if r := recover(); r != nil {
 			c.pool.log.Error("BUG: handling a backend message panicked; closing the backend connection",
 				"pid", c.PID, "panic", r, "stack", string(debug.Stack()))
-			c.broken.Store(true)
-			_ = c.raw.NetConn().Close()
+			c.close()
 		}
 	}()
-	h.ServerMessage(c, typ, msg, c.r.Buffered() > 0)
+	h.ServerMessage(c, typ, msg, c.feed.Buffered() > 0)
 }

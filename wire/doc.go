@@ -39,7 +39,9 @@
 //     AuthenticationOk; the caller then sends ParameterStatus,
 //     BackendKeyData and ReadyForQuery, for example with WriteReady.
 //
-//  4. Messages. A Reader frames the byte stream into typed messages.
+//  4. Messages. A Reader frames the byte stream into typed messages,
+//     pulling bytes from its source; a Feed does the same with bytes
+//     pushed to it (a backend's read loop, rawio.Conn.ReadEach).
 //
 // The whole of phases 1 to 3 is bounded by ServerConfig.AuthTimeout and by
 // the context, turned into deadlines on the connection. Every failure ends

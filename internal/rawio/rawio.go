@@ -14,6 +14,10 @@
 // processor; when there is nothing to read or no room to write, it waits
 // on Go's network poller exactly as net.Conn does (deadlines included).
 //
+// ReadEach is a read loop that keeps the poller's readiness between its
+// waits, so that it need not read until EAGAIN before each one (see
+// there); Shutdown ends a connection without waiting for it.
+//
 // A Conn is two words of state (it lives in every client session, idle
 // ones included) and allocates nothing per call: the state of a call in
 // flight is borrowed from a sync.Pool.
@@ -148,4 +152,95 @@ func (o *op) doRead(fd uintptr) bool {
 			return true
 		}
 	}
+}
+
+// ReadEach reads the connection until an error, which it returns (io.EOF
+// when the peer closed): each read goes into space() and got is called
+// with the number of bytes it brought; an error from got ends ReadEach
+// with that error.
+//
+// It saves the read that finds nothing. A loop of Reads reads until a
+// read returns EAGAIN before it waits, because each Read starts by
+// forgetting the readiness the network poller noted meanwhile. ReadEach
+// runs as one RawConn.Read, whose waits keep that readiness. So when got
+// reports wait (what arrived leaves the peer waiting for us: it sends
+// nothing and does not close until we write) after a read that did not
+// fill space (the receive queue was empty then: a TCP receive copies
+// until it is), it waits at once: bytes that arrive later make the socket
+// ready again (the poller is edge triggered; every arrival is an edge),
+// and one that came in between is the readiness the wait finds. Without
+// wait it reads again, as an end of stream already queued behind the
+// bytes would bring no new edge. Other connections (TLS, pipes) read
+// through their own Read.
+func (rw Conn) ReadEach(space func() []byte, got func(n int) (wait bool, err error)) error {
+	if rw.rc == nil {
+		for {
+			n, err := rw.c.Read(space())
+			if n > 0 {
+				if _, gerr := got(n); gerr != nil {
+					return gerr
+				}
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	var err error
+	rerr := rw.rc.Read(func(fd uintptr) bool {
+		for {
+			b := space()
+			m, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
+			switch errno {
+			case 0:
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			default:
+				err = &net.OpError{Op: "read", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: os.NewSyscallError("recvfrom", errno)}
+				return true
+			}
+			n := int(m)
+			if n == 0 {
+				err = io.EOF
+				return true
+			}
+			wait, gerr := got(n)
+			if gerr != nil {
+				err = gerr
+				return true
+			}
+			if wait && n < len(b) {
+				return false // drained, and the peer waits: wait for its next bytes
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if rerr == nil {
+		rerr = io.ErrUnexpectedEOF // RawConn.Read ends only when the callback says so
+	}
+	return &net.OpError{Op: "read", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: rerr}
+}
+
+// Shutdown ends the connection in both directions without closing its
+// descriptor: a ReadEach in progress then reads the end of the stream and
+// returns, and its owner closes the connection. Unlike Close it does not
+// wait for a ReadEach callback to return, so the callback itself, or a
+// goroutine it waits for, may call it. Connections other than TCP are
+// closed.
+func (rw Conn) Shutdown() error {
+	if rw.rc == nil {
+		return rw.c.Close()
+	}
+	var serr error
+	if err := rw.rc.Control(func(fd uintptr) { serr = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) }); err != nil {
+		return err
+	}
+	if serr == syscall.ENOTCONN {
+		serr = nil // the peer went first
+	}
+	return serr
 }

@@ -184,3 +184,117 @@ func TestNoAllocations(t *testing.T) {
 		t.Fatalf("%.1f allocations per write and read, want 0", allocs)
 	}
 }
+
+// ReadEach waits after a short read instead of reading again when the
+// callback says the peer waits, so it must never miss bytes that arrive
+// while it delivers or just before it waits: a peer sends many small
+// pieces at irregular moments, some while the callback is busy, and every
+// byte arrives, in order, without a stall. The callback says "wait" until
+// the last piece; the peer closes after it, and ReadEach returns EOF.
+func TestReadEachLosesNoWakeUp(t *testing.T) {
+	for _, conns := range []string{"tcp", "pipe"} {
+		t.Run(conns, func(t *testing.T) {
+			var a, b net.Conn
+			if conns == "tcp" {
+				a, b = tcpPair(t)
+			} else {
+				a, b = net.Pipe()
+				t.Cleanup(func() { a.Close(); b.Close() })
+			}
+			const pieces = 3000
+			go func() {
+				for i := range pieces {
+					if _, err := a.Write([]byte{byte(i), byte(i >> 8)}); err != nil {
+						return
+					}
+					if i%7 == 0 {
+						time.Sleep(time.Duration(i%5) * 100 * time.Microsecond)
+					}
+				}
+				a.Close()
+			}()
+			rw := New(b)
+			buf := make([]byte, 64)
+			var got []byte
+			done := make(chan error, 1)
+			go func() {
+				done <- rw.ReadEach(func() []byte { return buf }, func(n int) (bool, error) {
+					got = append(got, buf[:n]...)
+					if len(got)%13 == 0 {
+						time.Sleep(50 * time.Microsecond) // busy delivering
+					}
+					return len(got) < 2*pieces, nil
+				})
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, io.EOF) {
+					t.Fatalf("ReadEach ended with %v, want EOF", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("ReadEach stalled after %d of %d bytes", len(got), 2*pieces)
+			}
+			if len(got) != 2*pieces {
+				t.Fatalf("%d bytes, want %d", len(got), 2*pieces)
+			}
+			for i := range pieces {
+				if got[2*i] != byte(i) || got[2*i+1] != byte(i>>8) {
+					t.Fatalf("piece %d out of order", i)
+				}
+			}
+		})
+	}
+}
+
+// An error from the callback ends ReadEach with it; Shutdown, even from
+// inside the callback (where Close would wait for the callback), ends it
+// with EOF; an end of stream queued right behind bytes after which the
+// callback does not say "wait" is read at once.
+func TestReadEachEnds(t *testing.T) {
+	a, b := tcpPair(t)
+	rw := New(b)
+	stop := errors.New("stop")
+	if _, err := a.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	if err := rw.ReadEach(func() []byte { return buf }, func(int) (bool, error) { return true, stop }); err != stop {
+		t.Fatalf("got %v, want the callback's error", err)
+	}
+	if _, err := a.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- rw.ReadEach(func() []byte { return buf }, func(int) (bool, error) { return true, rw.Shutdown() })
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("after Shutdown: %v, want EOF", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown inside the callback did not end ReadEach")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close after ReadEach: %v", err)
+	}
+
+	c, d := tcpPair(t)
+	if _, err := c.Write([]byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	time.Sleep(50 * time.Millisecond) // bytes and FIN both queued before the first read
+	go func() {
+		done <- New(d).ReadEach(func() []byte { return buf }, func(int) (bool, error) { return false, nil })
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("queued end of stream: %v, want EOF", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an end of stream queued behind the bytes was not read")
+	}
+}
