@@ -184,8 +184,7 @@ func (s *session) hold(ctx context.Context, check func(rs *routingState) (bool, 
 			// leader?). The old ring may be stale: refuse, never guess.
 			waited := time.Duration(maxHold.Load())
 			s.logger.Warn("a statement on a frozen range waited too long; refused", "waited", waited)
-			e := wire.Errorf(router.CodeMoving, "pgshard: this statement's range is being moved to another shard and this node has not learned the outcome within %v (is it cut off from the Raft leader?); retry it", waited)
-			return e
+			return wire.Errorf(router.CodeMoving, "pgshard: this statement's range is being moved to another shard and this node has not learned the outcome within %v (is it cut off from the Raft leader?); retry it", waited)
 		case <-ctx.Done():
 			return wire.Errorf(wire.CodeAdminShutdown, "pgshard: shutting down")
 		}

@@ -75,7 +75,7 @@ func (s *session) bindingFor(name string) (*shardBinding, error) {
 		s.mu.Lock()
 		att := s.att
 		s.mu.Unlock()
-		if att != nil && s.srv.owners() > 1 && s.srv.stableShard(att.rt.name) {
+		if att != nil && s.srv.stableShard(att.rt.name) { // with one owner, defaultShard's too
 			name = att.rt.name
 		} else {
 			name = s.srv.defaultShard()

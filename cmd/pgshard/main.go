@@ -252,8 +252,6 @@ func run(args []string) error {
 		coord := newMapCoord(node.store, adminURL, cfg.AdminToken, log.With("component", "coord"))
 		srv.SetTxnLog(coord)
 		srv.SetRegistrar(coord)
-	}
-	if node != nil {
 		// Clients wait for the map: the file's [[shards]] only seed it.
 		srv.AwaitMap()
 	}

@@ -97,7 +97,18 @@ func (rw Conn) call(what string, b []byte) (int, error) {
 	if cerr == nil || cerr == io.EOF {
 		return n, cerr
 	}
-	return n, &net.OpError{Op: what, Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: cerr}
+	return n, rw.opError(what, cerr)
+}
+
+// opError wraps err as net.Conn's methods do.
+func (rw Conn) opError(what string, err error) error {
+	return &net.OpError{Op: what, Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: err}
+}
+
+// recvfrom reads into b (never empty) with one raw system call.
+func recvfrom(fd uintptr, b []byte) (int, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
+	return int(n), errno
 }
 
 // doWrite is the RawConn callback of Write: false asks the poller to wait
@@ -136,10 +147,10 @@ func (rw Conn) Read(p []byte) (int, error) {
 // until the socket is readable and call it again.
 func (o *op) doRead(fd uintptr) bool {
 	for {
-		m, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&o.b[0])), uintptr(len(o.b)), 0, 0, 0)
+		n, errno := recvfrom(fd, o.b)
 		switch errno {
 		case 0:
-			o.n = int(m)
+			o.n = n
 			if o.n == 0 {
 				o.err = io.EOF
 			}
@@ -190,7 +201,7 @@ func (rw Conn) ReadEach(space func() []byte, got func(n int) (wait bool, err err
 	rerr := rw.rc.Read(func(fd uintptr) bool {
 		for {
 			b := space()
-			m, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
+			n, errno := recvfrom(fd, b)
 			switch errno {
 			case 0:
 			case syscall.EINTR:
@@ -198,10 +209,9 @@ func (rw Conn) ReadEach(space func() []byte, got func(n int) (wait bool, err err
 			case syscall.EAGAIN:
 				return false
 			default:
-				err = &net.OpError{Op: "read", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: os.NewSyscallError("recvfrom", errno)}
+				err = rw.opError("read", os.NewSyscallError("recvfrom", errno))
 				return true
 			}
-			n := int(m)
 			if n == 0 {
 				err = io.EOF
 				return true
@@ -216,13 +226,10 @@ func (rw Conn) ReadEach(space func() []byte, got func(n int) (wait bool, err err
 			}
 		}
 	})
-	if err != nil {
+	if err != nil { // the callback ended the read, always with an error
 		return err
 	}
-	if rerr == nil {
-		rerr = io.ErrUnexpectedEOF // RawConn.Read ends only when the callback says so
-	}
-	return &net.OpError{Op: "read", Net: "tcp", Source: rw.c.LocalAddr(), Addr: rw.c.RemoteAddr(), Err: rerr}
+	return rw.opError("read", rerr) // the poller's: closed, deadline
 }
 
 // Shutdown ends the connection in both directions without closing its
