@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgshard/pgshard/internal/rawio"
+	"github.com/pgshard/pgshard/internal/testutil"
 )
 
 // TestClientSourceIgnoresDeadlinesOutsideTheWait: a read other than the
@@ -21,21 +22,7 @@ func TestClientSourceIgnoresDeadlinesOutsideTheWait(t *testing.T) {
 		testClientSourceDeadlines(t, a, b)
 	})
 	t.Run("tcp", func(t *testing.T) { // raw system calls (rawio)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		b, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
-		a, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
+		b, a := testutil.TCPPair(t)
 		testClientSourceDeadlines(t, a, b)
 	})
 }

@@ -9,40 +9,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-func tcpPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			accepted <- nil
-			return
-		}
-		accepted <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-accepted
-	if server == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
+	"github.com/pgshard/pgshard/internal/testutil"
+)
 
 // A write larger than the socket buffers completes through the poller
 // (EAGAIN, wait, go on) and the peer reads every byte in order.
 func TestWriteAllThroughFullBuffers(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testutil.TCPPair(t)
 	w := New(c)
 	if w.rc == nil {
 		t.Fatal("a TCP connection should use raw writes")
@@ -70,7 +44,7 @@ func TestWriteAllThroughFullBuffers(t *testing.T) {
 // A write deadline holds as for net.Conn: a write blocked on a full buffer
 // fails with os.ErrDeadlineExceeded.
 func TestWriteDeadline(t *testing.T) {
-	c, _ := tcpPair(t)
+	c, _ := testutil.TCPPair(t)
 	w := New(c)
 	_ = c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
 	start := time.Now()
@@ -86,7 +60,7 @@ func TestWriteDeadline(t *testing.T) {
 // Writing to a peer that reset the connection fails with ECONNRESET or
 // EPIPE (no SIGPIPE ends the process), and after Close with net.ErrClosed.
 func TestWriteErrors(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testutil.TCPPair(t)
 	w := New(c)
 	_ = s.(*net.TCPConn).SetLinger(0)
 	s.Close() // RST
@@ -127,7 +101,7 @@ func TestWriteFallback(t *testing.T) {
 // Reads see the bytes written in order, then io.EOF when the peer closes;
 // a read deadline ends a read waiting for bytes with os.ErrDeadlineExceeded.
 func TestRead(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testutil.TCPPair(t)
 	r := New(c)
 	if r.rc == nil {
 		t.Fatal("a TCP connection should use raw reads")
@@ -165,7 +139,7 @@ func TestNoAllocations(t *testing.T) {
 	if raceEnabled {
 		t.Skip("sync.Pool drops items at random under the race detector")
 	}
-	c, s := tcpPair(t)
+	c, s := testutil.TCPPair(t)
 	w, r := New(c), New(s)
 	msg, buf := []byte("Q\x00\x00\x00\x0dSELECT 1\x00"), make([]byte, 64)
 	allocs := testing.AllocsPerRun(200, func() {
@@ -196,7 +170,7 @@ func TestReadEachLosesNoWakeUp(t *testing.T) {
 		t.Run(conns, func(t *testing.T) {
 			var a, b net.Conn
 			if conns == "tcp" {
-				a, b = tcpPair(t)
+				a, b = testutil.TCPPair(t)
 			} else {
 				a, b = net.Pipe()
 				t.Cleanup(func() { a.Close(); b.Close() })
@@ -251,7 +225,7 @@ func TestReadEachLosesNoWakeUp(t *testing.T) {
 // with EOF; an end of stream queued right behind bytes after which the
 // callback does not say "wait" is read at once.
 func TestReadEachEnds(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := testutil.TCPPair(t)
 	rw := New(b)
 	stop := errors.New("stop")
 	if _, err := a.Write([]byte("x")); err != nil {
@@ -280,7 +254,7 @@ func TestReadEachEnds(t *testing.T) {
 		t.Fatalf("Close after ReadEach: %v", err)
 	}
 
-	c, d := tcpPair(t)
+	c, d := testutil.TCPPair(t)
 	if _, err := c.Write([]byte("last words")); err != nil {
 		t.Fatal(err)
 	}

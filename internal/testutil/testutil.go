@@ -1,10 +1,12 @@
 // Package testutil holds the helpers that the tests of several packages
 // share: waiting for a condition under a deadline instead of sleeping,
-// and checking that a package's tests leave no goroutine behind.
+// checking that a package's tests leave no goroutine behind, and a pair of
+// connected loopback TCP sockets.
 package testutil
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -56,4 +58,26 @@ func NoLeaks(code int) int {
 		return 1
 	}
 	return 0
+}
+
+// TCPPair returns the two ends of a loopback TCP connection, closed when
+// the test ends.
+func TCPPair(tb testing.TB) (client, server net.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		client.Close()
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
 }
