@@ -22,8 +22,10 @@ import (
 //
 // The sweeper asks a session to park by setting its connection's read
 // deadline in the past. Only the session loop's wait for a new message
-// (clientSource.parkable) sees that deadline; every other read of the
-// client (the rest of a batch, COPY data) clears it and reads on. The loop
+// sees that deadline: on a TCP client that wait is rawio.Serve's (run),
+// and the loop's other reads go through a descriptor of their own
+// (rawio.Inside.Read); otherwise (TLS) the reads other than the wait for
+// a new message (clientSource.parkable) clear it and read on. The loop
 // parks only if the session is still idle, nothing is buffered and no
 // message is half read (park); otherwise it clears the deadline and waits
 // as before. A parked session keeps its place in Server.wg: whoever ends
@@ -44,11 +46,22 @@ var errParked = errors.New("session parked")
 // connection, whose read deadline (the sweeper's request to park) only the
 // session loop's wait for a new message sees.
 type clientSource struct {
-	rw       rawio.Conn // the client connection; the session writes through it too
-	parkable bool       // the session loop waits for a new message (session loop)
+	rw       rawio.Conn   // the client connection; the session writes through it too
+	in       rawio.Inside // how the session loop reads it inside rw.Serve
+	parkable bool         // the session loop waits for a new message (session loop)
 }
 
+// Read reads the client. Inside the session loop's Serve (a TCP client)
+// the loop's wait for a new message does not wait (the loop waits in
+// Serve, where the sweeper's deadline ends it) and other reads wait on the
+// Inside; otherwise the connection's deadline is the sweeper's request.
 func (c *clientSource) Read(p []byte) (int, error) {
+	if c.in.Active() {
+		if c.parkable {
+			return c.in.TryRead(p)
+		}
+		return c.in.Read(p)
+	}
 	for {
 		n, err := c.rw.Read(p)
 		if err == nil || c.parkable || !errors.Is(err, os.ErrDeadlineExceeded) {

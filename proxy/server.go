@@ -459,7 +459,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Lock()
 		n := len(s.sessions)
 		for _, sess := range s.sessions {
-			_ = sess.conn.Close()
+			sess.hangUp()
 		}
 		s.mu.Unlock()
 		err = fmt.Errorf("proxy: shutdown timed out; closed %d sessions mid-transaction", n)

@@ -431,67 +431,115 @@ func (s *session) startOnce(ctx context.Context) error {
 }
 
 // run is the session loop. It returns when the client leaves or fails.
+// The loop runs inside the client connection's rawio Serve, one turn per
+// message, so that it waits for the client's next message without first
+// reading until EAGAIN (see turn).
 func (s *session) run(ctx context.Context) error {
 	if s.grp == nil {
 		s.grp = new(groupCache)
 	}
 	for {
-		var typ byte
-		var msg []byte
-		var err error
-		if s.pushback != nil {
-			typ, msg, s.pushback = s.pushback[0], s.pushback, nil
-		} else {
-			s.src.parkable = true
-			typ, msg, err = s.cr.Next()
-			s.src.parkable = false
+		err := s.src.rw.Serve(&s.src.in, func() (bool, error) { return s.turn(ctx) })
+		var h handled
+		if errors.As(err, &h) {
+			return h.err
 		}
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				// The sweeper asks an idle session to park (park.go).
-				if s.park() {
-					return errParked
-				}
-				_ = s.conn.SetReadDeadline(time.Time{})
-				continue
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The sweeper asks an idle session to park (park.go).
+			if s.park() {
+				return errParked
 			}
-			var pe *wire.ProtocolError
-			if errors.As(err, &pe) {
-				s.clientError(err)
-			}
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return err
+			_ = s.conn.SetReadDeadline(time.Time{})
+			continue
 		}
-		if s.idleMark.Load() {
-			s.idleMark.Store(false)
-		}
-		s.waitRetry()
-		if s.split || s.srv.owners() > 1 {
-			if err := s.waitReplicaBatch(ctx); err != nil {
-				return err
-			}
-		}
-		s.cmu.Lock()
-		if isExtended(typ) && (s.newBatch() || s.txBatch()) {
-			err = s.handleGroup(ctx, typ, msg)
-		} else {
-			s.want = target{}
-			err = s.handle(ctx, typ, msg)
-		}
-		if err == nil && (s.cr.Buffered() == 0 || len(s.sbuf) > flushThreshold) {
-			s.flushServer()
-		}
-		s.cmu.Unlock()
-		if err != nil {
-			if err == errTerminate {
-				return nil
-			}
+		var pe *wire.ProtocolError
+		if errors.As(err, &pe) {
 			s.clientError(err)
-			return err
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// handled ends the session loop after a message's handling failed: err
+// is already reported to the client, nil when the client said Terminate.
+type handled struct{ err error }
+
+func (h handled) Error() string {
+	if h.err == nil {
+		return "client terminated the session"
+	}
+	return h.err.Error()
+}
+
+// turn reads one message from the client and handles it; a failure to
+// read comes back as is (run sorts it out), one to handle as handled.
+//
+// It asks to wait (Serve then waits for the client's next bytes) when
+// nothing is to be read: the read found nothing, or, without reading,
+// when the last read drained the socket, nothing of the client's is
+// buffered and its last message is one after which a client sends nothing
+// more, and does not hang up, before it has our answer.
+func (s *session) turn(ctx context.Context) (wait bool, err error) {
+	var typ byte
+	var msg []byte
+	if s.pushback != nil {
+		typ, msg, s.pushback = s.pushback[0], s.pushback, nil
+	} else {
+		if s.src.in.Drained() && s.cr.Drained() && awaitsAnswer(s.cr.Last()) {
+			return true, nil
+		}
+		s.src.parkable = true
+		typ, msg, err = s.cr.Next()
+		s.src.parkable = false
+		if err == rawio.ErrWouldBlock {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
 		}
 	}
+	if s.idleMark.Load() {
+		s.idleMark.Store(false)
+	}
+	s.waitRetry()
+	if s.split || s.srv.owners() > 1 {
+		if err := s.waitReplicaBatch(ctx); err != nil {
+			return false, handled{err}
+		}
+	}
+	s.cmu.Lock()
+	if isExtended(typ) && (s.newBatch() || s.txBatch()) {
+		err = s.handleGroup(ctx, typ, msg)
+	} else {
+		s.want = target{}
+		err = s.handle(ctx, typ, msg)
+	}
+	if err == nil && (s.cr.Buffered() == 0 || len(s.sbuf) > flushThreshold) {
+		s.flushServer()
+	}
+	s.cmu.Unlock()
+	switch {
+	case err == nil:
+		return false, nil
+	case err == errTerminate:
+		return false, handled{}
+	}
+	s.clientError(err)
+	return false, handled{err}
+}
+
+// awaitsAnswer reports whether a client that sent a message of type typ
+// waits for the answer before it sends anything more: a simple Query, a
+// Sync or Flush, a function call, the end of its COPY data.
+func awaitsAnswer(typ byte) bool {
+	switch typ {
+	case 'Q', 'S', 'H', 'F', 'c', 'f':
+		return true
+	}
+	return false
 }
 
 func isExtended(typ byte) bool {
@@ -1569,7 +1617,7 @@ func (s *session) startRetry(toPrimary bool, reason string) {
 			s.flushServer()
 		} else {
 			s.clientError(err)
-			_ = s.conn.Close()
+			s.hangUp()
 		}
 		s.mu.Lock()
 		if s.rt.done == done {
@@ -1628,7 +1676,7 @@ func (s *session) flushClient() {
 			s.mu.Lock()
 			s.dead = true
 			s.mu.Unlock()
-			_ = s.conn.Close()
+			s.hangUp()
 		}
 	}
 	s.mu.Lock()
@@ -1681,9 +1729,15 @@ func (s *session) maybeRelease() {
 	}
 }
 
+// hangUp ends the client connection from any goroutine: shutdown(2),
+// which wakes the session loop, whose end closes it (endSession). A close
+// here would wait for the loop's Serve to return, and the loop may be
+// waiting for the caller.
+func (s *session) hangUp() { _ = s.src.rw.Shutdown() }
+
 func (s *session) closeAfterFlush() {
 	s.flushClient()
-	_ = s.conn.Close()
+	s.hangUp()
 }
 
 func (s *session) detach() {

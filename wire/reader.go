@@ -38,6 +38,7 @@ type Reader struct {
 	partial []byte
 	total   int
 	long    bool
+	last    byte // the type of the last message Next returned
 	client  bool // reads a client: clientReadBufferSize, buffers shared (Release)
 }
 
@@ -171,6 +172,7 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 			return 0, nil, err
 		}
 		_, _ = br.Discard(total)
+		r.last = typ
 		return typ, msg, nil
 	}
 	r.partial, r.total, r.long = r.buf[:0], total, true
@@ -202,6 +204,7 @@ func (r *Reader) finishLong() (byte, []byte, error) {
 		}
 	}
 	r.partial, r.long = nil, false
+	r.last = msg[0]
 	r.buf = msg
 	if cap(r.buf) > 1<<20 {
 		r.buf = nil // do not pin a huge buffer for the life of the connection
@@ -250,6 +253,14 @@ func (r *Reader) Buffered() int {
 	}
 	return r.br.Buffered()
 }
+
+// Drained reports whether the Reader holds nothing: no byte buffered, no
+// message half read. Last then tells what the peer sent last.
+func (r *Reader) Drained() bool { return !r.long && r.Buffered() == 0 }
+
+// Last returns the type of the last message Next returned (0 before the
+// first).
+func (r *Reader) Last() byte { return r.last }
 
 // Body returns the message body of a raw message returned by Next.
 func Body(msg []byte) []byte { return msg[5:] }

@@ -14,9 +14,10 @@
 // processor; when there is nothing to read or no room to write, it waits
 // on Go's network poller exactly as net.Conn does (deadlines included).
 //
-// ReadEach is a read loop that keeps the poller's readiness between its
-// waits, so that it need not read until EAGAIN before each one (see
-// there); Shutdown ends a connection without waiting for it.
+// Serve (and ReadEach, built on it) is a read loop that keeps the
+// poller's readiness between its waits, so that it need not read until
+// EAGAIN before each one (see there); Shutdown ends a connection without
+// waiting for it.
 //
 // A Conn is two words of state (it lives in every client session, idle
 // ones included) and allocates nothing per call: the state of a call in
@@ -24,12 +25,15 @@
 package rawio
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Conn reads from and writes to a connection: with raw system calls when
@@ -168,65 +172,165 @@ func (o *op) doRead(fd uintptr) bool {
 // ReadEach reads the connection until an error, which it returns (io.EOF
 // when the peer closed): each read goes into space() and got is called
 // with the number of bytes it brought; an error from got ends ReadEach
-// with that error.
-//
-// It saves the read that finds nothing. A loop of Reads reads until a
-// read returns EAGAIN before it waits, because each Read starts by
-// forgetting the readiness the network poller noted meanwhile. ReadEach
-// runs as one RawConn.Read, whose waits keep that readiness. So when got
+// with that error. It is Serve with a step that reads once: when got
 // reports wait (what arrived leaves the peer waiting for us: it sends
-// nothing and does not close until we write) after a read that did not
-// fill space (the receive queue was empty then: a TCP receive copies
-// until it is), it waits at once: bytes that arrive later make the socket
-// ready again (the poller is edge triggered; every arrival is an edge),
-// and one that came in between is the readiness the wait finds. Without
+// nothing and does not close until we write) after a read that left the
+// socket empty, it waits at once instead of reading until EAGAIN. Without
 // wait it reads again, as an end of stream already queued behind the
-// bytes would bring no new edge. Other connections (TLS, pipes) read
-// through their own Read.
+// bytes would bring no new edge (see Serve).
 func (rw Conn) ReadEach(space func() []byte, got func(n int) (wait bool, err error)) error {
+	var in Inside
+	return rw.Serve(&in, func() (bool, error) {
+		n, err := in.TryRead(space())
+		if err == ErrWouldBlock {
+			return true, nil
+		}
+		if n > 0 {
+			wait, gerr := got(n)
+			if gerr != nil {
+				return false, gerr
+			}
+			if wait && in.Drained() {
+				return true, nil // drained, and the peer waits: wait for its next bytes
+			}
+		}
+		return false, err
+	})
+}
+
+// ErrWouldBlock is Inside.TryRead's answer when the socket has nothing to
+// read.
+var ErrWouldBlock = errors.New("rawio: nothing to read yet")
+
+// Inside is a connection as Serve's step reads it. It belongs to the
+// goroutine that runs Serve.
+type Inside struct {
+	rw      Conn
+	fd      uintptr
+	active  bool // inside Serve's RawConn.Read callback: fd is usable
+	drained bool // the last read left the receive queue empty
+	dup     Conn // another descriptor of the socket, for reads that wait
+}
+
+// Active reports whether the caller runs inside Serve on a TCP connection,
+// where reads must go through the Inside (the connection's own Read would
+// wait for Serve forever).
+func (in *Inside) Active() bool { return in.active }
+
+// Drained reports whether the last read, in this turn of Serve's loop
+// (since its last wait), got less than it asked for: the socket's receive
+// queue was empty then, as a TCP receive copies until it is.
+func (in *Inside) Drained() bool { return in.drained }
+
+// TryRead reads what is there, up to len(p), without waiting: io.EOF when
+// the peer closed, ErrWouldBlock when nothing is there. Outside Serve's
+// callback (other connections than TCP) it is the connection's Read.
+func (in *Inside) TryRead(p []byte) (int, error) {
+	if !in.active {
+		return in.rw.Read(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, errno := recvfrom(in.fd, p)
+		switch errno {
+		case 0:
+			in.drained = n < len(p)
+			if n == 0 {
+				return 0, io.EOF
+			}
+			return n, nil
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return 0, ErrWouldBlock
+		default:
+			return 0, in.rw.opError("read", os.NewSyscallError("recvfrom", errno))
+		}
+	}
+}
+
+// Read reads what is there, up to len(p), and waits when nothing is, as
+// net.Conn's Read does but without deadlines. Inside Serve's callback it
+// waits on a duplicate of the socket's descriptor, registered with the
+// poller on the first such wait and closed when step next asks to wait
+// (the connection itself is locked by Serve's read until then).
+func (in *Inside) Read(p []byte) (int, error) {
+	n, err := in.TryRead(p)
+	if err != ErrWouldBlock {
+		return n, err
+	}
+	if in.dup.c == nil {
+		nfd, derr := unix.FcntlInt(in.fd, unix.F_DUPFD_CLOEXEC, 0)
+		if derr != nil {
+			return 0, in.rw.opError("read", os.NewSyscallError("fcntl", derr))
+		}
+		f := os.NewFile(uintptr(nfd), "dup")
+		c, ferr := net.FileConn(f) // a descriptor of its own, on the poller
+		f.Close()
+		if ferr != nil {
+			return 0, in.rw.opError("read", ferr)
+		}
+		in.dup = New(c)
+	}
+	in.drained = false
+	return in.dup.Read(p)
+}
+
+func (in *Inside) closeDup() {
+	if in.dup.c != nil {
+		in.dup.c.Close()
+		in.dup = Conn{}
+	}
+}
+
+// Serve calls step until it fails, inside one RawConn.Read of the
+// connection when it is TCP, and returns step's error, or the poller's
+// (deadline, close) as net.Conn's Read reports it. Meanwhile step reads
+// the connection through in only. When step reports wait (it has nothing
+// to do until the connection has bytes), Serve waits on the poller and
+// calls it again.
+//
+// It saves the read that finds nothing. A loop of Reads reads until a read
+// returns EAGAIN before it waits, because each Read starts by forgetting
+// the readiness the network poller noted meanwhile. Serve's waits keep
+// it: after a read that drained the socket (in.Drained), a step that
+// knows the peer now waits for us (it sends nothing and does not close
+// until we write) may ask to wait at once. Bytes that arrive later make
+// the socket ready again (the poller is edge triggered; every arrival is
+// an edge), and one that came in between is the readiness the wait finds.
+// An end of stream queued behind the bytes read brings no new edge, so a
+// step must not wait without reading when the peer may have closed. After
+// each wait the step's first read is a real one (Drained is false until
+// it). Other connections (TLS, pipes) call step in a loop, reading
+// through their own Read; wait is then ignored.
+func (rw Conn) Serve(in *Inside, step func() (wait bool, err error)) error {
+	in.rw = rw
 	if rw.rc == nil {
 		for {
-			n, err := rw.c.Read(space())
-			if n > 0 {
-				if _, gerr := got(n); gerr != nil {
-					return gerr
-				}
-			}
-			if err != nil {
+			if _, err := step(); err != nil {
 				return err
 			}
 		}
 	}
 	var err error
 	rerr := rw.rc.Read(func(fd uintptr) bool {
+		in.fd, in.active, in.drained = fd, true, false
+		defer func() { in.active = false }()
 		for {
-			b := space()
-			n, errno := recvfrom(fd, b)
-			switch errno {
-			case 0:
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
+			wait, serr := step()
+			if serr != nil {
+				err = serr
+				return true
+			}
+			if wait {
+				in.closeDup()
 				return false
-			default:
-				err = rw.opError("read", os.NewSyscallError("recvfrom", errno))
-				return true
-			}
-			if n == 0 {
-				err = io.EOF
-				return true
-			}
-			wait, gerr := got(n)
-			if gerr != nil {
-				err = gerr
-				return true
-			}
-			if wait && n < len(b) {
-				return false // drained, and the peer waits: wait for its next bytes
 			}
 		}
 	})
-	if err != nil { // the callback ended the read, always with an error
+	in.closeDup()
+	if err != nil { // step ended the read, always with an error
 		return err
 	}
 	return rw.opError("read", rerr) // the poller's: closed, deadline

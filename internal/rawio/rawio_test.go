@@ -272,3 +272,100 @@ func TestReadEachEnds(t *testing.T) {
 		t.Fatal("an end of stream queued behind the bytes was not read")
 	}
 }
+
+// Inside Serve a step reads what is there with TryRead and waits for the
+// rest with Read, on a second descriptor that is closed when the step
+// next asks to wait. The connection's read deadline ends Serve's own wait
+// (the session sweeper's request to park); Shutdown from another
+// goroutine ends a wait inside a step with EOF.
+func TestServeReadsAndWaitsInside(t *testing.T) {
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip("no /proc/self/fd")
+		}
+		return len(ents)
+	}
+	a, b := testutil.TCPPair(t)
+	rw := New(b)
+	if _, err := a.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	rest := make(chan struct{})
+	go func() {
+		<-rest
+		time.Sleep(50 * time.Millisecond) // the step's Read finds nothing and waits
+		_, _ = a.Write([]byte("world"))
+	}()
+	before := fds()
+	var got []byte
+	waiting := 0 // descriptors while the step waited inside
+	buf := make([]byte, 10)
+	var in Inside
+	err := rw.Serve(&in, func() (bool, error) {
+		if !in.Active() {
+			t.Fatal("step outside Serve's read")
+		}
+		if len(got) == 10 {
+			_ = b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			return true, nil
+		}
+		n, err := in.TryRead(buf)
+		if err == ErrWouldBlock {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		got = append(got, buf[:n]...)
+		close(rest)
+		for len(got) < 10 {
+			n, err := in.Read(buf[:10-len(got)])
+			if err != nil {
+				return false, err
+			}
+			got = append(got, buf[:n]...)
+			waiting = fds()
+		}
+		return false, nil
+	})
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Serve ended with %v, want the deadline", err)
+	}
+	if string(got) != "helloworld" {
+		t.Fatalf("read %q", got)
+	}
+	if waiting != before+1 {
+		t.Fatalf("%d descriptors while waiting inside, want %d (one more)", waiting, before+1)
+	}
+	if n := fds(); n != before {
+		t.Fatalf("%d descriptors after Serve, want %d", n, before)
+	}
+	if in.Active() {
+		t.Fatal("Inside still active after Serve")
+	}
+
+	_ = b.SetReadDeadline(time.Time{})
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		_ = rw.Shutdown()
+	}()
+	done := make(chan error, 1)
+	go func() {
+		done <- rw.Serve(&in, func() (bool, error) {
+			_, err := in.Read(buf)
+			return false, err
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("after Shutdown: %v, want EOF", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not end a wait inside a step")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close after Serve: %v", err)
+	}
+}

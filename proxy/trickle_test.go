@@ -1,0 +1,153 @@
+package proxy_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// TestClientTricklesBytes sends every kind of message in pieces, with
+// pauses between them, wherever a piece can end: inside a message header,
+// inside a body, between an extended batch's messages and its Sync, inside
+// a batch the session reads ahead, inside COPY data. The session loop
+// waits for the client without reading until EAGAIN and reads the rest of
+// a batch or of COPY data through a second descriptor (rawio.Serve), so
+// every answer must still come, whole and in order. It runs with the
+// sweeper at its usual period and with one that asks the session to park
+// every 20 to 40 ms, in the middle of half-read messages.
+func TestClientTricklesBytes(t *testing.T) {
+	for _, parking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("parking=%v", parking), func(t *testing.T) {
+			var h *harness
+			if parking {
+				h = startParkingProxy(t)
+			} else {
+				h = startProxy(t, nil)
+			}
+			ctx := testCtx(t)
+			setup := h.pgconn(ctx)
+			if _, err := setup.Exec(ctx, "CREATE TABLE IF NOT EXISTS trickle (id int, v text)").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			c := h.pgconn(ctx)
+			hj, err := c.Hijack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, fe := hj.Conn, hj.Frontend
+			defer conn.Close()
+			pause := 15 * time.Millisecond
+			if parking {
+				pause = 45 * time.Millisecond // past the sweeper's period
+			}
+			// send writes b in pieces cut at the given offsets.
+			send := func(b []byte, cuts ...int) {
+				t.Helper()
+				last := 0
+				for _, c := range append(cuts, len(b)) {
+					if _, err := conn.Write(b[last:c]); err != nil {
+						t.Fatal(err)
+					}
+					last = c
+					if c < len(b) {
+						time.Sleep(pause)
+					}
+				}
+			}
+			enc := func(msgs ...pgproto3.FrontendMessage) []byte {
+				var b []byte
+				for _, m := range msgs {
+					var err error
+					if b, err = m.Encode(b); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return b
+			}
+			// expect reads the answer up to ReadyForQuery and returns the
+			// data rows' first columns and the command tags, joined.
+			expect := func(want string) {
+				t.Helper()
+				_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+				var got []string
+				for {
+					m, err := fe.Receive()
+					if err != nil {
+						t.Fatalf("want %q, got %q then %v", want, strings.Join(got, ","), err)
+					}
+					switch m := m.(type) {
+					case *pgproto3.DataRow:
+						got = append(got, string(m.Values[0]))
+					case *pgproto3.CommandComplete:
+						got = append(got, string(m.CommandTag))
+					case *pgproto3.ErrorResponse:
+						got = append(got, "ERROR "+m.Code)
+					case *pgproto3.CopyInResponse:
+						got = append(got, "COPY IN")
+						if strings.Join(got, ",") != want {
+							t.Fatalf("got %q, want %q", strings.Join(got, ","), want)
+						}
+						return
+					case *pgproto3.ReadyForQuery:
+						if g := strings.Join(got, ","); g != want {
+							t.Fatalf("got %q, want %q", g, want)
+						}
+						return
+					}
+				}
+			}
+
+			for round := range 3 {
+				// A simple query cut inside its header and its text.
+				q := enc(&pgproto3.Query{String: "SELECT 40 + 2"})
+				send(q, 2, len(q)-3)
+				expect("42,SELECT 1")
+
+				// An extended batch whose Sync comes later, alone.
+				batch := enc(&pgproto3.Parse{Query: "SELECT $1::int * 2"},
+					&pgproto3.Bind{Parameters: [][]byte{[]byte("21")}},
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{})
+				send(append(batch, enc(&pgproto3.Sync{})...), len(batch))
+				expect("42,SELECT 1")
+
+				// A batch cut inside its Bind: the session reads the rest of
+				// a batch it has begun while it waits for the client.
+				batch = enc(&pgproto3.Parse{Name: fmt.Sprintf("s%d", round), Query: "SELECT $1::text"},
+					&pgproto3.Bind{PreparedStatement: fmt.Sprintf("s%d", round), Parameters: [][]byte{[]byte("trickled")}},
+					&pgproto3.Execute{}, &pgproto3.Sync{})
+				parse := len(enc(&pgproto3.Parse{Name: fmt.Sprintf("s%d", round), Query: "SELECT $1::text"}))
+				send(batch, parse+3, parse+12)
+				expect("trickled,SELECT 1")
+
+				// COPY data in pieces cut inside and between CopyData.
+				send(enc(&pgproto3.Query{String: "COPY trickle FROM STDIN"}))
+				expect("COPY IN")
+				var data []byte
+				var cuts []int
+				for i := range 20 {
+					data = append(data, enc(&pgproto3.CopyData{Data: fmt.Appendf(nil, "%d\trow %d\n", i, i)})...)
+					if i%4 == 1 {
+						cuts = append(cuts, len(data)-5)
+					}
+				}
+				data = append(data, enc(&pgproto3.CopyDone{})...)
+				cuts = append(cuts, len(data)-2)
+				send(data, cuts...)
+				expect("COPY 20")
+			}
+			send(enc(&pgproto3.Query{String: "SELECT count(*) FROM trickle"}), 1)
+			expect("60,SELECT 1")
+			send(enc(&pgproto3.Terminate{}), 3)
+			_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if m, err := fe.Receive(); err == nil {
+				t.Fatalf("after Terminate: %T, want the connection closed", m)
+			}
+			if _, err := setup.Exec(ctx, "DROP TABLE trickle").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
