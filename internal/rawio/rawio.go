@@ -253,26 +253,29 @@ func (in *Inside) TryRead(p []byte) (int, error) {
 // Read reads what is there, up to len(p), and waits when nothing is, as
 // net.Conn's Read does but without deadlines. Inside Serve's callback it
 // waits on a duplicate of the socket's descriptor, registered with the
-// poller on the first such wait and closed when step next asks to wait
-// (the connection itself is locked by Serve's read until then).
+// poller on the first such wait, read through from then on and closed
+// when step next asks to wait (the connection itself is locked by Serve's
+// read until then).
 func (in *Inside) Read(p []byte) (int, error) {
+	if in.dup.c != nil { // it reads the same socket, and waits
+		in.drained = false
+		return in.dup.Read(p)
+	}
 	n, err := in.TryRead(p)
 	if err != ErrWouldBlock {
 		return n, err
 	}
-	if in.dup.c == nil {
-		nfd, derr := unix.FcntlInt(in.fd, unix.F_DUPFD_CLOEXEC, 0)
-		if derr != nil {
-			return 0, in.rw.opError("read", os.NewSyscallError("fcntl", derr))
-		}
-		f := os.NewFile(uintptr(nfd), "dup")
-		c, ferr := net.FileConn(f) // a descriptor of its own, on the poller
-		f.Close()
-		if ferr != nil {
-			return 0, in.rw.opError("read", ferr)
-		}
-		in.dup = New(c)
+	nfd, derr := unix.FcntlInt(in.fd, unix.F_DUPFD_CLOEXEC, 0) // only active Insides would block
+	if derr != nil {
+		return 0, in.rw.opError("read", os.NewSyscallError("fcntl", derr))
 	}
+	f := os.NewFile(uintptr(nfd), "dup")
+	c, ferr := net.FileConn(f) // a descriptor of its own, on the poller
+	f.Close()
+	if ferr != nil {
+		return 0, in.rw.opError("read", ferr)
+	}
+	in.dup = New(c)
 	in.drained = false
 	return in.dup.Read(p)
 }
