@@ -143,7 +143,7 @@ func newEnv(t *testing.T, placed ...string) *env {
 		CREATE TYPE s1.point2 AS (x s1.level, y float8, moods s1.mood[], label text COLLATE "C");
 		CREATE TYPE s1.span AS RANGE (subtype = float8, subtype_diff = float8mi, multirange_type_name = s1.spans);
 		CREATE TABLE devices (id uuid, name text, mood s1.mood DEFAULT 'ok', moods s1.mood[], lvl s1.small_level, tag citext,
-			pos s1.point2, span s1.span, spans s1.spans) WITH (fillfactor = 90);
+			pos s1.point2, span s1.span, spans s1.spans, home countries, visited countries[]) WITH (fillfactor = 90);
 		ALTER TABLE devices REPLICA IDENTITY FULL;
 		COMMENT ON TABLE devices IS 'phones and tablets';
 		COMMENT ON COLUMN devices.name IS 'shown to the user';
@@ -174,7 +174,7 @@ func newEnv(t *testing.T, placed ...string) *env {
 		e.acked[rowKey{k, id}] = 0
 		dev := fmt.Sprintf("%08x-0000-4000-8000-%012x", k*2654435761%(1<<32), k)
 		_, _, owner, _ = m.Locate(shardmap.KeyUUID, dev)
-		if _, err := e.conn(owner).Exec(ctx, "INSERT INTO devices (id, name, pos, span, spans) VALUES ($1, 'd', ROW(2, 1.5, '{ok,sad}', 'b'), '[1,2)', '{[3,4)}')", dev); err != nil {
+		if _, err := e.conn(owner).Exec(ctx, "INSERT INTO devices (id, name, pos, span, spans, home, visited) VALUES ($1, 'd', ROW(2, 1.5, '{ok,sad}', 'b'), '[1,2)', '{[3,4)}', ROW('fr', 'France'), ARRAY[ROW('jp', 'Japan')::countries])", dev); err != nil {
 			t.Fatal(err)
 		}
 		tok := fmt.Sprintf("tok-%d-é", k)
@@ -600,8 +600,9 @@ func TestAddShardUnderWrites(t *testing.T) {
 		t.Errorf("indexes of orders on spare0: %d %v", idx, err)
 	}
 	// Column types (an extension's, an enum, a domain over a domain, a
-	// composite with a collated attribute, a range with its multirange) and
-	// comments as on the source.
+	// composite with a collated attribute, a range with its multirange,
+	// another moved table's row type and its array) and comments as on the
+	// source.
 	const types = `SELECT string_agg(attname || ':' || format_type(atttypid, atttypmod), ' ' ORDER BY attnum)
 		|| (SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = 's1.mood'::regtype)
 		|| (SELECT string_agg(pg_get_constraintdef(oid), ' ' ORDER BY conname) FROM pg_constraint WHERE contypid IN ('s1.level'::regtype, 's1.small_level'::regtype))
@@ -615,12 +616,15 @@ func TestAddShardUnderWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := e.conn("spare0").QueryRow(ctx, types).Scan(&gotTypes); err != nil || gotTypes != wantTypes ||
-		!strings.Contains(wantTypes, "tag:citext") || !strings.Contains(wantTypes, "label:text:\"C\"") || !strings.Contains(wantTypes, "float8mi:s1.spans") || !strings.Contains(wantTypes, "shown to the user") {
+		!strings.Contains(wantTypes, "tag:citext") || !strings.Contains(wantTypes, "label:text:\"C\"") || !strings.Contains(wantTypes, "float8mi:s1.spans") || !strings.Contains(wantTypes, "shown to the user") ||
+		!strings.Contains(wantTypes, "visited:countries[]") {
 		t.Errorf("column types on spare0: %q (%v), want %q as on shard0", gotTypes, err, wantTypes)
 	}
-	// The moved rows kept their composite, range and multirange values.
+	// The moved rows kept their composite, range, multirange and row-type
+	// values.
 	var devs, same int
-	if err := e.conn("spare0").QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE pos = ROW(2, 1.5, '{ok,sad}', 'b')::s1.point2 AND span = '[1,2)' AND spans = '{[3,4)}') FROM devices`).Scan(&devs, &same); err != nil || devs == 0 || same != devs {
+	if err := e.conn("spare0").QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE pos = ROW(2, 1.5, '{ok,sad}', 'b')::s1.point2 AND span = '[1,2)' AND spans = '{[3,4)}'
+		AND home = ROW('fr', 'France')::countries AND visited = ARRAY[ROW('jp', 'Japan')::countries]) FROM devices`).Scan(&devs, &same); err != nil || devs == 0 || same != devs {
 		t.Errorf("devices on spare0: %d, %d with their values (%v)", devs, same, err)
 	}
 	// Triggers (with their function), row security and policies as on the

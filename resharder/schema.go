@@ -1,6 +1,7 @@
 package resharder
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -21,10 +22,11 @@ func (r *Runner) copySchema(ctx context.Context, src, tgt *pgx.Conn, sharded, re
 	type tbl struct {
 		t       shardmap.Table
 		oid     uint32
+		schema  string
 		qname   string
 		sharded bool
 	}
-	var all []tbl
+	var all, missing []tbl
 	for i, t := range append(append([]shardmap.Table(nil), sharded...), reference...) {
 		var x tbl
 		x.t, x.sharded = t, i < len(sharded)
@@ -33,26 +35,31 @@ func (r *Runner) copySchema(ctx context.Context, src, tgt *pgx.Conn, sharded, re
 			quoteIdent(t.Name)).Scan(&x.oid, &schema, &name); err != nil {
 			return fmt.Errorf("schema of %s on the source: %w", t.Name, err)
 		}
-		x.qname = quoteName(schema) + "." + quoteName(name)
+		x.schema, x.qname = schema, quoteName(schema)+"."+quoteName(name)
 		all = append(all, x)
 		var exists bool
 		if err := tgt.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", x.qname).Scan(&exists); err != nil {
 			return err
 		}
-		if exists {
-			continue
+		if !exists {
+			missing = append(missing, x)
 		}
-		if err := copyTypes(ctx, src, tgt, x.oid); err != nil {
-			return fmt.Errorf("column types of %s on %s: %w", t.Name, target, err)
+	}
+	// A table whose columns use another moved table's row type waits for
+	// that table: tables are created in passes until one creates none.
+	for len(missing) > 0 {
+		var later []tbl
+		var first error
+		for _, x := range missing {
+			if err := createTable(ctx, src, tgt, x.oid, x.schema, x.qname, x.t.Name, target); err != nil {
+				later = append(later, x)
+				first = cmp.Or(first, err)
+			}
 		}
-		ddl, err := tableDDL(ctx, src, x.oid, schema, x.qname)
-		if err != nil {
-			return fmt.Errorf("schema of %s: %w", t.Name, err)
+		if len(later) == len(missing) {
+			return first
 		}
-		if err := exec(ctx, tgt, "BEGIN; "+ddl+"; COMMIT"); err != nil {
-			_, _ = tgt.Exec(ctx, "ROLLBACK")
-			return fmt.Errorf("create %s on %s: %w", t.Name, target, err)
-		}
+		missing = later
 	}
 	// Constraints other than foreign keys, then indexes and replica identity.
 	for _, x := range all {
@@ -277,6 +284,23 @@ ORDER BY d.objsubid`, oid, qname)
 	return b.String(), nil
 }
 
+// createTable creates the table (oid on src) on tgt with the types of its
+// columns.
+func createTable(ctx context.Context, src, tgt *pgx.Conn, oid uint32, schema, qname, name, target string) error {
+	if err := copyTypes(ctx, src, tgt, oid); err != nil {
+		return fmt.Errorf("column types of %s on %s: %w", name, target, err)
+	}
+	ddl, err := tableDDL(ctx, src, oid, schema, qname)
+	if err != nil {
+		return fmt.Errorf("schema of %s: %w", name, err)
+	}
+	if err := exec(ctx, tgt, "BEGIN; "+ddl+"; COMMIT"); err != nil {
+		_, _ = tgt.Exec(ctx, "ROLLBACK")
+		return fmt.Errorf("create %s on %s: %w", name, target, err)
+	}
+	return nil
+}
+
 // copyTypes creates on tgt the user-defined types of the table's columns
 // (and of their arrays, a composite's attributes, a range's subtype, a
 // domain's base type, recursively) that tgt lacks, dependencies first: an
@@ -285,8 +309,9 @@ ORDER BY d.objsubid`, oid, qname)
 // default, NOT NULL and checks, a composite type with its attributes, a
 // range type with its subtype, operator class, collation, difference
 // function and multirange name, each with its owner. Types it cannot
-// create (another table's row type, a base type not from an extension, a
-// range with a canonical function) fail the step naming the type.
+// create (a table's row type, a base type not from an extension, a
+// range with a canonical function) fail the step naming the type; a
+// table's row type fails it too, until copySchema has created that table.
 func copyTypes(ctx context.Context, src, tgt *pgx.Conn, oid uint32) error {
 	rows, err := src.Query(ctx, `WITH RECURSIVE deps(typ, depth) AS (
   SELECT a.atttypid, 0 FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
