@@ -209,7 +209,7 @@ type Inside struct {
 	fd      uintptr
 	active  bool // inside Serve's RawConn.Read callback: fd is usable
 	drained bool // the last read left the receive queue empty
-	dup     Conn // another descriptor of the socket, for reads that wait
+	dup     *Conn // another descriptor of the socket, for reads that wait
 }
 
 // Active reports whether the caller runs inside Serve on a TCP connection,
@@ -257,7 +257,7 @@ func (in *Inside) TryRead(p []byte) (int, error) {
 // when step next asks to wait (the connection itself is locked by Serve's
 // read until then).
 func (in *Inside) Read(p []byte) (int, error) {
-	if in.dup.c != nil { // it reads the same socket, and waits
+	if in.dup != nil { // it reads the same socket, and waits
 		in.drained = false
 		return in.dup.Read(p)
 	}
@@ -275,15 +275,16 @@ func (in *Inside) Read(p []byte) (int, error) {
 	if ferr != nil {
 		return 0, in.rw.opError("read", ferr)
 	}
-	in.dup = New(c)
+	dup := New(c)
+	in.dup = &dup
 	in.drained = false
 	return in.dup.Read(p)
 }
 
 func (in *Inside) closeDup() {
-	if in.dup.c != nil {
+	if in.dup != nil {
 		in.dup.c.Close()
-		in.dup = Conn{}
+		in.dup = nil
 	}
 }
 
