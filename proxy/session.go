@@ -177,9 +177,9 @@ type session struct {
 	unnamedRead   bool // the unnamed statement is a read
 
 	mu         sync.Mutex
+	attWrite   bool          // the attachment is not a routed read: it may write
 	att        *shardBinding // the shard of the attached backend (or of the last one)
 	node       int           // attached node of att: -1 the primary, i replica i
-	attWrite   bool          // the attachment is not a routed read: it may write
 	wroteAt    time.Time     // when the session's last write ended (read-your-writes)
 	rt         retryState
 	sc         *pool.Conn
@@ -202,6 +202,7 @@ type session struct {
 	out        []byte      // pending bytes for the client
 	dead       bool        // writing to the client failed
 	gotFatal   bool        // the backend's own FATAL reached the client: pgshard adds none
+	idleMark   atomic.Bool // set by the parking sweeper, cleared by each message (park.go)
 	cancelling int         // cancel requests in flight for sc: it is not released meanwhile
 	execDef    *stmtDef    // the named statement last bound (stale-plan errors at Execute)
 
@@ -214,7 +215,6 @@ type session struct {
 	src      clientSource    // what cr reads from
 	parkConn parking.Conn    // the client's socket, when it can be parked
 	spot     *parking.Spot   // where the session is parked (under mu)
-	idleMark atomic.Bool     // set by the sweeper, cleared by each message
 }
 
 func newSession(srv *Server, st *wire.Startup, u config.User, mode config.PoolMode, split bool) *session {

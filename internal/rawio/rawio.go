@@ -205,11 +205,11 @@ var ErrWouldBlock = errors.New("rawio: nothing to read yet")
 // Inside is a connection as Serve's step reads it. It belongs to the
 // goroutine that runs Serve.
 type Inside struct {
-	rw      Conn
+	rw      *Conn
 	fd      uintptr
-	active  bool // inside Serve's RawConn.Read callback: fd is usable
-	drained bool // the last read left the receive queue empty
 	dup     *Conn // another descriptor of the socket, for reads that wait
+	active  bool  // inside Serve's RawConn.Read callback: fd is usable
+	drained bool  // the last read left the receive queue empty
 }
 
 // Active reports whether the caller runs inside Serve on a TCP connection,
@@ -308,7 +308,7 @@ func (in *Inside) closeDup() {
 // each wait the step's first read is a real one (Drained is false until
 // it). Other connections (TLS, pipes) call step in a loop, reading
 // through their own Read; wait is then ignored.
-func (rw Conn) Serve(in *Inside, step func() (wait bool, err error)) error {
+func (rw *Conn) Serve(in *Inside, step func() (wait bool, err error)) error {
 	in.rw = rw
 	if rw.rc == nil {
 		for {
