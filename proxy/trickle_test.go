@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -150,4 +152,68 @@ func TestClientTricklesBytes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A client that half-closes its connection right behind a Query sees the
+// connection end, with the right answer before it or none: the session
+// loop, which waits after a Query without reading on, still learns of the
+// end of stream (at the latest when the sweeper asks it to park). Whether
+// the answer comes first depends on when the end arrives: a session that
+// reads it while the query runs drops its backend, as before (PostgreSQL
+// itself would answer; see README, Limits).
+func TestClientHalfClosesAfterQuery(t *testing.T) {
+	h := startProxy(t, nil)
+	ctx := testCtx(t)
+	answered := 0
+	for range 5 {
+		hj, err := h.pgconn(ctx).Hijack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, fe := hj.Conn, hj.Frontend
+		tc, ok := conn.(interface{ CloseWrite() error })
+		if !ok {
+			t.Fatalf("%T cannot half-close", conn)
+		}
+		q, err := (&pgproto3.Query{String: "SELECT 7"}).Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(q); err != nil {
+			t.Fatal(err)
+		}
+		if err := tc.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		var got []string
+		for {
+			m, err := fe.Receive()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the session did not end after the client's end of stream (got %v)", got)
+			}
+			if err != nil {
+				break
+			}
+			switch m := m.(type) {
+			case *pgproto3.DataRow:
+				got = append(got, string(m.Values[0]))
+			case *pgproto3.CommandComplete:
+				got = append(got, string(m.CommandTag))
+			case *pgproto3.ReadyForQuery:
+				got = append(got, "Z")
+			case *pgproto3.ErrorResponse:
+				got = append(got, "ERROR "+m.Code)
+			}
+		}
+		switch g := strings.Join(got, ","); g {
+		case "7,SELECT 1,Z":
+			answered++
+		case "":
+		default:
+			t.Fatalf("answer %q, want the whole answer or none", g)
+		}
+		conn.Close()
+	}
+	t.Logf("%d of 5 half-closed clients got their answer", answered)
 }
