@@ -1,9 +1,6 @@
 package wire
 
-import (
-	"encoding/binary"
-	"fmt"
-)
+import "encoding/binary"
 
 // Feed splits a stream of typed protocol messages that is pushed to it
 // (a read loop fills Space and reports Wrote) rather than pulled, as
@@ -66,11 +63,8 @@ func (f *Feed) Next() (typ byte, msg []byte, ok bool, err error) {
 	hdr := f.buf[f.start:]
 	typ = hdr[0]
 	n := int(int32(binary.BigEndian.Uint32(hdr[1:5])))
-	if n < 4 {
-		return 0, nil, false, &ProtocolError{Msg: fmt.Sprintf("invalid length %d in message of type %q", n, typ)}
-	}
-	if n > f.max {
-		return 0, nil, false, &ProtocolError{Msg: fmt.Sprintf("message of type %q is %d bytes, over the limit of %d", typ, n, f.max), Oversized: true}
+	if err := checkLength(typ, n, f.max); err != nil {
+		return 0, nil, false, err
 	}
 	if have < n+1 {
 		return 0, nil, false, nil

@@ -155,11 +155,8 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 	}
 	typ = hdr[0]
 	n := int(int32(binary.BigEndian.Uint32(hdr[1:5])))
-	if n < 4 {
-		return 0, nil, &ProtocolError{Msg: fmt.Sprintf("invalid length %d in message of type %q", n, typ)}
-	}
-	if n > r.max {
-		return 0, nil, &ProtocolError{Msg: fmt.Sprintf("message of type %q is %d bytes, over the limit of %d", typ, n, r.max), Oversized: true}
+	if err := checkLength(typ, n, r.max); err != nil {
+		return 0, nil, err
 	}
 	total := n + 1
 	if total <= br.Size() {
@@ -177,6 +174,18 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 	}
 	r.partial, r.total, r.long = r.buf[:0], total, true
 	return r.finishLong()
+}
+
+// checkLength refuses a message of type typ whose header declares n bytes
+// (the length counts itself) when n is impossible or above max.
+func checkLength(typ byte, n, max int) error {
+	if n < 4 {
+		return &ProtocolError{Msg: fmt.Sprintf("invalid length %d in message of type %q", n, typ)}
+	}
+	if n > max {
+		return &ProtocolError{Msg: fmt.Sprintf("message of type %q is %d bytes, over the limit of %d", typ, n, max), Oversized: true}
+	}
+	return nil
 }
 
 // finishLong reads the rest of a message over the buffer's size. It grows
