@@ -309,9 +309,9 @@ func createTable(ctx context.Context, src, tgt *pgx.Conn, oid uint32, schema, qn
 // default, NOT NULL and checks, a composite type with its attributes, a
 // range type with its subtype, operator class, collation, difference
 // function and multirange name, each with its owner. Types it cannot
-// create (a table's row type, a base type not from an extension, a
-// range with a canonical function) fail the step naming the type; a
-// table's row type fails it too, until copySchema has created that table.
+// create (a table's row type, until copySchema has created that table; a
+// base type not from an extension; a range with a canonical function)
+// fail the step naming the type.
 func copyTypes(ctx context.Context, src, tgt *pgx.Conn, oid uint32) error {
 	rows, err := src.Query(ctx, `WITH RECURSIVE deps(typ, depth) AS (
   SELECT a.atttypid, 0 FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped

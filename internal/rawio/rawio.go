@@ -257,28 +257,26 @@ func (in *Inside) TryRead(p []byte) (int, error) {
 // when step next asks to wait (the connection itself is locked by Serve's
 // read until then).
 func (in *Inside) Read(p []byte) (int, error) {
-	if in.dup != nil { // it reads the same socket, and waits
-		in.drained = false
-		return in.dup.Read(p)
+	if in.dup == nil {
+		n, err := in.TryRead(p)
+		if err != ErrWouldBlock { // only an active Inside would block
+			return n, err
+		}
+		nfd, derr := unix.FcntlInt(in.fd, unix.F_DUPFD_CLOEXEC, 0)
+		if derr != nil {
+			return 0, in.rw.opError("read", os.NewSyscallError("fcntl", derr))
+		}
+		f := os.NewFile(uintptr(nfd), "dup")
+		c, ferr := net.FileConn(f) // a descriptor of its own, on the poller
+		f.Close()
+		if ferr != nil {
+			return 0, in.rw.opError("read", ferr)
+		}
+		dup := New(c)
+		in.dup = &dup
 	}
-	n, err := in.TryRead(p)
-	if err != ErrWouldBlock {
-		return n, err
-	}
-	nfd, derr := unix.FcntlInt(in.fd, unix.F_DUPFD_CLOEXEC, 0) // only active Insides would block
-	if derr != nil {
-		return 0, in.rw.opError("read", os.NewSyscallError("fcntl", derr))
-	}
-	f := os.NewFile(uintptr(nfd), "dup")
-	c, ferr := net.FileConn(f) // a descriptor of its own, on the poller
-	f.Close()
-	if ferr != nil {
-		return 0, in.rw.opError("read", ferr)
-	}
-	dup := New(c)
-	in.dup = &dup
 	in.drained = false
-	return in.dup.Read(p)
+	return in.dup.Read(p) // the same socket; it waits
 }
 
 func (in *Inside) closeDup() {
@@ -341,9 +339,9 @@ func (rw *Conn) Serve(in *Inside, step func() (wait bool, err error)) error {
 }
 
 // Shutdown ends the connection in both directions without closing its
-// descriptor: a ReadEach in progress then reads the end of the stream and
-// returns, and its owner closes the connection. Unlike Close it does not
-// wait for a ReadEach callback to return, so the callback itself, or a
+// descriptor: a Serve (or ReadEach) in progress then reads the end of the
+// stream and returns, and its owner closes the connection. Unlike Close it
+// does not wait for Serve's step to return, so the step itself, or a
 // goroutine it waits for, may call it. Connections other than TCP are
 // closed.
 func (rw Conn) Shutdown() error {
