@@ -202,28 +202,7 @@ func TestPrimaryKilledDuringTwoPhaseCommit(t *testing.T) {
 	if n := sh.prepared(ctx); n != 0 {
 		t.Fatalf("%d prepared transactions left after recovery (%+v)", n, st)
 	}
-	onA, onB := map[int]bool{}, map[int]bool{}
-	for i := range 2 {
-		rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id, batch FROM pair")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var key int64
-			var batch int
-			if err := rows.Scan(&key, &batch); err != nil {
-				t.Fatal(err)
-			}
-			if key == a {
-				onA[batch] = true
-			} else {
-				onB[batch] = true
-			}
-		}
-		if rows.Err() != nil {
-			t.Fatal(rows.Err())
-		}
-	}
+	stored, onA, onB := sh.batches(ctx, "pair", a, b)
 	for batch := range acked {
 		if !onA[batch] || !onB[batch] {
 			t.Fatalf("acknowledged batch %d: on %d's shard %v, on %d's shard %v", batch, a, onA[batch], b, onB[batch])
@@ -239,7 +218,7 @@ func TestPrimaryKilledDuringTwoPhaseCommit(t *testing.T) {
 			t.Fatalf("batch %d is only on key %d's shard", batch, b)
 		}
 	}
-	t.Logf("%d batches acknowledged, %d stored; recovery %+v; errors by SQLSTATE %v", len(acked), len(onA), st, codes)
+	t.Logf("%d batches acknowledged, %d stored; recovery %+v; errors by SQLSTATE %v", len(acked), len(stored), st, codes)
 }
 
 // classify names an error by SQLSTATE, or as "io" when the connection

@@ -133,6 +133,33 @@ func (sh *shardedHarness) keysOnTwoShards() (int64, int64) {
 	return a, b
 }
 
+// batches reads a table of (user_id, batch) rows on every shard directly:
+// the rows of each batch, and the batches that hold key a, and key b.
+func (sh *shardedHarness) batches(ctx context.Context, table string, a, b int64) (rows map[int]int, withA, withB map[int]bool) {
+	sh.t.Helper()
+	rows, withA, withB = map[int]int{}, map[int]bool{}, map[int]bool{}
+	for i := range sh.topo.Shards {
+		rs, err := sh.shardConn(ctx, i).Query(ctx, "SELECT batch, user_id FROM "+table)
+		if err != nil {
+			sh.t.Fatal(err)
+		}
+		for rs.Next() {
+			var batch int
+			var key int64
+			if err := rs.Scan(&batch, &key); err != nil {
+				sh.t.Fatal(err)
+			}
+			rows[batch]++
+			withA[batch] = withA[batch] || key == a
+			withB[batch] = withB[batch] || key == b
+		}
+		if rs.Err() != nil {
+			sh.t.Fatal(rs.Err())
+		}
+	}
+	return rows, withA, withB
+}
+
 // onEveryShard runs sql on every shard directly.
 func (sh *shardedHarness) onEveryShard(ctx context.Context, sql string) {
 	sh.t.Helper()

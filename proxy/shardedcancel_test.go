@@ -138,27 +138,7 @@ func TestShardedCancelStorm(t *testing.T) {
 	}
 	// All or nothing per batch (a two-shard batch writes keys a and b,
 	// a keyed insert only key k), acknowledged ones whole.
-	got := map[int]int{}
-	withA, withB := map[int]bool{}, map[int]bool{}
-	for i := range 2 {
-		rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT batch, user_id FROM storm")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var batch int
-			var key int64
-			if err := rows.Scan(&batch, &key); err != nil {
-				t.Fatal(err)
-			}
-			got[batch]++
-			withA[batch] = withA[batch] || key == a
-			withB[batch] = withB[batch] || key == b
-		}
-		if rows.Err() != nil {
-			t.Fatal(rows.Err())
-		}
-	}
+	got, withA, withB := sh.batches(ctx, "storm", a, b)
 	for batch, n := range acked {
 		if got[batch] != n {
 			t.Fatalf("batch %d: %d rows acknowledged, %d stored", batch, n, got[batch])

@@ -80,21 +80,10 @@ func TestClientTricklesBytes(t *testing.T) {
 					if err != nil {
 						t.Fatalf("want %q, got %q then %v", want, strings.Join(got, ","), err)
 					}
-					switch m := m.(type) {
-					case *pgproto3.DataRow:
-						got = append(got, string(m.Values[0]))
-					case *pgproto3.CommandComplete:
-						got = append(got, string(m.CommandTag))
-					case *pgproto3.ErrorResponse:
-						got = append(got, "ERROR "+m.Code)
-					case *pgproto3.CopyInResponse:
-						got = append(got, "COPY IN")
-						if strings.Join(got, ",") != want {
-							t.Fatalf("got %q, want %q", strings.Join(got, ","), want)
-						}
-						return
-					case *pgproto3.ReadyForQuery:
-						if g := strings.Join(got, ","); g != want {
+					got = appendAnswer(got, m)
+					switch m.(type) {
+					case *pgproto3.CopyInResponse, *pgproto3.ReadyForQuery:
+						if g := strings.TrimSuffix(strings.Join(got, ","), ",Z"); g != want {
 							t.Fatalf("got %q, want %q", g, want)
 						}
 						return
@@ -195,16 +184,7 @@ func TestClientHalfClosesAfterQuery(t *testing.T) {
 			if err != nil {
 				break
 			}
-			switch m := m.(type) {
-			case *pgproto3.DataRow:
-				got = append(got, string(m.Values[0]))
-			case *pgproto3.CommandComplete:
-				got = append(got, string(m.CommandTag))
-			case *pgproto3.ReadyForQuery:
-				got = append(got, "Z")
-			case *pgproto3.ErrorResponse:
-				got = append(got, "ERROR "+m.Code)
-			}
+			got = appendAnswer(got, m)
 		}
 		switch g := strings.Join(got, ","); g {
 		case "7,SELECT 1,Z":
@@ -216,4 +196,23 @@ func TestClientHalfClosesAfterQuery(t *testing.T) {
 		conn.Close()
 	}
 	t.Logf("%d of 5 half-closed clients got their answer", answered)
+}
+
+// appendAnswer appends what a test compares of an answer's message: a
+// data row's first column, a command tag, an error's SQLSTATE, "COPY IN",
+// "Z" for ReadyForQuery.
+func appendAnswer(got []string, m pgproto3.BackendMessage) []string {
+	switch m := m.(type) {
+	case *pgproto3.DataRow:
+		return append(got, string(m.Values[0]))
+	case *pgproto3.CommandComplete:
+		return append(got, string(m.CommandTag))
+	case *pgproto3.ErrorResponse:
+		return append(got, "ERROR "+m.Code)
+	case *pgproto3.CopyInResponse:
+		return append(got, "COPY IN")
+	case *pgproto3.ReadyForQuery:
+		return append(got, "Z")
+	}
+	return got
 }
