@@ -456,10 +456,36 @@ func (s *session) run(ctx context.Context) error {
 		if errors.As(err, &pe) {
 			s.clientError(err)
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		if errors.Is(err, io.EOF) {
+			s.answerHalfClosed(ctx)
+			return nil
+		}
+		if errors.Is(err, net.ErrClosed) {
 			return nil
 		}
 		return err
+	}
+}
+
+// answerHalfClosed waits, after the client's end of stream, for the
+// answer to what it sent last, as PostgreSQL answers a client that
+// half-closed its connection behind a statement. It waits only for a
+// whole request (a Query, a Sync, a function call, the end of a simple
+// protocol COPY): after anything else the backend would wait for more of
+// the client's messages, and the session ends at once (finish drops it).
+func (s *session) answerHalfClosed(ctx context.Context) {
+	switch s.cr.Last() {
+	case 'Q', 'S', 'F', 'c', 'f':
+	default:
+		return
+	}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	s.mu.Lock()
+	whole := !s.unsynced
+	s.mu.Unlock()
+	if whole && s.waitAnswered(ctx) == nil {
+		s.flushClient()
 	}
 }
 

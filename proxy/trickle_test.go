@@ -143,59 +143,79 @@ func TestClientTricklesBytes(t *testing.T) {
 	}
 }
 
-// A client that half-closes its connection right behind a Query sees the
-// connection end, with the right answer before it or none: the session
-// loop, which waits after a Query without reading on, still learns of the
-// end of stream (at the latest when the sweeper asks it to park). Whether
-// the answer comes first depends on when the end arrives: a session that
-// reads it while the query runs drops its backend, as before (PostgreSQL
-// itself would answer; see README, Limits).
+// TestClientHalfClosesAfterQuery half-closes the client's side of the
+// connection (shutdown(SHUT_WR)) right behind a request, or while its
+// statement runs. PostgreSQL answers such a client and then ends the
+// connection; so must pgshard, in both protocols, whether the session
+// reads the end of stream before the answer or after it. A client that
+// half-closes in the middle of an extended batch (no Sync) gets its
+// connection ended, not a hang.
 func TestClientHalfClosesAfterQuery(t *testing.T) {
 	h := startProxy(t, nil)
 	ctx := testCtx(t)
-	answered := 0
-	for range 5 {
-		hj, err := h.pgconn(ctx).Hijack()
-		if err != nil {
-			t.Fatal(err)
+	const slow = "SELECT 7 FROM pg_sleep(0.2)"
+	extended := func(sql string, sync bool) []pgproto3.FrontendMessage {
+		m := []pgproto3.FrontendMessage{&pgproto3.Parse{Query: sql}, &pgproto3.Bind{}, &pgproto3.Execute{}}
+		if sync {
+			m = append(m, &pgproto3.Sync{})
 		}
-		conn, fe := hj.Conn, hj.Frontend
-		tc, ok := conn.(interface{ CloseWrite() error })
-		if !ok {
-			t.Fatalf("%T cannot half-close", conn)
-		}
-		q, err := (&pgproto3.Query{String: "SELECT 7"}).Encode(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := conn.Write(q); err != nil {
-			t.Fatal(err)
-		}
-		if err := tc.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-		var got []string
-		for {
-			m, err := fe.Receive()
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Fatalf("the session did not end after the client's end of stream (got %v)", got)
-			}
-			if err != nil {
-				break
-			}
-			got = appendAnswer(got, m)
-		}
-		switch g := strings.Join(got, ","); g {
-		case "7,SELECT 1,Z":
-			answered++
-		case "":
-		default:
-			t.Fatalf("answer %q, want the whole answer or none", g)
-		}
-		conn.Close()
+		return m
 	}
-	t.Logf("%d of 5 half-closed clients got their answer", answered)
+	for _, c := range []struct {
+		name  string
+		msgs  []pgproto3.FrontendMessage
+		pause time.Duration // before the half-close
+		want  string        // "" when only the end of the connection is checked
+	}{
+		{"query at once", []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT 7"}}, 0, "7,SELECT 1,Z"},
+		{"query while it runs", []pgproto3.FrontendMessage{&pgproto3.Query{String: slow}}, 50 * time.Millisecond, "7,SELECT 1,Z"},
+		{"extended at once", extended("SELECT 7", true), 0, "7,SELECT 1,Z"},
+		{"extended while it runs", extended(slow, true), 50 * time.Millisecond, "7,SELECT 1,Z"},
+		{"extended without Sync", extended(slow, false), 50 * time.Millisecond, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for range 3 {
+				hj, err := h.pgconn(ctx).Hijack()
+				if err != nil {
+					t.Fatal(err)
+				}
+				conn, fe := hj.Conn, hj.Frontend
+				tc, ok := conn.(interface{ CloseWrite() error })
+				if !ok {
+					t.Fatalf("%T cannot half-close", conn)
+				}
+				var buf []byte
+				for _, m := range c.msgs {
+					if buf, err = m.Encode(buf); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := conn.Write(buf); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(c.pause)
+				if err := tc.CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+				_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+				var got []string
+				for {
+					m, err := fe.Receive()
+					if errors.Is(err, os.ErrDeadlineExceeded) {
+						t.Fatalf("the session did not end after the client's end of stream (got %v)", got)
+					}
+					if err != nil {
+						break
+					}
+					got = appendAnswer(got, m)
+				}
+				if g := strings.Join(got, ","); c.want != "" && g != c.want {
+					t.Fatalf("answer %q, want %q", g, c.want)
+				}
+				conn.Close()
+			}
+		})
+	}
 }
 
 // appendAnswer appends what a test compares of an answer's message: a
