@@ -842,7 +842,7 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	// The text is only scanned here; what Inspect keeps of it is cloned.
 	sql := unsafe.String(&body[0], len(body)-1)
 	fx := router.Inspect(sql)
-	if done, err := s.localSet(fx); done || err != nil {
+	if done, err := s.localSet(ctx, fx); done || err != nil {
 		return err
 	}
 	if s.localDeallocate(fx) {
@@ -1009,7 +1009,7 @@ func (s *session) noteWrite() {
 
 // localSet answers SET/RESET of pgshard's own settings (pgshard.route)
 // without a backend. done is false when the query is not one of those.
-func (s *session) localSet(fx router.Effects) (done bool, err error) {
+func (s *session) localSet(ctx context.Context, fx router.Effects) (done bool, err error) {
 	own := 0
 	for _, set := range fx.Sets {
 		if strings.HasPrefix(set.Name, "pgshard.") {
@@ -1041,18 +1041,18 @@ func (s *session) localSet(fx router.Effects) (done bool, err error) {
 		}
 		s.route = r
 	}
-	s.mu.Lock()
 	if e != nil {
-		s.push(entry{synth: wire.AppendError(nil, e)})
-		s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
-	} else {
-		tag := "SET"
-		if fx.Sets[0].Reset {
-			tag = "RESET"
-		}
-		b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
-		s.push(entry{synth: b})
+		// Inside a transaction the backend raises it: the transaction
+		// fails, as with PostgreSQL's own SET errors.
+		return true, s.refuseQuery(ctx, e)
 	}
+	tag := "SET"
+	if fx.Sets[0].Reset {
+		tag = "RESET"
+	}
+	b, _ := (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
+	s.mu.Lock()
+	s.push(entry{synth: b})
 	s.push(entry{synth: readyForQuery(s.txStatus)})
 	s.mu.Unlock()
 	return true, nil
@@ -1097,13 +1097,17 @@ func sqlstate(err error) string {
 }
 
 // raise answers the current extended-protocol message with an error, as
-// PostgreSQL would, and skips to the next Sync.
-func (s *session) raise(code, format string, args ...any) error {
-	return s.raiseErr(wire.Errorf(code, format, args...))
+// PostgreSQL would, and skips to the next Sync (see refuseExtended: with a
+// backend bound, the backend raises it, so that the transaction, explicit
+// or the batch's implicit one, fails as on PostgreSQL).
+func (s *session) raise(ctx context.Context, code, format string, args ...any) error {
+	return s.refuseExtended(ctx, wire.Errorf(code, format, args...))
 }
 
-// raiseErr is raise with a ready error.
-func (s *session) raiseErr(e *wire.Error) error {
+// raiseFree answers the current extended-protocol message with pgshard's
+// own error and skips to the next Sync; only for a session with no
+// backend bound and no transaction open (refuseExtended).
+func (s *session) raiseFree(e *wire.Error) error {
 	s.mu.Lock()
 	if !s.srvErr {
 		s.push(entry{synth: wire.AppendError(nil, e)})
@@ -1155,7 +1159,7 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	prev, exists := s.stmts[name]
 	s.mu.Unlock()
 	if exists && !(s.replaying && prev == def) {
-		return s.raise(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name)
+		return s.raise(ctx, wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name)
 	}
 	fx := router.Inspect(p.Query)
 	if fx.Schema {
@@ -1268,7 +1272,7 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 func (s *session) useStatement(ctx context.Context, name []byte) (def *stmtDef, ok bool, err error) {
 	if len(name) > 0 {
 		if def, ok = s.lookupStmt(string(name)); !ok {
-			return nil, false, s.raise(wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(name))
+			return nil, false, s.raise(ctx, wire.CodeInvalidSQLStatementNam, "prepared statement %q does not exist", string(name))
 		}
 	}
 	if !s.attachLocked(ctx, false) {
@@ -1323,7 +1327,7 @@ func (s *session) useStatement(ctx context.Context, name []byte) (def *stmtDef, 
 	s.push(entry{kind: 'C', swallow: true})
 	s.sbuf = appendClose(s.sbuf, 'S', def.name)
 	s.mu.Unlock()
-	return nil, false, s.raise(wire.CodeFeatureNotSupported, "cached plan must not change result type")
+	return nil, false, s.raise(ctx, wire.CodeFeatureNotSupported, "cached plan must not change result type")
 }
 
 func (s *session) handleDescribe(ctx context.Context, msg []byte) error {

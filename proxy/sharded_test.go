@@ -752,6 +752,25 @@ func TestOneShardRegistersTables(t *testing.T) {
 	if tb, ok := m.Table("one"); !ok || tb.KeyType != shardmap.KeyText || tb.KeyOrdinal != 2 {
 		t.Fatalf("one again: %+v %v", tb, ok)
 	}
+	// Through the extended protocol (as JDBC sends everything) too.
+	pc := c.PgConn()
+	for _, sql := range []string{"DROP TABLE one", "CREATE TABLE one (user_id int, v int)", "CREATE TABLE ext_ref (code text)", "DROP TABLE ref"} {
+		if err := pc.ExecParams(ctx, sql, nil, nil, nil, nil).Read().Err; err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	sh.mu.Lock()
+	m = sh.m
+	sh.mu.Unlock()
+	if tb, ok := m.Table("one"); !ok || tb.KeyType != shardmap.KeyInt || tb.KeyOrdinal != 1 {
+		t.Fatalf("one, created through the extended protocol: %+v %v", tb, ok)
+	}
+	if tb, ok := m.Table("ext_ref"); !ok || tb.Kind != shardmap.TableReference {
+		t.Fatalf("ext_ref, created through the extended protocol: %+v %v", tb, ok)
+	}
+	if tb, ok := m.Table("ref"); ok {
+		t.Fatalf("ref, dropped through the extended protocol, is still in the map: %+v", tb)
+	}
 }
 
 // A batch (pgx SendBatch: one Sync) of keyed statements on several shards

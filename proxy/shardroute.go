@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/config"
@@ -303,7 +304,10 @@ func (s *session) groupLazyTxn(group []byte) bool {
 
 // firstWord returns the first word of sql, lower-cased, after spaces and
 // comments.
-func firstWord(sql string) string {
+func firstWord(sql string) string { return strings.ToLower(leadingWord(sql)) }
+
+// leadingWord returns the first word of sql, after spaces and comments.
+func leadingWord(sql string) string {
 	for {
 		sql = strings.TrimLeft(sql, " \t\r\n\f(")
 		switch {
@@ -328,7 +332,7 @@ func firstWord(sql string) string {
 	if end < 0 {
 		end = len(sql)
 	}
-	return strings.ToLower(sql[:end])
+	return sql[:end]
 }
 
 // raiseSQL is a statement that makes the backend raise e, so that its
@@ -377,7 +381,7 @@ func (s *session) refuseExtended(ctx context.Context, e *wire.Error) error {
 	free := s.sc == nil && s.txStatus == 'I'
 	s.mu.Unlock()
 	if free {
-		return s.raiseErr(e)
+		return s.raiseFree(e)
 	}
 	s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
 	s.skipUntilSync = true
@@ -654,7 +658,8 @@ func (s *session) notSpreadable(fx router.Effects) string {
 // batch (its Binds are then routed one by one: handleBind refuses what
 // spans shards).
 func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
-	if s.srv.owners() < 2 {
+	one := s.srv.owners() < 2
+	if one && !parsesTableDDL(group) {
 		return false, nil
 	}
 	g, ok := s.singleGroup(group)
@@ -664,8 +669,15 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 	parse, describe, bd, p, sql, types := g.parse, g.describe, g.bd, g.p, g.sql, g.types
 	x := &extReq{types: types, results: bd.ResultFormatCodes, describe: describe, parse: parse != nil,
 		params: router.Params{Values: bd.Parameters, Formats: bd.ParameterFormatCodes, Types: types}}
-	pl, ok := s.singlePlan()
-	if !ok {
+	var pl router.Plan
+	if one {
+		// One shard owns the ring: CREATE TABLE still registers its
+		// tables, as a simple Query's does (routeSimple).
+		if !s.createsTables(sql) {
+			return false, nil
+		}
+		pl = router.Plan{Kind: router.AllShards}
+	} else if pl, ok = s.singlePlan(); !ok {
 		return false, nil
 	}
 	switch pl.Kind {
@@ -706,6 +718,31 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 		s.srv.stmts.bump()
 	}
 	return true, err
+}
+
+// parsesTableDDL reports, cheaply, whether an extended-protocol batch
+// parses a statement that begins with CREATE or DROP (a table's, maybe).
+func parsesTableDDL(group []byte) bool {
+	for b := group; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:]))
+		if n > len(b) {
+			return false
+		}
+		if b[0] == 'P' {
+			_, rest, ok := cstringBytes(b[5:n])
+			if !ok {
+				return false
+			}
+			q, _, ok := cstringBytes(rest)
+			if !ok || len(q) == 0 {
+				return false
+			}
+			w := leadingWord(unsafe.String(&q[0], len(q)))
+			return strings.EqualFold(w, "create") || strings.EqualFold(w, "drop")
+		}
+		b = b[n:]
+	}
+	return false
 }
 
 // oneStmtGroup is an extended-protocol batch of one statement:

@@ -1,0 +1,151 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/shardmap"
+)
+
+// ownErrorTranscript runs, on c, statements that get an error pgshard
+// raises itself (a Bind of a statement that does not exist, a Parse of a
+// name in use) inside an explicit transaction, right after its BEGIN, and
+// inside an extended batch's implicit transaction after a write; it
+// returns what the client saw: tags, SQLSTATEs, transaction status, and
+// the rows of table left at the end. PostgreSQL fails the transaction in
+// each case: later statements get 25P02, COMMIT answers ROLLBACK, the
+// batch's write is undone.
+func ownErrorTranscript(ctx context.Context, t *testing.T, c *pgconn.PgConn, table string) []string {
+	t.Helper()
+	var out []string
+	note := func(what string, tag pgconn.CommandTag, err error) {
+		what = strings.ReplaceAll(what, table, "t")
+		out = append(out, fmt.Sprintf("%s: %q %s %c", what, tag.String(), sqlState(err), c.TxStatus()))
+	}
+	simple := func(sql string) {
+		res, err := c.Exec(ctx, sql).ReadAll()
+		var tag pgconn.CommandTag
+		if len(res) > 0 {
+			tag = res[len(res)-1].CommandTag
+		}
+		note(sql, tag, err)
+	}
+	ext := func(what string, rr *pgconn.ResultReader) {
+		res := rr.Read()
+		note(what, res.CommandTag, res.Err)
+	}
+	if _, err := c.Prepare(ctx, "taken", "SELECT 1", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, first := range []string{"INSERT INTO " + table + " (user_id) VALUES (1)", ""} {
+		simple("BEGIN")
+		if first != "" {
+			simple(first)
+		}
+		ext("Bind nosuch", c.ExecPrepared(ctx, "nosuch", nil, nil, nil))
+		ext("SELECT 1", c.ExecParams(ctx, "SELECT 1", nil, nil, nil, nil))
+		simple("COMMIT")
+	}
+	simple("BEGIN")
+	simple("INSERT INTO " + table + " (user_id) VALUES (2)")
+	_, err := c.Prepare(ctx, "taken", "SELECT 2", nil)
+	note("Parse taken", pgconn.CommandTag{}, err)
+	simple("COMMIT")
+	// One batch: a write, then a Bind of a statement that does not exist.
+	fe := c.Frontend()
+	fe.Send(&pgproto3.Parse{Query: "INSERT INTO " + table + " (user_id) VALUES (3)"})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Bind{PreparedStatement: "nosuch"})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = appendAnswer(got, m)
+		if z, ok := m.(*pgproto3.ReadyForQuery); ok {
+			got = append(got, string(z.TxStatus))
+			break
+		}
+	}
+	out = append(out, "batch: "+strings.Join(got, ","))
+	res, err := c.Exec(ctx, "SELECT user_id FROM "+table+" ORDER BY 1").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, r := range res[0].Rows {
+		rows = append(rows, string(r[0]))
+	}
+	return append(out, "rows: "+strings.Join(rows, ","))
+}
+
+// TestOwnErrorsFailTheTransaction: an error pgshard raises itself must
+// fail the transaction it happens in, as PostgreSQL's own would; before,
+// a later COMMIT committed what ran before the error.
+func TestOwnErrorsFailTheTransaction(t *testing.T) {
+	h := startProxy(t, nil)
+	ctx := testCtx(t)
+	direct := h.direct(ctx).PgConn()
+	for _, sql := range []string{"CREATE TABLE own_err (user_id bigint PRIMARY KEY)", "CREATE TABLE own_err_direct (user_id bigint PRIMARY KEY)"} {
+		if err := direct.Exec(ctx, sql).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := ownErrorTranscript(ctx, t, direct, "own_err_direct")
+	got := ownErrorTranscript(ctx, t, h.pgconn(ctx), "own_err")
+	if !slices.Equal(got, want) {
+		t.Errorf("through pgshard:\n%s\nPostgreSQL:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	// pgshard's own setting: PostgreSQL would take any value of a
+	// placeholder variable, so the check is against what a failed SET
+	// does to a transaction.
+	c := h.pgconn(ctx)
+	var seen []string
+	for _, sql := range []string{"BEGIN", "INSERT INTO own_err (user_id) VALUES (9)", "SET pgshard.route = 'nowhere'", "SELECT 1", "COMMIT", "SELECT count(*) FROM own_err WHERE user_id = 9"} {
+		res, err := c.Exec(ctx, sql).ReadAll()
+		step := sqlState(err)
+		if err == nil {
+			step = res[0].CommandTag.String()
+			if len(res[0].Rows) == 1 {
+				step += " " + string(res[0].Rows[0][0])
+			}
+		}
+		seen = append(seen, step+" "+string(c.TxStatus()))
+	}
+	if g, w := strings.Join(seen, ", "), "BEGIN T, INSERT 0 1 T, 22023 E, 25P02 E, ROLLBACK I, SELECT 1 0 I"; g != w {
+		t.Fatalf("a bad SET pgshard.route in a transaction: %s, want %s", g, w)
+	}
+}
+
+// TestOwnErrorsFailTheShardedTransaction is the same over two shards,
+// where a BEGIN opens no backend until a statement picks a shard.
+func TestOwnErrorsFailTheShardedTransaction(t *testing.T) {
+	sh := startSharded(t, 2)
+	ctx := testCtx(t)
+	sh.onEveryShard(ctx, "CREATE TABLE own_err (user_id bigint PRIMARY KEY)")
+	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "own_err", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
+		t.Fatal(err)
+	}
+	direct := sh.shardConn(ctx, 0).PgConn()
+	if err := direct.Exec(ctx, "CREATE TABLE own_err_direct (user_id bigint PRIMARY KEY)").Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := ownErrorTranscript(ctx, t, direct, "own_err_direct")
+	got := ownErrorTranscript(ctx, t, sh.pgconn(ctx), "own_err")
+	if !slices.Equal(got, want) {
+		t.Fatalf("through pgshard:\n%s\nPostgreSQL:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
