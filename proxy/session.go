@@ -113,6 +113,7 @@ type connState struct {
 	unnamedGen   uint64
 	setsKey      string            // the session settings applied ("" = defaults)
 	reported     map[string]string // ParameterStatus values last reported
+	temps        map[string]bool   // temporary relations created on it through pgshard (tempOnly)
 }
 
 func stateOf(c *pool.Conn) *connState {
@@ -896,6 +897,7 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 		s.pinned = true
 		s.logger.Debug("session pinned to its backend", "reason", fx.PinReason)
 	}
+	s.noteTemps(sql, fx)
 	// A simple Query destroys the unnamed statement, the client's and the
 	// backend's (PostgreSQL's exec_simple_query).
 	s.unnamed = s.unnamed[:0]
@@ -1141,6 +1143,7 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 			return s.attachErr
 		}
 		s.pinForExtended(fx)
+		s.noteTemps(string(q), fx)
 		if !s.srvErr {
 			s.push(entry{kind: 'P'})
 		}
@@ -1157,7 +1160,18 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	def := s.srv.stmts.intern(p.Query, p.ParameterOIDs, s.classify)
 	s.mu.Lock()
 	prev, exists := s.stmts[name]
+	pending := exists && !s.unsynced && s.parsing(name)
 	s.mu.Unlock()
+	if pending {
+		// The name's Parse, in an earlier batch, is not answered yet: it
+		// may fail, and then the name is free, as PostgreSQL would see it.
+		if err := s.waitAnswered(ctx); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		prev, exists = s.stmts[name]
+		s.mu.Unlock()
+	}
 	if exists && !(s.replaying && prev == def) {
 		return s.raise(ctx, wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name)
 	}
@@ -1170,6 +1184,7 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	}
 	defer s.mu.Unlock()
 	s.pinForExtended(fx)
+	s.noteTemps(p.Query, fx)
 	s.unsynced = true
 	if s.srvErr {
 		return nil // the backend skips this; so does PostgreSQL
@@ -1183,6 +1198,17 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 	s.push(entry{kind: 'P', def: def, name: name})
 	s.sbuf = append(s.sbuf, def.parse...)
 	return nil
+}
+
+// parsing reports whether a Parse of the statement name waits for the
+// backend's answer. Called with s.mu held.
+func (s *session) parsing(name string) bool {
+	for i := s.q.head; i < len(s.q.buf); i++ {
+		if e := &s.q.buf[i]; e.kind == 'P' && e.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // pinForExtended pins the session when a statement sent through the

@@ -185,6 +185,9 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 		if s.txFailed() {
 			return "", false, nil // the transaction's home answers 25P02
 		}
+		if s.tempOnly(sql) {
+			return "", false, nil // the session's temporary tables: on its own backend
+		}
 		if s.spreadableInTxn(&pl, fx) {
 			return "", true, s.spreadInTxn(ctx, &pl, sql, nil)
 		}
@@ -566,6 +569,9 @@ func (s *session) routeBind(ctx context.Context, stmt []byte, rest []byte) (done
 		s.mu.Unlock()
 	case router.AnyShard, router.Utility:
 	default:
+		if s.tempOnly(sql) {
+			return false, nil // the session's temporary tables: on its own backend
+		}
 		return true, s.refuseExtended(ctx, wire.Errorf(wire.CodeFeatureNotSupported,
 			"pgshard: this statement spans several shards (%s plan), which is not supported yet", pl.Kind))
 	}
@@ -900,4 +906,47 @@ func (s *session) createsTables(sql string) bool {
 		}
 	}
 	return false
+}
+
+// noteTemps records, with several shards on the ring, the temporary
+// relations sql creates on the attached backend (a session that creates
+// one is pinned to that backend). Called with s.mu held.
+func (s *session) noteTemps(sql string, fx router.Effects) {
+	if !fx.Pin || !strings.HasPrefix(fx.PinReason, "temporary") || s.st == nil || s.srv.owners() < 2 {
+		return
+	}
+	rels, _ := router.Relations(sql)
+	for _, r := range rels {
+		if r.Temp || r.Schema == "pg_temp" {
+			if s.st.temps == nil {
+				s.st.temps = map[string]bool{}
+			}
+			s.st.temps[r.Name] = true
+		}
+	}
+}
+
+// tempOnly reports whether every relation sql names is a temporary one
+// of the session's pinned backend: such a statement (a write, DDL) runs
+// there alone, where the router, which knows only the shard map's tables,
+// would spread it over every shard. An unqualified name is the session's
+// temporary relation when one of that name was created (pg_temp comes
+// first in PostgreSQL's search path).
+func (s *session) tempOnly(sql string) bool {
+	s.mu.Lock()
+	st, pinned := s.st, s.pinned && s.sc != nil
+	s.mu.Unlock()
+	if !pinned || st == nil || len(st.temps) == 0 {
+		return false
+	}
+	rels, ok := router.Relations(sql)
+	if !ok || len(rels) == 0 {
+		return false
+	}
+	for _, r := range rels {
+		if !r.Temp && r.Schema != "pg_temp" && (r.Schema != "" || !st.temps[r.Name]) {
+			return false
+		}
+	}
+	return true
 }

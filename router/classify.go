@@ -148,18 +148,8 @@ func (c *Classifier) readTree(m protoreflect.Message) (bool, string) {
 		}
 	}
 	ok, why := true, ""
-	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
-		}
-		if fd.IsList() {
-			l := val.List()
-			for i := 0; i < l.Len() && ok; i++ {
-				ok, why = c.readTree(l.Get(i).Message())
-			}
-		} else if !fd.IsMap() {
-			ok, why = c.readTree(val.Message())
-		}
+	children(m, func(child protoreflect.Message) bool {
+		ok, why = c.readTree(child)
 		return ok
 	})
 	return ok, why

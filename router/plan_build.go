@@ -120,10 +120,14 @@ func (p *Planner) build(sql string, sc *planScan) *tmpl {
 		parts[0].cacheable = t.cacheable
 		return parts[0]
 	}
-	// Several statements in one text: they must all run on one shard.
+	// Several statements in one text: they must all run on one shard (any
+	// one, when none reads a sharded table).
 	t.read = read
 	t.crossErr = refuse("several statements in one query string that do not all run on one shard: send them separately")
 	for _, st := range parts {
+		if st.kind == AnyShard && st.err == nil {
+			continue // no sharded table: it runs wherever the others do
+		}
 		if st.err != nil || st.kind != Refuse || st.insert != nil || st.keyUpdate != nil {
 			if st.err != nil && st.kind == Refuse {
 				t.err = st.err
@@ -227,6 +231,10 @@ func (b *builder) stmt(n *pg_query.Node) {
 	case *pg_query.Node_SelectStmt:
 		sel := s.SelectStmt
 		if sel.IntoClause != nil {
+			if isTemp(sel.IntoClause.GetRel()) {
+				b.tempFrom(sel)
+				return
+			}
 			b.selectStmt(sel, nil, 0)
 			b.t.refWrite = true // creates a table on every shard; refused if it reads sharded data
 			return
@@ -296,7 +304,31 @@ func (b *builder) stmt(n *pg_query.Node) {
 		b.refuse("CALL of a procedure: pgshard cannot tell which shards it touches")
 	case *pg_query.Node_MergeStmt:
 		b.refuse("MERGE is not supported by pgshard")
+	case *pg_query.Node_CreateStmt:
+		if isTemp(s.CreateStmt.GetRelation()) {
+			t.kind = AnyShard // the session's own: it pins the session where it runs
+			return
+		}
+		t.kind = AllShards
+	case *pg_query.Node_CreateSeqStmt:
+		if isTemp(s.CreateSeqStmt.GetSequence()) {
+			t.kind = AnyShard
+			return
+		}
+		t.kind = AllShards
+	case *pg_query.Node_ViewStmt:
+		if isTemp(s.ViewStmt.GetView()) {
+			t.kind = AnyShard
+			return
+		}
+		t.kind = AllShards
 	case *pg_query.Node_CreateTableAsStmt:
+		if q := s.CreateTableAsStmt.Query; q != nil && isTemp(s.CreateTableAsStmt.GetInto().GetRel()) {
+			if sel := q.GetSelectStmt(); sel != nil {
+				b.tempFrom(sel)
+				return
+			}
+		}
 		if q := s.CreateTableAsStmt.Query; q != nil {
 			if sel := q.GetSelectStmt(); sel != nil {
 				b.selectStmt(sel, nil, 0)
@@ -315,6 +347,20 @@ func (b *builder) stmt(n *pg_query.Node) {
 		// DDL, TRUNCATE, GRANT, COMMENT, VACUUM, LOCK, ...: every shard.
 		t.kind = AllShards
 	}
+}
+
+// isTemp reports whether rv names a temporary relation: TEMP, or created
+// in pg_temp. It lives in the session's backend only.
+func isTemp(rv *pg_query.RangeVar) bool {
+	return rv.GetRelpersistence() == "t" || rv.GetSchemaname() == "pg_temp"
+}
+
+// tempFrom plans CREATE TEMP TABLE … AS / SELECT … INTO TEMP: the table is
+// created where the query runs (the session pins itself there), so the
+// query must run on one shard.
+func (b *builder) tempFrom(sel *pg_query.SelectStmt) {
+	b.selectStmt(sel, nil, 0)
+	b.multi = refuse("a temporary table made from a query that spans several shards")
 }
 
 // writeTarget records the kind of an UPDATE or DELETE target.
@@ -798,18 +844,8 @@ func (b *builder) walkMsg(m protoreflect.Message, sc *scope) {
 		b.selectStmt(v, sc, sc.depth+1)
 		return
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
-		}
-		if fd.IsList() {
-			l := val.List()
-			for i := 0; i < l.Len(); i++ {
-				b.walkMsg(l.Get(i).Message(), sc)
-			}
-		} else if !fd.IsMap() {
-			b.walkMsg(val.Message(), sc)
-		}
+	children(m, func(c protoreflect.Message) bool {
+		b.walkMsg(c, sc)
 		return true
 	})
 }

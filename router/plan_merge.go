@@ -417,18 +417,9 @@ func nestedAgg(n *pg_query.Node) string {
 		if _, ok := m.Interface().(*pg_query.SubLink); ok {
 			return
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind || found != "" {
-				return found == ""
-			}
-			if fd.IsList() {
-				for i := 0; i < v.List().Len(); i++ {
-					visit(v.List().Get(i).Message())
-				}
-			} else if !fd.IsMap() {
-				visit(v.Message())
-			}
-			return true
+		children(m, func(c protoreflect.Message) bool {
+			visit(c)
+			return found == ""
 		})
 	}
 	if n != nil {

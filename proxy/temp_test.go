@@ -1,0 +1,81 @@
+package proxy_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgshard/pgshard/shardmap"
+)
+
+// TestTempTablesOverShards: with several shards, a temporary table lives
+// on the backend its session is pinned to; writes and DDL on it (which the
+// router, knowing only the map's tables, would spread over every shard)
+// run there alone, in every protocol mode. A temporary table made from a
+// query must come from one shard.
+func TestTempTablesOverShards(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	sh.onEveryShard(ctx, "CREATE TABLE tu (user_id bigint PRIMARY KEY, v int)")
+	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "tu", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
+		t.Fatal(err)
+	}
+	c := sh.connect(ctx)
+	var rows []string
+	for k := 1; k <= 16; k++ {
+		rows = append(rows, fmt.Sprintf("(%d, %d)", k, 10*k))
+	}
+	mustExec(t, c, "INSERT INTO tu (user_id, v) VALUES "+strings.Join(rows, ", "))
+	mustExec(t, c, "CREATE TEMP TABLE scratch (a int)")
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
+		if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES ($1)", mode, i); err != nil {
+			t.Fatalf("%v: insert: %v", mode, err)
+		}
+		if _, err := c.Exec(ctx, "UPDATE scratch SET a = a + 100 WHERE a = $1", mode, i); err != nil {
+			t.Fatalf("%v: update: %v", mode, err)
+		}
+	}
+	for _, sql := range []string{"CREATE INDEX ON scratch (a)", "ALTER TABLE scratch ADD COLUMN b int", "ANALYZE scratch", "DELETE FROM scratch WHERE a = 100"} {
+		mustExec(t, c, sql)
+	}
+	var n, sum int
+	if err := c.QueryRow(ctx, "SELECT count(*), sum(a) FROM scratch").Scan(&n, &sum); err != nil || n != 2 || sum != 203 {
+		t.Fatalf("scratch: count %d sum %d %v, want 2 and 203", n, sum, err)
+	}
+	// Exactly one shard holds it: the one the session is pinned to.
+	holders, home := 0, -1
+	for i := range sh.topo.Shards {
+		var k int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't'").Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		if k > 0 {
+			home = i
+		}
+		holders += k
+	}
+	if holders != 1 {
+		t.Fatalf("the temporary table is on %d shards, want 1", holders)
+	}
+	// From one shard's rows (that shard's): there; from several: refused.
+	key := int64(1)
+	for sh.owner(key) != home {
+		key++
+	}
+	if _, err := c.Exec(ctx, "SELECT * INTO TEMP one_row FROM tu WHERE user_id = $1", pgx.QueryExecModeSimpleProtocol, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.QueryRow(ctx, "SELECT v FROM one_row").Scan(&n); err != nil || n != int(key)*10 {
+		t.Fatalf("one_row: %d %v, want %d", n, err, key*10)
+	}
+	if _, err := c.Exec(ctx, "CREATE TEMP TABLE all_rows AS SELECT * FROM tu"); sqlState(err) != "0A000" {
+		t.Fatalf("a temporary table from every shard's rows: %v, want 0A000", err)
+	}
+	mustExec(t, c, "TRUNCATE scratch")
+	mustExec(t, c, "DROP TABLE scratch, one_row")
+	if _, err := c.Exec(ctx, "SELECT * FROM scratch"); sqlState(err) != "42P01" {
+		t.Fatalf("after DROP: %v, want 42P01", err)
+	}
+}
