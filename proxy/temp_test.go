@@ -73,6 +73,23 @@ func TestTempTablesOverShards(t *testing.T) {
 	if _, err := c.Exec(ctx, "CREATE TEMP TABLE all_rows AS SELECT * FROM tu"); sqlState(err) != "0A000" {
 		t.Fatalf("a temporary table from every shard's rows: %v, want 0A000", err)
 	}
+	// SQL PREPARE: the statement exists on the backend that prepared it, so
+	// its shard is fixed then; a parameter key is refused (before, EXECUTE
+	// answered from whichever shard the session was pinned to).
+	p := sh.connect(ctx)
+	if _, err := p.Exec(ctx, "PREPARE by_key (bigint) AS SELECT v FROM tu WHERE user_id = $1"); sqlState(err) != "0A000" {
+		t.Fatalf("SQL PREPARE with the key as a parameter: %v, want 0A000", err)
+	}
+	for _, k := range []int64{1, 2, 3, 4, 5, 6} {
+		p := sh.connect(ctx) // SQL PREPARE pins the session to its shard
+		mustExec(t, p, fmt.Sprintf("PREPARE k%d AS SELECT v FROM tu WHERE user_id = %d", k, k))
+		for range 2 {
+			if err := p.QueryRow(ctx, fmt.Sprintf("EXECUTE k%d", k), pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != int(k)*10 {
+				t.Fatalf("EXECUTE k%d: %d %v, want %d", k, n, err, k*10)
+			}
+		}
+		p.Close(ctx)
+	}
 	mustExec(t, c, "TRUNCATE scratch")
 	mustExec(t, c, "DROP TABLE scratch, one_row")
 	if _, err := c.Exec(ctx, "SELECT * FROM scratch"); sqlState(err) != "42P01" {

@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -337,15 +338,40 @@ func (b *builder) stmt(n *pg_query.Node) {
 			}
 		}
 		t.kind = AllShards
+	case *pg_query.Node_PrepareStmt:
+		b.prepareStmt(s.PrepareStmt)
 	case *pg_query.Node_TransactionStmt, *pg_query.Node_VariableSetStmt, *pg_query.Node_VariableShowStmt,
 		*pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt,
-		*pg_query.Node_PrepareStmt, *pg_query.Node_ExecuteStmt, *pg_query.Node_DeallocateStmt,
+		*pg_query.Node_ExecuteStmt, *pg_query.Node_DeallocateStmt,
 		*pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt, *pg_query.Node_DiscardStmt,
 		*pg_query.Node_LoadStmt, *pg_query.Node_ConstraintsSetStmt:
 		t.kind = Utility
 	default:
 		// DDL, TRUNCATE, GRANT, COMMENT, VACUUM, LOCK, ...: every shard.
 		t.kind = AllShards
+	}
+}
+
+// prepareStmt plans SQL PREPARE by the statement it prepares. The
+// prepared statement exists only on the backend the PREPARE runs on (the
+// session pins itself there) and every EXECUTE runs there, so the
+// statement must be routable now, to one shard: one whose shard key is a
+// parameter, that spans shards or writes to every shard is refused.
+func (b *builder) prepareStmt(ps *pg_query.PrepareStmt) {
+	b.stmt(ps.Query)
+	t := b.t
+	b.multi = refuse("SQL PREPARE of a statement that spans several shards: its EXECUTE runs on one backend")
+	if t.refWrite || t.kind == AllShards {
+		b.refuse("SQL PREPARE of a write to a reference table (or one pgshard does not know): its EXECUTE would run on one shard only")
+		return
+	}
+	param := func(v valSrc) bool { return v.kind == srcParam || v.kind == srcParamArr }
+	keyed := slices.ContainsFunc(t.insert, param) || t.keyUpdate != nil && param(*t.keyUpdate)
+	for _, o := range b.occs { // (finish makes them groups)
+		keyed = keyed || o.info.Kind == TableSharded && slices.ContainsFunc(o.keys.vals, param)
+	}
+	if keyed {
+		b.refuse("SQL PREPARE of a statement whose shard key is a parameter: its EXECUTE runs on the one backend that prepared it, whatever the key; prepare it through the extended query protocol (as drivers do)")
 	}
 }
 
