@@ -108,7 +108,13 @@ func (s *Server) plan(sql string, params *router.Params) (router.Plan, bool) {
 	if rs == nil || rs.owners < 2 {
 		return router.Plan{}, false
 	}
-	return rs.planner.Plan(sql, params, rs.ring), true
+	pl := rs.planner.Plan(sql, params, rs.ring)
+	if pl.Notify && (pl.Kind == router.AnyShard || pl.Kind == router.Utility) {
+		// LISTEN/NOTIFY and pg_notify() meet on one shard: the default
+		// one, the first stable shard of the map (every node agrees).
+		pl.Kind, pl.Shard = router.Single, s.defaultShard()
+	}
+	return pl, true
 }
 
 // planError is a planner refusal as the client gets it.

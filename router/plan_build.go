@@ -84,6 +84,15 @@ func (b *builder) link(x, y *occ) {
 
 // build parses sql and analyses it.
 func (p *Planner) build(sql string, sc *planScan) *tmpl {
+	t := p.buildAll(sql, sc)
+	if t.notify && t.err == nil && (len(t.groups) > 0 || t.insert != nil || t.kind == AllShards) {
+		t.kind, t.err = Refuse, refuse("LISTEN, UNLISTEN, NOTIFY and pg_notify() run on one shard for every client (so that notifications reach their listeners): send them apart from statements on sharded tables and writes to reference tables")
+	}
+	return t
+}
+
+// buildAll is build before the check of LISTEN/NOTIFY against the rest.
+func (p *Planner) buildAll(sql string, sc *planScan) *tmpl {
 	t := &tmpl{nlits: sc.n, cacheable: true}
 	tree, err := parse(sql)
 	if err != nil || len(tree.Stmts) == 0 {
@@ -109,6 +118,7 @@ func (p *Planner) build(sql string, sc *planScan) *tmpl {
 		if !b.cacheable {
 			t.cacheable = false
 		}
+		t.notify = t.notify || st.notify
 		if st.kind != Utility {
 			parts = append(parts, st)
 		}
@@ -119,6 +129,7 @@ func (p *Planner) build(sql string, sc *planScan) *tmpl {
 		return t
 	case 1:
 		parts[0].cacheable = t.cacheable
+		parts[0].notify = t.notify
 		return parts[0]
 	}
 	// Several statements in one text: they must all run on one shard (any
@@ -340,8 +351,9 @@ func (b *builder) stmt(n *pg_query.Node) {
 		t.kind = AllShards
 	case *pg_query.Node_PrepareStmt:
 		b.prepareStmt(s.PrepareStmt)
+	case *pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt:
+		t.kind, t.notify = Utility, true
 	case *pg_query.Node_TransactionStmt, *pg_query.Node_VariableSetStmt, *pg_query.Node_VariableShowStmt,
-		*pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt,
 		*pg_query.Node_ExecuteStmt, *pg_query.Node_DeallocateStmt,
 		*pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt, *pg_query.Node_DiscardStmt,
 		*pg_query.Node_LoadStmt, *pg_query.Node_ConstraintsSetStmt:
@@ -865,6 +877,9 @@ func (b *builder) walkMsg(m protoreflect.Message, sc *scope) {
 	case *pg_query.FuncCall:
 		if v.Over != nil {
 			b.multiRefuse("window function %s() across shards", funcName(v))
+		}
+		if funcName(v) == "pg_notify" {
+			b.t.notify = true
 		}
 	case *pg_query.SelectStmt:
 		b.selectStmt(v, sc, sc.depth+1)

@@ -78,6 +78,7 @@ func TestPlanRules(t *testing.T) {
 		shards []string // Multi
 		read   bool
 		err    string // Refuse: substring of the message
+		notify bool
 	}{
 		{name: "key = const", sql: "SELECT * FROM users WHERE user_id = " + A, kind: Single, shard: sa, read: true},
 		{name: "const = key", sql: "SELECT * FROM users WHERE " + A + " = user_id", kind: Single, shard: sa, read: true},
@@ -184,6 +185,12 @@ func TestPlanRules(t *testing.T) {
 		{name: "sql prepare reference write", sql: "PREPARE p (text) AS UPDATE countries SET name = $1", kind: Refuse, err: "reference table"},
 		{name: "sql prepare without tables", sql: "PREPARE p AS SELECT 1", kind: AnyShard},
 		{name: "sql prepare reference read", sql: "PREPARE p (text) AS SELECT * FROM countries WHERE code = $1", kind: AnyShard},
+		{name: "listen", sql: "LISTEN ch", kind: Utility, notify: true},
+		{name: "notify", sql: "NOTIFY ch, 'x'", kind: Utility, notify: true},
+		{name: "unlisten in a string", sql: "UNLISTEN *; SELECT 1", kind: AnyShard, notify: true, read: false},
+		{name: "pg_notify", sql: "SELECT pg_notify('ch', 'x')", kind: AnyShard, notify: true},
+		{name: "pg_notify of keyed rows", sql: "SELECT pg_notify('ch', name) FROM users WHERE user_id = " + A, kind: Refuse, err: "LISTEN, UNLISTEN, NOTIFY and pg_notify() run on one shard"},
+		{name: "listen with keyed rows", sql: "LISTEN ch; SELECT * FROM users WHERE user_id = " + A, kind: Refuse, err: "LISTEN, UNLISTEN, NOTIFY and pg_notify() run on one shard"},
 		{name: "ddl index", sql: "CREATE INDEX ON users (name)", kind: AllShards},
 		{name: "truncate", sql: "TRUNCATE users", kind: AllShards},
 		{name: "utility", sql: "BEGIN", kind: Utility},
@@ -239,6 +246,9 @@ func TestPlanRules(t *testing.T) {
 				got := p.Plan(tc.sql, tc.params, r)
 				if got.Kind != tc.kind {
 					t.Fatalf("round %d: kind %v, want %v (err %v)", round, got.Kind, tc.kind, got.Err)
+				}
+				if tc.kind != Refuse && got.Notify != tc.notify {
+					t.Fatalf("round %d: Notify %v, want %v", round, got.Notify, tc.notify)
 				}
 				switch tc.kind {
 				case Single:

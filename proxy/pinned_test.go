@@ -1,9 +1,11 @@
 package proxy_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgshard/pgshard/shardmap"
@@ -94,5 +96,52 @@ func TestTempTablesOverShards(t *testing.T) {
 	mustExec(t, c, "DROP TABLE scratch, one_row")
 	if _, err := c.Exec(ctx, "SELECT * FROM scratch"); sqlState(err) != "42P01" {
 		t.Fatalf("after DROP: %v, want 42P01", err)
+	}
+}
+
+// TestNotificationsOverShards: LISTEN, NOTIFY and pg_notify() of every
+// client meet on one shard, whichever shard each client's other
+// statements ran on (before, a notification went to the shard of the
+// notifier's last statement and never reached a listener on another).
+func TestNotificationsOverShards(t *testing.T) {
+	sh := startSharded(t, 2)
+	ctx := testCtx(t)
+	sh.onEveryShard(ctx, "CREATE TABLE nu (user_id bigint PRIMARY KEY)")
+	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "nu", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := sh.keysOnTwoShards()
+	listener, notifier := sh.connect(ctx), sh.connect(ctx)
+	for _, k := range []int64{a, b} {
+		for _, c := range []*pgx.Conn{listener, notifier} {
+			if _, err := c.Exec(ctx, "SELECT * FROM nu WHERE user_id = $1", k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mustExec(t, listener, "LISTEN ch")
+	for i, k := range []int64{a, b, a} {
+		// The notifier's last statement ran on the shard of k.
+		if _, err := notifier.Exec(ctx, "SELECT * FROM nu WHERE user_id = $1", k); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if i < 2 {
+			_, err = notifier.Exec(ctx, fmt.Sprintf("NOTIFY ch, 'n%d'", i))
+		} else {
+			_, err = notifier.Exec(ctx, "SELECT pg_notify('ch', $1)", fmt.Sprintf("n%d", i))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := listener.WaitForNotification(wctx)
+		cancel()
+		if err != nil || n.Payload != fmt.Sprintf("n%d", i) {
+			t.Fatalf("notification %d: %v %v", i, n, err)
+		}
+	}
+	if _, err := notifier.Exec(ctx, "SELECT pg_notify('ch', 'x') FROM nu WHERE user_id = $1", a); sqlState(err) != "0A000" {
+		t.Fatalf("pg_notify() over a sharded table: %v, want 0A000", err)
 	}
 }
