@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -723,6 +724,35 @@ func TestShardedSequences(t *testing.T) {
 	}
 	if len(seen) != 80 {
 		t.Fatalf("%d distinct values, want 80", len(seen))
+	}
+	// Run again (as migrations do), CREATE … IF NOT EXISTS must not
+	// restart the sequences: the next values are new ones.
+	mustExec(t, c, "CREATE TABLE IF NOT EXISTS posts (user_id bigint NOT NULL, id bigserial, n bigint GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (user_id, id))")
+	// A sequence of its own: each shard's copy has its own range too.
+	mustExec(t, c, "CREATE SEQUENCE tickets")
+	mustExec(t, c, "CREATE SEQUENCE IF NOT EXISTS tickets")
+	mustExec(t, c, "CREATE TABLE stamps (user_id bigint NOT NULL, ticket bigint NOT NULL)")
+	for k := 1; k <= 20; k++ {
+		mustExec(t, c, fmt.Sprintf("INSERT INTO stamps (user_id, ticket) VALUES (%d, nextval('tickets'))", k))
+		mustExec(t, c, fmt.Sprintf("INSERT INTO posts (user_id) VALUES (%d)", k))
+	}
+	for q, want := range map[string]int{"SELECT id FROM posts": 60, "SELECT ticket FROM stamps": 20} {
+		rows, err := c.Query(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vals, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if distinct := len(slices.Compact(slices.Sorted(slices.Values(vals)))); len(vals) != want || distinct != want {
+			t.Fatalf("%s: %d values, %d distinct, want %d", q, len(vals), distinct, want)
+		}
+	}
+	for _, bad := range []string{"CREATE SEQUENCE s2 START 1000", "CREATE SEQUENCE s2 AS integer", "CREATE SEQUENCE s2 INCREMENT BY -1", "ALTER SEQUENCE tickets RESTART", "ALTER SEQUENCE posts_id_seq MAXVALUE 100"} {
+		if _, err := c.Exec(ctx, bad); sqlState(err) != "0A000" {
+			t.Errorf("%s: %v, want 0A000", bad, err)
+		}
 	}
 }
 

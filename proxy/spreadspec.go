@@ -251,7 +251,7 @@ func (s *session) tableDDL(pl *router.Plan, sql string) ([]router.TableDDL, erro
 		case d.Op == router.DDLCreateTable && !d.Temp:
 			out = append(out, d)
 			creates = true
-		case d.Op == router.DDLDropTable:
+		case d.Op == router.DDLDropTable, d.Op == router.DDLCreateSequence:
 			out = append(out, d)
 		}
 	}
@@ -265,6 +265,9 @@ func (s *session) tableDDL(pl *router.Plan, sql string) ([]router.TableDDL, erro
 func (s *session) registerTables(ctx context.Context, ddl []router.TableDDL) error {
 	reg := s.srv.tableRegistrar()
 	for _, d := range ddl {
+		if d.Op == router.DDLCreateSequence {
+			continue // placed (placeSequences), nothing to register
+		}
 		if d.Op == router.DDLDropTable {
 			if reg == nil {
 				continue
@@ -279,6 +282,9 @@ func (s *session) registerTables(ctx context.Context, ddl []router.TableDDL) err
 				}
 			}
 			continue
+		}
+		if rs := s.srv.routing.Load(); d.IfNotExists && rs != nil && rs.catalog[d.Schema+"."+d.Name].Kind != router.TableUnknown {
+			continue // it existed (the shards skipped the CREATE): registered as it was
 		}
 		t := shardmap.Table{Name: d.MapName(), Kind: shardmap.TableReference}
 		if d.Sharded {
@@ -346,16 +352,19 @@ func binaryParamText(oid uint32, b []byte) (string, bool) {
 	return "", false
 }
 
-// placeSequences moves the sequences of the sharded tables ddl created to
-// each leg's range, in the legs' open transactions.
+// placeSequences moves the sequences of the sharded tables ddl created,
+// and the sequences it created, to each leg's range, in the legs' open
+// transactions.
 func (s *session) placeSequences(ctx context.Context, legs []*leg, ddl []router.TableDDL) error {
-	var seqs []string // per column: the table literal and the column literal
+	var seqs []string // per sequence: an expression giving its name as regclass text
 	for _, d := range ddl {
-		if !d.Sharded {
-			continue
-		}
-		for _, c := range d.Sequences {
-			seqs = append(seqs, quoteLiteral(quoteIdent(d.Schema)+"."+quoteIdent(d.Name)), quoteLiteral(c.Column))
+		switch {
+		case d.Op == router.DDLCreateSequence:
+			seqs = append(seqs, quoteLiteral(quoteIdent(d.Schema)+"."+quoteIdent(d.Name)))
+		case d.Sharded:
+			for _, c := range d.Sequences {
+				seqs = append(seqs, fmt.Sprintf("pg_catalog.pg_get_serial_sequence(%s, %s)", quoteLiteral(quoteIdent(d.Schema)+"."+quoteIdent(d.Name)), quoteLiteral(c.Column)))
+			}
 		}
 	}
 	if len(seqs) == 0 {
@@ -372,16 +381,20 @@ func (s *session) placeSequences(ctx context.Context, legs []*leg, ddl []router.
 	bufs := make([][]byte, len(legs))
 	for i, l := range legs {
 		lo, hi := shardmap.SequenceRange(l.b.rt.name)
-		for j := 0; j < len(seqs); j += 2 {
-			sql := fmt.Sprintf(`DO $pgshard$DECLARE s text := pg_catalog.pg_get_serial_sequence(%s, %s); BEGIN EXECUTE pg_catalog.format('ALTER SEQUENCE %%s MINVALUE %d MAXVALUE %d START WITH %d RESTART WITH %d', s); END$pgshard$`,
-				seqs[j], seqs[j+1], lo, hi, lo, lo)
+		for _, seq := range seqs {
+			// Only a sequence not yet in the range: CREATE … IF NOT EXISTS
+			// of one that exists must not restart it.
+			sql := fmt.Sprintf(`DO $pgshard$DECLARE s regclass := (%s)::regclass; BEGIN
+IF (SELECT seqmin FROM pg_catalog.pg_sequence WHERE seqrelid = s) <> %d THEN
+EXECUTE pg_catalog.format('ALTER SEQUENCE %%s MINVALUE %d MAXVALUE %d START WITH %d RESTART WITH %d', s); END IF; END$pgshard$`,
+				seq, lo, lo, hi, lo, lo)
 			bufs[i] = append(bufs[i], queryMsg(sql)...)
 		}
 	}
 	if err := sendLegs(legs, bufs); err != nil {
 		return err
 	}
-	first, lost := eachLeg(ctx, legs, len(seqs)/2)
+	first, lost := eachLeg(ctx, legs, len(seqs))
 	if first == nil {
 		first = lost
 	}

@@ -28,6 +28,7 @@ import (
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/pgshard/pgshard/shardmap"
 )
@@ -44,6 +45,10 @@ const (
 	DDLCreateTable
 	// DDLDropTable: DROP TABLE: unregister each of Dropped.
 	DDLDropTable
+	// DDLCreateSequence: CREATE SEQUENCE Schema.Name (not temporary): the
+	// proxy gives each shard's copy its own range of values, as it does a
+	// sharded table's serial columns.
+	DDLCreateSequence
 )
 
 func (o DDLOp) String() string {
@@ -54,6 +59,8 @@ func (o DDLOp) String() string {
 		return "create-table"
 	case DDLDropTable:
 		return "drop-table"
+	case DDLCreateSequence:
+		return "create-sequence"
 	}
 	return fmt.Sprintf("DDLOp(%d)", int(o))
 }
@@ -218,6 +225,22 @@ func (a ddlAnalyzer) stmt(n *pg_query.Node, defSchema string) ([]TableDDL, *Erro
 			}
 			return []TableDDL{d}, nil
 		}
+	case *pg_query.Node_CreateSeqStmt:
+		rv := s.CreateSeqStmt.GetSequence()
+		if rv.GetRelpersistence() == "t" || rv.GetSchemaname() == "pg_temp" {
+			return other, nil
+		}
+		schema, name := rangeName(rv, defSchema)
+		if e := seqOptions(s.CreateSeqStmt.GetOptions(), shown(schema, name)); e != nil {
+			return nil, e
+		}
+		return []TableDDL{{Op: DDLCreateSequence, Schema: schema, Name: name, IfNotExists: s.CreateSeqStmt.GetIfNotExists()}}, nil
+	case *pg_query.Node_AlterSeqStmt:
+		schema, name := rangeName(s.AlterSeqStmt.GetSequence(), defSchema)
+		if e := seqOptions(s.AlterSeqStmt.GetOptions(), shown(schema, name)); e != nil {
+			return nil, e
+		}
+		return other, nil
 	case *pg_query.Node_DropStmt:
 		dr := s.DropStmt
 		if dr.GetRemoveType() != pg_query.ObjectType_OBJECT_TABLE {
@@ -373,7 +396,7 @@ func (a ddlAnalyzer) create(cs *pg_query.CreateStmt, defSchema string) (TableDDL
 	case cs.GetOfTypename() != nil:
 		return d, ddlRefuse("CREATE TABLE %q OF a type: pgshard cannot tell the columns from the statement, so not whether the table is sharded; list its columns instead", tbl)
 	case info.Kind == TableReference:
-		return d, nil
+		return d, refVolatile(cols, tbl)
 	case info.Kind == TableSharded && info.KeyColumn != "":
 		key = info.KeyColumn
 	default:
@@ -391,7 +414,7 @@ func (a ddlAnalyzer) create(cs *pg_query.CreateStmt, defSchema string) (TableDDL
 		if info.Kind == TableSharded {
 			return d, ddlRefuse("table %q is registered as sharded by %q, but the statement creates it without that column", tbl, key)
 		}
-		return d, nil // a reference table
+		return d, refVolatile(cols, tbl) // a reference table
 	}
 	kt, ok := keyTypeOf(kc.def.GetTypeName())
 	if !ok {
@@ -412,6 +435,101 @@ func (a ddlAnalyzer) create(cs *pg_query.CreateStmt, defSchema string) (TableDDL
 		}
 	}
 	return d, nil
+}
+
+// seqOptions refuses the options of CREATE or ALTER SEQUENCE that would
+// undo the range pgshard gives each shard's copy of a sequence (or of a
+// serial column's): bounds, start, restart, a descending or cycling
+// sequence, a type narrower than bigint.
+func seqOptions(opts []*pg_query.Node, seq string) *Error {
+	for _, o := range opts {
+		d := o.GetDefElem()
+		switch d.GetDefname() {
+		case "minvalue", "maxvalue", "start", "restart", "cycle":
+			return ddlRefuse("sequence %q: %s is not supported: pgshard gives each shard's copy of a sequence its own range of 64-bit values (unique across shards, not dense)", seq, strings.ToUpper(d.GetDefname()))
+		case "as":
+			if t := typeString(d.GetArg().GetTypeName()); t != "bigint" && t != "int8" {
+				return ddlRefuse("sequence %q AS %s is not supported: pgshard gives each shard's copy of a sequence its own range of 64-bit values; use bigint", seq, t)
+			}
+		case "increment":
+			if v := d.GetArg(); v.GetInteger() != nil && v.GetInteger().GetIval() <= 0 || v.GetFloat() != nil && strings.HasPrefix(v.GetFloat().GetFval(), "-") {
+				return ddlRefuse("sequence %q: a descending sequence is not supported: pgshard gives each shard's copy of a sequence its own ascending range of values", seq)
+			}
+		}
+	}
+	return nil
+}
+
+// refVolatile refuses a reference table's column whose values would
+// differ between its copies: one filled from a sequence (serial, identity,
+// DEFAULT nextval(…): every shard advances its own copy of the sequence as
+// the writes reach it, so concurrent inserts number the rows differently),
+// or with a DEFAULT that is random or reads the clock (each shard
+// evaluates it).
+func refVolatile(cols []ddlColumn, tbl string) *Error {
+	for _, c := range cols {
+		if e := refColumn(c.def, tbl); e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+func refColumn(c *pg_query.ColumnDef, tbl string) *Error {
+	if seqBits(c) > 0 {
+		return refVolatileError(c.GetColname(), tbl, "a sequence")
+	}
+	for _, n := range c.GetConstraints() {
+		if con := n.GetConstraint(); con.GetContype() == pg_query.ConstrType_CONSTR_DEFAULT {
+			if f := VolatileCall(con.GetRawExpr()); f != "" {
+				return refVolatileError(c.GetColname(), tbl, f)
+			}
+		}
+	}
+	return nil
+}
+
+func refVolatileError(col, tbl, what string) *Error {
+	return ddlRefuse("column %q of reference table %q takes its values from %s, which each shard would evaluate on its own, so the table's copies would differ; give the values explicitly in the writes (the same literal reaches every shard)", col, tbl, what)
+}
+
+// volatile are functions whose value differs from one shard to the next
+// within one write: sequences, random values, clocks.
+var volatile = map[string]bool{
+	"nextval": true, "setval": true, "gen_random_uuid": true, "uuid_generate_v1": true, "uuid_generate_v1mc": true,
+	"uuid_generate_v4": true, "random": true, "random_normal": true, "clock_timestamp": true,
+	"statement_timestamp": true, "transaction_timestamp": true, "now": true, "timeofday": true,
+	"txid_current": true, "pg_current_xact_id": true,
+}
+
+// VolatileCall returns, as a client would read it, a call in n whose value
+// would differ between shards ("" when none): see volatile, and
+// CURRENT_TIMESTAMP and the other clock keywords.
+func VolatileCall(n *pg_query.Node) string {
+	if n == nil {
+		return ""
+	}
+	found := ""
+	var visit func(m protoreflect.Message) bool
+	visit = func(m protoreflect.Message) bool {
+		switch v := m.Interface().(type) {
+		case *pg_query.FuncCall:
+			if name := funcName(v); volatile[name] {
+				found = name + "()"
+				return false
+			}
+		case *pg_query.SQLValueFunction:
+			if v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_USER && v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_ROLE &&
+				v.Op != pg_query.SQLValueFunctionOp_SVFOP_SESSION_USER && v.Op != pg_query.SQLValueFunctionOp_SVFOP_USER &&
+				v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_CATALOG && v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_SCHEMA {
+				found = "the clock (" + strings.TrimPrefix(v.Op.String(), "SVFOP_") + ")"
+				return false
+			}
+		}
+		return children(m, visit)
+	}
+	visit(n.ProtoReflect())
+	return found
 }
 
 // seqBits is the width of a sequence-backed column (serial kinds or an
@@ -609,6 +727,11 @@ func (a ddlAnalyzer) alter(st *pg_query.AlterTableStmt, defSchema string) *Error
 		switch cmd.GetSubtype() {
 		case pg_query.AlterTableType_AT_AddColumn:
 			cd := cmd.GetDef().GetColumnDef()
+			if info.Kind == TableReference {
+				if e := refColumn(cd, tbl); e != nil {
+					return e
+				}
+			}
 			if !sharded {
 				if info.Kind == TableUnknown && cd.GetColname() == shardmap.DefaultKeyColumn {
 					return ddlRefuse("cannot add the shard key column %q to table %q, which is not sharded: its existing rows are not placed by the key, and it would not become sharded; create a new table with the column and copy the rows into it", cd.GetColname(), tbl)
@@ -627,7 +750,14 @@ func (a ddlAnalyzer) alter(st *pg_query.AlterTableStmt, defSchema string) *Error
 					return e
 				}
 			}
+		case pg_query.AlterTableType_AT_ColumnDefault:
+			if f := VolatileCall(cmd.GetDef()); info.Kind == TableReference && f != "" {
+				return refVolatileError(cmd.GetName(), tbl, f)
+			}
 		case pg_query.AlterTableType_AT_AddIdentity:
+			if info.Kind == TableReference {
+				return refVolatileError(cmd.GetName(), tbl, "a sequence")
+			}
 			if sharded {
 				return ddlRefuse("cannot make column %q of sharded table %q an identity column: its existing rows would be numbered from 1 on every shard", cmd.GetName(), tbl)
 			}

@@ -285,6 +285,12 @@ func (b *builder) stmt(n *pg_query.Node) {
 		}
 		b.walkList(u.ReturningList, sc)
 		b.writeTarget(target)
+		if target.info.Kind == TableReference {
+			for _, rt := range u.TargetList {
+				b.sameEverywhere(target.table, rt)
+			}
+			b.sameEverywhere(target.table, u.WhereClause)
+		}
 	case *pg_query.Node_DeleteStmt:
 		d := s.DeleteStmt
 		sc := &scope{}
@@ -296,6 +302,9 @@ func (b *builder) stmt(n *pg_query.Node) {
 		b.where(d.WhereClause, sc)
 		b.walkList(d.ReturningList, sc)
 		b.writeTarget(target)
+		if target.info.Kind == TableReference {
+			b.sameEverywhere(target.table, d.WhereClause)
+		}
 	case *pg_query.Node_ExplainStmt:
 		b.stmt(s.ExplainStmt.Query)
 		t.merge, t.rewrite = nil, false
@@ -405,6 +414,18 @@ func (b *builder) tempFrom(sel *pg_query.SelectStmt) {
 func (b *builder) writeTarget(target *occ) {
 	if target.info.Kind != TableSharded {
 		b.t.refWrite = true
+	}
+}
+
+// sameEverywhere refuses a write to reference table name whose values
+// (the expressions ns) each shard would compute differently: a sequence,
+// a random value, the clock.
+func (b *builder) sameEverywhere(name string, ns ...*pg_query.Node) {
+	for _, n := range ns {
+		if f := VolatileCall(n); f != "" {
+			b.refuse("write to reference table %s with %s: each shard would compute its own value, so the table's copies would differ; give the value explicitly", name, f)
+			return
+		}
 	}
 }
 

@@ -19,6 +19,12 @@ func (b *builder) insert(ins *pg_query.InsertStmt) {
 		b.walkOnConflict(ins.OnConflictClause, sc)
 		b.walkList(ins.ReturningList, sc)
 		b.t.refWrite = true
+		if info.Kind == TableReference {
+			b.sameEverywhere(name, ins.SelectStmt, ins.OnConflictClause.GetWhereClause())
+			for _, t := range ins.OnConflictClause.GetTargetList() {
+				b.sameEverywhere(name, t)
+			}
+		}
 		return
 	}
 	sel := ins.SelectStmt.GetSelectStmt()
