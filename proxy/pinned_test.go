@@ -99,10 +99,11 @@ func TestTempTablesOverShards(t *testing.T) {
 	}
 }
 
-// TestNotificationsOverShards: LISTEN, NOTIFY and pg_notify() of every
-// client meet on one shard, whichever shard each client's other
-// statements ran on (before, a notification went to the shard of the
-// notifier's last statement and never reached a listener on another).
+// TestNotificationsOverShards: LISTEN, NOTIFY, pg_notify() and advisory
+// locks of every client meet on one shard, whichever shard each client's
+// other statements ran on (before, a notification went to the shard of the
+// notifier's last statement and never reached a listener on another, and
+// two clients could hold the same advisory lock).
 func TestNotificationsOverShards(t *testing.T) {
 	sh := startSharded(t, 2)
 	ctx := testCtx(t)
@@ -143,5 +144,29 @@ func TestNotificationsOverShards(t *testing.T) {
 	}
 	if _, err := notifier.Exec(ctx, "SELECT pg_notify('ch', 'x') FROM nu WHERE user_id = $1", a); sqlState(err) != "0A000" {
 		t.Fatalf("pg_notify() over a sharded table: %v, want 0A000", err)
+	}
+
+	// Advisory locks exclude each other whichever shard each client's
+	// last statement ran on (before, each took the lock on its own shard).
+	one, two := sh.connect(ctx), sh.connect(ctx)
+	for i, c := range []*pgx.Conn{one, two} {
+		if _, err := c.Exec(ctx, "SELECT * FROM nu WHERE user_id = $1", []int64{a, b}[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got bool
+	if err := one.QueryRow(ctx, "SELECT pg_try_advisory_lock(7)").Scan(&got); err != nil || !got {
+		t.Fatalf("first lock: %v %v", got, err)
+	}
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		if err := two.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", mode, 7).Scan(&got); err != nil || got {
+			t.Fatalf("%v: a second client took the lock another holds: %v %v", mode, got, err)
+		}
+	}
+	if err := one.QueryRow(ctx, "SELECT pg_advisory_unlock(7)").Scan(&got); err != nil || !got {
+		t.Fatalf("unlock: %v %v", got, err)
+	}
+	if err := two.QueryRow(ctx, "SELECT pg_try_advisory_lock(7)").Scan(&got); err != nil || !got {
+		t.Fatalf("the lock, once free: %v %v", got, err)
 	}
 }

@@ -109,7 +109,7 @@ func (s *Server) plan(sql string, params *router.Params) (router.Plan, bool) {
 		return router.Plan{}, false
 	}
 	pl := rs.planner.Plan(sql, params, rs.ring)
-	if pl.Notify && (pl.Kind == router.AnyShard || pl.Kind == router.Utility) {
+	if pl.Global && (pl.Kind == router.AnyShard || pl.Kind == router.Utility) {
 		// LISTEN/NOTIFY and pg_notify() meet on one shard: the default
 		// one, the first stable shard of the map (every node agrees).
 		pl.Kind, pl.Shard = router.Single, s.defaultShard()

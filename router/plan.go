@@ -219,10 +219,12 @@ type Plan struct {
 	// Copy is set for a COPY that spans shards (Multi, Scatter or
 	// AllShards): how the proxy splits or gathers its rows.
 	Copy *CopyPlan
-	// Notify: LISTEN, UNLISTEN, NOTIFY or pg_notify(), with several
-	// shards: it must run on the one shard every client's notifications
-	// go through (an AnyShard or Utility plan; the proxy picks the shard).
-	Notify bool
+	// Global: LISTEN, UNLISTEN, NOTIFY, pg_notify() or an advisory lock
+	// function, with several shards: it must run on the one shard every
+	// client shares, so that notifications reach their listeners and
+	// locks exclude each other (an AnyShard or Utility plan; the proxy
+	// picks the shard).
+	Global bool
 	// Err is set for Refuse.
 	Err *Error
 }
@@ -447,8 +449,9 @@ type tmpl struct {
 	keyUpdate *valSrc
 	// copy: a COPY the proxy splits or gathers (plan_copy.go).
 	copy *CopyPlan
-	// notify: LISTEN, UNLISTEN, NOTIFY or pg_notify() (Plan.Notify).
-	notify bool
+	// global: LISTEN, UNLISTEN, NOTIFY, pg_notify() or an advisory lock
+	// (Plan.Global).
+	global bool
 	// distinctKey: the key column of the SELECT's only (sharded) table,
 	// for count(DISTINCT key) (plan_merge.go).
 	distinctKey string
@@ -603,7 +606,7 @@ func resolveLimit(sql string, sc *planScan, params *Params, v valSrc) (int64, bo
 // eval instantiates the template for one text and its parameters; ok is
 // false when a key literal cannot be read from the text.
 func (t *tmpl) eval(sql string, sc *planScan, params *Params, loc Locator) (Plan, bool) {
-	pl := Plan{Kind: t.kind, Read: t.read, Err: t.err, Limit: -1, Offset: -1, Copy: t.copy, Notify: t.notify}
+	pl := Plan{Kind: t.kind, Read: t.read, Err: t.err, Limit: -1, Offset: -1, Copy: t.copy, Global: t.global}
 	crossErr := t.crossErr
 	if t.multiErr != nil {
 		crossErr = t.multiErr

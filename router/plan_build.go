@@ -85,8 +85,8 @@ func (b *builder) link(x, y *occ) {
 // build parses sql and analyses it.
 func (p *Planner) build(sql string, sc *planScan) *tmpl {
 	t := p.buildAll(sql, sc)
-	if t.notify && t.err == nil && (len(t.groups) > 0 || t.insert != nil || t.kind == AllShards) {
-		t.kind, t.err = Refuse, refuse("LISTEN, UNLISTEN, NOTIFY and pg_notify() run on one shard for every client (so that notifications reach their listeners): send them apart from statements on sharded tables and writes to reference tables")
+	if t.global && t.err == nil && (len(t.groups) > 0 || t.insert != nil || t.kind == AllShards) {
+		t.kind, t.err = Refuse, refuse("LISTEN, UNLISTEN, NOTIFY, pg_notify() and advisory locks run on one shard for every client (so that notifications reach their listeners and locks exclude each other): send them apart from statements on sharded tables and writes to reference tables")
 	}
 	return t
 }
@@ -118,7 +118,7 @@ func (p *Planner) buildAll(sql string, sc *planScan) *tmpl {
 		if !b.cacheable {
 			t.cacheable = false
 		}
-		t.notify = t.notify || st.notify
+		t.global = t.global || st.global
 		if st.kind != Utility {
 			parts = append(parts, st)
 		}
@@ -129,7 +129,7 @@ func (p *Planner) buildAll(sql string, sc *planScan) *tmpl {
 		return t
 	case 1:
 		parts[0].cacheable = t.cacheable
-		parts[0].notify = t.notify
+		parts[0].global = t.global
 		return parts[0]
 	}
 	// Several statements in one text: they must all run on one shard (any
@@ -361,7 +361,7 @@ func (b *builder) stmt(n *pg_query.Node) {
 	case *pg_query.Node_PrepareStmt:
 		b.prepareStmt(s.PrepareStmt)
 	case *pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt:
-		t.kind, t.notify = Utility, true
+		t.kind, t.global = Utility, true
 	case *pg_query.Node_TransactionStmt, *pg_query.Node_VariableSetStmt, *pg_query.Node_VariableShowStmt,
 		*pg_query.Node_ExecuteStmt, *pg_query.Node_DeallocateStmt,
 		*pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt, *pg_query.Node_DiscardStmt,
@@ -899,8 +899,8 @@ func (b *builder) walkMsg(m protoreflect.Message, sc *scope) {
 		if v.Over != nil {
 			b.multiRefuse("window function %s() across shards", funcName(v))
 		}
-		if funcName(v) == "pg_notify" {
-			b.t.notify = true
+		if name := funcName(v); name == "pg_notify" || strings.HasPrefix(name, "pg_advisory_") || strings.HasPrefix(name, "pg_try_advisory_") {
+			b.t.global = true
 		}
 	case *pg_query.SelectStmt:
 		b.selectStmt(v, sc, sc.depth+1)

@@ -78,7 +78,7 @@ func TestPlanRules(t *testing.T) {
 		shards []string // Multi
 		read   bool
 		err    string // Refuse: substring of the message
-		notify bool
+		global bool
 	}{
 		{name: "key = const", sql: "SELECT * FROM users WHERE user_id = " + A, kind: Single, shard: sa, read: true},
 		{name: "const = key", sql: "SELECT * FROM users WHERE " + A + " = user_id", kind: Single, shard: sa, read: true},
@@ -185,17 +185,20 @@ func TestPlanRules(t *testing.T) {
 		{name: "sql prepare reference write", sql: "PREPARE p (text) AS UPDATE countries SET name = $1", kind: Refuse, err: "reference table"},
 		{name: "sql prepare without tables", sql: "PREPARE p AS SELECT 1", kind: AnyShard},
 		{name: "sql prepare reference read", sql: "PREPARE p (text) AS SELECT * FROM countries WHERE code = $1", kind: AnyShard},
-		{name: "listen", sql: "LISTEN ch", kind: Utility, notify: true},
-		{name: "notify", sql: "NOTIFY ch, 'x'", kind: Utility, notify: true},
-		{name: "unlisten in a string", sql: "UNLISTEN *; SELECT 1", kind: AnyShard, notify: true, read: false},
-		{name: "pg_notify", sql: "SELECT pg_notify('ch', 'x')", kind: AnyShard, notify: true},
-		{name: "pg_notify of keyed rows", sql: "SELECT pg_notify('ch', name) FROM users WHERE user_id = " + A, kind: Refuse, err: "LISTEN, UNLISTEN, NOTIFY and pg_notify() run on one shard"},
-		{name: "listen with keyed rows", sql: "LISTEN ch; SELECT * FROM users WHERE user_id = " + A, kind: Refuse, err: "LISTEN, UNLISTEN, NOTIFY and pg_notify() run on one shard"},
+		{name: "listen", sql: "LISTEN ch", kind: Utility, global: true},
+		{name: "notify", sql: "NOTIFY ch, 'x'", kind: Utility, global: true},
+		{name: "unlisten in a string", sql: "UNLISTEN *; SELECT 1", kind: AnyShard, global: true, read: false},
+		{name: "pg_notify", sql: "SELECT pg_notify('ch', 'x')", kind: AnyShard, global: true},
+		{name: "pg_notify of keyed rows", sql: "SELECT pg_notify('ch', name) FROM users WHERE user_id = " + A, kind: Refuse, err: "LISTEN, UNLISTEN, NOTIFY, pg_notify() and advisory locks run on one shard"},
+		{name: "listen with keyed rows", sql: "LISTEN ch; SELECT * FROM users WHERE user_id = " + A, kind: Refuse, err: "LISTEN, UNLISTEN, NOTIFY, pg_notify() and advisory locks run on one shard"},
 		{name: "reference insert with a sequence", sql: "INSERT INTO countries (code, name) VALUES ('x', nextval('s')::text)", kind: Refuse, err: "write to reference table countries with nextval()"},
 		{name: "reference update with the clock", sql: "UPDATE countries SET name = now()::text WHERE code = 'x'", kind: Refuse, err: "write to reference table countries with now()"},
 		{name: "reference delete by random", sql: "DELETE FROM countries WHERE random() < 0.5", kind: Refuse, err: "with random()"},
 		{name: "reference upsert with the clock", sql: "INSERT INTO countries (code) VALUES ('x') ON CONFLICT (code) DO UPDATE SET name = CURRENT_TIMESTAMP::text", kind: Refuse, err: "with the clock"},
 		{name: "reference insert of literals", sql: "INSERT INTO countries (code, name) VALUES ('x', upper('y'))", kind: AllShards},
+		{name: "advisory lock", sql: "SELECT pg_advisory_lock(42)", kind: AnyShard, global: true},
+		{name: "advisory try lock", sql: "SELECT pg_try_advisory_xact_lock(1, 2)", kind: AnyShard, global: true},
+		{name: "advisory lock with keyed rows", sql: "SELECT pg_advisory_lock(user_id) FROM users WHERE user_id = " + A, kind: Refuse, err: "advisory locks run on one shard"},
 		{name: "ddl index", sql: "CREATE INDEX ON users (name)", kind: AllShards},
 		{name: "truncate", sql: "TRUNCATE users", kind: AllShards},
 		{name: "utility", sql: "BEGIN", kind: Utility},
@@ -252,8 +255,8 @@ func TestPlanRules(t *testing.T) {
 				if got.Kind != tc.kind {
 					t.Fatalf("round %d: kind %v, want %v (err %v)", round, got.Kind, tc.kind, got.Err)
 				}
-				if tc.kind != Refuse && got.Notify != tc.notify {
-					t.Fatalf("round %d: Notify %v, want %v", round, got.Notify, tc.notify)
+				if tc.kind != Refuse && got.Global != tc.global {
+					t.Fatalf("round %d: Global %v, want %v", round, got.Global, tc.global)
 				}
 				switch tc.kind {
 				case Single:
