@@ -7,8 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/shardmap"
 )
 
@@ -147,5 +149,57 @@ func TestOwnErrorsFailTheShardedTransaction(t *testing.T) {
 	got := ownErrorTranscript(ctx, t, sh.pgconn(ctx), "own_err")
 	if !slices.Equal(got, want) {
 		t.Fatalf("through pgshard:\n%s\nPostgreSQL:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestCurrvalNeedsItsBackend: with transaction pooling, currval() and
+// lastval() outside a transaction could read another client's nextval()
+// (the backend's last one): refused with 0A000. In a transaction, a Query
+// string or an extended batch with the nextval() they are exact.
+func TestCurrvalNeedsItsBackend(t *testing.T) {
+	h := startProxy(t, func(c *config.Config) { c.Pool.Size = 1 })
+	ctx := testCtx(t)
+	a, b := h.connect(ctx), h.connect(ctx)
+	if _, err := a.Exec(ctx, "CREATE SEQUENCE cv"); err != nil {
+		t.Fatal(err)
+	}
+	var x, y int64
+	for _, c := range []*pgx.Conn{a, b} {
+		if err := c.QueryRow(ctx, "SELECT nextval('cv')").Scan(&x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+		for _, q := range []string{"SELECT currval('cv')", "SELECT lastval()", "select CURRVAL('cv') + 0"} {
+			if err := a.QueryRow(ctx, q, mode).Scan(&y); sqlState(err) != "0A000" {
+				t.Fatalf("%v: %s on its own: %d %v, want 0A000 (another client's nextval was %d)", mode, q, y, err, x)
+			}
+		}
+	}
+	// With the nextval, on the same backend.
+	res, err := a.PgConn().Exec(ctx, "SELECT nextval('cv'); SELECT currval('cv')").ReadAll()
+	if err != nil || len(res) != 2 || string(res[0].Rows[0][0]) != string(res[1].Rows[0][0]) {
+		t.Fatalf("one Query string: %v %v", res, err)
+	}
+	br := a.SendBatch(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: "SELECT nextval('cv')"}, {SQL: "SELECT lastval()"}}})
+	if err := br.QueryRow().Scan(&x); err != nil {
+		t.Fatal(err)
+	}
+	if err := br.QueryRow().Scan(&y); err != nil || x != y {
+		t.Fatalf("one batch: nextval %d, lastval %d %v", x, y, err)
+	}
+	br.Close()
+	tx, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, "SELECT nextval('cv')").Scan(&x); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, "SELECT currval('cv')").Scan(&y); err != nil || x != y {
+		t.Fatalf("in a transaction: nextval %d, currval %d %v", x, y, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -195,6 +195,7 @@ type session struct {
 	starting   bool // start is answering the client: a lost backend is replaced, not reported
 	lost       bool // a backend went away with the client's work on it: the session ends
 	resetReq   bool
+	unnamedSeq bool // the client's unnamed statement calls currval() or lastval()
 	stmts      map[string]*stmtDef
 	sets       map[string]string // name -> SQL text of the value
 	setsKey    string
@@ -846,6 +847,11 @@ func (s *session) handleQuery(ctx context.Context, msg []byte) error {
 	if done, err := s.localSet(ctx, fx); done || err != nil {
 		return err
 	}
+	if fx.SessionSeq && fx.Statements == 1 {
+		if e := s.sessionSeqRefusal(); e != nil {
+			return s.refuseQuery(ctx, e)
+		}
+	}
 	if s.localDeallocate(fx) {
 		return nil
 	}
@@ -1136,6 +1142,7 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 			s.srv.stmts.bump()
 		}
 		s.newUnnamed(msg)
+		s.unnamedSeq = fx.SessionSeq
 		if s.split {
 			s.unnamedRead, _ = s.classify(string(q))
 		}
@@ -1211,6 +1218,39 @@ func (s *session) parsing(name string) bool {
 	return false
 }
 
+// bindsSessionSeq reports whether the statement a Bind names calls
+// currval() or lastval().
+func (s *session) bindsSessionSeq(stmt []byte) bool {
+	if len(stmt) == 0 {
+		return s.unnamedSeq
+	}
+	d, ok := s.lookupStmt(string(stmt))
+	return ok && d.sessionSeq
+}
+
+// sessionSeqRefusal refuses currval() and lastval() where they could read
+// another client's value: in transaction pooling, on a session that is not
+// pinned, outside a transaction, with nothing else of the request run
+// before them on the backend. They read what the backend's session last
+// drew from a sequence, and the client's earlier nextval() may have run on
+// another backend, whose value another client's nextval() may since have
+// replaced on this one.
+func (s *session) sessionSeqRefusal() *wire.Error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mode != config.PoolTransaction || s.pinned || s.txStatus != 'I' || s.lazyBegin != "" {
+		return nil
+	}
+	for i := s.q.head; i < len(s.q.buf); i++ {
+		if k := s.q.buf[i].kind; k == 'E' || k == 'Q' {
+			return nil // after a statement of the same request, on the same backend
+		}
+	}
+	e := wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: currval() and lastval() outside a transaction read what some backend last drew from a sequence, which with transaction pooling may be another client's value")
+	e.Hint = "use INSERT … RETURNING, or call them in the same transaction (or Query string, or extended-protocol batch) as the nextval()"
+	return e
+}
+
 // pinForExtended pins the session when a statement sent through the
 // extended protocol changes session state: those effects are not replayed.
 func (s *session) pinForExtended(fx router.Effects) {
@@ -1263,6 +1303,11 @@ func (s *session) handleBind(ctx context.Context, msg []byte) error {
 	}
 	if done, err := s.routeBind(ctx, stmt, rest); done || err != nil {
 		return err
+	}
+	if s.bindsSessionSeq(stmt) {
+		if e := s.sessionSeqRefusal(); e != nil {
+			return s.refuseExtended(ctx, e)
+		}
 	}
 	def, ok, err := s.useStatement(ctx, stmt)
 	if !ok {

@@ -36,6 +36,8 @@ type stmtDef struct {
 	// is not, and may rightly differ between backends (a FETCH prepared
 	// before its cursor was declared).
 	planned bool
+	// sessionSeq: it calls currval() or lastval() (see sessionSeqRefusal).
+	sessionSeq bool
 	// retired is set once the definition is no longer handed out; backends
 	// that have it close it when next attached (sweepRetired).
 	retired atomic.Bool
@@ -130,7 +132,8 @@ func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (r
 		c.defs = map[string]*stmtDef{}
 	}
 	c.next++
-	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key, sql: query, types: oids, planned: router.Planned(query)}
+	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key, sql: query, types: oids, planned: router.Planned(query),
+		sessionSeq: router.Inspect(query).SessionSeq}
 	d.read, _ = classify(query)
 	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
 	d.parse, _ = p.Encode(nil)

@@ -40,6 +40,9 @@ type Effects struct {
 	Schema bool
 	// Truncate is set when a statement starts with TRUNCATE.
 	Truncate bool
+	// SessionSeq is set when a statement calls currval() or lastval(),
+	// which read what the backend's session last drew from a sequence.
+	SessionSeq bool
 	// Deallocate names the statement of a lone DEALLOCATE [PREPARE] name;
 	// DeallocateAll is set by a lone DEALLOCATE [PREPARE] ALL.
 	Deallocate    string
@@ -160,6 +163,8 @@ func (e *Effects) add(sql string, toks []token) {
 			e.pin("WITH HOLD cursor")
 		case containsFold(w, "advisory") && !containsFold(w, "xact") && !containsFold(w, "unlock"):
 			e.pin("session advisory lock")
+		case keywordIs(w, "currval") || keywordIs(w, "lastval"):
+			e.SessionSeq = true
 		}
 	}
 	first := toks[0]
