@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgshard/pgshard/config"
 	"github.com/pgshard/pgshard/shardmap"
 )
 
@@ -168,5 +169,47 @@ func TestNotificationsOverShards(t *testing.T) {
 	}
 	if err := two.QueryRow(ctx, "SELECT pg_try_advisory_lock(7)").Scan(&got); err != nil || !got {
 		t.Fatalf("the lock, once free: %v %v", got, err)
+	}
+}
+
+// TestSetConfigPinsTheSession: set_config(…, false) changes a session
+// setting without SET, so pgshard cannot replay it: the session keeps its
+// backend, and no other client gets that backend with the setting (before,
+// the next client on it saw the first one's search_path). A setting local
+// to the transaction (is_local true) pins nothing.
+func TestSetConfigPinsTheSession(t *testing.T) {
+	h := startProxy(t, func(c *config.Config) { c.Pool.Size = 2 })
+	ctx := testCtx(t)
+	show := func(c *pgx.Conn) string {
+		var v string
+		if err := c.QueryRow(ctx, "SHOW search_path").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	a := h.connect(ctx)
+	def := show(a)
+	mustExec(t, a, "SELECT set_config('search_path', 'pg_catalog', true)") // local: gone after its transaction
+	if v := show(a); v != def {
+		t.Fatalf("a transaction-local set_config outlived its transaction: %q", v)
+	}
+	mustExec(t, a, "SELECT set_config('search_path', 'pg_catalog', false)")
+	for range 6 {
+		b := h.connect(ctx)
+		if v := show(b); v != def {
+			t.Fatalf("another client sees search_path %q, want %q", v, def)
+		}
+		if v := show(a); v != "pg_catalog" {
+			t.Fatalf("the client that set it sees %q", v)
+		}
+		b.Close(ctx)
+	}
+	a.Close(ctx)
+	for range 4 {
+		c := h.connect(ctx)
+		if v := show(c); v != def {
+			t.Fatalf("after the client left, its backend still has search_path %q", v)
+		}
+		c.Close(ctx)
 	}
 }

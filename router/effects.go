@@ -142,6 +142,33 @@ func Inspect(sql string) Effects {
 	}
 }
 
+// localSetConfig reports whether toks, the tokens after set_config, are
+// an argument list whose last argument is the literal true: a setting
+// local to the transaction, which needs no pinning.
+func localSetConfig(toks []token) bool {
+	depth := 0
+	for i, t := range toks {
+		if t.kind != tokPunct {
+			if depth == 0 {
+				return false
+			}
+			continue
+		}
+		for _, c := range t.word {
+			switch c {
+			case '(':
+				depth++
+			case ')':
+				depth--
+				if depth == 0 {
+					return i > 0 && toks[i-1].kind == tokIdent && keywordIs(toks[i-1].word, "true") && strings.HasPrefix(t.word, ")")
+				}
+			}
+		}
+	}
+	return false
+}
+
 func (e *Effects) pin(why string) {
 	if !e.Pin {
 		e.Pin, e.PinReason = true, why
@@ -150,11 +177,13 @@ func (e *Effects) pin(why string) {
 
 // add records the effects of one statement.
 func (e *Effects) add(sql string, toks []token) {
-	for _, t := range toks {
+	for i, t := range toks {
 		if t.kind != tokIdent {
 			continue
 		}
 		switch w := t.word; {
+		case keywordIs(w, "set_config") && !localSetConfig(toks[i+1:]):
+			e.pin("set_config() of a session setting")
 		case w == "temp" || w == "temporary":
 			e.pin("temporary table")
 		case len(w) >= 7 && keywordIs(w[:7], "pg_temp"):
