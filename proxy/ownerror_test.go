@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgshard/pgshard/config"
-	"github.com/pgshard/pgshard/shardmap"
 )
 
 // ownErrorTranscript runs, on c, statements that get an error pgshard
@@ -137,10 +136,7 @@ func TestOwnErrorsFailTheTransaction(t *testing.T) {
 func TestOwnErrorsFailTheShardedTransaction(t *testing.T) {
 	sh := startSharded(t, 2)
 	ctx := testCtx(t)
-	sh.onEveryShard(ctx, "CREATE TABLE own_err (user_id bigint PRIMARY KEY)")
-	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "own_err", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
-		t.Fatal(err)
-	}
+	sh.createSharded(ctx, "own_err", "user_id bigint PRIMARY KEY")
 	direct := sh.shardConn(ctx, 0).PgConn()
 	if err := direct.Exec(ctx, "CREATE TABLE own_err_direct (user_id bigint PRIMARY KEY)").Close(); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgshard/pgshard/config"
-	"github.com/pgshard/pgshard/shardmap"
 )
 
 // TestTempTablesOverShards: with several shards, a temporary table lives
@@ -21,10 +20,7 @@ func TestTempTablesOverShards(t *testing.T) {
 	sh := startSharded(t, 2)
 	sh.srv.SetTxnLog(newShardedTxnLog())
 	ctx := testCtx(t)
-	sh.onEveryShard(ctx, "CREATE TABLE tu (user_id bigint PRIMARY KEY, v int)")
-	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "tu", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
-		t.Fatal(err)
-	}
+	sh.createSharded(ctx, "tu", "user_id bigint PRIMARY KEY, v int")
 	c := sh.connect(ctx)
 	var rows []string
 	for k := 1; k <= 16; k++ {
@@ -108,10 +104,7 @@ func TestTempTablesOverShards(t *testing.T) {
 func TestNotificationsOverShards(t *testing.T) {
 	sh := startSharded(t, 2)
 	ctx := testCtx(t)
-	sh.onEveryShard(ctx, "CREATE TABLE nu (user_id bigint PRIMARY KEY)")
-	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "nu", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
-		t.Fatal(err)
-	}
+	sh.createSharded(ctx, "nu", "user_id bigint PRIMARY KEY")
 	a, b := sh.keysOnTwoShards()
 	listener, notifier := sh.connect(ctx), sh.connect(ctx)
 	for _, k := range []int64{a, b} {

@@ -171,6 +171,17 @@ func (sh *shardedHarness) onEveryShard(ctx context.Context, sql string) {
 	}
 }
 
+// createSharded creates table name (columns) on every shard and
+// registers it as sharded by its bigint user_id, as CREATE TABLE through
+// pgshard would.
+func (sh *shardedHarness) createSharded(ctx context.Context, name, columns string) {
+	sh.t.Helper()
+	sh.onEveryShard(ctx, "CREATE TABLE "+name+" ("+columns+")")
+	if err := sh.RegisterTable(ctx, shardmap.Table{Name: name, Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
+		sh.t.Fatal(err)
+	}
+}
+
 // owner returns the index of the shard that owns an int key.
 func (sh *shardedHarness) owner(key int64) int {
 	sh.mu.Lock()
@@ -193,10 +204,7 @@ var allModes = []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExe
 func TestKeyedStatementsLandOnTheirShard(t *testing.T) {
 	sh := startSharded(t, 2)
 	ctx := testCtx(t)
-	sh.onEveryShard(ctx, "CREATE TABLE orders (user_id bigint, v int)")
-	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "orders", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
-		t.Fatal(err)
-	}
+	sh.createSharded(ctx, "orders", "user_id bigint, v int")
 	c := sh.connect(ctx)
 	const keys = 60
 	for k := int64(0); k < keys; k++ {
@@ -246,10 +254,7 @@ func TestTransactionAcrossShards(t *testing.T) {
 	sh := startSharded(t, 2)
 	sh.srv.SetTxnLog(newShardedTxnLog())
 	ctx := testCtx(t)
-	sh.onEveryShard(ctx, "CREATE TABLE orders (user_id bigint, v int)")
-	if err := sh.RegisterTable(ctx, shardmap.Table{Name: "orders", Kind: shardmap.TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt}); err != nil {
-		t.Fatal(err)
-	}
+	sh.createSharded(ctx, "orders", "user_id bigint, v int")
 	a, b := sh.keysOnTwoShards()
 	c := sh.connect(ctx)
 	count := func(mode pgx.QueryExecMode) int {
