@@ -206,3 +206,58 @@ func TestSetConfigPinsTheSession(t *testing.T) {
 		c.Close(ctx)
 	}
 }
+
+// TestScatterAfterDDLRaisesStalePlan: a client's prepared statement whose
+// result changes under it (ALTER TABLE … ADD COLUMN, then SELECT *) gets
+// what PostgreSQL raises, "cached plan must not change result type"
+// (0A000), also when it runs over every shard; then, prepared again, the
+// new columns. Before, the shards' Bind error (08P01) reached the client,
+// or, with one result format for all columns, rows it would decode with
+// the old description.
+func TestScatterAfterDDLRaisesStalePlan(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE stale (user_id bigint PRIMARY KEY, v int)")
+	mustExec(t, c, "INSERT INTO stale (user_id, v) VALUES (1, 10), (2, 20), (3, 30), (4, 40)")
+	const q = "SELECT * FROM stale ORDER BY user_id"
+	count := func() (int, error) {
+		rows, err := c.Query(ctx, q)
+		if err != nil {
+			return 0, err
+		}
+		vals, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]any, error) { return r.Values() })
+		if len(vals) > 0 && err == nil {
+			return len(vals[0]), nil
+		}
+		return 0, err
+	}
+	pc := sh.pgconn(ctx)
+	if _, err := pc.Prepare(ctx, "text_rows", q, nil); err != nil {
+		t.Fatal(err)
+	}
+	textCols := func() (int, error) {
+		res := pc.ExecPrepared(ctx, "text_rows", nil, nil, nil).Read() // one result format (text) for every column
+		if res.Err != nil {
+			return 0, res.Err
+		}
+		return len(res.Rows[0]), nil
+	}
+	if n, err := count(); err != nil || n != 2 {
+		t.Fatalf("before: %d columns %v", n, err)
+	}
+	if n, err := textCols(); err != nil || n != 2 {
+		t.Fatalf("before, text: %d columns %v", n, err)
+	}
+	mustExec(t, sh.connect(ctx), "ALTER TABLE stale ADD COLUMN w text DEFAULT 'x'")
+	if _, err := count(); sqlState(err) != "0A000" {
+		t.Fatalf("after ADD COLUMN: %v, want 0A000", err)
+	}
+	if n, err := count(); err != nil || n != 3 {
+		t.Fatalf("prepared again: %d columns %v, want 3", n, err)
+	}
+	if _, err := textCols(); sqlState(err) != "0A000" {
+		t.Fatalf("after ADD COLUMN, text: %v, want 0A000", err)
+	}
+}

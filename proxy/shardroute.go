@@ -717,7 +717,10 @@ func (s *session) groupSpread(ctx context.Context, group []byte) (bool, error) {
 			s.mu.Lock()
 			s.stmts[p.Name] = def
 			s.mu.Unlock()
+			x.def = def
 		}
+	} else if bd.PreparedStatement != "" {
+		x.def, _ = s.lookupStmt(bd.PreparedStatement)
 	}
 	if inTxn {
 		return true, s.spreadInTxn(ctx, &pl, sql, x)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -440,6 +441,7 @@ type extReq struct {
 	results  []int16       // the Bind's result formats
 	describe bool          // the client described the portal
 	parse    bool          // the batch had a Parse: answer ParseComplete
+	def      *stmtDef      // the client's named statement, if it names one (see staleSpread)
 }
 
 // stmtMsg is what leg i is sent to run text: a Query, or for an
@@ -811,10 +813,15 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 					s.emitError(wire.Errorf(wire.CodeProtocolViolation, "pgshard: malformed RowDescription from shard %s", l.b.rt.name))
 					return nil
 				}
+				if first == nil {
+					first = s.staleSpread(x, desc, pl, nil)
+				}
 			}
 		case 'E':
 			if first == nil {
-				first = backendError(msg)
+				if first = s.staleSpread(x, nil, pl, msg); first == nil {
+					first = backendError(msg)
+				}
 			}
 		case 'C':
 			tags[i] = append([]byte(nil), tagOf(msg)...)
@@ -1104,6 +1111,34 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 	}
 	s.emit(&pgproto3.CommandComplete{CommandTag: tag})
 	return nil
+}
+
+// staleSpread answers, for a spread read of the client's named statement
+// whose result description the client was given, what PostgreSQL raises
+// when a schema change altered it ("cached plan must not change result
+// type"), and retires the statement: the shards describe it differently
+// (desc, without the merge's hidden columns), or refuse the Bind's result
+// formats for another number of columns (errMsg, 08P01). nil otherwise.
+func (s *session) staleSpread(x *extReq, desc *pgproto3.RowDescription, pl *router.Plan, errMsg []byte) error {
+	if x == nil || x.def == nil || !x.def.described() {
+		return nil
+	}
+	if errMsg != nil {
+		if errorCode(errMsg) != wire.CodeProtocolViolation || !bytes.Contains(errMsg, []byte("result formats but query has")) {
+			return nil
+		}
+	} else {
+		shown := *desc
+		if pl.Merge != nil && pl.Merge.Hidden > 0 && pl.Merge.Hidden <= len(shown.Fields) {
+			shown.Fields = shown.Fields[:len(shown.Fields)-pl.Merge.Hidden]
+		}
+		msg, err := shown.Encode(nil)
+		if err != nil || x.def.noteDesc(msg) {
+			return nil
+		}
+	}
+	s.srv.stmts.retire(x.def)
+	return wire.Errorf(wire.CodeFeatureNotSupported, "cached plan must not change result type")
 }
 
 // finishLegs runs sql (COMMIT, ROLLBACK) on every leg.
