@@ -813,13 +813,10 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 					s.emitError(wire.Errorf(wire.CodeProtocolViolation, "pgshard: malformed RowDescription from shard %s", l.b.rt.name))
 					return nil
 				}
-				if first == nil {
-					first = s.staleSpread(x, desc, pl, nil)
-				}
 			}
 		case 'E':
 			if first == nil {
-				if first = s.staleSpread(x, nil, pl, msg); first == nil {
+				if first = s.staleSpread(x, nil, msg); first == nil {
 					first = backendError(msg)
 				}
 			}
@@ -861,6 +858,10 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	}
 	m, err := merge.New(spec, srcs)
 	if err != nil {
+		s.emitError(err)
+		return nil
+	}
+	if err := s.staleSpread(x, m.RowDescription(), nil); err != nil {
 		s.emitError(err)
 		return nil
 	}
@@ -1116,10 +1117,10 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 // staleSpread answers, for a spread read of the client's named statement
 // whose result description the client was given, what PostgreSQL raises
 // when a schema change altered it ("cached plan must not change result
-// type"), and retires the statement: the shards describe it differently
-// (desc, without the merge's hidden columns), or refuse the Bind's result
-// formats for another number of columns (errMsg, 08P01). nil otherwise.
-func (s *session) staleSpread(x *extReq, desc *pgproto3.RowDescription, pl *router.Plan, errMsg []byte) error {
+// type"), and retires the statement: the merged result is described
+// differently (desc), or the shards refuse the Bind's result formats for
+// another number of columns (errMsg, 08P01). nil otherwise.
+func (s *session) staleSpread(x *extReq, desc *pgproto3.RowDescription, errMsg []byte) error {
 	if x == nil || x.def == nil || !x.def.described() {
 		return nil
 	}
@@ -1127,15 +1128,8 @@ func (s *session) staleSpread(x *extReq, desc *pgproto3.RowDescription, pl *rout
 		if errorCode(errMsg) != wire.CodeProtocolViolation || !bytes.Contains(errMsg, []byte("result formats but query has")) {
 			return nil
 		}
-	} else {
-		shown := *desc
-		if pl.Merge != nil && pl.Merge.Hidden > 0 && pl.Merge.Hidden <= len(shown.Fields) {
-			shown.Fields = shown.Fields[:len(shown.Fields)-pl.Merge.Hidden]
-		}
-		msg, err := shown.Encode(nil)
-		if err != nil || x.def.noteDesc(msg) {
-			return nil
-		}
+	} else if msg, err := desc.Encode(nil); err != nil || x.def.noteDesc(msg) {
+		return nil
 	}
 	s.srv.stmts.retire(x.def)
 	return wire.Errorf(wire.CodeFeatureNotSupported, "cached plan must not change result type")
