@@ -233,7 +233,7 @@ func TestScatterAfterDDLRaisesStalePlan(t *testing.T) {
 		}
 		return 0, err
 	}
-	pc := sh.pgconn(ctx)
+	pc := c.PgConn() // the same session: it reads its own DDL (replicas may lag for others)
 	if _, err := pc.Prepare(ctx, "text_rows", q, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestScatterAfterDDLRaisesStalePlan(t *testing.T) {
 	if n, err := textCols(); err != nil || n != 2 {
 		t.Fatalf("before, text: %d columns %v", n, err)
 	}
-	mustExec(t, sh.connect(ctx), "ALTER TABLE stale ADD COLUMN w text DEFAULT 'x'")
+	mustExec(t, c, "ALTER TABLE stale ADD COLUMN w text DEFAULT 'x'")
 	if _, err := count(); sqlState(err) != "0A000" {
 		t.Fatalf("after ADD COLUMN: %v, want 0A000", err)
 	}
