@@ -1210,19 +1210,18 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 // parsing reports whether a Parse of the statement name waits for the
 // backend's answer. Called with s.mu held.
 func (s *session) parsing(name string) bool {
-	for i := s.q.head; i < len(s.q.buf); i++ {
-		if e := &s.q.buf[i]; e.kind == 'P' && e.name == name {
-			return true
-		}
-	}
-	return false
+	return s.q.any(func(e *entry) bool { return e.kind == 'P' && e.name == name })
 }
 
 // bindsSessionSeq reports whether the statement a Bind names calls
-// currval() or lastval().
+// currval() or lastval(). A named one is looked up only once some client
+// prepared such a statement: a Bind costs nothing more until then.
 func (s *session) bindsSessionSeq(stmt []byte) bool {
 	if len(stmt) == 0 {
 		return s.unnamedSeq
+	}
+	if !s.srv.stmts.sessionSeq.Load() {
+		return false
 	}
 	d, ok := s.lookupStmt(string(stmt))
 	return ok && d.sessionSeq
@@ -1241,10 +1240,8 @@ func (s *session) sessionSeqRefusal() *wire.Error {
 	if s.mode != config.PoolTransaction || s.pinned || s.txStatus != 'I' || s.lazyBegin != "" {
 		return nil
 	}
-	for i := s.q.head; i < len(s.q.buf); i++ {
-		if k := s.q.buf[i].kind; k == 'E' || k == 'Q' {
-			return nil // after a statement of the same request, on the same backend
-		}
+	if s.q.any(func(e *entry) bool { return e.kind == 'E' || e.kind == 'Q' }) {
+		return nil // after a statement of the same request, on the same backend
 	}
 	e := wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: currval() and lastval() outside a transaction read what some backend last drew from a sequence, which with transaction pooling may be another client's value")
 	e.Hint = "use INSERT … RETURNING, or call them in the same transaction (or Query string, or extended-protocol batch) as the nextval()"
@@ -2483,6 +2480,16 @@ func (q *queue) front() *entry {
 }
 
 func (q *queue) push(e entry) { q.buf = append(q.buf, e) }
+
+// any reports whether f holds for an entry still waiting for its answer.
+func (q *queue) any(f func(*entry) bool) bool {
+	for i := q.head; i < len(q.buf); i++ {
+		if f(&q.buf[i]) {
+			return true
+		}
+	}
+	return false
+}
 
 func (q *queue) pop() {
 	q.buf[q.head] = entry{}

@@ -85,6 +85,9 @@ type stmtCache struct {
 	defs map[string]*stmtDef
 	next uint64
 	gen  atomic.Uint64
+	// sessionSeq is set once a statement calling currval() or lastval()
+	// was interned (see session.bindsSessionSeq).
+	sessionSeq atomic.Bool
 }
 
 // bump forgets every definition: DDL went through pgshard.
@@ -134,6 +137,9 @@ func (c *stmtCache) intern(query string, oids []uint32, classify func(string) (r
 	c.next++
 	d := &stmtDef{name: fmt.Sprintf("pgshard_%d", c.next), key: key, sql: query, types: oids, planned: router.Planned(query),
 		sessionSeq: router.Inspect(query).SessionSeq}
+	if d.sessionSeq {
+		c.sessionSeq.Store(true)
+	}
 	d.read, _ = classify(query)
 	p := pgproto3.Parse{Name: d.name, Query: query, ParameterOIDs: oids}
 	d.parse, _ = p.Encode(nil)
