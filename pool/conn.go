@@ -127,11 +127,18 @@ func (c *Conn) readLoop() {
 			c.Messages.Add(1)
 			c.hmu.Lock()
 			h := c.handler
+			if h == nil && typ == 'E' {
+				// Idle: only asynchronous messages can arrive. An error here
+				// is the server ending the session (shutdown, terminate).
+				// Marked dead in the same critical section, so that no holder
+				// attaches between this check and the end of the loop: it
+				// would hear ServerGone for a FATAL it never saw, and fail
+				// its client instead of taking another backend.
+				c.dead = true
+			}
 			c.hmu.Unlock()
 			if h == nil {
 				c.Dropped.Add(1)
-				// Idle: only asynchronous messages can arrive. An error here
-				// is the server ending the session (shutdown, terminate).
 				if typ == 'E' {
 					return false, errEndedIdle
 				}
