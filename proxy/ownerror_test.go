@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -197,5 +198,85 @@ func TestCurrvalNeedsItsBackend(t *testing.T) {
 	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNoBackendFailsTheShardedTransaction: over several shards a BEGIN
+// reaches a backend only with the transaction's first statement. When no
+// backend is free for that statement, the client gets the pool's error,
+// and the transaction must then be failed as PostgreSQL fails it after any
+// error: later statements get 25P02 and COMMIT rolls back. Before, it went
+// on as if nothing had happened, and COMMIT committed the statements that
+// followed the error.
+func TestNoBackendFailsTheShardedTransaction(t *testing.T) {
+	sh := startSharded(t, 2, func(c *config.Config) {
+		c.Pool.Size = 1
+		c.Pool.WaitTimeout = config.Duration{Duration: 300 * time.Millisecond}
+	})
+	ctx := testCtx(t)
+	sh.createSharded(ctx, "nobackend", "user_id bigint PRIMARY KEY")
+	a, b := sh.keysOnTwoShards()
+	a2 := a + 1 // another key of a's shard
+	for sh.owner(a2) != sh.owner(a) {
+		a2++
+	}
+	c := sh.pgconn(ctx) // (starting a session takes a backend too)
+	// The only backend of a's shard's primary, held by another client.
+	holder := sh.pgconn(ctx)
+	for _, sql := range []string{"BEGIN", fmt.Sprintf("INSERT INTO nobackend (user_id) VALUES (%d)", a)} {
+		if err := holder.Exec(ctx, sql).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen []string
+	step := func(err error, tag pgconn.CommandTag) {
+		s := sqlState(err)
+		if err == nil {
+			s = tag.String()
+		} else if s == "" {
+			t.Fatalf("not a server error: %v", err)
+		}
+		seen = append(seen, s+" "+string(c.TxStatus()))
+	}
+	simple := func(sql string) {
+		res, err := c.Exec(ctx, sql).ReadAll()
+		var tag pgconn.CommandTag
+		if len(res) > 0 {
+			tag = res[len(res)-1].CommandTag
+		}
+		step(err, tag)
+	}
+	extended := func(sql string) {
+		res := c.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+		step(res.Err, res.CommandTag)
+	}
+	for _, run := range []func(string){simple, extended} {
+		seen = seen[:0]
+		simple("BEGIN")
+		run(fmt.Sprintf("INSERT INTO nobackend (user_id) VALUES (%d)", a2))
+		if len(seen) < 2 || !strings.HasPrefix(seen[1], "53300") {
+			t.Fatalf("no free backend: got %v, want the pool's error", seen)
+		}
+		seen[1] = "pool error " + seen[1][len(seen[1])-1:]
+		run(fmt.Sprintf("INSERT INTO nobackend (user_id) VALUES (%d)", b))
+		run("SELECT 1")
+		simple("COMMIT")
+		if g, w := strings.Join(seen, ", "), "BEGIN T, pool error E, 25P02 E, 25P02 E, ROLLBACK I"; g != w {
+			t.Fatalf("a transaction whose first statement found no backend: %s, want %s", g, w)
+		}
+	}
+	if err := holder.Exec(ctx, "ROLLBACK").Close(); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	for i := range sh.topo.Shards {
+		var k int
+		if err := sh.shardConn(ctx, i).QueryRow(ctx, "SELECT count(*) FROM nobackend").Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		n += k
+	}
+	if n != 0 {
+		t.Fatalf("%d rows committed by transactions that failed", n)
 	}
 }

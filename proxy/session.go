@@ -156,6 +156,7 @@ type session struct {
 	attachErr     error         // see attachLocked (session loop)
 	lazyBegin     string        // a BEGIN answered by pgshard, sent with the transaction's first statement (lazyTxn)
 	lazyReadOnly  bool          // lazyBegin opens a READ ONLY transaction
+	lazyFailed    bool          // a statement of lazyBegin's transaction failed before any backend had it: it opens failed
 	params        router.Params // a Bind's parameters being planned (session loop)
 	unnamedTypes  []uint32      // the unnamed statement's parameter types as described (under mu)
 	unnamedSQL    string        // the unnamed statement's text and types, decoded once (unnamedText)
@@ -605,24 +606,17 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 	*s.grp = groupCache{}
 	defer func() { *s.grp = groupCache{} }()
 	if e := s.holdGroup(ctx, s.gbuf); e != nil {
-		if err := s.refuseExtended(ctx, e); err != nil {
-			return err
-		}
-		if err := s.replayGroup(ctx); err != nil { // skipped up to its Sync, which is answered
-			return err
-		}
-		if extra != nil {
-			s.want = target{}
-			return s.handle(ctx, extra[0], extra)
-		}
-		return nil
+		return s.refuseGroup(ctx, e, extra)
 	}
 	s.want = s.routeGroup(s.gbuf, last == 'S')
 	s.txIdleReset()
+	if last == 'S' && extra == nil && s.groupLazyTxn(s.gbuf) {
+		return nil
+	}
+	if s.lazyAborted() {
+		return s.refuseGroup(ctx, errInFailedTxn, extra)
+	}
 	if last == 'S' && extra == nil {
-		if s.groupLazyTxn(s.gbuf) {
-			return nil
-		}
 		if done, err := s.groupSpread(ctx, s.gbuf); done || err != nil {
 			return err
 		}
@@ -660,6 +654,23 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 			s.pushback = append([]byte(nil), extra...)
 			return nil
 		}
+		s.want = target{}
+		return s.handle(ctx, extra[0], extra)
+	}
+	return nil
+}
+
+// refuseGroup answers the batch in gbuf with e (its messages skipped up to
+// its Sync, which is answered), then handles extra, the message read
+// after it.
+func (s *session) refuseGroup(ctx context.Context, e *wire.Error, extra []byte) error {
+	if err := s.refuseExtended(ctx, e); err != nil {
+		return err
+	}
+	if err := s.replayGroup(ctx); err != nil {
+		return err
+	}
+	if extra != nil {
 		s.want = target{}
 		return s.handle(ctx, extra[0], extra)
 	}
@@ -946,6 +957,35 @@ func (s *session) localDeallocate(fx router.Effects) bool {
 	return true
 }
 
+// errLazyFailed is the error the backend raises (unseen by the client)
+// to fail a transaction whose statement failed before it reached a backend.
+var errLazyFailed = wire.Errorf(codeTransactionRollback, "pgshard: a statement of this transaction failed before reaching a backend")
+
+// errInFailedTxn is PostgreSQL's answer to a statement in a failed
+// transaction.
+var errInFailedTxn = wire.Errorf(wire.CodeInFailedSQLTransaction, "current transaction is aborted, commands ignored until end of transaction block")
+
+// lazyAborted reports whether the session is in a transaction that failed
+// before any backend had it (failLazyTxn): pgshard answers its statements
+// itself, 25P02, and its COMMIT or ROLLBACK with ROLLBACK.
+func (s *session) lazyAborted() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lazyFailed && s.sc == nil
+}
+
+// failLazyTxn marks the transaction pgshard opened lazily (its BEGIN not
+// yet sent) failed: its first statement got no backend. The client is
+// told so (ReadyForQuery 'E'); the backend that later takes the
+// transaction is made to fail it too (attach). Called by the session loop.
+func (s *session) failLazyTxn() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lazyBegin != "" && s.sc == nil {
+		s.lazyFailed, s.txStatus = true, 'E'
+	}
+}
+
 // attachLocked attaches a backend for the current message and returns
 // true with s.mu held. It returns false, with nothing held, when no backend
 // could be had (s.attachErr is then what the caller returns: nil after the
@@ -957,6 +997,7 @@ func (s *session) attachLocked(ctx context.Context, simple bool) bool {
 	for tries := 0; ; tries++ {
 		if _, err := s.attach(ctx, nil); err != nil {
 			if err != errRetrying {
+				s.failLazyTxn()
 				s.attachErr = s.failBatch(err, simple)
 			}
 			return false
@@ -1601,6 +1642,14 @@ func (s *session) attach(ctx context.Context, done chan error) (bool, error) {
 		s.txnBegin, s.txnFresh = s.lazyBegin, true
 		s.lazyBegin = ""
 		s.st.unnamedOwner = nil
+		if s.lazyFailed {
+			// A statement of it failed while no backend had it: the
+			// backend's transaction fails too, so that what follows gets
+			// 25P02 and COMMIT rolls back, as on PostgreSQL.
+			s.lazyFailed, s.txnFresh = false, false
+			s.push(entry{kind: 'x', swallow: true})
+			s.sbuf = append(s.sbuf, queryMsg(raiseSQL(errLazyFailed))...)
+		}
 	}
 	s.mu.Unlock()
 	return replayed, nil

@@ -163,6 +163,12 @@ func (s *session) boundShard() (string, string) {
 // was answered (a refusal, a lazily opened or empty transaction) or run
 // over several shards.
 func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects) (shard string, done bool, err error) {
+	if s.lazyAborted() {
+		if s.lazyTxn(sql, fx, nil) {
+			return "", true, nil // its COMMIT or ROLLBACK: ROLLBACK
+		}
+		return "", true, s.refuseQuery(ctx, errInFailedTxn)
+	}
 	pl, ok := s.srv.plan(sql, nil)
 	if !ok {
 		if fx.Schema && s.createsTables(sql) && s.notSpreadable(fx) == "" {
@@ -261,10 +267,10 @@ func (s *session) lazyTxn(sql string, fx router.Effects, ext []byte) bool {
 			return false
 		}
 		tag = "ROLLBACK"
-		if commit {
+		if commit && !s.lazyFailed {
 			tag = "COMMIT"
 		}
-		s.lazyBegin = ""
+		s.lazyBegin, s.lazyFailed = "", false
 		s.txStatus = 'I'
 	default:
 		return false
@@ -362,7 +368,7 @@ func raiseSQL(e *wire.Error) string {
 func (s *session) refuseQuery(ctx context.Context, e *wire.Error) error {
 	s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
 	s.mu.Lock()
-	if s.sc == nil && s.txStatus == 'I' {
+	if s.sc == nil && (s.txStatus == 'I' || s.lazyFailed) {
 		s.push(entry{synth: wire.AppendError(nil, e)})
 		s.push(entry{synth: readyForQuery(s.txStatus)})
 		s.mu.Unlock()
@@ -387,7 +393,7 @@ func (s *session) refuseQuery(ctx context.Context, e *wire.Error) error {
 // itself, so that what ran fails with it as it would on PostgreSQL.
 func (s *session) refuseExtended(ctx context.Context, e *wire.Error) error {
 	s.mu.Lock()
-	free := s.sc == nil && s.txStatus == 'I'
+	free := s.sc == nil && (s.txStatus == 'I' || s.lazyFailed)
 	s.mu.Unlock()
 	if free {
 		return s.raiseFree(e)

@@ -28,6 +28,7 @@ const (
 	CodeSyntaxError            = "42601"
 	CodeProgramLimitExceeded   = "54000"
 	CodeIdleSessionTimeout     = "57P05"
+	CodeInFailedSQLTransaction = "25P02"
 )
 
 // Error is an error that carries a SQLSTATE. It becomes an ErrorResponse
