@@ -115,6 +115,11 @@ func protocolEdges(ctx context.Context, t *testing.T, h *harness, directConn fun
 		{"Parse after a failed message in its batch", 2, []pgproto3.FrontendMessage{
 			&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Parse{Name: "e4", Query: "SELECT 4"}, sync,
 			&pgproto3.Bind{PreparedStatement: "e4"}, &pgproto3.Execute{}, sync}},
+		{"Parse of a name in use: other errors come first", 4, []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Name: "e5", Query: "SELECT 5"}, sync,
+			&pgproto3.Parse{Name: "e5", Query: "SELEC 5"}, sync,
+			&pgproto3.Parse{Name: "e5", Query: "SELECT * FROM nosuch_table"}, sync,
+			&pgproto3.Parse{Name: "e5", Query: "SELECT 6"}, &pgproto3.Bind{PreparedStatement: "e5"}, &pgproto3.Execute{}, sync}},
 		{"Close of names that do not exist", 1, []pgproto3.FrontendMessage{
 			&pgproto3.Close{ObjectType: 'S', Name: "nosuch"}, &pgproto3.Close{ObjectType: 'P', Name: "nosuch"}, sync}},
 		{"Describe of names that do not exist", 2, []pgproto3.FrontendMessage{

@@ -1221,7 +1221,11 @@ func (s *session) handleParse(ctx context.Context, msg []byte) error {
 		s.mu.Unlock()
 	}
 	if exists && !(s.replaying && prev == def) {
-		return s.raise(ctx, wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name)
+		// PostgreSQL parses and analyses the statement before it finds the
+		// name taken: its errors come first. The backend checks it, as
+		// the unnamed statement, before raising the duplicate.
+		check, _ := (&pgproto3.Parse{Query: p.Query, ParameterOIDs: p.ParameterOIDs}).Encode(nil)
+		return s.refuseExtendedAfter(ctx, wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", name), check)
 	}
 	fx := router.Inspect(p.Query)
 	if fx.Schema {

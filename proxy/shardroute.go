@@ -392,10 +392,17 @@ func (s *session) refuseQuery(ctx context.Context, e *wire.Error) error {
 // the batch that ran in its implicit transaction), the backend raises e
 // itself, so that what ran fails with it as it would on PostgreSQL.
 func (s *session) refuseExtended(ctx context.Context, e *wire.Error) error {
+	return s.refuseExtendedAfter(ctx, e, nil)
+}
+
+// refuseExtendedAfter is refuseExtended that first sends check, a Parse of
+// the unnamed statement (answered only if it fails), on a backend: e is
+// raised only if check passes.
+func (s *session) refuseExtendedAfter(ctx context.Context, e *wire.Error, check []byte) error {
 	s.mu.Lock()
 	free := s.sc == nil && (s.txStatus == 'I' || s.lazyFailed)
 	s.mu.Unlock()
-	if free {
+	if free && check == nil {
 		return s.raiseFree(e)
 	}
 	s.srv.metrics.errors.WithLabelValues(e.Code).Inc()
@@ -409,6 +416,10 @@ func (s *session) refuseExtended(ctx context.Context, e *wire.Error) error {
 		return nil // the backend already failed the batch and skips to Sync
 	}
 	s.st.unnamedOwner = nil // the raise goes through the unnamed statement
+	if check != nil {
+		s.push(entry{kind: 'P', swallow: true}) // its error reaches the client
+		s.sbuf = append(s.sbuf, check...)
+	}
 	s.push(entry{kind: 'P', swallow: true})
 	s.push(entry{kind: 'B', swallow: true})
 	s.push(entry{kind: 'E', swallow: true})
