@@ -158,7 +158,11 @@ func newEnv(t *testing.T, placed ...string) *env {
 		ALTER TABLE devices DISABLE TRIGGER device_off;
 		ALTER TABLE countries ENABLE ROW LEVEL SECURITY;
 		CREATE POLICY countries_read ON countries FOR SELECT TO PUBLIC USING (code <> 'xx');
-		CREATE POLICY countries_write ON countries AS RESTRICTIVE FOR INSERT TO postgres WITH CHECK (length(code) = 2);`, lo, hi, lo, lo))
+		CREATE POLICY countries_write ON countries AS RESTRICTIVE FOR INSERT TO postgres WITH CHECK (length(code) = 2);`, lo, hi, lo, lo)+
+			// A sequence of its own as the proxy places it, and one it did not place.
+			fmt.Sprintf(`; CREATE SEQUENCE s1.tickets INCREMENT BY 2 MINVALUE %d MAXVALUE %d START WITH %d CACHE 5;
+		GRANT USAGE ON SEQUENCE s1.tickets TO PUBLIC;
+		CREATE SEQUENCE unplaced;`, lo, hi, lo))
 	}
 	m := e.store.Map()
 	for k := int64(1); k <= 600; k++ {
@@ -594,6 +598,16 @@ func TestAddShardUnderWrites(t *testing.T) {
 	var up string
 	if err := e.conn("spare0").QueryRow(ctx, "INSERT INTO s1.sessions (token) VALUES ('abc') RETURNING up").Scan(&up); err != nil || up != "ABC" {
 		t.Errorf("generated column on spare0: %q %v", up, err)
+	}
+	// A sequence of its own placed by the proxy is created in the new
+	// shard's range, with its increment, cache and grants; one the proxy
+	// did not place is not.
+	var seqDef string
+	if err := e.conn("spare0").QueryRow(ctx, `SELECT format('%s %s %s %s %s %s', nextval('s1.tickets') - seqmin, seqincrement, seqmin, seqmax, seqcache,
+		has_sequence_privilege('public', 's1.tickets', 'USAGE')) || (to_regclass('unplaced') IS NULL)::text FROM pg_sequence WHERE seqrelid = 's1.tickets'::regclass`).Scan(&seqDef); err != nil {
+		t.Errorf("sequence s1.tickets on spare0: %v", err)
+	} else if lo, hi := shardmap.SequenceRange("spare0"); seqDef != fmt.Sprintf("0 2 %d %d 5 ttrue", lo, hi) {
+		t.Errorf("sequence s1.tickets on spare0: %s, want 0 2 %d %d 5 ttrue (first value, increment, range, cache, PUBLIC's USAGE; unplaced not created)", seqDef, lo, hi)
 	}
 	var idx int
 	if err := e.conn("spare0").QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'").Scan(&idx); err != nil || idx != 2 {

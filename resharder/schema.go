@@ -16,7 +16,8 @@ import (
 // defaults, identity and generated expressions, NOT NULL, then
 // constraints, indexes and the replica identity, then foreign keys; the
 // sequences of sharded tables are moved to the target's range
-// (shardmap.SequenceRange). Every step skips what exists, so a step can be
+// (shardmap.SequenceRange), and so are the sequences of their own that the
+// proxy placed (copySequences). Every step skips what exists, so a step can be
 // redone after a crash.
 func (r *Runner) copySchema(ctx context.Context, src, tgt *pgx.Conn, sharded, reference []shardmap.Table, source, target string) error {
 	type tbl struct {
@@ -153,6 +154,59 @@ END IF; END$pgshard$`, quoteLiteral(x.qname), quoteLiteral(s.col), lo, hi, lo, h
 			if err := exec(ctx, tgt, sql); err != nil {
 				return fmt.Errorf("sequence %s on %s: %w", s.name, target, err)
 			}
+		}
+	}
+	return copySequences(ctx, src, tgt, source, target)
+}
+
+// copySequences creates on tgt, in the target's range, the sequences the
+// proxy placed in the source's range that no column owns (CREATE SEQUENCE
+// sent through pgshard), with their owner, increment, cache and the
+// privileges granted on them. One that exists on tgt is left as it is, so
+// the step can be redone after a crash; each is created in one
+// transaction.
+func copySequences(ctx context.Context, src, tgt *pgx.Conn, source, target string) error {
+	srcLo, srcHi := shardmap.SequenceRange(source)
+	lo, hi := shardmap.SequenceRange(target)
+	rows, err := src.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname), quote_ident(n.nspname), quote_ident(pg_get_userbyid(n.nspowner)),
+  quote_ident(pg_get_userbyid(c.relowner)), q.seqincrement, q.seqcache
+FROM pg_sequence q JOIN pg_class c ON c.oid = q.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE q.seqmin = $1 AND q.seqmax = $2 AND q.seqtypid = 'int8'::regtype AND NOT q.seqcycle
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+    AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+ORDER BY 1`, srcLo, srcHi)
+	if err != nil {
+		return err
+	}
+	type seq struct {
+		qname, schema, nspOwner, owner string
+		increment, cache               int64
+	}
+	seqs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (seq, error) {
+		var s seq
+		err := row.Scan(&s.qname, &s.schema, &s.nspOwner, &s.owner, &s.increment, &s.cache)
+		return s, err
+	})
+	if err != nil {
+		return fmt.Errorf("sequences on %s: %w", source, err)
+	}
+	for _, s := range seqs {
+		var exists bool
+		if err := tgt.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", s.qname).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			continue
+		}
+		grants, err := grantsOn(ctx, src, s.qname)
+		if err != nil {
+			return err
+		}
+		stmts := []string{"BEGIN", fmt.Sprintf("CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s", s.schema, s.nspOwner),
+			fmt.Sprintf("CREATE SEQUENCE %s AS bigint INCREMENT BY %d MINVALUE %d MAXVALUE %d START WITH %d CACHE %d", s.qname, s.increment, lo, hi, lo, s.cache)}
+		stmts = append(append(stmts, grants...), fmt.Sprintf("ALTER SEQUENCE %s OWNER TO %s", s.qname, s.owner), "COMMIT")
+		if err := exec(ctx, tgt, strings.Join(stmts, "; ")); err != nil {
+			return fmt.Errorf("sequence %s on %s: %w", s.qname, target, err)
 		}
 	}
 	return nil
