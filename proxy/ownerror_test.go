@@ -265,8 +265,34 @@ func TestNoBackendFailsTheShardedTransaction(t *testing.T) {
 			t.Fatalf("a transaction whose first statement found no backend: %s, want %s", g, w)
 		}
 	}
+	// A message that takes a backend without being routed (FunctionCall)
+	// once one is free: the backend fails the transaction first.
+	seen = seen[:0]
+	simple("BEGIN")
+	simple(fmt.Sprintf("INSERT INTO nobackend (user_id) VALUES (%d)", a2))
 	if err := holder.Exec(ctx, "ROLLBACK").Close(); err != nil {
 		t.Fatal(err)
+	}
+	fe := c.Frontend()
+	fe.Send(&pgproto3.FunctionCall{Function: 2026}) // pg_backend_pid()
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var fc []string
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fc = appendAnswer(fc, m)
+		if z, ok := m.(*pgproto3.ReadyForQuery); ok {
+			fc = append(fc, string(z.TxStatus))
+			break
+		}
+	}
+	simple("COMMIT")
+	if g, w := strings.Join(fc, ",")+" "+strings.Join(seen[2:], ", "), "ERROR 25P02,Z,E ROLLBACK I"; g != w {
+		t.Fatalf("a FunctionCall in a transaction whose first statement found no backend: %s, want %s", g, w)
 	}
 	var n int
 	for i := range sh.topo.Shards {
