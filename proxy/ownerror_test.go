@@ -127,7 +127,18 @@ func TestOwnErrorsFailTheTransaction(t *testing.T) {
 		}
 		seen = append(seen, step+" "+string(c.TxStatus()))
 	}
-	if g, w := strings.Join(seen, ", "), "BEGIN T, INSERT 0 1 T, 22023 E, 25P02 E, ROLLBACK I, SELECT 1 0 I"; g != w {
+	for _, sql := range []string{"BEGIN", "SELECT 1/0", "SET pgshard.route = replica", "COMMIT"} {
+		res, err := c.Exec(ctx, sql).ReadAll()
+		step := sqlState(err)
+		if err == nil {
+			step = res[0].CommandTag.String()
+			if len(res[0].Rows) == 1 {
+				step += " " + string(res[0].Rows[0][0])
+			}
+		}
+		seen = append(seen, step+" "+string(c.TxStatus()))
+	}
+	if g, w := strings.Join(seen, ", "), "BEGIN T, INSERT 0 1 T, 22023 E, 25P02 E, ROLLBACK I, SELECT 1 0 I, BEGIN T, 22012 E, 25P02 E, ROLLBACK I"; g != w {
 		t.Fatalf("a bad SET pgshard.route in a transaction: %s, want %s", g, w)
 	}
 }

@@ -1068,8 +1068,13 @@ func (s *session) localSet(ctx context.Context, fx router.Effects) (done bool, e
 	if own == 0 {
 		return false, nil
 	}
+	s.mu.Lock()
+	failed := s.txStatus == 'E'
+	s.mu.Unlock()
 	var e *wire.Error
 	switch {
+	case failed:
+		e = errInFailedTxn // as PostgreSQL answers any SET there
 	case own != len(fx.Sets) || fx.Statements != 1:
 		e = wire.Errorf(wire.CodeFeatureNotSupported, "SET pgshard.* must be sent alone, as its own query")
 	default:
