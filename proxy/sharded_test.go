@@ -350,6 +350,18 @@ func TestTransactionAcrossShards(t *testing.T) {
 			t.Fatalf("%v: other shard after a savepoint: %v, want 0A000", mode, err)
 		}
 		_ = tx.Rollback(ctx)
+		tx, err = c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SAVEPOINT s1"); err != nil {
+			t.Fatalf("%v: savepoint: %v", mode, err)
+		}
+		var pe *pgconn.PgError
+		if _, err := tx.Exec(ctx, "SELECT sum(v) FROM orders WHERE user_id IN ($1, $2)", mode, a, b); !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "savepoints") {
+			t.Fatalf("%v: a read over two shards after a savepoint: %v, want 0A000 naming the savepoints", mode, err)
+		}
+		_ = tx.Rollback(ctx)
 		noneLeft()
 	}
 	// Statements spanning shards inside a transaction see its writes and

@@ -595,8 +595,12 @@ func (s *session) routeBind(ctx context.Context, stmt []byte, rest []byte) (done
 		if s.tempOnly(sql) {
 			return false, nil // the session's temporary tables: on its own backend
 		}
+		why := s.notSpreadable(router.Effects{Statements: 1})
+		if why == "" {
+			why = "in this extended-protocol batch (send it as a batch of its own, up to its Sync)"
+		}
 		return true, s.refuseExtended(ctx, wire.Errorf(wire.CodeFeatureNotSupported,
-			"pgshard: this statement spans several shards (%s plan), which is not supported yet", pl.Kind))
+			"pgshard: this statement runs on several shards (%s plan), which is not supported %s", pl.Kind, why))
 	}
 	return false, nil
 }
@@ -671,6 +675,8 @@ func (s *session) notSpreadable(fx router.Effects) string {
 	switch {
 	case fx.Statements > 1:
 		return "in a Query string with several statements"
+	case (s.txStatus != 'I' || s.lazyBegin != "") && s.tx.savepoints:
+		return "in a transaction with savepoints (ROLLBACK TO SAVEPOINT would not undo the other shards)"
 	case s.txStatus != 'I' || s.lazyBegin != "":
 		return "inside a transaction block"
 	case s.pinned || s.mode != config.PoolTransaction:
