@@ -1258,3 +1258,101 @@ func TestShutdownGivesUpOnStuckSessions(t *testing.T) {
 	}
 	t.Logf("Shutdown: %v after %s", err, time.Since(start).Round(time.Millisecond))
 }
+
+// INSERT … SELECT into a sharded table whose SELECT reads no sharded
+// table runs on every shard, each keeping the rows whose key it owns: in
+// every protocol mode each row lands once, on its owner, the tag counts
+// all rows, RETURNING gives them all; a failure on one shard (a duplicate
+// key, a NULL key) leaves no row anywhere; in a transaction the rows
+// commit or roll back with it.
+func TestInsertSelectAcrossShards(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	sh.createSharded(ctx, "ins_sel", "user_id bigint PRIMARY KEY, note text, mode int")
+	c := sh.connect(ctx)
+	placed := func() map[int64]int {
+		t.Helper()
+		out := map[int64]int{}
+		for i := range sh.topo.Shards {
+			rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM ins_sel")
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys {
+				if _, dup := out[k]; dup {
+					t.Fatalf("key %d on two shards", k)
+				}
+				if sh.owner(k) != i {
+					t.Fatalf("key %d on shard %d, owned by shard %d", k, i, sh.owner(k))
+				}
+				out[k] = i
+			}
+		}
+		return out
+	}
+	for m, mode := range allModes {
+		lo := int64(100 * (m + 1))
+		rows, err := c.Query(ctx, "INSERT INTO ins_sel (note, user_id, mode) SELECT 'n' || g, g, $1 FROM generate_series($2::bigint, $3::bigint) g RETURNING user_id", mode, m, lo, lo+19)
+		if err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		keys, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil || len(keys) != 20 || rows.CommandTag().String() != "INSERT 0 20" {
+			t.Fatalf("%v: RETURNING %d rows, tag %q, %v; want 20 rows, INSERT 0 20", mode, len(keys), rows.CommandTag(), err)
+		}
+		// A duplicate on one shard, a NULL key: nothing of either lands.
+		if _, err := c.Exec(ctx, "INSERT INTO ins_sel (user_id, mode) SELECT g, $1 FROM generate_series($2::bigint, $3::bigint) g", mode, -1, lo+19, lo+40); sqlState(err) != "23505" {
+			t.Fatalf("%v: a duplicate key: %v, want 23505", mode, err)
+		}
+		if _, err := c.Exec(ctx, "INSERT INTO ins_sel (user_id, mode) SELECT nullif(g, $2), $1 FROM generate_series($2::bigint, $3::bigint) g", mode, -1, lo+50, lo+60); sqlState(err) != "22P02" || !strings.Contains(err.Error(), "NULL shard key") {
+			t.Fatalf("%v: a NULL key: %v, want 22P02 naming the NULL shard key", mode, err)
+		}
+	}
+	got := placed()
+	if len(got) != 20*len(allModes) {
+		t.Fatalf("%d rows placed, want %d", len(got), 20*len(allModes))
+	}
+	shards := map[int]bool{}
+	for _, i := range got {
+		shards[i] = true
+	}
+	if len(shards) != 2 {
+		t.Fatalf("rows on %d shards, want 2", len(shards))
+	}
+	for _, commit := range []bool{false, true} {
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tag, err := tx.Exec(ctx, "INSERT INTO ins_sel (user_id) SELECT g FROM generate_series(1000, 1009) g"); err != nil || tag.String() != "INSERT 0 10" {
+			t.Fatalf("in a transaction: %q %v", tag, err)
+		}
+		var n int
+		if err := tx.QueryRow(ctx, "SELECT count(*) FROM ins_sel WHERE user_id >= 1000").Scan(&n); err != nil || n != 10 {
+			t.Fatalf("the transaction sees %d of its rows (%v), want 10", n, err)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 20 * len(allModes)
+		if commit {
+			want += 10
+		}
+		if n := len(placed()); n != want {
+			t.Fatalf("commit %v: %d rows, want %d", commit, n, want)
+		}
+	}
+	if n := sh.prepared(ctx); n != 0 {
+		t.Fatalf("%d prepared transactions left", n)
+	}
+}

@@ -542,6 +542,9 @@ func usesParam(text string, n int) bool {
 // (router.CopyPlan.NeedsColumns), asked only when a leg excludes rows. A
 // statement that cannot be rewritten is refused with 55000.
 func (s *session) ownedTexts(legs []*leg, pl *router.Plan, sql, text string, x *extReq, columns func() ([]string, error)) ([]string, error) {
+	if pl.InsertSelect != nil {
+		return s.insertSelectTexts(legs, pl.InsertSelect, text)
+	}
 	rs, excl, err := s.legExclusions(legs, pl, sql, x)
 	if err != nil || excl == nil {
 		return nil, err
@@ -559,6 +562,33 @@ func (s *session) ownedTexts(legs []*leg, pl *router.Plan, sql, text string, x *
 			continue
 		}
 		t, rerr := rs.planner.ExcludeMoving(text, excl[i], cols)
+		if rerr != nil {
+			return nil, wire.Errorf(rerr.Code, "pgshard: %s", rerr.Message)
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// insertSelectTexts returns what each leg runs of an INSERT … SELECT
+// that every shard runs (router.InsertSelect): text keeping the rows
+// whose key its shard owns on the current ring. Every shard that owns a
+// range must be among the legs, or its rows would go nowhere: when the
+// ring changed since the legs were chosen (a cut-over), the statement is
+// refused with 55000, to be retried.
+func (s *session) insertSelectTexts(legs []*leg, is *router.InsertSelect, text string) ([]string, error) {
+	rs := s.srv.routing.Load()
+	if rs == nil || rs.ring == nil || rs.planner == nil {
+		return nil, wire.Errorf(router.CodeMoving, "pgshard: the shard map changed while this statement started; retry it")
+	}
+	for _, owner := range rs.ring.Shards() {
+		if !slices.ContainsFunc(legs, func(l *leg) bool { return l.b.rt.name == owner }) {
+			return nil, wire.Errorf(router.CodeMoving, "pgshard: the shard map changed while this statement started (shard %s owns keys now); retry it", owner)
+		}
+	}
+	out := make([]string, len(legs))
+	for i, l := range legs {
+		t, rerr := rs.planner.OwnRows(text, rs.ring.Ranges(l.b.rt.name), is)
 		if rerr != nil {
 			return nil, wire.Errorf(rerr.Code, "pgshard: %s", rerr.Message)
 		}

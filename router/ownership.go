@@ -69,8 +69,31 @@ func (p *Planner) ExcludeMoving(text string, excluded []shardmap.Range, columns 
 	if len(excluded) == 0 {
 		return text, nil
 	}
+	return p.rewrite(ownedKey("exclude", text, excluded, columns), func() (string, *Error) {
+		return excludeMoving(p.cat, text, excluded, columns)
+	})
+}
+
+// rewrite returns the cached rewrite under key, computing it with f (and
+// caching it) the first time.
+func (p *Planner) rewrite(key string, f func() (string, *Error)) (string, *Error) {
+	p.omu.Lock()
+	o, ok := p.owned[key]
+	p.omu.Unlock()
+	if !ok {
+		o.sql, o.err = f()
+		p.remember(key, o)
+	}
+	return o.sql, o.err
+}
+
+// ownedKey is the cache key of a rewrite (what) of text for ranges and
+// columns.
+func ownedKey(what, text string, ranges []shardmap.Range, columns []string) string {
 	var kb strings.Builder
-	for _, r := range excluded {
+	kb.WriteString(what)
+	kb.WriteByte(0)
+	for _, r := range ranges {
 		kb.WriteString(strconv.FormatInt(r.Start, 16))
 		kb.WriteByte(':')
 		kb.WriteString(strconv.FormatInt(r.End, 16))
@@ -81,27 +104,23 @@ func (p *Planner) ExcludeMoving(text string, excluded []shardmap.Range, columns 
 	}
 	kb.WriteByte(0)
 	kb.WriteString(text)
-	key := kb.String()
+	return kb.String()
+}
+
+// remember caches a rewrite under key, evicting one at random when full.
+func (p *Planner) remember(key string, o owned) {
 	p.omu.Lock()
-	o, ok := p.owned[key]
-	p.omu.Unlock()
-	if ok {
-		return o.sql, o.err
-	}
-	o.sql, o.err = excludeMoving(p.cat, text, excluded, columns)
-	p.omu.Lock()
+	defer p.omu.Unlock()
 	if p.owned == nil {
 		p.owned = make(map[string]owned)
 	}
 	if len(p.owned) >= p.max {
-		for k := range p.owned { // evict one at random
+		for k := range p.owned {
 			delete(p.owned, k)
 			break
 		}
 	}
 	p.owned[key] = o
-	p.omu.Unlock()
-	return o.sql, o.err
 }
 
 // excludeMoving parses, rewrites and deparses text.

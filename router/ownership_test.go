@@ -234,3 +234,29 @@ func TestExcluded(t *testing.T) {
 		t.Error("nothing moving excludes nothing")
 	}
 }
+
+// OwnRows narrows an INSERT … SELECT's WHERE to the rows one shard owns,
+// failing on a NULL key; the result parses, and its filter names the key
+// expression, not the placeholder.
+func TestOwnRows(t *testing.T) {
+	p := NewPlanner(PlannerConfig{Catalog: planCat})
+	is := &InsertSelect{Table: "users", KeyColumn: "user_id", KeyIndex: 1, KeyType: shardmap.KeyInt}
+	null := "CASE WHEN g + 1 IS NULL THEN pg_catalog.concat('pgshard: INSERT … SELECT gave a NULL shard key, which belongs to no shard: ', 'users.user_id')::int4 = 0 ELSE "
+	for _, c := range []struct {
+		in, want string
+		owned    []shardmap.Range
+	}{
+		{"INSERT INTO users (name, user_id) SELECT 'n', g + 1 FROM generate_series(1, 10) g",
+			"INSERT INTO users (name, user_id) SELECT 'n', g + 1 FROM generate_series(1, 10) g WHERE " + null + "hashint8extended((g + 1)::bigint, 0) > 5 AND hashint8extended((g + 1)::bigint, 0) <= 9 END", []shardmap.Range{{Start: 5, End: 9}}},
+		{"INSERT INTO users (name, user_id) SELECT 'n', g + 1 FROM generate_series(1, 10) g WHERE g > $1 RETURNING user_id",
+			"INSERT INTO users (name, user_id) SELECT 'n', g + 1 FROM generate_series(1, 10) g WHERE g > $1 AND " + null + "false END RETURNING user_id", nil},
+	} {
+		got, err := p.OwnRows(c.in, c.owned, is)
+		if err != nil || got != c.want {
+			t.Errorf("%s:\n got %s (%v)\nwant %s", c.in, got, err, c.want)
+		}
+		if _, perr := parse(got); perr != nil {
+			t.Errorf("%s: %v", got, perr)
+		}
+	}
+}

@@ -62,8 +62,14 @@ package router
 //   - INSERT ... VALUES routes each row by its key (a constant or a
 //     parameter); rows on different shards are split (Plan.Rows,
 //     SplitInsert). ON CONFLICT routes by the inserted key; DO UPDATE SET
-//     key, INSERT ... SELECT and DEFAULT VALUES into sharded tables are
-//     refused.
+//     key and DEFAULT VALUES into sharded tables are refused.
+//   - INSERT ... SELECT into a sharded table whose SELECT reads no sharded
+//     table: a constant or parameter key routes it as one VALUES row; any
+//     other runs on every shard (Scatter with Plan.InsertSelect), each
+//     shard's SELECT narrowed to the rows whose key it owns (OwnRows). A
+//     SELECT that combines rows (aggregates, window functions, GROUP BY,
+//     DISTINCT, LIMIT, set operations) or whose key is volatile or uses no
+//     column is refused: the shards would compute different rows.
 //   - UPDATE ... SET key = v is allowed only when v lands on the shard the
 //     row is on (decided here for a constant or parameter, Single plans
 //     only; Plan.SetsKey), else refused.
@@ -225,6 +231,10 @@ type Plan struct {
 	// locks exclude each other (an AnyShard or Utility plan; the proxy
 	// picks the shard).
 	Global bool
+	// InsertSelect is set for an INSERT … SELECT into a sharded table that
+	// runs on every shard (Scatter), each keeping the rows whose key it
+	// owns: the proxy sends each shard Planner.OwnRows of the text.
+	InsertSelect *InsertSelect
 	// Err is set for Refuse.
 	Err *Error
 }
@@ -452,6 +462,8 @@ type tmpl struct {
 	// global: LISTEN, UNLISTEN, NOTIFY, pg_notify() or an advisory lock
 	// (Plan.Global).
 	global bool
+	// insertSelect: an INSERT … SELECT every shard runs on its own rows.
+	insertSelect *InsertSelect
 	// distinctKey: the key column of the SELECT's only (sharded) table,
 	// for count(DISTINCT key) (plan_merge.go).
 	distinctKey string
@@ -606,7 +618,7 @@ func resolveLimit(sql string, sc *planScan, params *Params, v valSrc) (int64, bo
 // eval instantiates the template for one text and its parameters; ok is
 // false when a key literal cannot be read from the text.
 func (t *tmpl) eval(sql string, sc *planScan, params *Params, loc Locator) (Plan, bool) {
-	pl := Plan{Kind: t.kind, Read: t.read, Err: t.err, Limit: -1, Offset: -1, Copy: t.copy, Global: t.global}
+	pl := Plan{Kind: t.kind, Read: t.read, Err: t.err, Limit: -1, Offset: -1, Copy: t.copy, Global: t.global, InsertSelect: t.insertSelect}
 	crossErr := t.crossErr
 	if t.multiErr != nil {
 		crossErr = t.multiErr

@@ -2,10 +2,15 @@ package router
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgshard/pgshard/shardmap"
 )
 
 // insert analyses INSERT: rows of a sharded table are routed by their key.
@@ -32,25 +37,16 @@ func (b *builder) insert(ins *pg_query.InsertStmt) {
 		b.refuse("INSERT … DEFAULT VALUES into sharded table %s: the shard key %s has no value", name, info.KeyColumn)
 		return
 	}
-	if len(sel.ValuesLists) == 0 || len(sel.FromClause) > 0 || sel.WithClause != nil || len(sel.SortClause) > 0 || sel.LimitCount != nil {
-		b.refuse("INSERT … SELECT into sharded table %s: only INSERT … VALUES is routed by its shard key", name)
+	keyIdx, ok := b.insertKeyIndex(ins, info, name)
+	if !ok {
 		return
 	}
-	keyIdx := -1
-	if len(ins.Cols) > 0 {
-		for i, c := range ins.Cols {
-			if rt := c.GetResTarget(); rt != nil && rt.Name == info.KeyColumn && len(rt.Indirection) == 0 {
-				keyIdx = i
-			}
-		}
-		if keyIdx < 0 {
-			b.refuse("INSERT into sharded table %s without its shard key column %s", name, info.KeyColumn)
-			return
-		}
-	} else if info.KeyOrdinal > 0 {
-		keyIdx = info.KeyOrdinal - 1
-	} else {
-		b.refuse("INSERT into sharded table %s without a column list: name the columns, including the shard key %s", name, info.KeyColumn)
+	if len(sel.ValuesLists) == 0 {
+		b.insertSelect(ins, sel, info, name, keyIdx, sc)
+		return
+	}
+	if len(sel.FromClause) > 0 || sel.WithClause != nil || len(sel.SortClause) > 0 || sel.LimitCount != nil {
+		b.refuse("INSERT … VALUES with ORDER BY, LIMIT or WITH into sharded table %s", name)
 		return
 	}
 	vals := make([]valSrc, 0, len(sel.ValuesLists))
@@ -72,11 +68,41 @@ func (b *builder) insert(ins *pg_query.InsertStmt) {
 		vals = append(vals, v)
 		b.walk(row, sc)
 	}
+	if !b.insertTail(ins, info, name, sc) {
+		return
+	}
+	b.t.insert = vals
+	b.t.ins = &group{ktype: info.KeyType, names: []string{name}}
+}
+
+// insertKeyIndex returns the position of the shard key among the columns
+// an INSERT into a sharded table fills; ok false when refused.
+func (b *builder) insertKeyIndex(ins *pg_query.InsertStmt, info TableInfo, name string) (int, bool) {
+	if len(ins.Cols) > 0 {
+		for i, c := range ins.Cols {
+			if rt := c.GetResTarget(); rt != nil && rt.Name == info.KeyColumn && len(rt.Indirection) == 0 {
+				return i, true
+			}
+		}
+		b.refuse("INSERT into sharded table %s without its shard key column %s", name, info.KeyColumn)
+		return 0, false
+	}
+	if info.KeyOrdinal > 0 {
+		return info.KeyOrdinal - 1, true
+	}
+	b.refuse("INSERT into sharded table %s without a column list: name the columns, including the shard key %s", name, info.KeyColumn)
+	return 0, false
+}
+
+// insertTail analyses what follows an INSERT's rows (ON CONFLICT,
+// RETURNING) and refuses any read of a sharded table in the statement;
+// false when refused.
+func (b *builder) insertTail(ins *pg_query.InsertStmt, info TableInfo, name string, sc *scope) bool {
 	if oc := ins.OnConflictClause; oc != nil && oc.Action == pg_query.OnConflictAction_ONCONFLICT_UPDATE {
 		for _, t := range oc.TargetList {
 			if rt := t.GetResTarget(); rt != nil && rt.Name == info.KeyColumn {
 				b.refuse("INSERT … ON CONFLICT DO UPDATE that sets the shard key column %s of %s", info.KeyColumn, name)
-				return
+				return false
 			}
 		}
 	}
@@ -85,11 +111,118 @@ func (b *builder) insert(ins *pg_query.InsertStmt) {
 	for _, o := range b.occs {
 		if o.info.Kind == TableSharded {
 			b.refuse("INSERT into sharded table %s with a subquery on sharded table %s", name, o.table)
+			return false
+		}
+	}
+	return true
+}
+
+// InsertSelect is an INSERT … SELECT into a sharded table whose SELECT
+// reads no sharded table: every shard runs it, its SELECT narrowed to the
+// rows whose key the shard owns (Planner.OwnRows), so that each row is
+// inserted once, on its key's owner. The SELECT must compute the same
+// rows on every shard: its key may not be volatile, and nothing may
+// combine rows (aggregates, window functions, GROUP BY, DISTINCT, LIMIT).
+type InsertSelect struct {
+	Table     string // for messages
+	KeyColumn string
+	KeyIndex  int // the key's position in the SELECT's target list
+	KeyType   shardmap.KeyType
+}
+
+// insertSelect analyses INSERT … SELECT into sharded table name. A key
+// that is a constant or a parameter routes the statement to its shard, as
+// a one-row VALUES; any other runs on every shard (InsertSelect).
+func (b *builder) insertSelect(ins *pg_query.InsertStmt, sel *pg_query.SelectStmt, info TableInfo, name string, keyIdx int, sc *scope) {
+	const how = "each shard inserts the SELECT's rows whose key it owns"
+	switch {
+	case ins.WithClause != nil || sel.WithClause != nil:
+		b.refuse("INSERT … SELECT with WITH into sharded table %s (%s: put the query in FROM)", name, how)
+		return
+	case sel.Op != pg_query.SetOperation_SETOP_NONE:
+		b.refuse("INSERT … SELECT with UNION/INTERSECT/EXCEPT into sharded table %s", name)
+		return
+	case len(sel.GroupClause) > 0 || sel.HavingClause != nil || len(sel.DistinctClause) > 0 || sel.LimitCount != nil ||
+		sel.LimitOffset != nil || len(sel.WindowClause) > 0 || len(sel.LockingClause) > 0:
+		b.refuse("INSERT … SELECT with GROUP BY, HAVING, DISTINCT, LIMIT, OFFSET, WINDOW or FOR UPDATE into sharded table %s (%s, which these would change)", name, how)
+		return
+	}
+	for _, t := range sel.TargetList {
+		if cr := t.GetResTarget().GetVal().GetColumnRef(); cr != nil && len(cr.Fields) > 0 && cr.Fields[len(cr.Fields)-1].GetAStar() != nil {
+			b.refuse("INSERT … SELECT * into sharded table %s: list the SELECT's columns, so that pgshard knows which one is the shard key %s", name, info.KeyColumn)
+			return
+		}
+		if f := nestedAgg(t); f != "" {
+			b.refuse("INSERT … SELECT with the aggregate %s() into sharded table %s (%s)", f, name, how)
+			return
+		}
+		if windowCall(t) {
+			b.refuse("INSERT … SELECT with a window function into sharded table %s (%s)", name, how)
 			return
 		}
 	}
-	b.t.insert = vals
-	b.t.ins = &group{ktype: info.KeyType, names: []string{name}}
+	if keyIdx >= len(sel.TargetList) {
+		b.refuse("INSERT … SELECT into sharded table %s gives no value for the shard key %s", name, info.KeyColumn)
+		return
+	}
+	key := sel.TargetList[keyIdx].GetResTarget().GetVal()
+	b.walk(ins.SelectStmt, sc)
+	if !b.insertTail(ins, info, name, sc) {
+		return
+	}
+	if v, ok := b.value(key, info.KeyType); ok && v.kind != srcParamArr {
+		if v.kind == srcNull {
+			b.refuse("INSERT of a NULL shard key %s into %s", info.KeyColumn, name)
+			return
+		}
+		b.t.insert = []valSrc{v}
+		b.t.ins = &group{ktype: info.KeyType, names: []string{name}}
+		return
+	}
+	if f := VolatileCall(key); f != "" {
+		b.refuse("INSERT … SELECT into sharded table %s whose shard key %s calls %s: each shard would compute other keys", name, info.KeyColumn, f)
+		return
+	}
+	if !readsColumn(key) {
+		b.refuse("INSERT … SELECT into sharded table %s whose shard key %s is computed from constants: give its value", name, info.KeyColumn)
+		return
+	}
+	b.rangeVar(ins.Relation, sc) // every shard: a scatter write
+	b.t.insertSelect = &InsertSelect{Table: name, KeyColumn: info.KeyColumn, KeyIndex: keyIdx, KeyType: info.KeyType}
+}
+
+// windowCall reports whether n calls a window function.
+func windowCall(n *pg_query.Node) bool {
+	found := false
+	var visit func(m protoreflect.Message) bool
+	visit = func(m protoreflect.Message) bool {
+		if fc, ok := m.Interface().(*pg_query.FuncCall); ok && fc.Over != nil {
+			found = true
+			return false
+		}
+		return children(m, visit)
+	}
+	visit(n.ProtoReflect())
+	return found
+}
+
+// readsColumn reports whether n reads a column of the query's FROM (not
+// only of a subquery's).
+func readsColumn(n *pg_query.Node) bool {
+	found := false
+	var visit func(m protoreflect.Message) bool
+	visit = func(m protoreflect.Message) bool {
+		switch m.Interface().(type) {
+		case *pg_query.ColumnRef:
+			found = true
+			return false
+		case *pg_query.SubLink:
+			return true
+		}
+		return children(m, visit)
+	}
+	visit(n.ProtoReflect())
+	return found
 }
 
 func (b *builder) walkOnConflict(oc *pg_query.OnConflictClause, sc *scope) {
@@ -209,3 +342,66 @@ scan:
 	out.WriteString(text[last:])
 	return out.String(), params, nil
 }
+
+// OwnRows returns text, an INSERT … SELECT planned with Plan.InsertSelect
+// is, as one shard runs it: the SELECT's WHERE also keeps only the rows
+// whose key lies in owned, the ranges the shard owns. A row whose key is
+// NULL fails the statement (22P02, naming the key), as a NULL key fails
+// INSERT … VALUES and COPY: it belongs to no shard. Results are cached by
+// text and ranges.
+func (p *Planner) OwnRows(text string, owned []shardmap.Range, is *InsertSelect) (string, *Error) {
+	return p.rewrite(ownedKey("insert", text, owned, nil), func() (string, *Error) {
+		return ownRows(text, owned, is)
+	})
+}
+
+// keyPlaceholder stands for the key expression in the filter's text until
+// the expression's tree replaces it.
+const keyPlaceholder = "pgshard_insert_key"
+
+func ownRows(text string, owned []shardmap.Range, is *InsertSelect) (string, *Error) {
+	fail := func(why string) *Error {
+		return refuse("INSERT … SELECT into sharded table " + is.Table + ": " + why)
+	}
+	tree, err := parse(text)
+	if err != nil || len(tree.Stmts) != 1 {
+		return "", fail("it cannot be parsed again")
+	}
+	sel := tree.Stmts[0].Stmt.GetInsertStmt().GetSelectStmt().GetSelectStmt()
+	if sel == nil || is.KeyIndex >= len(sel.TargetList) {
+		return "", fail("it is not the statement planned")
+	}
+	key := sel.TargetList[is.KeyIndex].GetResTarget().GetVal()
+	pred := fmt.Sprintf("CASE WHEN %s IS NULL THEN pg_catalog.concat(%s, %s)::int4 = 0 ELSE %s END", keyPlaceholder,
+		sqlString("pgshard: INSERT … SELECT gave a NULL shard key, which belongs to no shard: "), sqlString(is.Table+"."+is.KeyColumn),
+		shardmap.RangesSQL(owned, is.KeyType.SQLHash(keyPlaceholder)))
+	ptree, err := parse("SELECT WHERE " + pred)
+	if err != nil || len(ptree.Stmts) != 1 {
+		return "", fail("its filter cannot be parsed")
+	}
+	filter := ptree.Stmts[0].Stmt.GetSelectStmt().GetWhereClause()
+	var visit func(m protoreflect.Message) bool
+	visit = func(m protoreflect.Message) bool {
+		if n, ok := m.Interface().(*pg_query.Node); ok {
+			if cr := n.GetColumnRef(); cr != nil && len(cr.Fields) == 1 && cr.Fields[0].GetString_().GetSval() == keyPlaceholder {
+				n.Node = proto.Clone(key).(*pg_query.Node).Node
+				return true
+			}
+		}
+		return children(m, visit)
+	}
+	visit(filter.ProtoReflect())
+	if sel.WhereClause == nil {
+		sel.WhereClause = filter
+	} else {
+		sel.WhereClause = pg_query.MakeBoolExprNode(pg_query.BoolExprType_AND_EXPR, []*pg_query.Node{sel.WhereClause, filter}, -1)
+	}
+	out, err := pg_query.Deparse(tree)
+	if err != nil {
+		return "", fail("it cannot be rewritten: " + err.Error())
+	}
+	return out, nil
+}
+
+// sqlString quotes v as a SQL string literal.
+func sqlString(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }

@@ -98,6 +98,7 @@ var classes = []class{
 	{"multikey_reads", genMultiKeyRead},
 	{"keyed_writes", genKeyedWrite},
 	{"multirow_inserts", genMultiRowInsert},
+	{"insert_selects", genInsertSelect},
 	{"scatter_reads", genScatterRead},
 	{"scatter_writes", genScatterWrite},
 	{"reference_joins", genReferenceJoin},
@@ -465,6 +466,36 @@ func genMultiRowInsert(g *gen) step {
 	return one(s)
 }
 
+// genInsertSelect: INSERT … SELECT into a sharded table from rows the
+// query makes (VALUES in FROM, generate_series, the reference table):
+// each shard inserts the rows whose key it owns; the command tag counts
+// all of them, RETURNING gives them all.
+func genInsertSelect(g *gen) step {
+	b := g.sb()
+	ret := ""
+	if g.chance(0.4) {
+		ret = " RETURNING user_id, id, qty"
+	}
+	var s stmt
+	switch g.intn(3) {
+	case 0:
+		var rows []string
+		for _, k := range g.distinctInts(g.between(1, 8)) {
+			rows = append(rows, fmt.Sprintf("(%s::bigint, %s::int, %s::text, %s::int)", b.v(k, ""), b.v(g.between(5, 60), ""), b.v(pick(g, names), ""), b.v(g.intn(100), "")))
+		}
+		s = b.stmt("INSERT INTO accounts (" + accCols + ") SELECT v.k, v.id, v.name, 'fr', v.qty, 1.50 FROM (VALUES " + strings.Join(rows, ", ") + ") v(k, id, name, qty) ON CONFLICT DO NOTHING" + ret)
+	case 1:
+		lo := g.between(1, 200)
+		s = b.stmt(fmt.Sprintf("INSERT INTO accounts (%s) SELECT k, %s, 'gen', c.code, k %% 7, 0 FROM generate_series(%s::bigint, %s::bigint) k, countries c WHERE c.region = 'am' ON CONFLICT (user_id, id) DO UPDATE SET qty = accounts.qty + 1%s",
+			accCols, b.v(g.between(5, 60), ""), b.v(lo, ""), b.v(lo+g.between(0, 12), ""), ret))
+	default:
+		s = b.stmt(fmt.Sprintf("INSERT INTO sessions (user_id, n, score) SELECT c.code || %s, %s, length(c.name) FROM countries c WHERE c.region <> 'none' ON CONFLICT DO NOTHING",
+			b.v(pick(g, []string{"", "-1", "-2"}), "text"), b.v(g.between(1, 5), "")))
+	}
+	s.write = true
+	return one(s)
+}
+
 func genScatterRead(g *gen) step {
 	b := g.sb()
 	var s stmt
@@ -553,9 +584,12 @@ func genTransaction(g *gen, nkeys int) step {
 		var s stmt
 		n := 5
 		if nkeys > 1 {
-			n = 7 // statements spanning shards inside the transaction too
+			n = 8 // statements spanning shards inside the transaction too
 		}
 		switch g.intn(n) {
+		case 7:
+			s = b.stmt(fmt.Sprintf("INSERT INTO accounts (%s) SELECT k, %s, 'tx', 'it', 3, 2.50 FROM unnest(ARRAY[%s]::bigint[]) k ON CONFLICT DO NOTHING",
+				accCols, b.v(g.between(1, 12), ""), b.list(keys)))
 		case 5:
 			s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), max(balance) FROM accounts WHERE qty > %s", b.v(g.between(0, 90), "")))
 		case 6:
