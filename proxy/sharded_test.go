@@ -1260,7 +1260,8 @@ func TestShutdownGivesUpOnStuckSessions(t *testing.T) {
 }
 
 // INSERT … SELECT into a sharded table whose SELECT reads no sharded
-// table runs on every shard, each keeping the rows whose key it owns: in
+// table runs on every shard, each keeping the rows whose key it owns (one
+// from a sharded table copies co-located rows where they are): in
 // every protocol mode each row lands once, on its owner, the tag counts
 // all rows, RETURNING gives them all; a failure on one shard (a duplicate
 // key, a NULL key) leaves no row anywhere; in a transaction the rows
@@ -1271,11 +1272,11 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 	ctx := testCtx(t)
 	sh.createSharded(ctx, "ins_sel", "user_id bigint PRIMARY KEY, note text, mode int")
 	c := sh.connect(ctx)
-	placed := func() map[int64]int {
+	placedIn := func(table string) map[int64]int {
 		t.Helper()
 		out := map[int64]int{}
 		for i := range sh.topo.Shards {
-			rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM ins_sel")
+			rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM "+table)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1295,6 +1296,7 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 		}
 		return out
 	}
+	placed := func() map[int64]int { return placedIn("ins_sel") }
 	for m, mode := range allModes {
 		lo := int64(100 * (m + 1))
 		rows, err := c.Query(ctx, "INSERT INTO ins_sel (note, user_id, mode) SELECT 'n' || g, g, $1 FROM generate_series($2::bigint, $3::bigint) g RETURNING user_id", mode, m, lo, lo+19)
@@ -1351,6 +1353,25 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 		if n := len(placed()); n != want {
 			t.Fatalf("commit %v: %d rows, want %d", commit, n, want)
 		}
+	}
+	// From a sharded table: a co-located copy, each shard inserting the
+	// rows it has, on every shard or on the key's.
+	sh.createSharded(ctx, "ins_copy", "user_id bigint PRIMARY KEY, note text")
+	for m, mode := range allModes {
+		tag, err := c.Exec(ctx, "INSERT INTO ins_copy (user_id, note) SELECT s.user_id, s.note FROM ins_sel s WHERE s.mode = $1", mode, m)
+		if err != nil || tag.String() != "INSERT 0 20" {
+			t.Fatalf("%v: a co-located copy: %q %v, want INSERT 0 20", mode, tag, err)
+		}
+		tag, err = c.Exec(ctx, "INSERT INTO ins_copy (user_id, note) SELECT user_id, 'keyed' FROM ins_sel WHERE user_id = $1 ON CONFLICT (user_id) DO UPDATE SET note = excluded.note", mode, 1000+m)
+		if err != nil || tag.String() != "INSERT 0 1" {
+			t.Fatalf("%v: a keyed copy: %q %v, want INSERT 0 1", mode, tag, err)
+		}
+	}
+	if got := placedIn("ins_copy"); len(got) != 20*len(allModes)+len(allModes) {
+		t.Fatalf("%d rows copied, want %d", len(got), 21*len(allModes))
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO ins_copy (user_id) SELECT mode FROM ins_sel"); sqlState(err) != "0A000" {
+		t.Fatalf("a copy whose key is not the source's key: %v, want 0A000", err)
 	}
 	if n := sh.prepared(ctx); n != 0 {
 		t.Fatalf("%d prepared transactions left", n)

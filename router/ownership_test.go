@@ -260,3 +260,12 @@ func TestOwnRows(t *testing.T) {
 		}
 	}
 }
+
+// A co-located INSERT … SELECT over several shards is not rewritten to
+// skip moving rows: refused with 55000 while a job moves them.
+func TestExcludeMovingRefusesInsertSelect(t *testing.T) {
+	p := NewPlanner(PlannerConfig{Catalog: planCat})
+	if _, err := p.ExcludeMoving("INSERT INTO users (user_id) SELECT user_id FROM orders", exclOne, nil); err == nil || err.Code != CodeMoving {
+		t.Fatalf("got %v, want %s", err, CodeMoving)
+	}
+}

@@ -69,7 +69,10 @@ package router
 //     shard's SELECT narrowed to the rows whose key it owns (OwnRows). A
 //     SELECT that combines rows (aggregates, window functions, GROUP BY,
 //     DISTINCT, LIMIT, set operations) or whose key is volatile or uses no
-//     column is refused: the shards would compute different rows.
+//     column is refused: the shards would compute different rows. From
+//     sharded tables, only a co-located copy is planned (the inserted key
+//     is the key column of a sharded table of the SELECT's FROM): routed
+//     as that read is, each shard inserting the rows it has.
 //   - UPDATE ... SET key = v is allowed only when v lands on the shard the
 //     row is on (decided here for a constant or parameter, Single plans
 //     only; Plan.SetsKey), else refused.

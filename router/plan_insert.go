@@ -3,6 +3,7 @@ package router
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -98,16 +99,9 @@ func (b *builder) insertKeyIndex(ins *pg_query.InsertStmt, info TableInfo, name 
 // RETURNING) and refuses any read of a sharded table in the statement;
 // false when refused.
 func (b *builder) insertTail(ins *pg_query.InsertStmt, info TableInfo, name string, sc *scope) bool {
-	if oc := ins.OnConflictClause; oc != nil && oc.Action == pg_query.OnConflictAction_ONCONFLICT_UPDATE {
-		for _, t := range oc.TargetList {
-			if rt := t.GetResTarget(); rt != nil && rt.Name == info.KeyColumn {
-				b.refuse("INSERT … ON CONFLICT DO UPDATE that sets the shard key column %s of %s", info.KeyColumn, name)
-				return false
-			}
-		}
+	if !b.insertConflict(ins, info, name, sc) {
+		return false
 	}
-	b.walkOnConflict(ins.OnConflictClause, sc)
-	b.walkList(ins.ReturningList, sc)
 	for _, o := range b.occs {
 		if o.info.Kind == TableSharded {
 			b.refuse("INSERT into sharded table %s with a subquery on sharded table %s", name, o.table)
@@ -166,7 +160,11 @@ func (b *builder) insertSelect(ins *pg_query.InsertStmt, sel *pg_query.SelectStm
 		return
 	}
 	key := sel.TargetList[keyIdx].GetResTarget().GetVal()
-	b.walk(ins.SelectStmt, sc)
+	selScope := b.selectStmt(sel, sc, 0) // its FROM at the top level: it decides the shards
+	if slices.ContainsFunc(b.occs, func(o *occ) bool { return o.info.Kind == TableSharded }) {
+		b.insertSelectColocated(ins, info, name, key, sc, selScope)
+		return
+	}
 	if !b.insertTail(ins, info, name, sc) {
 		return
 	}
@@ -189,6 +187,47 @@ func (b *builder) insertSelect(ins *pg_query.InsertStmt, sel *pg_query.SelectStm
 	}
 	b.rangeVar(ins.Relation, sc) // every shard: a scatter write
 	b.t.insertSelect = &InsertSelect{Table: name, KeyColumn: info.KeyColumn, KeyIndex: keyIdx, KeyType: info.KeyType}
+}
+
+// insertSelectColocated analyses INSERT … SELECT into sharded table name
+// from sharded tables: allowed when the inserted key is the key column of
+// a sharded table of the SELECT's FROM (co-located: each row is inserted
+// on the shard its source row is on), which then routes the statement as
+// a read of that table routes (one shard, some, or every shard; while a
+// reshard job moves rows, one over several shards is refused with 55000,
+// as router.ExcludeMoving does not rewrite INSERT).
+func (b *builder) insertSelectColocated(ins *pg_query.InsertStmt, info TableInfo, name string, key *pg_query.Node, sc, selScope *scope) {
+	src := b.keyCol(key, selScope)
+	if src == nil || src.depth != 0 || src.info.KeyType != info.KeyType {
+		var from string
+		for _, o := range b.occs {
+			if o.info.Kind == TableSharded {
+				from = o.table
+				break
+			}
+		}
+		b.refuse("INSERT … SELECT into sharded table %s from sharded table %s whose shard key %s is not the key column of a sharded table in the SELECT's FROM (of the same key type): only a co-located copy, each shard inserting its own rows, is supported", name, from, info.KeyColumn)
+		return
+	}
+	if b.insertConflict(ins, info, name, sc) {
+		b.link(b.rangeVar(ins.Relation, sc), src)
+	}
+}
+
+// insertConflict analyses an INSERT's ON CONFLICT and RETURNING; false
+// when refused (DO UPDATE may not set the key).
+func (b *builder) insertConflict(ins *pg_query.InsertStmt, info TableInfo, name string, sc *scope) bool {
+	if oc := ins.OnConflictClause; oc != nil && oc.Action == pg_query.OnConflictAction_ONCONFLICT_UPDATE {
+		for _, t := range oc.TargetList {
+			if rt := t.GetResTarget(); rt != nil && rt.Name == info.KeyColumn {
+				b.refuse("INSERT … ON CONFLICT DO UPDATE that sets the shard key column %s of %s", info.KeyColumn, name)
+				return false
+			}
+		}
+	}
+	b.walkOnConflict(ins.OnConflictClause, sc)
+	b.walkList(ins.ReturningList, sc)
+	return true
 }
 
 // windowCall reports whether n calls a window function.

@@ -477,7 +477,17 @@ func genInsertSelect(g *gen) step {
 		ret = " RETURNING user_id, id, qty"
 	}
 	var s stmt
-	switch g.intn(3) {
+	switch g.intn(4) {
+	case 3:
+		// Co-located: the rows are copied on the shard they are on.
+		var where string
+		if g.chance(0.3) {
+			where = fmt.Sprintf("user_id IN (%s)", b.list(g.distinctInts(g.between(1, 3))))
+		} else {
+			where = fmt.Sprintf("qty < %s", b.v(g.intn(30), ""))
+		}
+		s = b.stmt(fmt.Sprintf("INSERT INTO accounts (%s) SELECT a.user_id, a.id + %s, a.name, c.code, a.qty, a.balance FROM accounts a LEFT JOIN countries c ON c.code = a.country WHERE %s ON CONFLICT DO NOTHING%s",
+			accCols, b.v(g.between(100, 300), ""), where, ret))
 	case 0:
 		var rows []string
 		for _, k := range g.distinctInts(g.between(1, 8)) {
