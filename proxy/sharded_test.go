@@ -1377,3 +1377,30 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 		t.Fatalf("%d prepared transactions left", n)
 	}
 }
+
+// A statement over several shards whose text leaves a parameter unused is
+// refused as PostgreSQL refuses it (42P18: its type cannot be inferred);
+// pgshard declares only the parameters its own rewrite dropped (HAVING).
+func TestScatterUnusedParameter(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	sh.createSharded(ctx, "unused_param", "user_id bigint PRIMARY KEY, v int")
+	c := sh.connect(ctx)
+	for _, sql := range []string{"SELECT count(*) FROM unused_param WHERE user_id > $2", "UPDATE unused_param SET v = 1 WHERE user_id > $2"} {
+		if _, err := c.Exec(ctx, sql, pgx.QueryExecModeExec, 1, 0); sqlState(err) != "42P18" {
+			t.Errorf("%s: %v, want 42P18", sql, err)
+		}
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO unused_param (user_id, v) VALUES (1, 1), (2, 1), (3, 2)"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := c.Query(ctx, "SELECT v FROM unused_param WHERE user_id > $1 GROUP BY v HAVING count(*) > $2 ORDER BY v", pgx.QueryExecModeExec, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil || len(got) != 1 || got[0] != 1 {
+		t.Fatalf("HAVING with a parameter the shards do not see: %v %v, want [1]", got, err)
+	}
+}

@@ -448,7 +448,7 @@ type extReq struct {
 // extended-protocol batch the unnamed statement parsed, bound, described
 // and executed, and a Sync. params maps the text's parameters to the
 // Bind's (SplitInsert), nil for all of them in order.
-func (x *extReq) stmtMsg(dst []byte, text string, params []int, hidden int) []byte {
+func (x *extReq) stmtMsg(dst []byte, text, orig string, params []int, hidden int) []byte {
 	if x == nil {
 		return append(dst, queryMsg(text)...)
 	}
@@ -472,7 +472,10 @@ func (x *extReq) stmtMsg(dst []byte, text string, params []int, hidden int) []by
 			}
 		}
 	}
-	types = declareUnused(text, types, len(vals), formats)
+	if params != nil {
+		orig = "" // renumbered: text uses every parameter it has
+	}
+	types = declareUnused(text, orig, types, len(vals), formats)
 	results := x.results
 	if len(results) > 1 && hidden > 0 {
 		results = append(append([]int16(nil), results...), make([]int16, hidden)...)
@@ -485,18 +488,20 @@ func (x *extReq) stmtMsg(dst []byte, text string, params []int, hidden int) []by
 }
 
 // declareUnused gives a type to each of n parameters that text does not
-// use (the shards' text drops HAVING, whose parameters the merge
-// evaluates): PostgreSQL cannot infer one, and a Bind must still carry
-// every value. Text values are declared text, binary ones bytea, whose
-// input accepts them all.
-func declareUnused(text string, types []uint32, n int, formats []int16) []uint32 {
+// use but the client's orig does (the shards' text drops HAVING, whose
+// parameters the merge evaluates): PostgreSQL cannot infer one, and a Bind
+// must still carry every value. Text values are declared text, binary ones
+// bytea, whose input accepts them all. One orig does not use either is
+// left undeclared, so that the shards refuse it (42P18) as PostgreSQL
+// would ("" for orig: declare all).
+func declareUnused(text, orig string, types []uint32, n int, formats []int16) []uint32 {
 	if len(types) >= n && !slices.Contains(types, 0) {
 		return types
 	}
 	out := make([]uint32, n)
 	copy(out, types)
 	for i := range out {
-		if out[i] != 0 || usesParam(text, i+1) {
+		if out[i] != 0 || usesParam(text, i+1) || (orig != "" && !usesParam(orig, i+1)) {
 			continue
 		}
 		f := int16(0)
@@ -807,7 +812,7 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 		if texts != nil {
 			t = texts[i]
 		}
-		bufs[i] = x.stmtMsg(bufs[i], t, nil, hidden)
+		bufs[i] = x.stmtMsg(bufs[i], t, sql, nil, hidden)
 	}
 	if err := sendOnLegs(ctx, legs, bufs, pre); err != nil {
 		s.emitError(err)
@@ -985,7 +990,7 @@ func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan,
 			bufs[i] = append(bufs[i], queryMsg("BEGIN")...)
 			pre[i]++
 		}
-		bufs[i] = x.stmtMsg(bufs[i], text, params, 0)
+		bufs[i] = x.stmtMsg(bufs[i], text, sql, params, 0)
 		if gid != "" {
 			bufs[i] = append(bufs[i], queryMsg("PREPARE TRANSACTION "+quoteLiteral(gid))...)
 		}
