@@ -672,10 +672,15 @@ func (b *builder) keyCol(n *pg_query.Node, sc *scope) *occ {
 			var found *occ
 			for _, o := range x.occs {
 				if o.info.Kind == TableSharded && o.info.KeyColumn == col {
-					if found != nil {
-						return nil // ambiguous: PostgreSQL reports it
+					if found != nil && b.find(found.id) != b.find(o.id) {
+						// Ambiguous (PostgreSQL reports it), unless the
+						// tables are joined USING the key, which merges
+						// them into one column: any of them stands for it.
+						return nil
 					}
-					found = o
+					if found == nil {
+						found = o
+					}
 				}
 			}
 			// An unqualified name belongs to the innermost scope that has

@@ -198,9 +198,6 @@ func (b *builder) insertSelect(ins *pg_query.InsertStmt, sel *pg_query.SelectStm
 // as router.ExcludeMoving does not rewrite INSERT).
 func (b *builder) insertSelectColocated(ins *pg_query.InsertStmt, info TableInfo, name string, key *pg_query.Node, sc, selScope *scope) {
 	src := b.keyCol(key, selScope)
-	if src == nil {
-		src = b.usingKey(key, selScope)
-	}
 	if src == nil || src.depth != 0 || src.info.KeyType != info.KeyType {
 		var from string
 		for _, o := range b.occs {
@@ -215,31 +212,6 @@ func (b *builder) insertSelectColocated(ins *pg_query.InsertStmt, info TableInfo
 	if b.insertConflict(ins, info, name, sc) {
 		b.link(b.rangeVar(ins.Relation, sc), src)
 	}
-}
-
-// usingKey resolves an unqualified key column that several sharded
-// tables of sc have (keyCol finds it ambiguous): when they are all joined
-// on the key (JOIN … USING (key) merges them into one column), any of
-// them stands for it; nil otherwise.
-func (b *builder) usingKey(n *pg_query.Node, sc *scope) *occ {
-	cr := n.GetColumnRef()
-	if cr == nil || len(cr.Fields) != 1 {
-		return nil
-	}
-	col := cr.Fields[0].GetString_().GetSval()
-	var found *occ
-	for _, o := range sc.occs {
-		if o.info.Kind != TableSharded || o.info.KeyColumn != col {
-			continue
-		}
-		if found != nil && b.find(found.id) != b.find(o.id) {
-			return nil
-		}
-		if found == nil {
-			found = o
-		}
-	}
-	return found
 }
 
 // insertConflict analyses an INSERT's ON CONFLICT and RETURNING; false

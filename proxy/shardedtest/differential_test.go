@@ -359,7 +359,13 @@ const accCols = "user_id, id, name, country, qty, balance"
 // genKeyedRead: reads pinned to one key (one shard).
 func genKeyedRead(g *gen) step {
 	b := g.sb()
-	switch g.intn(7) {
+	switch g.intn(8) {
+	case 7:
+		// Joined USING the key: the unqualified key names the merged column.
+		s := b.stmt(fmt.Sprintf("SELECT user_id, a.id, b.id FROM accounts a %s JOIN accounts b USING (user_id) WHERE user_id = %s ORDER BY 2, 3",
+			pick(g, []string{"", "LEFT", "FULL"}), b.v(g.intKey(), "")))
+		s.ordered = true
+		return one(s)
 	case 0:
 		s := b.stmt(fmt.Sprintf("SELECT %s FROM accounts WHERE user_id = %s ORDER BY id", accCols, b.v(g.intKey(), "")))
 		s.ordered = true
