@@ -271,8 +271,9 @@ func TestNoBackendFailsTheShardedTransaction(t *testing.T) {
 		seen[1] = "pool error " + seen[1][len(seen[1])-1:]
 		run(fmt.Sprintf("INSERT INTO nobackend (user_id) VALUES (%d)", b))
 		run("SELECT 1")
+		run("ROLLBACK TO SAVEPOINT s1")
 		simple("COMMIT")
-		if g, w := strings.Join(seen, ", "), "BEGIN T, pool error E, 25P02 E, 25P02 E, ROLLBACK I"; g != w {
+		if g, w := strings.Join(seen, ", "), "BEGIN T, pool error E, 25P02 E, 25P02 E, 3B001 E, ROLLBACK I"; g != w {
 			t.Fatalf("a transaction whose first statement found no backend: %s, want %s", g, w)
 		}
 	}

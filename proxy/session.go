@@ -614,7 +614,11 @@ func (s *session) handleGroup(ctx context.Context, typ byte, msg []byte) error {
 		return nil
 	}
 	if s.lazyAborted() {
-		return s.refuseGroup(ctx, errInFailedTxn, extra)
+		e := errInFailedTxn
+		if g, ok := s.singleGroup(s.gbuf); ok {
+			e = lazyAbortError(g.sql)
+		}
+		return s.refuseGroup(ctx, e, extra)
 	}
 	if last == 'S' && extra == nil {
 		if done, err := s.groupSpread(ctx, s.gbuf); done || err != nil {
@@ -964,6 +968,20 @@ var errLazyFailed = wire.Errorf(codeTransactionRollback, "pgshard: a statement o
 // errInFailedTxn is PostgreSQL's answer to a statement in a failed
 // transaction.
 var errInFailedTxn = wire.Errorf(wire.CodeInFailedSQLTransaction, "current transaction is aborted, commands ignored until end of transaction block")
+
+// lazyAbortError is what a statement gets in a transaction that failed
+// before any backend had it: 25P02, or for ROLLBACK TO SAVEPOINT the
+// error that no such savepoint exists (none could be made), as
+// PostgreSQL answers in a failed transaction.
+func lazyAbortError(sql string) *wire.Error {
+	if ops := router.Ops(sql); len(ops) == 1 && ops[0].Kind == router.OpRollbackTo {
+		return wire.Errorf(codeNoSavepoint, "savepoint \"%s\" does not exist", ops[0].Name)
+	}
+	return errInFailedTxn
+}
+
+// codeNoSavepoint is SQLSTATE invalid_savepoint_specification.
+const codeNoSavepoint = "3B001"
 
 // lazyAborted reports whether the session is in a transaction that failed
 // before any backend had it (failLazyTxn): pgshard answers its statements

@@ -167,7 +167,7 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 		if s.lazyTxn(sql, fx, nil) {
 			return "", true, nil // its COMMIT or ROLLBACK: ROLLBACK
 		}
-		return "", true, s.refuseQuery(ctx, errInFailedTxn)
+		return "", true, s.refuseQuery(ctx, lazyAbortError(sql))
 	}
 	pl, ok := s.srv.plan(sql, nil)
 	if !ok {
