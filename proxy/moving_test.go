@@ -550,3 +550,56 @@ func (sh *shardedHarness) rowsWith(ctx context.Context, i int, k, v int64) int {
 	}
 	return n
 }
+
+// While a reshard job moves ranges, an INSERT … SELECT that every shard
+// runs still inserts each row once, on its key's owner on the current
+// ring (the job copies what lands on a source); a co-located copy over
+// several shards, which would copy the moving rows twice, is refused with
+// 55000, and one on a single key's shard still runs.
+func TestInsertSelectDuringAJob(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	mustExec(t, c, "CREATE TABLE mv_src (user_id bigint NOT NULL PRIMARY KEY, v int)")
+	mustExec(t, c, "CREATE TABLE mv_dst (user_id bigint NOT NULL PRIMARY KEY, v int)")
+	sh.mu.Lock()
+	ring := sh.m.Ring()
+	sh.mu.Unlock()
+	sh.setMoving(ring.Ranges(sh.dbs[0])[:2])
+	defer sh.setMoving(nil)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		mustExec(t, c, "DELETE FROM mv_src")
+		mustExec(t, c, "DELETE FROM mv_dst")
+		tag, err := c.Exec(ctx, "INSERT INTO mv_src (user_id, v) SELECT g, g % 7 FROM generate_series($1::bigint, $2::bigint) g", mode, 1, 300)
+		if err != nil || tag.String() != "INSERT 0 300" {
+			t.Fatalf("%v: %q %v, want INSERT 0 300", mode, tag, err)
+		}
+		seen := map[int64]bool{}
+		for i := range sh.topo.Shards {
+			rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM mv_src")
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys {
+				if seen[k] || sh.owner(k) != i {
+					t.Fatalf("%v: key %d on shard %d (owner %d, seen before %v)", mode, k, i, sh.owner(k), seen[k])
+				}
+				seen[k] = true
+			}
+		}
+		if len(seen) != 300 {
+			t.Fatalf("%v: %d keys placed, want 300", mode, len(seen))
+		}
+		if _, err := c.Exec(ctx, "INSERT INTO mv_dst (user_id, v) SELECT user_id, v FROM mv_src", mode); sqlState(err) != "55000" {
+			t.Fatalf("%v: a co-located copy over every shard during a job: %v, want 55000", mode, err)
+		}
+		if tag, err := c.Exec(ctx, "INSERT INTO mv_dst (user_id, v) SELECT user_id, v FROM mv_src WHERE user_id = $1 ON CONFLICT DO NOTHING", mode, 5); err != nil || tag.String() != "INSERT 0 1" {
+			t.Fatalf("%v: a keyed co-located copy during a job: %q %v, want INSERT 0 1", mode, tag, err)
+		}
+	}
+}
