@@ -125,6 +125,34 @@ func (sh *shardedHarness) prepared(ctx context.Context) int {
 	return n
 }
 
+// placement reads the user_id of every row of table on each shard
+// directly, failing the test for a row not on its key's owner or on two
+// shards; it returns each key's shard.
+func (sh *shardedHarness) placement(ctx context.Context, table string) map[int64]int {
+	sh.t.Helper()
+	out := map[int64]int{}
+	for i := range sh.topo.Shards {
+		rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM "+table)
+		if err != nil {
+			sh.t.Fatal(err)
+		}
+		keys, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			sh.t.Fatal(err)
+		}
+		for _, k := range keys {
+			if j, dup := out[k]; dup {
+				sh.t.Fatalf("%s: key %d on shards %d and %d", table, k, j, i)
+			}
+			if sh.owner(k) != i {
+				sh.t.Fatalf("%s: key %d on shard %d, owned by shard %d", table, k, i, sh.owner(k))
+			}
+			out[k] = i
+		}
+	}
+	return out
+}
+
 // keysOnTwoShards returns two int keys owned by different shards.
 func (sh *shardedHarness) keysOnTwoShards() (int64, int64) {
 	a, b := int64(1), int64(2)
@@ -1272,31 +1300,7 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 	ctx := testCtx(t)
 	sh.createSharded(ctx, "ins_sel", "user_id bigint PRIMARY KEY, note text, mode int")
 	c := sh.connect(ctx)
-	placedIn := func(table string) map[int64]int {
-		t.Helper()
-		out := map[int64]int{}
-		for i := range sh.topo.Shards {
-			rows, err := sh.shardConn(ctx, i).Query(ctx, "SELECT user_id FROM "+table)
-			if err != nil {
-				t.Fatal(err)
-			}
-			keys, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, k := range keys {
-				if _, dup := out[k]; dup {
-					t.Fatalf("key %d on two shards", k)
-				}
-				if sh.owner(k) != i {
-					t.Fatalf("key %d on shard %d, owned by shard %d", k, i, sh.owner(k))
-				}
-				out[k] = i
-			}
-		}
-		return out
-	}
-	placed := func() map[int64]int { return placedIn("ins_sel") }
+	placed := func() map[int64]int { return sh.placement(ctx, "ins_sel") }
 	for m, mode := range allModes {
 		lo := int64(100 * (m + 1))
 		rows, err := c.Query(ctx, "INSERT INTO ins_sel (note, user_id, mode) SELECT 'n' || g, g, $1 FROM generate_series($2::bigint, $3::bigint) g RETURNING user_id", mode, m, lo, lo+19)
@@ -1367,7 +1371,7 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 			t.Fatalf("%v: a keyed copy: %q %v, want INSERT 0 1", mode, tag, err)
 		}
 	}
-	if got := placedIn("ins_copy"); len(got) != 20*len(allModes)+len(allModes) {
+	if got := sh.placement(ctx, "ins_copy"); len(got) != 20*len(allModes)+len(allModes) {
 		t.Fatalf("%d rows copied, want %d", len(got), 21*len(allModes))
 	}
 	if _, err := c.Exec(ctx, "INSERT INTO ins_copy (user_id) SELECT mode FROM ins_sel"); sqlState(err) != "0A000" {
