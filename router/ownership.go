@@ -59,7 +59,8 @@ type owned struct {
 
 // ExcludeMoving returns text, a Multi or Scatter statement as it would be
 // sent to one shard (the plan's ShardSQL or the client's text: SELECT,
-// UPDATE, DELETE, or COPY … TO STDOUT), rewritten to skip the rows of
+// UPDATE, DELETE, a co-located INSERT … SELECT, or COPY … TO STDOUT),
+// rewritten to skip the rows of
 // excluded (see Excluded). With no exclusions it returns text itself.
 // columns are the table's columns for a COPY of a whole table without a
 // column list (CopyPlan.NeedsColumns): COPY copies every column but the
@@ -153,6 +154,15 @@ func excludeMoving(cat Catalog, text string, excluded []shardmap.Range, columns 
 		d.WhereClause, e = x.where(d.WhereClause, "DELETE")
 	case *pg_query.Node_CopyStmt:
 		e = x.copyStmt(s.CopyStmt, columns)
+	case *pg_query.Node_InsertStmt:
+		// A co-located INSERT … SELECT: its SELECT reads each row once.
+		sel := s.InsertStmt.SelectStmt.GetSelectStmt()
+		if sel == nil || len(sel.ValuesLists) > 0 {
+			e = refuseMoving("this INSERT")
+			break
+		}
+		x.with(s.InsertStmt.WithClause)
+		e = x.selectStmt(sel)
 	default:
 		e = refuseMoving("this statement")
 	}

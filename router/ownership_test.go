@@ -261,11 +261,16 @@ func TestOwnRows(t *testing.T) {
 	}
 }
 
-// A co-located INSERT … SELECT over several shards is not rewritten to
-// skip moving rows: refused with 55000 while a job moves them.
-func TestExcludeMovingRefusesInsertSelect(t *testing.T) {
+// A co-located INSERT … SELECT over several shards reads each moving row
+// once: its SELECT skips the moving rows the shard does not own.
+func TestExcludeMovingInsertSelect(t *testing.T) {
 	p := NewPlanner(PlannerConfig{Catalog: planCat})
-	if _, err := p.ExcludeMoving("INSERT INTO users (user_id) SELECT user_id FROM orders", exclOne, nil); err == nil || err.Code != CodeMoving {
-		t.Fatalf("got %v, want %s", err, CodeMoving)
+	o := exclusion(exclOne, shardmap.KeyInt, "o.user_id")
+	got, err := p.ExcludeMoving("INSERT INTO users (user_id, name) SELECT o.user_id, o.name FROM orders o WHERE o.v > $1 ON CONFLICT DO NOTHING", exclOne, nil)
+	if want := "INSERT INTO users (user_id, name) SELECT o.user_id, o.name FROM orders o WHERE o.v > $1 AND " + o + " ON CONFLICT DO NOTHING"; err != nil || canon(t, got) != canon(t, want) {
+		t.Fatalf("got %s (%v)\nwant %s", got, err, want)
+	}
+	if _, err := p.ExcludeMoving("INSERT INTO users (user_id) VALUES (1), (2)", exclOne, nil); err == nil || err.Code != CodeMoving {
+		t.Fatalf("INSERT … VALUES: %v, want %s", err, CodeMoving)
 	}
 }

@@ -194,8 +194,7 @@ func (b *builder) insertSelect(ins *pg_query.InsertStmt, sel *pg_query.SelectStm
 // a sharded table of the SELECT's FROM (co-located: each row is inserted
 // on the shard its source row is on), which then routes the statement as
 // a read of that table routes (one shard, some, or every shard; while a
-// reshard job moves rows, one over several shards is refused with 55000,
-// as router.ExcludeMoving does not rewrite INSERT).
+// reshard job moves rows, ExcludeMoving narrows its SELECT as a read's).
 func (b *builder) insertSelectColocated(ins *pg_query.InsertStmt, info TableInfo, name string, key *pg_query.Node, sc, selScope *scope) {
 	src := b.keyCol(key, selScope)
 	if src == nil || src.depth != 0 || src.info.KeyType != info.KeyType {
