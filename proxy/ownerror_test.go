@@ -59,13 +59,28 @@ func ownErrorTranscript(ctx context.Context, t *testing.T, c *pgconn.PgConn, tab
 	note("Parse taken", pgconn.CommandTag{}, err)
 	simple("COMMIT")
 	// One batch: a write, then a Bind of a statement that does not exist.
+	got := request(t, c, &pgproto3.Parse{Query: "INSERT INTO " + table + " (user_id) VALUES (3)"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "nosuch"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	out = append(out, "batch: "+strings.Join(got, ","))
+	res, err := c.Exec(ctx, "SELECT user_id FROM "+table+" ORDER BY 1").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, r := range res[0].Rows {
+		rows = append(rows, string(r[0]))
+	}
+	return append(out, "rows: "+strings.Join(rows, ","))
+}
+
+// request sends msgs on c's connection and returns the answers up to the
+// first ReadyForQuery (appendAnswer's form), then its transaction status.
+func request(t *testing.T, c *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) []string {
+	t.Helper()
 	fe := c.Frontend()
-	fe.Send(&pgproto3.Parse{Query: "INSERT INTO " + table + " (user_id) VALUES (3)"})
-	fe.Send(&pgproto3.Bind{})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Bind{PreparedStatement: "nosuch"})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Sync{})
+	for _, m := range msgs {
+		fe.Send(m)
+	}
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -77,20 +92,9 @@ func ownErrorTranscript(ctx context.Context, t *testing.T, c *pgconn.PgConn, tab
 		}
 		got = appendAnswer(got, m)
 		if z, ok := m.(*pgproto3.ReadyForQuery); ok {
-			got = append(got, string(z.TxStatus))
-			break
+			return append(got, string(z.TxStatus))
 		}
 	}
-	out = append(out, "batch: "+strings.Join(got, ","))
-	res, err := c.Exec(ctx, "SELECT user_id FROM "+table+" ORDER BY 1").ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rows []string
-	for _, r := range res[0].Rows {
-		rows = append(rows, string(r[0]))
-	}
-	return append(out, "rows: "+strings.Join(rows, ","))
 }
 
 // TestOwnErrorsFailTheTransaction: an error pgshard raises itself must
@@ -285,23 +289,7 @@ func TestNoBackendFailsTheShardedTransaction(t *testing.T) {
 	if err := holder.Exec(ctx, "ROLLBACK").Close(); err != nil {
 		t.Fatal(err)
 	}
-	fe := c.Frontend()
-	fe.Send(&pgproto3.FunctionCall{Function: 2026}) // pg_backend_pid()
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	var fc []string
-	for {
-		m, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fc = appendAnswer(fc, m)
-		if z, ok := m.(*pgproto3.ReadyForQuery); ok {
-			fc = append(fc, string(z.TxStatus))
-			break
-		}
-	}
+	fc := request(t, c, &pgproto3.FunctionCall{Function: 2026}) // pg_backend_pid()
 	simple("COMMIT")
 	if g, w := strings.Join(fc, ",")+" "+strings.Join(seen[2:], ", "), "ERROR 25P02,Z,E ROLLBACK I"; g != w {
 		t.Fatalf("a FunctionCall in a transaction whose first statement found no backend: %s, want %s", g, w)

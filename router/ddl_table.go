@@ -510,25 +510,21 @@ func VolatileCall(n *pg_query.Node) string {
 		return ""
 	}
 	found := ""
-	var visit func(m protoreflect.Message) bool
-	visit = func(m protoreflect.Message) bool {
+	anyNode(n, func(m protoreflect.Message) (bool, bool) {
 		switch v := m.Interface().(type) {
 		case *pg_query.FuncCall:
 			if name := funcName(v); volatile[name] {
 				found = name + "()"
-				return false
 			}
 		case *pg_query.SQLValueFunction:
 			if v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_USER && v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_ROLE &&
 				v.Op != pg_query.SQLValueFunctionOp_SVFOP_SESSION_USER && v.Op != pg_query.SQLValueFunctionOp_SVFOP_USER &&
 				v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_CATALOG && v.Op != pg_query.SQLValueFunctionOp_SVFOP_CURRENT_SCHEMA {
 				found = "the clock (" + strings.TrimPrefix(v.Op.String(), "SVFOP_") + ")"
-				return false
 			}
 		}
-		return children(m, visit)
-	}
-	visit(n.ProtoReflect())
+		return found != "", true
+	})
 	return found
 }
 

@@ -231,36 +231,24 @@ func (b *builder) insertConflict(ins *pg_query.InsertStmt, info TableInfo, name 
 
 // windowCall reports whether n calls a window function.
 func windowCall(n *pg_query.Node) bool {
-	found := false
-	var visit func(m protoreflect.Message) bool
-	visit = func(m protoreflect.Message) bool {
-		if fc, ok := m.Interface().(*pg_query.FuncCall); ok && fc.Over != nil {
-			found = true
-			return false
-		}
-		return children(m, visit)
-	}
-	visit(n.ProtoReflect())
-	return found
+	return anyNode(n, func(m protoreflect.Message) (bool, bool) {
+		fc, ok := m.Interface().(*pg_query.FuncCall)
+		return ok && fc.Over != nil, true
+	})
 }
 
 // readsColumn reports whether n reads a column of the query's FROM (not
 // only of a subquery's).
 func readsColumn(n *pg_query.Node) bool {
-	found := false
-	var visit func(m protoreflect.Message) bool
-	visit = func(m protoreflect.Message) bool {
+	return anyNode(n, func(m protoreflect.Message) (bool, bool) {
 		switch m.Interface().(type) {
 		case *pg_query.ColumnRef:
-			found = true
-			return false
+			return true, false
 		case *pg_query.SubLink:
-			return true
+			return false, false
 		}
-		return children(m, visit)
-	}
-	visit(n.ProtoReflect())
-	return found
+		return false, true
+	})
 }
 
 func (b *builder) walkOnConflict(oc *pg_query.OnConflictClause, sc *scope) {

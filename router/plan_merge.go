@@ -405,26 +405,23 @@ func aggOf(n *pg_query.Node, distinctKey string) (AggFunc, *Error) {
 // nestedAgg returns the name of an aggregate inside n, if any.
 func nestedAgg(n *pg_query.Node) string {
 	found := ""
-	var visit func(m protoreflect.Message)
-	visit = func(m protoreflect.Message) {
-		if fc, ok := m.Interface().(*pg_query.FuncCall); ok && fc.Over == nil {
-			name := funcName(fc)
-			if _, ok := mergeAggs[name]; ok || otherAggs[name] {
-				found = name
-				return
+	if n == nil {
+		return found
+	}
+	anyNode(n, func(m protoreflect.Message) (bool, bool) {
+		switch v := m.Interface().(type) {
+		case *pg_query.FuncCall:
+			if name := funcName(v); v.Over == nil {
+				if _, ok := mergeAggs[name]; ok || otherAggs[name] {
+					found = name
+					return true, false
+				}
 			}
+		case *pg_query.SubLink:
+			return false, false
 		}
-		if _, ok := m.Interface().(*pg_query.SubLink); ok {
-			return
-		}
-		children(m, func(c protoreflect.Message) bool {
-			visit(c)
-			return found == ""
-		})
-	}
-	if n != nil {
-		visit(n.ProtoReflect())
-	}
+		return false, true
+	})
 	return found
 }
 

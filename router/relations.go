@@ -62,6 +62,23 @@ func relationsIn(m protoreflect.Message, rels []Relation) []Relation {
 	return rels
 }
 
+// anyNode reports whether f finds a match in n's tree: f tells, for each
+// message, whether it matches and whether to look below it.
+func anyNode(n *pg_query.Node, f func(m protoreflect.Message) (match, descend bool)) bool {
+	found := false
+	var visit func(m protoreflect.Message) bool
+	visit = func(m protoreflect.Message) bool {
+		match, descend := f(m)
+		if match {
+			found = true
+			return false
+		}
+		return !descend || children(m, visit)
+	}
+	visit(n.ProtoReflect())
+	return found
+}
+
 // children calls f on each message-valued field (and element of a list
 // of messages) of m, in order, until f returns false; it reports whether
 // every call returned true.
