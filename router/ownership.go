@@ -259,6 +259,8 @@ func (x *excluder) from(n *pg_query.Node, nullable bool) {
 	switch f := n.GetNode().(type) {
 	case *pg_query.Node_RangeVar:
 		x.rangeVar(f.RangeVar, nullable)
+	case *pg_query.Node_RangeTableSample:
+		x.from(f.RangeTableSample.Relation, nullable)
 	case *pg_query.Node_JoinExpr:
 		j := f.JoinExpr
 		ln, rn := nullable, nullable

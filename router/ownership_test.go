@@ -69,6 +69,7 @@ func TestExcludeMovingRewrites(t *testing.T) {
 			{`SELECT * FROM "Mixed"`, `SELECT * FROM "Mixed" WHERE ` + o(`"Mixed".user_id`)},
 			{"SELECT a FROM users u(a, b)", "SELECT a FROM users u(a, b) WHERE " + o("u.a")},
 			{"SELECT * FROM ONLY orders", "SELECT * FROM ONLY orders WHERE " + o("orders.user_id")},
+			{"SELECT count(*) FROM orders o TABLESAMPLE SYSTEM (50)", "SELECT count(*) FROM orders o TABLESAMPLE system (50) WHERE " + o("o.user_id")},
 			// Writes.
 			{"UPDATE orders SET v = v + 1 WHERE v > 2", "UPDATE orders SET v = v + 1 WHERE v > 2 AND " + o("orders.user_id")},
 			{"UPDATE orders o SET v = 1 FROM countries c WHERE c.code = o.cc RETURNING o.v",

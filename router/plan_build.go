@@ -529,6 +529,13 @@ func (b *builder) fromItem(n *pg_query.Node, sc *scope, inner *[]*pg_query.Node)
 	switch f := n.GetNode().(type) {
 	case *pg_query.Node_RangeVar:
 		b.rangeVar(f.RangeVar, sc)
+	case *pg_query.Node_RangeTableSample:
+		// t TABLESAMPLE m(args): the table is t; each shard samples its
+		// own rows (one database's sample of the union).
+		ts := f.RangeTableSample
+		b.fromItem(ts.Relation, sc, inner)
+		b.walkList(ts.Args, sc)
+		b.walk(ts.Repeatable, sc)
 	case *pg_query.Node_JoinExpr:
 		j := f.JoinExpr
 		before := len(sc.occs)

@@ -521,7 +521,11 @@ func genScatterRead(g *gen) step {
 	case 1:
 		s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), min(balance), max(balance), avg(qty), avg(balance), sum(user_id) FROM accounts WHERE qty < %s", b.v(g.intn(110), "")))
 	case 2:
-		s = b.stmt("SELECT count(*), count(user_id), min(user_id), max(user_id), min(name), max(country) FROM accounts")
+		from := "accounts"
+		if g.chance(0.3) { // a sample of every row: the whole table, on every shard
+			from += " TABLESAMPLE " + pick(g, []string{"BERNOULLI (100)", "SYSTEM (100) REPEATABLE (7)"})
+		}
+		s = b.stmt("SELECT count(*), count(user_id), min(user_id), max(user_id), min(name), max(country) FROM " + from)
 	case 3:
 		s = b.stmt(fmt.Sprintf("SELECT country, count(*), sum(balance), avg(qty) FROM accounts GROUP BY country HAVING count(*) > %s", b.v(g.intn(60), "")))
 	case 4:
