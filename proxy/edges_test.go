@@ -92,6 +92,7 @@ func TestProtocolEdgesMatchPostgres(t *testing.T) {
 // transaction's first statement.
 func TestProtocolEdgesOverShards(t *testing.T) {
 	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
 	ctx := testCtx(t)
 	protocolEdges(ctx, t, sh.harness, func() *pgconn.PgConn { return sh.shardConn(ctx, 0).PgConn() })
 }
@@ -181,6 +182,9 @@ func protocolEdges(ctx context.Context, t *testing.T, h *harness, directConn fun
 			&pgproto3.Query{String: "BEGIN; SELECT 1; COMMIT; SELECT 2"}}},
 		{"a Query string that leaves a transaction open", 2, []pgproto3.FrontendMessage{
 			&pgproto3.Query{String: "SELECT 1; BEGIN; SELECT 2"}, &pgproto3.Query{String: "ROLLBACK"}}},
+		{"LOCK outside and inside a transaction", 4, []pgproto3.FrontendMessage{
+			&pgproto3.Query{String: "LOCK TABLE pg_class IN ACCESS SHARE MODE"}, &pgproto3.Query{String: "BEGIN"},
+			&pgproto3.Query{String: "LOCK TABLE pg_class IN ACCESS SHARE MODE"}, &pgproto3.Query{String: "COMMIT"}}},
 		{"DDL described", 1, []pgproto3.FrontendMessage{
 			&pgproto3.Parse{Query: "CREATE TEMP TABLE IF NOT EXISTS edges_tmp (a int)"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Bind{},
 			&pgproto3.Execute{}, sync}},

@@ -940,6 +940,13 @@ func nonNil(tags [][]byte) [][]byte {
 func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan, sql string, x *extReq) error {
 	clean := false
 	defer func() { s.closeLegs(legs, clean) }()
+	if !s.spreadTxn && firstWord(sql) == "lock" {
+		// pgshard's own BEGIN around it would let it pass, locking
+		// nothing the client holds; PostgreSQL refuses it.
+		s.emitError(wire.Errorf(wire.CodeNoActiveSQLTransaction, "LOCK TABLE can only be used in transaction blocks"))
+		clean = true
+		return nil
+	}
 	log := s.srv.txnLogger()
 	if len(legs) > 1 && log == nil {
 		s.emitError(wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: this statement writes on %d shards and needs two-phase commit, but this node has no decision log (the Raft shard map)", len(legs)))

@@ -338,9 +338,17 @@ func (b *builder) stmt(n *pg_query.Node) {
 		}
 		t.kind = AllShards
 	case *pg_query.Node_ViewStmt:
+		b.viewOver(s.ViewStmt)
 		if isTemp(s.ViewStmt.GetView()) {
 			t.kind = AnyShard
 			return
+		}
+		t.kind = AllShards
+	case *pg_query.Node_CreateSchemaStmt:
+		for _, e := range s.CreateSchemaStmt.SchemaElts {
+			if v := e.GetViewStmt(); v != nil {
+				b.viewOver(v)
+			}
 		}
 		t.kind = AllShards
 	case *pg_query.Node_CreateTableAsStmt:
@@ -393,6 +401,37 @@ func (b *builder) prepareStmt(ps *pg_query.PrepareStmt) {
 	}
 	if keyed {
 		b.refuse("SQL PREPARE of a statement whose shard key is a parameter: its EXECUTE runs on the one backend that prepared it, whatever the key; prepare it through the extended query protocol (as drivers do)")
+	}
+}
+
+// viewOver refuses a view that reads a sharded table. pgshard routes a
+// statement by the tables it names; a view hides its tables, so a query
+// on the view would be routed as one on a reference table and read one
+// shard's rows (with any number of shards: a shard added later would
+// split them). Views over reference tables are fine: every shard has
+// the same rows.
+func (b *builder) viewOver(v *pg_query.ViewStmt) {
+	ctes := map[string]bool{}
+	anyNode(v.Query, func(m protoreflect.Message) (bool, bool) {
+		if c, ok := m.Interface().(*pg_query.CommonTableExpr); ok {
+			ctes[c.Ctename] = true
+		}
+		return false, true
+	})
+	var table string
+	anyNode(v.Query, func(m protoreflect.Message) (bool, bool) {
+		rv, ok := m.Interface().(*pg_query.RangeVar)
+		if !ok || rv.Schemaname == "" && ctes[rv.Relname] {
+			return false, true
+		}
+		if b.lookup(rv).Kind == TableSharded {
+			table = rv.Relname
+			return true, false
+		}
+		return false, true
+	})
+	if table != "" {
+		b.refuse("a view over sharded table %s: pgshard routes a statement by the tables it names and cannot see through a view, so a query on it would read one shard's rows; query the table itself (views over reference tables are fine)", table)
 	}
 }
 

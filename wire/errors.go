@@ -29,6 +29,7 @@ const (
 	CodeProgramLimitExceeded   = "54000"
 	CodeIdleSessionTimeout     = "57P05"
 	CodeInFailedSQLTransaction = "25P02"
+	CodeNoActiveSQLTransaction = "25P01"
 )
 
 // Error is an error that carries a SQLSTATE. It becomes an ErrorResponse
