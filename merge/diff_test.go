@@ -152,9 +152,9 @@ func (q *query) agg(fn, arg string, hidden bool) (int, string) {
 			kind = Sum
 		}
 		return q.column(full, Column{Kind: kind, Arg: q.input(full, other), Format: f, Hidden: hidden}), full
-	case "min", "max":
+	case "min", "max", "bool_and", "every", "bool_or":
 		kind := Min
-		if fn == "max" {
+		if fn == "max" || fn == "bool_or" {
 			kind = Max
 		}
 		return q.column(full, Column{Kind: kind, Arg: q.input(full, f), Format: f, Hidden: hidden}), full
@@ -171,7 +171,11 @@ func (q *query) agg(fn, arg string, hidden bool) (int, string) {
 }
 
 func (q *query) randomAgg(hidden bool) (int, string) {
-	switch q.rnd.IntN(6) {
+	switch q.rnd.IntN(8) {
+	case 6:
+		return q.agg([]string{"bool_and", "every"}[q.rnd.IntN(2)], "bo", hidden)
+	case 7:
+		return q.agg("bool_or", "bo", hidden)
 	case 0:
 		return q.agg("count", "*", hidden)
 	case 1:

@@ -72,7 +72,8 @@
 // Aggregates keep PostgreSQL's result types, which the shards' sums already
 // have: count is int8; sum is int8 for int2/int4, numeric for int8 and
 // numeric (exact, scale is the largest scale), float4/float8 for floats;
-// min/max keep the type; avg is sum/count, numeric for integer and numeric
+// min/max keep the type (the planner sends bool_and and every as Min, bool_or
+// as Max: booleans order false < true); avg is sum/count, numeric for integer and numeric
 // arguments with numeric division's rounding and display scale
 // (select_div_scale: avg of 1 and 2 is 1.5000000000000000), float8 for
 // float8 (the shards send sum(x::float8) for real). Overflow is 22003,

@@ -78,7 +78,8 @@ package router
 //     only; Plan.SetsKey), else refused.
 //   - Statements spanning several shards get a Merge: ORDER BY keys,
 //     LIMIT/OFFSET (pushed down as LIMIT limit+offset), DISTINCT, GROUP BY
-//     and the aggregates count/sum/min/max/avg (avg as sum and count),
+//     and the aggregates count/sum/min/max/avg (avg as sum and count;
+//     bool_and and every as min, bool_or as max),
 //     HAVING evaluated after the merge. Window functions, DISTINCT ON,
 //     set operations, locking clauses, other aggregates, count(DISTINCT),
 //     expressions over aggregates, GROUPING SETS, ORDER BY ... USING,

@@ -105,11 +105,15 @@ func (m *Merge) Col(r, n int) int {
 	return n - m.Hidden + (-r - 1)
 }
 
-var mergeAggs = map[string]AggFunc{"count": AggCount, "sum": AggSum, "min": AggMin, "max": AggMax, "avg": AggAvg}
+// mergeAggs are the aggregates the merge combines. bool_and and every are
+// the min of booleans (false < true), bool_or their max: each shard's
+// value, NULL when it had no non-NULL input, combined as min and max
+// combine theirs.
+var mergeAggs = map[string]AggFunc{"count": AggCount, "sum": AggSum, "min": AggMin, "max": AggMax, "avg": AggAvg,
+	"bool_and": AggMin, "every": AggMin, "bool_or": AggMax}
 
 // otherAggs are built-in aggregates the merge cannot combine.
-var otherAggs = map[string]bool{"array_agg": true, "string_agg": true, "bool_and": true, "bool_or": true,
-	"every": true, "bit_and": true, "bit_or": true, "bit_xor": true, "json_agg": true, "jsonb_agg": true,
+var otherAggs = map[string]bool{"array_agg": true, "string_agg": true, "bit_and": true, "bit_or": true, "bit_xor": true, "json_agg": true, "jsonb_agg": true,
 	"json_object_agg": true, "jsonb_object_agg": true, "xmlagg": true, "stddev": true, "stddev_pop": true,
 	"stddev_samp": true, "variance": true, "var_pop": true, "var_samp": true, "corr": true, "covar_pop": true,
 	"covar_samp": true, "regr_avgx": true, "regr_avgy": true, "regr_count": true, "regr_intercept": true,
