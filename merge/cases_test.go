@@ -44,6 +44,27 @@ func TestDifferentialCases(t *testing.T) {
 			func(f int16) Spec {
 				return Spec{Columns: withFormat(plain(1), f), HasLimit: true, Limit: 0, OrderBy: []SortKey{{Column: 0}}}
 			}, true, ""},
+		{"with ties", "SELECT g FROM t ORDER BY g NULLS FIRST FETCH FIRST 10 ROWS WITH TIES",
+			"SELECT g FROM {T} ORDER BY g NULLS FIRST FETCH FIRST 10 ROWS WITH TIES",
+			func(f int16) Spec {
+				return Spec{Columns: withFormat(plain(1), f), HasLimit: true, Limit: 10, WithTies: true, OrderBy: []SortKey{{Column: 0, NullsFirst: true}}}
+			}, true, ""},
+		{"with ties after an offset", "SELECT g, bo FROM t ORDER BY g DESC, bo OFFSET 5 ROWS FETCH FIRST 12 ROWS WITH TIES",
+			"SELECT g, bo FROM {T} ORDER BY g DESC, bo FETCH FIRST 17 ROWS WITH TIES",
+			func(f int16) Spec {
+				return Spec{Columns: withFormat(plain(2), f), HasLimit: true, Limit: 12, Offset: 5, WithTies: true,
+					OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}, {Column: 1}}}
+			}, true, ""},
+		{"with ties of 0 rows", "SELECT g FROM t ORDER BY g FETCH FIRST 0 ROWS WITH TIES", "SELECT g FROM {T} ORDER BY g FETCH FIRST 0 ROWS WITH TIES",
+			func(f int16) Spec {
+				return Spec{Columns: withFormat(plain(1), f), HasLimit: true, Limit: 0, WithTies: true, OrderBy: []SortKey{{Column: 0}}}
+			}, true, ""},
+		{"groups with ties", "SELECT count(*) FROM t GROUP BY g ORDER BY 1 DESC FETCH FIRST 2 ROWS WITH TIES",
+			"SELECT count(*), g FROM {T} GROUP BY g",
+			func(f int16) Spec {
+				cols := withFormat([]Column{{Kind: Count, Arg: 0}, {Kind: GroupKey, Arg: 1, Hidden: true}}, f)
+				return Spec{Columns: cols, Grouped: true, HasLimit: true, Limit: 2, WithTies: true, OrderBy: []SortKey{{Column: 0, Desc: true, NullsFirst: true}}}
+			}, true, ""},
 		{"concatenation", "SELECT id, by, u FROM t", "SELECT id, by, u FROM {T}",
 			func(f int16) Spec { return Spec{Columns: withFormat(plain(3), f)} }, false, ""},
 		{"aggregates by group with having",

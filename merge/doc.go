@@ -37,7 +37,9 @@
 // or, with ORDER BY, merged with a binary heap (each shard must return its
 // rows in that order; ties go to the lower shard). OFFSET is skipped and
 // LIMIT (Spec.HasLimit and Spec.Limit; the zero Spec has none) stops
-// the merge; the shards get LIMIT limit+offset.
+// the merge; the shards get LIMIT limit+offset. With Spec.WithTies
+// (FETCH FIRST … WITH TIES) the rows equal to the limit-th in the ORDER BY
+// keys follow it; the shards fetch limit+offset rows with ties.
 //
 // With aggregates or group keys (GROUP BY; DISTINCT is GROUP BY on every
 // column) there are two ways:

@@ -53,6 +53,7 @@ type Merger struct {
 	cur  *group // sortedIn: the group being read
 
 	skipped, sent int64
+	tie           [][]byte // WithTies: the Limit-th row sent
 	out           [][]byte
 	done          bool
 	err           error
@@ -140,7 +141,7 @@ func (m *Merger) Next() ([][]byte, bool, error) {
 	if m.done {
 		return nil, false, m.err
 	}
-	if m.spec.HasLimit && m.sent >= m.spec.Limit {
+	if m.spec.HasLimit && m.sent >= m.spec.Limit && (!m.spec.WithTies || m.tie == nil) {
 		m.done = true
 		return nil, false, nil
 	}
@@ -168,9 +169,34 @@ func (m *Merger) Next() ([][]byte, bool, error) {
 			m.skipped++
 			continue
 		}
+		if m.spec.HasLimit && m.sent >= m.spec.Limit {
+			// WITH TIES, past the limit: only rows equal to the last.
+			if tied, err := m.tied(row); err != nil || !tied {
+				m.done, m.err = true, err
+				return nil, false, err
+			}
+		} else if m.spec.WithTies && m.sent+1 == m.spec.Limit {
+			m.tie = make([][]byte, len(row))
+			for i, v := range row {
+				if v != nil {
+					m.tie[i] = append([]byte{}, v...)
+				}
+			}
+		}
 		m.sent++
 		return m.project(row), true, nil
 	}
+}
+
+// tied reports whether row equals the Limit-th row in the ORDER BY keys:
+// input rows when streaming, merged rows when grouped.
+func (m *Merger) tied(row [][]byte) (bool, error) {
+	keys := m.inKeys
+	if m.agg {
+		keys = m.keys
+	}
+	c, err := compareRows(keys, row, m.tie)
+	return c == 0, err
 }
 
 // project drops hidden columns; a streaming row maps input columns.

@@ -108,6 +108,12 @@ type Spec struct {
 	// 2201W and 2201X.
 	HasLimit      bool
 	Limit, Offset int64
+	// WithTies (FETCH FIRST … WITH TIES, with HasLimit): the rows after
+	// the Limit-th that equal it in the OrderBy keys follow it. The shards
+	// get FETCH FIRST Limit+Offset ROWS WITH TIES: a row of the merged
+	// answer has fewer than Limit+Offset rows before it on its own shard,
+	// or ties there with the last one returned.
+	WithTies bool
 	// Having filters groups after the merge; nil keeps all.
 	Having Expr
 	// MaxGroups bounds the groups held in memory (0: DefaultMaxGroups).
@@ -240,6 +246,9 @@ func (s *Spec) check() ([]colType, error) {
 	}
 	if s.HasLimit && s.Limit < 0 {
 		return nil, errorf(CodeInvalidRowCountInLimit, nil, "LIMIT must not be negative")
+	}
+	if s.WithTies && len(s.OrderBy) == 0 {
+		return nil, unsupported("merge: WITH TIES without ORDER BY")
 	}
 	if s.Offset < 0 {
 		return nil, errorf(CodeInvalidRowCountInOffset, nil, "OFFSET must not be negative")

@@ -101,7 +101,7 @@ func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, para
 		}
 	}
 	if m.HasLimit && pl.Limit >= 0 {
-		spec.HasLimit, spec.Limit = true, pl.Limit
+		spec.HasLimit, spec.Limit, spec.WithTies = true, pl.Limit, m.WithTies
 	}
 	if m.HasOffset && pl.Offset > 0 {
 		spec.Offset = pl.Offset

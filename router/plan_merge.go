@@ -95,6 +95,9 @@ type Merge struct {
 	OrderBy []SortKey
 	// HasLimit, HasOffset: Plan.Limit and Plan.Offset apply after merging.
 	HasLimit, HasOffset bool
+	// WithTies: FETCH FIRST … WITH TIES; rows equal to the last one in
+	// the OrderBy keys follow it past the limit.
+	WithTies bool
 }
 
 // Col returns the index of column reference r in a row of n columns.
@@ -233,9 +236,6 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 			return nil, false, false, refuse("GROUPING SETS, ROLLUP or CUBE across shards")
 		}
 	}
-	if sel.LimitOption == pg_query.LimitOption_LIMIT_OPTION_WITH_TIES {
-		return nil, false, false, refuse("FETCH FIRST … WITH TIES across shards")
-	}
 	star := false
 	hasAgg := len(sel.GroupClause) > 0 || sel.HavingClause != nil
 	for _, sc := range sel.SortClause {
@@ -334,6 +334,7 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 	}
 	m.HasLimit = sel.LimitCount != nil && !isNullConst(sel.LimitCount)
 	m.HasOffset = sel.LimitOffset != nil && !isNullConst(sel.LimitOffset)
+	m.WithTies = sel.LimitOption == pg_query.LimitOption_LIMIT_OPTION_WITH_TIES
 	if m.HasOffset || (m.HasLimit && (hasAgg || m.Distinct)) {
 		rewrite = true
 	}
@@ -344,8 +345,9 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 		switch {
 		case hasAgg || m.Distinct:
 			// Groups and distinct rows combine across shards: the merge
-			// applies LIMIT and OFFSET.
+			// applies LIMIT and OFFSET (and WITH TIES).
 			sel.LimitCount, sel.LimitOffset = nil, nil
+			sel.LimitOption = pg_query.LimitOption_LIMIT_OPTION_DEFAULT
 		case m.HasOffset && m.HasLimit:
 			// Cast both: LIMIT '19' OFFSET '72' (or untyped parameters)
 			// would otherwise be unknown + unknown.

@@ -539,7 +539,14 @@ func genScatterRead(g *gen) step {
 		s = b.stmt(fmt.Sprintf("SELECT user_id, id, qty FROM accounts ORDER BY qty DESC, user_id, id LIMIT %s", b.v(g.between(1, 25), "")))
 		s.ordered = true
 	case 7:
-		s = b.stmt("SELECT DISTINCT country FROM accounts")
+		if g.chance(0.5) {
+			s = b.stmt("SELECT DISTINCT country FROM accounts")
+			break
+		}
+		// Ties: rows equal in the sort keys past the limit come too.
+		s = b.stmt(fmt.Sprintf("SELECT qty %% 10 AS q, country FROM accounts ORDER BY q DESC, country OFFSET %s ROWS FETCH FIRST %s ROWS WITH TIES",
+			b.v(g.intn(20), ""), b.v(g.between(0, 15), "")))
+		s.ordered = true
 	case 8:
 		s = b.stmt(fmt.Sprintf("SELECT count(*) FROM accounts WHERE user_id > %s", b.v(g.intKey(), "")))
 	case 9:
