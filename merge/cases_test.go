@@ -44,6 +44,19 @@ func TestDifferentialCases(t *testing.T) {
 			func(f int16) Spec {
 				return Spec{Columns: withFormat(plain(1), f), HasLimit: true, Limit: 0, OrderBy: []SortKey{{Column: 0}}}
 			}, true, ""},
+		{"distinct on", "SELECT DISTINCT ON (g) g, id FROM t ORDER BY g, id DESC",
+			"SELECT DISTINCT ON (g) g, id FROM {T} ORDER BY g, id DESC",
+			func(f int16) Spec {
+				return Spec{Columns: withFormat(plain(2), f), DistinctOn: 1, OrderBy: []SortKey{{Column: 0}, {Column: 1, Desc: true, NullsFirst: true}}}
+			}, true, ""},
+		{"distinct on hidden keys, limit offset", "SELECT DISTINCT ON (bo, g) id FROM t ORDER BY g DESC, bo, id LIMIT 5 OFFSET 2",
+			"SELECT DISTINCT ON (bo, g) id, g, bo FROM {T} ORDER BY g DESC, bo, id LIMIT 7",
+			func(f int16) Spec {
+				cols := withFormat(plain(3), f)
+				cols[1].Hidden, cols[2].Hidden = true, true
+				return Spec{Columns: cols, DistinctOn: 2, HasLimit: true, Limit: 5, Offset: 2,
+					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}, {Column: 2}, {Column: 0}}}
+			}, true, ""},
 		{"with ties", "SELECT g FROM t ORDER BY g NULLS FIRST FETCH FIRST 10 ROWS WITH TIES",
 			"SELECT g FROM {T} ORDER BY g NULLS FIRST FETCH FIRST 10 ROWS WITH TIES",
 			func(f int16) Spec {

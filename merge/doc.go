@@ -39,7 +39,9 @@
 // LIMIT (Spec.HasLimit and Spec.Limit; the zero Spec has none) stops
 // the merge; the shards get LIMIT limit+offset. With Spec.WithTies
 // (FETCH FIRST … WITH TIES) the rows equal to the limit-th in the ORDER BY
-// keys follow it; the shards fetch limit+offset rows with ties.
+// keys follow it; the shards fetch limit+offset rows with ties. With
+// Spec.DistinctOn (SELECT DISTINCT ON, whose expressions lead the ORDER
+// BY) a row equal to the one before it in those keys is dropped.
 //
 // With aggregates or group keys (GROUP BY; DISTINCT is GROUP BY on every
 // column) there are two ways:

@@ -54,6 +54,7 @@ type Merger struct {
 
 	skipped, sent int64
 	tie           [][]byte // WithTies: the Limit-th row sent
+	prev          [][]byte // DistinctOn: the last row kept
 	out           [][]byte
 	done          bool
 	err           error
@@ -165,6 +166,19 @@ func (m *Merger) Next() ([][]byte, bool, error) {
 			m.done = true
 			return nil, false, nil
 		}
+		if m.spec.DistinctOn > 0 {
+			if m.prev != nil {
+				c, err := compareRows(m.inKeys[:m.spec.DistinctOn], row, m.prev)
+				if err != nil {
+					m.done, m.err = true, err
+					return nil, false, err
+				}
+				if c == 0 {
+					continue
+				}
+			}
+			m.prev = copyRow(m.prev, row)
+		}
 		if m.skipped < m.spec.Offset {
 			m.skipped++
 			continue
@@ -176,16 +190,29 @@ func (m *Merger) Next() ([][]byte, bool, error) {
 				return nil, false, err
 			}
 		} else if m.spec.WithTies && m.sent+1 == m.spec.Limit {
-			m.tie = make([][]byte, len(row))
-			for i, v := range row {
-				if v != nil {
-					m.tie[i] = append([]byte{}, v...)
-				}
-			}
+			m.tie = copyRow(nil, row)
 		}
 		m.sent++
 		return m.project(row), true, nil
 	}
+}
+
+// copyRow copies row into dst's buffers (NULLs stay nil).
+func copyRow(dst, row [][]byte) [][]byte {
+	if len(dst) != len(row) {
+		dst = make([][]byte, len(row))
+	}
+	for i, v := range row {
+		if v == nil {
+			dst[i] = nil
+			continue
+		}
+		dst[i] = append(dst[i][:0], v...)
+		if dst[i] == nil {
+			dst[i] = []byte{} // '' is not NULL
+		}
+	}
+	return dst
 }
 
 // tied reports whether row equals the Limit-th row in the ORDER BY keys:

@@ -108,6 +108,13 @@ type Spec struct {
 	// 2201W and 2201X.
 	HasLimit      bool
 	Limit, Offset int64
+	// DistinctOn (SELECT DISTINCT ON, streaming only): rows equal to the
+	// row before them in the first DistinctOn OrderBy keys are dropped, so
+	// each value keeps its first row in ORDER BY order. PostgreSQL makes
+	// the DISTINCT ON expressions the leading ORDER BY keys; every shard
+	// runs the same DISTINCT ON, and the merged order puts each value's
+	// first row across shards first.
+	DistinctOn int
 	// WithTies (FETCH FIRST … WITH TIES, with HasLimit): the rows after
 	// the Limit-th that equal it in the OrderBy keys follow it. The shards
 	// get FETCH FIRST Limit+Offset ROWS WITH TIES: a row of the merged
@@ -246,6 +253,9 @@ func (s *Spec) check() ([]colType, error) {
 	}
 	if s.HasLimit && s.Limit < 0 {
 		return nil, errorf(CodeInvalidRowCountInLimit, nil, "LIMIT must not be negative")
+	}
+	if s.DistinctOn < 0 || s.DistinctOn > len(s.OrderBy) || s.DistinctOn > 0 && s.aggregated() {
+		return nil, unsupported("merge: DISTINCT ON over %d of %d ORDER BY keys (aggregated %v)", s.DistinctOn, len(s.OrderBy), s.aggregated())
 	}
 	if s.WithTies && len(s.OrderBy) == 0 {
 		return nil, unsupported("merge: WITH TIES without ORDER BY")

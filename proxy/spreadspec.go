@@ -100,6 +100,7 @@ func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, para
 				string(desc.Fields[i].Name), desc.Fields[i].DataTypeOID, s.srv.collation(s.db))
 		}
 	}
+	spec.DistinctOn = m.DistinctOn
 	if m.HasLimit && pl.Limit >= 0 {
 		spec.HasLimit, spec.Limit, spec.WithTies = true, pl.Limit, m.WithTies
 	}

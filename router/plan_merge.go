@@ -98,6 +98,11 @@ type Merge struct {
 	// WithTies: FETCH FIRST … WITH TIES; rows equal to the last one in
 	// the OrderBy keys follow it past the limit.
 	WithTies bool
+	// DistinctOn: SELECT DISTINCT ON (n expressions, the first n OrderBy
+	// keys): of the merged rows equal in those keys only the first stays.
+	// Each shard runs the same DISTINCT ON, ORDER BY and LIMIT
+	// limit+offset.
+	DistinctOn int
 }
 
 // Col returns the index of column reference r in a row of n columns.
@@ -227,8 +232,13 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 	if len(sel.DistinctClause) > 0 {
 		if len(sel.DistinctClause) == 1 && sel.DistinctClause[0].GetNode() == nil {
 			m.Distinct = true
+		} else if len(sel.SortClause) < len(sel.DistinctClause) {
+			// PostgreSQL keeps an arbitrary row of each value; the
+			// merge keeps the first in ORDER BY order (which PostgreSQL
+			// makes start with the DISTINCT ON expressions).
+			return nil, false, false, refuse("SELECT DISTINCT ON without an ORDER BY that starts with its expressions across shards")
 		} else {
-			return nil, false, false, refuse("SELECT DISTINCT ON across shards")
+			m.DistinctOn = len(sel.DistinctClause)
 		}
 	}
 	for _, gi := range sel.GroupClause {
@@ -263,6 +273,9 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 		}
 	}
 	g.grouped = hasAgg
+	if m.DistinctOn > 0 && hasAgg {
+		return nil, false, false, refuse("SELECT DISTINCT ON with aggregates or GROUP BY across shards")
+	}
 	m.Grouped = hasAgg
 	if hasAgg {
 		if star {

@@ -548,7 +548,14 @@ func genScatterRead(g *gen) step {
 			b.v(g.intn(20), ""), b.v(g.between(0, 15), "")))
 		s.ordered = true
 	case 8:
-		s = b.stmt(fmt.Sprintf("SELECT count(*) FROM accounts WHERE user_id > %s", b.v(g.intKey(), "")))
+		if g.chance(0.5) {
+			s = b.stmt(fmt.Sprintf("SELECT count(*) FROM accounts WHERE user_id > %s", b.v(g.intKey(), "")))
+			break
+		}
+		// Each bucket's first row in ORDER BY order (unique: the primary key ends it).
+		s = b.stmt(fmt.Sprintf("SELECT DISTINCT ON (qty %% 5) qty %% 5 AS b, user_id, id FROM accounts ORDER BY qty %% 5 DESC, balance, user_id, id LIMIT %s",
+			b.v(g.between(1, 6), "")))
+		s.ordered = true
 	case 9:
 		lo := g.intn(150)
 		s = b.stmt(fmt.Sprintf("SELECT user_id, id FROM accounts WHERE user_id BETWEEN %s AND %s OR user_id <> %s AND qty = 3", b.v(lo, ""), b.v(lo+g.intn(30), ""), b.v(g.intKey(), "")))
