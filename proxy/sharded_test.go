@@ -1374,6 +1374,18 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 	if got := sh.placement(ctx, "ins_copy"); len(got) != 20*len(allModes)+len(allModes) {
 		t.Fatalf("%d rows copied, want %d", len(got), 21*len(allModes))
 	}
+	// A constant key runs the whole SELECT on its shard: aggregates too.
+	for m, mode := range allModes {
+		var note string
+		err := c.QueryRow(ctx, "INSERT INTO ins_copy (user_id, note) SELECT $1::bigint, string_agg(g::text, ',' ORDER BY g DESC) FROM generate_series(1, 3) g HAVING count(*) = 3 RETURNING note",
+			mode, 5000+m).Scan(&note)
+		if err != nil || note != "3,2,1" {
+			t.Fatalf("%v: a keyed INSERT … SELECT with an aggregate: %q %v", mode, note, err)
+		}
+	}
+	if got := sh.placement(ctx, "ins_copy"); len(got) != 22*len(allModes) {
+		t.Fatalf("%d rows copied, want %d", len(got), 22*len(allModes))
+	}
 	if _, err := c.Exec(ctx, "INSERT INTO ins_copy (user_id) SELECT mode FROM ins_sel"); sqlState(err) != "0A000" {
 		t.Fatalf("a copy whose key is not the source's key: %v, want 0A000", err)
 	}

@@ -117,6 +117,8 @@ func (b *builder) insertTail(ins *pg_query.InsertStmt, info TableInfo, name stri
 // inserted once, on its key's owner. The SELECT must compute the same
 // rows on every shard: its key may not be volatile, and nothing may
 // combine rows (aggregates, window functions, GROUP BY, DISTINCT, LIMIT).
+// With a constant or parameter key the statement is no InsertSelect: it
+// runs whole on the key's shard, and such a SELECT may combine rows.
 type InsertSelect struct {
 	Table     string // for messages
 	KeyColumn string
@@ -136,22 +138,10 @@ func (b *builder) insertSelect(ins *pg_query.InsertStmt, sel *pg_query.SelectStm
 	case sel.Op != pg_query.SetOperation_SETOP_NONE:
 		b.refuse("INSERT … SELECT with UNION/INTERSECT/EXCEPT into sharded table %s", name)
 		return
-	case len(sel.GroupClause) > 0 || sel.HavingClause != nil || len(sel.DistinctClause) > 0 || sel.LimitCount != nil ||
-		sel.LimitOffset != nil || len(sel.WindowClause) > 0 || len(sel.LockingClause) > 0:
-		b.refuse("INSERT … SELECT with GROUP BY, HAVING, DISTINCT, LIMIT, OFFSET, WINDOW or FOR UPDATE into sharded table %s (%s, which these would change)", name, how)
-		return
 	}
 	for _, t := range sel.TargetList {
 		if cr := t.GetResTarget().GetVal().GetColumnRef(); cr != nil && len(cr.Fields) > 0 && cr.Fields[len(cr.Fields)-1].GetAStar() != nil {
 			b.refuse("INSERT … SELECT * into sharded table %s: list the SELECT's columns, so that pgshard knows which one is the shard key %s", name, info.KeyColumn)
-			return
-		}
-		if f := nestedAgg(t); f != "" {
-			b.refuse("INSERT … SELECT with the aggregate %s() into sharded table %s (%s)", f, name, how)
-			return
-		}
-		if windowCall(t) {
-			b.refuse("INSERT … SELECT with a window function into sharded table %s (%s)", name, how)
 			return
 		}
 	}
@@ -161,20 +151,43 @@ func (b *builder) insertSelect(ins *pg_query.InsertStmt, sel *pg_query.SelectStm
 	}
 	key := sel.TargetList[keyIdx].GetResTarget().GetVal()
 	selScope := b.selectStmt(sel, sc, 0) // its FROM at the top level: it decides the shards
-	if slices.ContainsFunc(b.occs, func(o *occ) bool { return o.info.Kind == TableSharded }) {
-		b.insertSelectColocated(ins, info, name, key, sc, selScope)
-		return
-	}
-	if !b.insertTail(ins, info, name, sc) {
-		return
-	}
-	if v, ok := b.value(key, info.KeyType); ok && v.kind != srcParamArr {
+	sharded := slices.ContainsFunc(b.occs, func(o *occ) bool { return o.info.Kind == TableSharded })
+	if v, ok := b.value(key, info.KeyType); ok && v.kind != srcParamArr && !sharded {
+		// One key, one shard: the whole SELECT runs there, as on one
+		// database (its reference tables are the same everywhere).
+		if !b.insertTail(ins, info, name, sc) {
+			return
+		}
 		if v.kind == srcNull {
 			b.refuse("INSERT of a NULL shard key %s into %s", info.KeyColumn, name)
 			return
 		}
 		b.t.insert = []valSrc{v}
 		b.t.ins = &group{ktype: info.KeyType, names: []string{name}}
+		return
+	}
+	// Every shard (or each its own rows) runs the SELECT: each must
+	// compute the same rows.
+	if len(sel.GroupClause) > 0 || sel.HavingClause != nil || len(sel.DistinctClause) > 0 || sel.LimitCount != nil ||
+		sel.LimitOffset != nil || len(sel.WindowClause) > 0 || len(sel.LockingClause) > 0 {
+		b.refuse("INSERT … SELECT with GROUP BY, HAVING, DISTINCT, LIMIT, OFFSET, WINDOW or FOR UPDATE into sharded table %s (%s, which these would change; a constant shard key runs it on one shard)", name, how)
+		return
+	}
+	for _, t := range sel.TargetList {
+		if f := nestedAgg(t); f != "" {
+			b.refuse("INSERT … SELECT with the aggregate %s() into sharded table %s (%s; a constant shard key runs it on one shard)", f, name, how)
+			return
+		}
+		if windowCall(t) {
+			b.refuse("INSERT … SELECT with a window function into sharded table %s (%s; a constant shard key runs it on one shard)", name, how)
+			return
+		}
+	}
+	if sharded {
+		b.insertSelectColocated(ins, info, name, key, sc, selScope)
+		return
+	}
+	if !b.insertTail(ins, info, name, sc) {
 		return
 	}
 	if f := VolatileCall(key); f != "" {
