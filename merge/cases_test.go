@@ -44,6 +44,26 @@ func TestDifferentialCases(t *testing.T) {
 			func(f int16) Spec {
 				return Spec{Columns: withFormat(plain(1), f), HasLimit: true, Limit: 0, OrderBy: []SortKey{{Column: 0}}}
 			}, true, ""},
+		{"count distinct", "SELECT g, count(DISTINCT n2), count(DISTINCT f2), count(DISTINCT c), count(DISTINCT s), count(*), sum(h), max(d) FROM t GROUP BY g ORDER BY g",
+			"SELECT g, n2 AS count, f2 AS count, c AS count, s AS count, count(*), sum(h), max(d) FROM {T} GROUP BY g, n2, f2, c, s",
+			func(f int16) Spec {
+				cols := []Column{{Kind: GroupKey, Arg: 0}, {Kind: CountDistinct, Arg: 1}, {Kind: CountDistinct, Arg: 2}, {Kind: CountDistinct, Arg: 3},
+					{Kind: CountDistinct, Arg: 4}, {Kind: Count, Arg: 5}, {Kind: Sum, Arg: 6}, {Kind: Max, Arg: 7}}
+				return Spec{Columns: withFormat(cols, f), Grouped: true, OrderBy: []SortKey{{Column: 0}}}
+			}, true, ""},
+		{"count distinct of nothing, and having", "SELECT count(DISTINCT s), count(*) FROM t WHERE a > 1000 HAVING count(DISTINCT s) = 0",
+			"SELECT s AS count, count(*) FROM {T} WHERE a > 1000 GROUP BY s",
+			func(f int16) Spec {
+				cols := withFormat([]Column{{Kind: CountDistinct, Arg: 0}, {Kind: Count, Arg: 1}}, f)
+				return Spec{Columns: cols, Having: Cmp{Op: Eq, L: Col{0}, R: Const{Text: "0"}}}
+			}, true, ""},
+		{"having count distinct", "SELECT bo, count(DISTINCT n) AS k FROM t GROUP BY bo HAVING count(DISTINCT g) > 11 ORDER BY k DESC",
+			"SELECT bo, n AS k, g FROM {T} GROUP BY bo, n, g",
+			func(f int16) Spec {
+				cols := withFormat([]Column{{Kind: GroupKey, Arg: 0}, {Kind: CountDistinct, Arg: 1}, {Kind: CountDistinct, Arg: 2, Hidden: true}}, f)
+				return Spec{Columns: cols, Grouped: true, Having: Cmp{Op: Gt, L: Col{2}, R: Const{Text: "11"}},
+					OrderBy: []SortKey{{Column: 1, Desc: true, NullsFirst: true}}}
+			}, true, ""},
 		{"distinct on", "SELECT DISTINCT ON (g) g, id FROM t ORDER BY g, id DESC",
 			"SELECT DISTINCT ON (g) g, id FROM {T} ORDER BY g, id DESC",
 			func(f int16) Spec {

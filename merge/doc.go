@@ -106,9 +106,10 @@
 // not start with the group keys. At run time: date/time text in a
 // DateStyle other than ISO cannot be compared (0A000), a shard row that
 // does not decode is XX000.
-// Not handled here, so the planner must refuse them: count(DISTINCT x) and
-// DISTINCT aggregates unless x includes the shard key (then Count adds the
-// shards' counts exactly), DISTINCT over aggregated rows, other
+// count(DISTINCT x) is CountDistinct over x's values (the shards group by x
+// too), or Count when x includes the shard key (the shards' counts add up
+// exactly). Not handled here, so the planner must refuse them: other
+// DISTINCT aggregates, DISTINCT over aggregated rows, other
 // aggregates, window functions, text ordering under a non-C collation,
 // nondeterministic collations, and types other than those listed above
 // (interval, time, money, json, arrays, ...) as keys or aggregates; such

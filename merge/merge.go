@@ -53,6 +53,7 @@ type Merger struct {
 	cur  *group // sortedIn: the group being read
 
 	skipped, sent int64
+	key           []byte   // CountDistinct: a value's key being built
 	tie           [][]byte // WithTies: the Limit-th row sent
 	prev          [][]byte // DistinctOn: the last row kept
 	out           [][]byte
@@ -389,7 +390,14 @@ type acc struct {
 	d     decimal
 	f     float64
 	valid bool // a non-NULL input was seen
+	// CountDistinct: the values seen (as group keys are compared), and
+	// the bytes they count in Merger.bytes.
+	set      map[string]struct{}
+	setBytes int64
 }
+
+// Estimated bytes of a value in a CountDistinct set beyond its key.
+const setEntryOverhead = 48
 
 // nextGroup aggregates all input on the first call, then returns the
 // groups that pass HAVING, in ORDER BY order.
@@ -608,6 +616,29 @@ func (m *Merger) accumulate(g *group, row [][]byte) error {
 		a := &g.acc[i]
 		t := m.in[c.Arg]
 		switch c.Kind {
+		case CountDistinct:
+			if v == nil {
+				continue
+			}
+			key, err := t.appendKey(m.key[:0], v)
+			if err != nil {
+				return err
+			}
+			m.key = key
+			if _, seen := a.set[string(key)]; seen {
+				continue
+			}
+			if a.set == nil {
+				a.set = map[string]struct{}{}
+			}
+			a.set[string(key)] = struct{}{}
+			a.n++
+			size := int64(len(key)) + setEntryOverhead
+			a.setBytes += size
+			if m.bytes += size; m.bytes > m.maxB {
+				return errorf(CodeProgramLimitExceeded, ErrTooManyGroups,
+					"merge: count(DISTINCT …) across shards needs more than %d bytes (raise the limit or narrow the query)", m.maxB)
+			}
 		case Count:
 			if v == nil {
 				continue
@@ -716,6 +747,9 @@ func (m *Merger) finish(g *group) ([][]byte, error) {
 		switch c.Kind {
 		case Count:
 			row[i] = appendInt8(nil, a.n, f)
+		case CountDistinct:
+			row[i] = appendInt8(nil, a.n, f)
+			m.bytes -= a.setBytes // the set goes with the group's accumulators
 		case Sum:
 			if !a.valid {
 				continue

@@ -31,9 +31,16 @@ const (
 	// numeric division's scale, as avg does) and float8 for float8 sums;
 	// a float4 sum is refused.
 	Avg
+	// CountDistinct counts the distinct non-NULL values of the input
+	// column x over all shards (int8): count(DISTINCT x). The shards send
+	// x itself, grouped by it as well (one row per value and group on each
+	// shard); equal values are recognized as the group keys are (numeric
+	// 1.0 = 1.00, float -0 = 0). The other aggregates of such a query
+	// still add up: they are partial aggregates over finer groups.
+	CountDistinct
 )
 
-var kindNames = [...]string{"value", "group key", "count", "sum", "min", "max", "avg"}
+var kindNames = [...]string{"value", "group key", "count", "sum", "min", "max", "avg", "count distinct"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -199,6 +206,11 @@ func (s *Spec) check() ([]colType, error) {
 			default:
 				return nil, unsupported("merge: sum of type %d cannot be merged", in.DataTypeOID)
 			}
+		case CountDistinct:
+			if !Groupable(in.DataTypeOID) {
+				return nil, unsupported("merge: count(DISTINCT …) of type %d cannot be merged", in.DataTypeOID)
+			}
+			t.oid = OIDInt8
 		case Avg:
 			if !argOK(c.Arg2) || s.Input[c.Arg2].DataTypeOID != OIDInt8 {
 				return nil, unsupported("merge: avg column %d needs a bigint count column", i)
@@ -281,11 +293,11 @@ func (s *Spec) rowDescription(types []colType) *pgproto3.RowDescription {
 			f.Name = []byte(c.Name)
 		}
 		f.Format = c.Format
-		if c.Kind == Avg {
+		if c.Kind == Avg || c.Kind == CountDistinct {
 			f.TableOID, f.TableAttributeNumber, f.TypeModifier = 0, 0, -1
 			f.DataTypeOID = types[i].oid
 			f.DataTypeSize = -1
-			if f.DataTypeOID == OIDFloat8 {
+			if f.DataTypeOID == OIDFloat8 || f.DataTypeOID == OIDInt8 {
 				f.DataTypeSize = 8
 			}
 		}

@@ -62,6 +62,8 @@ func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, para
 			col.Kind = merge.Min
 		case router.AggMax:
 			col.Kind = merge.Max
+		case router.AggCountDistinct:
+			col.Kind = merge.CountDistinct
 		case router.AggAvg:
 			col.Kind = merge.Avg
 			col.Arg2 = m.Col(a.CountCol, n)

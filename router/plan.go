@@ -79,16 +79,17 @@ package router
 //   - Statements spanning several shards get a Merge: ORDER BY keys,
 //     LIMIT/OFFSET (pushed down as LIMIT limit+offset), DISTINCT, GROUP BY
 //     and the aggregates count/sum/min/max/avg (avg as sum and count;
-//     bool_and and every as min, bool_or as max), HAVING evaluated after
-//     the merge, FETCH FIRST … WITH TIES (the shards fetch limit+offset
-//     with ties; the merge keeps the ties of the last row), DISTINCT ON
-//     with its ORDER BY (the merge keeps each value's first row). Window
-//     functions, DISTINCT ON without ORDER BY or with aggregates, set
-//     operations, locking clauses, other aggregates, count(DISTINCT),
-//     expressions over aggregates, GROUPING SETS, ORDER BY ... USING,
-//     EXPLAIN and cursors are refused when the plan spans more than one
-//     shard. Data-modifying CTEs, DO, CALL and
-//     MERGE are always refused.
+//     bool_and and every as min, bool_or as max; count(DISTINCT x) as x,
+//     the shards grouping by x too, counted in the merge), HAVING
+//     evaluated after the merge, FETCH FIRST … WITH TIES (the shards
+//     fetch limit+offset with ties; the merge keeps the ties of the last
+//     row), DISTINCT ON with its ORDER BY (the merge keeps each value's
+//     first row). Window functions, DISTINCT ON without ORDER BY or with
+//     aggregates, set operations, locking clauses, other aggregates,
+//     other DISTINCT aggregates, count(DISTINCT) with FILTER, expressions
+//     over aggregates, GROUPING SETS, ORDER BY ... USING, EXPLAIN and
+//     cursors are refused when the plan spans more than one shard.
+//     Data-modifying CTEs, DO, CALL and MERGE are always refused.
 
 // Using it: call Plan at Bind (extended protocol: with the Bind's values,
 // the Parse's type OIDs) or per Query (simple protocol: params nil). A

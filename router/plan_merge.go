@@ -19,10 +19,13 @@ const (
 	AggMin
 	AggMax
 	AggAvg // sum of Col over sum of CountCol
+	// AggCountDistinct is count(DISTINCT x): the shards send x in Col,
+	// grouped by x too, and the merge counts the distinct values.
+	AggCountDistinct
 )
 
 func (f AggFunc) String() string {
-	return [...]string{"?", "count", "sum", "min", "max", "avg"}[f]
+	return [...]string{"?", "count", "sum", "min", "max", "avg", "count distinct"}[f]
 }
 
 // Column references in a Merge index the per-shard row: r >= 0 is column
@@ -212,6 +215,9 @@ type merger struct {
 	lits    bool
 	hidden  []*pg_query.Node
 	key     string // see aggOf
+	// distinctArgs are the arguments of count(DISTINCT x): the shards
+	// group by them too.
+	distinctArgs []*pg_query.Node
 }
 
 const noRef = 1 << 30
@@ -297,6 +303,20 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 				continue
 			}
 			a := Agg{Col: g.refs[i], Func: f}
+			if f == AggCountDistinct {
+				if m.Distinct {
+					return nil, false, false, refuse("SELECT DISTINCT with count(DISTINCT …) across shards")
+				}
+				arg := rt.Val.GetFuncCall().Args[0]
+				g.distinctArgs = append(g.distinctArgs, arg)
+				if mutate {
+					rt.Val = arg
+					if rt.Name == "" {
+						rt.Name = "count" // the name PostgreSQL gives count(DISTINCT x)
+					}
+				}
+				rewrite = true
+			}
 			if f == AggAvg {
 				fc := rt.Val.GetFuncCall()
 				a.CountCol = g.addHidden(funcNode("count", fc.Args, fc.AggStar))
@@ -355,6 +375,8 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 		for i, h := range g.hidden {
 			sel.TargetList = append(sel.TargetList, pg_query.MakeResTargetNodeWithNameAndVal("pgshard_hidden_"+strconv.Itoa(i+1), h, -1))
 		}
+		// count(DISTINCT x): each shard groups by x too.
+		sel.GroupClause = append(sel.GroupClause, g.distinctArgs...)
 		switch {
 		case hasAgg || m.Distinct:
 			// Groups and distinct rows combine across shards: the merge
@@ -411,8 +433,14 @@ func aggOf(n *pg_query.Node, distinctKey string) (AggFunc, *Error) {
 			// DISTINCT changes nothing.
 		case f == AggCount && distinctKey != "" && len(fc.Args) == 1 && lastField(fc.Args[0]) == distinctKey:
 			// Each shard counts its own keys; no key is on two shards.
+		case f == AggCount && len(fc.Args) == 1 && fc.AggFilter == nil && len(fc.AggOrder) == 0:
+			// The shards send the values (grouped by them); the merge
+			// counts the distinct ones.
+			return AggCountDistinct, nil
+		case f == AggCount:
+			return 0, refuse("count(DISTINCT …) with FILTER or ORDER BY across shards")
 		default:
-			return 0, refuse(fmt.Sprintf("%s(DISTINCT …) across shards (only count(DISTINCT shard key) adds up exactly)", name))
+			return 0, refuse(fmt.Sprintf("%s(DISTINCT …) across shards (count(DISTINCT …) is merged; sum and avg of distinct values are not)", name))
 		}
 	}
 	if len(fc.AggOrder) > 0 || fc.AggWithinGroup {
@@ -539,10 +567,17 @@ func (g *merger) aggOrGroup(n *pg_query.Node) (int, *Error) {
 	}
 	fc := n.GetFuncCall()
 	a := Agg{Func: f}
-	if f == AggAvg {
+	switch f {
+	case AggAvg:
 		a.Col = g.addHidden(funcNode("sum", fc.Args, false))
 		a.CountCol = g.addHidden(funcNode("count", fc.Args, fc.AggStar))
-	} else {
+	case AggCountDistinct:
+		if g.m.Distinct {
+			return 0, refuse("SELECT DISTINCT with count(DISTINCT …) across shards")
+		}
+		a.Col = g.addHidden(fc.Args[0])
+		g.distinctArgs = append(g.distinctArgs, fc.Args[0])
+	default:
 		a.Col = g.addHidden(n)
 	}
 	g.m.Aggs = append(g.m.Aggs, a)

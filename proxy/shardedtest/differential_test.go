@@ -519,7 +519,7 @@ func genScatterRead(g *gen) step {
 	case 0:
 		s = b.stmt(fmt.Sprintf("SELECT user_id, id, qty FROM accounts WHERE qty > %s", b.v(g.intn(100), "")))
 	case 1:
-		s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), min(balance), max(balance), avg(qty), avg(balance), sum(user_id) FROM accounts WHERE qty < %s", b.v(g.intn(110), "")))
+		s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), min(balance), max(balance), avg(qty), avg(balance), sum(user_id), count(DISTINCT balance), count(DISTINCT qty %% 7) FROM accounts WHERE qty < %s", b.v(g.intn(110), "")))
 	case 2:
 		from := "accounts"
 		if g.chance(0.3) { // a sample of every row: the whole table, on every shard
@@ -530,7 +530,7 @@ func genScatterRead(g *gen) step {
 		s = b.stmt(fmt.Sprintf("SELECT country, count(*), sum(balance), avg(qty), bool_and(qty > %s), bool_or(name = 'ann') FROM accounts GROUP BY country HAVING count(*) > %s OR every(qty < 50)",
 			b.v(g.intn(20), ""), b.v(g.intn(60), "")))
 	case 4:
-		s = b.stmt(fmt.Sprintf("SELECT qty %% 7 AS bucket, count(*), max(balance) FROM accounts GROUP BY qty %% 7 HAVING sum(qty) > %s ORDER BY bucket", b.v(g.intn(1500), "")))
+		s = b.stmt(fmt.Sprintf("SELECT qty %% 7 AS bucket, count(*), max(balance), count(DISTINCT country) FROM accounts GROUP BY qty %% 7 HAVING sum(qty) > %s OR count(DISTINCT id) > 3 ORDER BY bucket", b.v(g.intn(1500), "")))
 		s.ordered = true
 	case 5:
 		s = b.stmt(fmt.Sprintf("SELECT %s FROM accounts ORDER BY user_id, id LIMIT %s OFFSET %s", accCols, b.v(g.between(0, 30), ""), b.v(g.intn(400), "")))
