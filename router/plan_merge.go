@@ -232,6 +232,12 @@ func (g *merger) addHidden(n *pg_query.Node) int {
 // analyzeMerge describes the merge of sel; with mutate it also rewrites
 // sel into the per-shard statement. rewrite says whether that differs.
 func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*Merge, bool, bool, *Error) {
+	if distinctKey != "" && countsDistinctOther(sel, distinctKey) {
+		// The shards group by the other count(DISTINCT x)'s x too: a key
+		// counted in several of those finer groups would be added twice,
+		// so count(DISTINCT key) is merged as any other.
+		distinctKey = ""
+	}
 	g := &merger{sel: sel, m: &Merge{}, mutate: mutate, key: distinctKey}
 	m := g.m
 	rewrite := false
@@ -447,6 +453,24 @@ func aggOf(n *pg_query.Node, distinctKey string) (AggFunc, *Error) {
 		return 0, refuse(fmt.Sprintf("%s() with ORDER BY across shards", name))
 	}
 	return f, nil
+}
+
+// countsDistinctOther reports whether sel's targets, HAVING or ORDER BY
+// count(DISTINCT x) of an x other than key.
+func countsDistinctOther(sel *pg_query.SelectStmt, key string) bool {
+	nodes := append(append([]*pg_query.Node{sel.HavingClause}, sel.TargetList...), sel.SortClause...)
+	for _, n := range nodes {
+		if n != nil && anyNode(n, func(m protoreflect.Message) (bool, bool) {
+			fc, ok := m.Interface().(*pg_query.FuncCall)
+			if !ok || !fc.AggDistinct || funcName(fc) != "count" {
+				return false, true
+			}
+			return len(fc.Args) != 1 || lastField(fc.Args[0]) != key, true
+		}) {
+			return true
+		}
+	}
+	return false
 }
 
 // nestedAgg returns the name of an aggregate inside n, if any.

@@ -519,7 +519,7 @@ func genScatterRead(g *gen) step {
 	case 0:
 		s = b.stmt(fmt.Sprintf("SELECT user_id, id, qty FROM accounts WHERE qty > %s", b.v(g.intn(100), "")))
 	case 1:
-		s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), min(balance), max(balance), avg(qty), avg(balance), sum(user_id), count(DISTINCT balance), count(DISTINCT qty %% 7) FROM accounts WHERE qty < %s", b.v(g.intn(110), "")))
+		s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), min(balance), max(balance), avg(qty), avg(balance), sum(user_id), count(DISTINCT balance), count(DISTINCT qty %% 7), count(DISTINCT user_id) FROM accounts WHERE qty < %s", b.v(g.intn(110), "")))
 	case 2:
 		from := "accounts"
 		if g.chance(0.3) { // a sample of every row: the whole table, on every shard
