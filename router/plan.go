@@ -383,7 +383,7 @@ func (p *Planner) finish(sql string, t *tmpl, pl Plan) Plan {
 	p.rmu.Unlock()
 	if !ok {
 		var err *Error
-		s, err = rewriteForShards(sql, t.distinctKey)
+		s, err = rewriteForShards(sql, t.distinctKey, t.merge)
 		if err != nil {
 			return Plan{Kind: Refuse, Read: pl.Read, Err: err}
 		}

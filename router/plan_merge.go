@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -185,8 +186,10 @@ func (b *builder) limitSrc(n *pg_query.Node) (valSrc, bool) {
 	return valSrc{kind: srcLit, idx: idx}, true
 }
 
-// rewriteForShards returns the per-shard text of a merged SELECT.
-func rewriteForShards(sql, distinctKey string) (string, *Error) {
+// rewriteForShards returns the per-shard text of a merged SELECT. The
+// rewrite must describe the merge the plan has (want, when not nil): its
+// hidden columns and aggregates are where the merge reads them.
+func rewriteForShards(sql, distinctKey string, want *Merge) (string, *Error) {
 	tree, err := parse(sql)
 	if err != nil || len(tree.Stmts) != 1 {
 		return "", refuse("cannot rewrite the statement for the shards")
@@ -195,8 +198,12 @@ func rewriteForShards(sql, distinctKey string) (string, *Error) {
 	if sel == nil {
 		return "", refuse("cannot rewrite the statement for the shards")
 	}
-	if _, _, _, e := analyzeMerge(sel, true, distinctKey); e != nil {
+	m, _, _, e := analyzeMerge(sel, true, distinctKey)
+	if e != nil {
 		return "", e
+	}
+	if want != nil && !reflect.DeepEqual(m, want) {
+		return "", refuse(fmt.Sprintf("internal error: the statement rewritten for the shards is merged as %+v, planned as %+v", *m, *want))
 	}
 	out, err := pg_query.Deparse(tree)
 	if err != nil {
@@ -285,6 +292,7 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 		}
 	}
 	g.grouped = hasAgg
+	var retarget []func() // rewrites of targets for the shards (mutate)
 	if m.DistinctOn > 0 && hasAgg {
 		return nil, false, false, refuse("SELECT DISTINCT ON with aggregates or GROUP BY across shards")
 	}
@@ -315,23 +323,23 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 				}
 				arg := rt.Val.GetFuncCall().Args[0]
 				g.distinctArgs = append(g.distinctArgs, arg)
-				if mutate {
+				retarget = append(retarget, func() {
 					rt.Val = arg
 					if rt.Name == "" {
 						rt.Name = "count" // the name PostgreSQL gives count(DISTINCT x)
 					}
-				}
+				})
 				rewrite = true
 			}
 			if f == AggAvg {
 				fc := rt.Val.GetFuncCall()
 				a.CountCol = g.addHidden(funcNode("count", fc.Args, fc.AggStar))
-				if mutate {
+				retarget = append(retarget, func() {
 					rt.Val = funcNode("sum", fc.Args, false)
 					if rt.Name == "" {
 						rt.Name = "avg" // the name PostgreSQL gives avg(x)
 					}
-				}
+				})
 				rewrite = true
 			}
 			m.Aggs = append(m.Aggs, a)
@@ -378,11 +386,21 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 		rewrite = true
 	}
 	if mutate {
+		// Targets change only now: HAVING and ORDER BY above found
+		// them as written (a rewritten one would not match its aggregate).
+		for _, f := range retarget {
+			f()
+		}
 		for i, h := range g.hidden {
 			sel.TargetList = append(sel.TargetList, pg_query.MakeResTargetNodeWithNameAndVal("pgshard_hidden_"+strconv.Itoa(i+1), h, -1))
 		}
-		// count(DISTINCT x): each shard groups by x too.
-		sel.GroupClause = append(sel.GroupClause, g.distinctArgs...)
+		// count(DISTINCT x): each shard groups by x too (not by a
+		// constant: one value, and GROUP BY 2 would name a column).
+		for _, x := range g.distinctArgs {
+			if x.GetAConst() == nil {
+				sel.GroupClause = append(sel.GroupClause, x)
+			}
+		}
 		switch {
 		case hasAgg || m.Distinct:
 			// Groups and distinct rows combine across shards: the merge

@@ -527,8 +527,8 @@ func genScatterRead(g *gen) step {
 		}
 		s = b.stmt("SELECT count(*), count(user_id), min(user_id), max(user_id), min(name), max(country) FROM " + from)
 	case 3:
-		s = b.stmt(fmt.Sprintf("SELECT country, count(*), sum(balance), avg(qty), bool_and(qty > %s), bool_or(name = 'ann') FROM accounts GROUP BY country HAVING count(*) > %s OR every(qty < 50)",
-			b.v(g.intn(20), ""), b.v(g.intn(60), "")))
+		s = b.stmt(fmt.Sprintf("SELECT country, count(*), sum(balance), avg(qty), bool_and(qty > %s), bool_or(name = 'ann') FROM accounts GROUP BY country HAVING (count(*) > %s OR every(qty < 50)) AND avg(qty) >= %s",
+			b.v(g.intn(20), ""), b.v(g.intn(60), ""), b.v(g.intn(60), "")))
 	case 4:
 		s = b.stmt(fmt.Sprintf("SELECT qty %% 7 AS bucket, count(*), max(balance), count(DISTINCT country) FROM accounts GROUP BY qty %% 7 HAVING sum(qty) > %s OR count(DISTINCT id) > 3 ORDER BY bucket", b.v(g.intn(1500), "")))
 		s.ordered = true
