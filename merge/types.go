@@ -43,6 +43,9 @@ func supported(typ uint32) bool {
 	return false
 }
 
+// Collatable reports whether values of typ have a collation (text types).
+func Collatable(typ uint32) bool { return collatable(typ) }
+
 func collatable(typ uint32) bool {
 	switch typ {
 	case OIDText, OIDVarchar, OIDBPChar, OIDName:

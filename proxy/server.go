@@ -49,8 +49,10 @@ type Server struct {
 
 	mu         sync.Mutex
 	poolsBy    map[poolKey]*pool.Pool
-	dbq        dbQuiesces        // pools paused for DROP/CREATE/ALTER DATABASE (dbops.go)
-	collations map[string]string // database -> its collation on the shards (spreadspec.go)
+	dbq        dbQuiesces                     // pools paused for DROP/CREATE/ALTER DATABASE (dbops.go)
+	collations map[string]string              // database -> its collation on the shards (spreadspec.go)
+	collated   map[string]map[string]collated // database -> relation -> its columns' collations (collated.go)
+	relTexts   map[string][]string            // statement text -> the relations it names (collated.go)
 	sessions   map[wire.CancelKey]*session
 	nclients   int
 	ln         net.Listener

@@ -1420,3 +1420,74 @@ func TestScatterUnusedParameter(t *testing.T) {
 		t.Fatalf("HAVING with a parameter the shards do not see: %v %v, want [1]", got, err)
 	}
 }
+
+// Text merged across shards is ordered and compared as bytes. A merged read
+// of a table with a column under another collation (ICU, or a
+// nondeterministic one) is refused, not answered in another order or with
+// other groups than PostgreSQL's; so is a COLLATE clause. Once the
+// column's collation changes through pgshard, reads merge again.
+func TestScatterRefusesOtherCollations(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	sh.onEveryShard(ctx, `CREATE COLLATION coll_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`)
+	sh.createSharded(ctx, "coll_icu", `user_id bigint PRIMARY KEY, s text COLLATE "und-x-icu", c text`)
+	sh.createSharded(ctx, "coll_nd", `user_id bigint PRIMARY KEY, s text COLLATE coll_ci`)
+	sh.createSharded(ctx, "coll_c", `user_id bigint PRIMARY KEY, s text`)
+	c := sh.connect(ctx)
+	words := []string{"a", "B", "b", "A", "_z", "Z", "é", "e"}
+	for _, tbl := range []string{"coll_icu", "coll_nd", "coll_c"} {
+		for i, w := range words {
+			if _, err := c.Exec(ctx, "INSERT INTO "+tbl+" (user_id, s) VALUES ($1, $2)", i+1, w); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	byteOrder := slices.Clone(words)
+	slices.Sort(byteOrder)
+	read := func(mode pgx.QueryExecMode, sql string) ([]string, error) {
+		rows, err := c.Query(ctx, sql, mode)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+			v, err := r.Values()
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprint(v[0]), nil
+		})
+	}
+	refused := map[string]string{
+		"SELECT s FROM coll_icu ORDER BY s":                                   "s (und-x-icu)",
+		"SELECT min(s) FROM coll_icu":                                         "s (und-x-icu)",
+		"SELECT c FROM coll_icu ORDER BY c":                                   "s (und-x-icu)", // per table, not per column
+		"SELECT s FROM coll_nd GROUP BY s":                                    "s (coll_ci)",
+		"SELECT count(DISTINCT s) FROM coll_nd":                               "s (coll_ci)",
+		`SELECT s FROM coll_c ORDER BY s COLLATE "und-x-icu"`:                 `COLLATE "und-x-icu"`,
+		`SELECT max(s COLLATE "und-x-icu") FROM coll_c WHERE user_id > 0`:     `COLLATE "und-x-icu"`,
+		"SELECT c.s FROM coll_c c JOIN coll_icu i USING (user_id) ORDER BY 1": "s (und-x-icu)",
+	}
+	for _, mode := range allModes {
+		for sql, want := range refused {
+			if _, err := read(mode, sql); sqlState(err) != "0A000" || !strings.Contains(err.Error(), want) {
+				t.Errorf("%v: %s: %v, want 0A000 naming %s", mode, sql, err, want)
+			}
+		}
+		if got, err := read(mode, "SELECT s FROM coll_c ORDER BY s"); err != nil || !slices.Equal(got, byteOrder) {
+			t.Errorf("%v: byte order: %q %v, want %q", mode, got, err, byteOrder)
+		}
+		if got, err := read(mode, "SELECT count(*) FROM coll_icu"); err != nil || !slices.Equal(got, []string{"8"}) {
+			t.Errorf("%v: count over the ICU table: %q %v", mode, got, err)
+		}
+		if got, err := read(mode, "SELECT s FROM coll_icu WHERE user_id = 3 ORDER BY s"); err != nil || !slices.Equal(got, []string{"b"}) {
+			t.Errorf("%v: a keyed read of the ICU table: %q %v", mode, got, err)
+		}
+	}
+	if _, err := c.Exec(ctx, `ALTER TABLE coll_icu ALTER COLUMN s TYPE text COLLATE "C"`); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read(pgx.QueryExecModeExec, "SELECT s FROM coll_icu ORDER BY s"); err != nil || !slices.Equal(got, byteOrder) {
+		t.Errorf("after ALTER … COLLATE \"C\": %q %v, want %q", got, err, byteOrder)
+	}
+}

@@ -799,10 +799,18 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	bufs := make([][]byte, len(legs))
 	pre := make([]int, len(legs))
 	askCollation := s.srv.collation(s.db) == ""
+	var rels, askRels []string
+	if pl.Merge != nil {
+		rels = s.srv.relationsOf(sql)
+		askRels = s.srv.unknownCollated(s.db, rels)
+	}
 	for i, l := range legs {
 		bufs[i], pre[i] = s.prelude(l)
 		if i == 0 && askCollation {
 			bufs[i] = append(bufs[i], queryMsg(collationSQL)...)
+		}
+		if i == 0 && len(askRels) > 0 {
+			bufs[i] = append(bufs[i], queryMsg(collatedSQL(askRels))...)
 		}
 		hidden := 0
 		if pl.Merge != nil {
@@ -820,6 +828,12 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	}
 	if askCollation {
 		if err := s.readCollation(ctx, legs[0]); err != nil {
+			s.emitError(err)
+			return nil
+		}
+	}
+	if len(askRels) > 0 {
+		if err := s.readCollated(ctx, legs[0], askRels); err != nil {
 			s.emitError(err)
 			return nil
 		}
@@ -882,7 +896,7 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	if x != nil {
 		params = &x.params
 	}
-	spec, err := s.mergeSpec(pl, desc, params)
+	spec, err := s.mergeSpec(pl, desc, params, s.srv.collatedOf(s.db, rels))
 	if err != nil {
 		s.emitError(err)
 		return nil
@@ -940,6 +954,9 @@ func nonNil(tags [][]byte) [][]byte {
 func (s *session) spreadWrite(ctx context.Context, legs []*leg, pl *router.Plan, sql string, x *extReq) error {
 	clean := false
 	defer func() { s.closeLegs(legs, clean) }()
+	if pl.Kind == router.AllShards {
+		defer s.srv.forgetCollated() // DDL may change columns' collations (collated.go)
+	}
 	if !s.spreadTxn && firstWord(sql) == "lock" {
 		// pgshard's own BEGIN around it would let it pass, locking
 		// nothing the client holds; PostgreSQL refuses it.

@@ -21,7 +21,7 @@ import (
 // values (HAVING may compare with a parameter), nil for the simple
 // protocol. Every column is asked of the shards in the client's format
 // (desc carries it), so pass-through columns keep their bytes.
-func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, params *router.Params) (merge.Spec, error) {
+func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, params *router.Params, coll collated) (merge.Spec, error) {
 	n := len(desc.Fields)
 	spec := merge.Spec{Input: desc.Fields, Columns: make([]merge.Column, n), ExtraFloatDigits: s.extraFloatDigits()}
 	for i, f := range desc.Fields {
@@ -100,6 +100,21 @@ func (s *session) mergeSpec(pl *router.Plan, desc *pgproto3.RowDescription, para
 			return spec, wire.Errorf(wire.CodeFeatureNotSupported,
 				"pgshard: cannot merge ORDER BY, min or max of column %q across shards: its type (OID %d) under the database's collation %q cannot be compared here exactly as PostgreSQL does",
 				string(desc.Fields[i].Name), desc.Fields[i].DataTypeOID, s.srv.collation(s.db))
+		}
+		// Columns of the statement's relations with other collations
+		// (collated.go): text ordered here may be one of them, or derive
+		// from one.
+		text := merge.Collatable(desc.Fields[i].DataTypeOID)
+		if ordered && text && coll.order != "" {
+			return spec, wire.Errorf(wire.CodeFeatureNotSupported,
+				"pgshard: cannot merge ORDER BY, min or max of text column %q across shards: the statement reads column %s, whose collation does not order as bytes do",
+				string(desc.Fields[i].Name), coll.order)
+		}
+		grouped := col.Kind == merge.GroupKey || col.Kind == merge.CountDistinct
+		if grouped && text && coll.equal != "" {
+			return spec, wire.Errorf(wire.CodeFeatureNotSupported,
+				"pgshard: cannot merge GROUP BY, DISTINCT or count(DISTINCT …) of text column %q across shards: the statement reads column %s, whose collation is nondeterministic",
+				string(desc.Fields[i].Name), coll.equal)
 		}
 	}
 	spec.DistinctOn = m.DistinctOn

@@ -245,6 +245,9 @@ func analyzeMerge(sel *pg_query.SelectStmt, mutate bool, distinctKey string) (*M
 		// so count(DISTINCT key) is merged as any other.
 		distinctKey = ""
 	}
+	if c := otherCollation(sel); c != "" {
+		return nil, false, false, refuse(fmt.Sprintf("COLLATE %q across shards: the merge orders and compares text as bytes (only \"C\", \"POSIX\" and ucs_basic do)", c))
+	}
 	g := &merger{sel: sel, m: &Merge{}, mutate: mutate, key: distinctKey}
 	m := g.m
 	rewrite := false
@@ -471,6 +474,36 @@ func aggOf(n *pg_query.Node, distinctKey string) (AggFunc, *Error) {
 		return 0, refuse(fmt.Sprintf("%s() with ORDER BY across shards", name))
 	}
 	return f, nil
+}
+
+// otherCollation returns the first collation named by a COLLATE clause in
+// what the merge orders, groups or outputs (targets, GROUP BY, HAVING,
+// ORDER BY, DISTINCT ON) that is not byte order; "" when none.
+func otherCollation(sel *pg_query.SelectStmt) string {
+	var nodes []*pg_query.Node
+	for _, l := range [][]*pg_query.Node{sel.TargetList, sel.GroupClause, sel.SortClause, sel.DistinctClause, {sel.HavingClause}} {
+		nodes = append(nodes, l...)
+	}
+	found := ""
+	for _, n := range nodes {
+		if n == nil || found != "" {
+			continue
+		}
+		anyNode(n, func(m protoreflect.Message) (bool, bool) {
+			cc, ok := m.Interface().(*pg_query.CollateClause)
+			if !ok || len(cc.Collname) == 0 {
+				return false, true
+			}
+			name := cc.Collname[len(cc.Collname)-1].GetString_().GetSval()
+			switch name {
+			case "C", "POSIX", "ucs_basic":
+				return false, true
+			}
+			found = name
+			return true, false
+		})
+	}
+	return found
 }
 
 // countsDistinctOther reports whether sel's targets, HAVING or ORDER BY

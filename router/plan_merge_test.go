@@ -203,6 +203,9 @@ func TestPlanMerge(t *testing.T) {
 		"SELECT 1 FROM users ORDER BY count(*)":                                                   "neither grouped nor an aggregate",
 		"SELECT * FROM users ORDER BY name USING <":                                               "USING",
 		"SELECT * FROM users LIMIT (SELECT 3)":                                                    "LIMIT with an expression",
+		`SELECT name FROM users ORDER BY name COLLATE "und-x-icu"`:                                `COLLATE "und-x-icu" across shards`,
+		`SELECT min(name COLLATE "en_US") FROM users`:                                             `COLLATE "en_US" across shards`,
+		`SELECT name COLLATE pg_catalog."default" FROM users GROUP BY 1`:                          `COLLATE "default" across shards`,
 	} {
 		pl := p.Plan(sql, nil, r)
 		if pl.Kind != Refuse || !strings.Contains(pl.Err.Message, want) {
