@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/pgshard/pgshard/router"
-	"github.com/pgshard/pgshard/wire"
 )
 
 // Column collations and merged reads.
@@ -54,6 +53,10 @@ func (s *Server) relationsOf(sql string) []string {
 	s.mu.Unlock()
 	return rels
 }
+
+// collatedUnknown stands for the columns of relations whose collations
+// could not be read: text is neither ordered nor grouped across shards.
+var collatedUnknown = collated{order: "(unknown: the collations could not be read)", equal: "(unknown: the collations could not be read)"}
 
 // collatedRelations returns the relations sql names, for the collation
 // check (nil when it does not parse: the shards will say why).
@@ -145,13 +148,16 @@ func collatedSQL(rels []string) string {
 }
 
 // readCollated reads the answer to collatedSQL(rels) on l into the cache.
-func (s *session) readCollated(ctx context.Context, l *leg, rels []string) error {
+// An error of the shard's (in a failed transaction, say) is no error here:
+// the statement behind the query gets its own answer, and known false
+// makes any text ordering of it refused (collatedUnknown).
+func (s *session) readCollated(ctx context.Context, l *leg, rels []string) (known bool, err error) {
 	found := map[string]collated{}
 	var failed error
 	for {
 		typ, msg, err := l.next(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		switch typ {
 		case 'E':
@@ -172,12 +178,13 @@ func (s *session) readCollated(ctx context.Context, l *leg, rels []string) error
 			found[rel] = c
 		case 'Z':
 			if failed != nil {
-				return wire.Errorf(wire.CodeInternalError, "pgshard: could not read the collations of the statement's columns on shard %s: %v", l.b.rt.name, failed)
+				s.logger.Debug("reading column collations failed", "shard", l.b.rt.name, "err", failed)
+				return false, nil
 			}
 			for _, r := range rels {
 				s.srv.setCollated(s.db, r, found[r])
 			}
-			return nil
+			return true, nil
 		}
 	}
 }

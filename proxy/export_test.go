@@ -95,3 +95,6 @@ func SetMaxHold(d time.Duration) (restore func()) {
 	old := maxHold.Swap(int64(d))
 	return func() { maxHold.Store(old) }
 }
+
+// ForgetCollatedForTest drops what is known of columns' collations.
+func (s *Server) ForgetCollatedForTest() { s.forgetCollated() }

@@ -1484,6 +1484,32 @@ func TestScatterRefusesOtherCollations(t *testing.T) {
 			t.Errorf("%v: a keyed read of the ICU table: %q %v", mode, got, err)
 		}
 	}
+	// In a failed transaction the first merged read of a table (its
+	// collations not read yet) fails as PostgreSQL fails it, and the
+	// session goes on.
+	sh.createSharded(ctx, "coll_fresh", `user_id bigint PRIMARY KEY, s text`)
+	for _, mode := range allModes {
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT s FROM coll_c ORDER BY s"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1/0"); sqlState(err) != "22012" {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		if _, err := read(mode, "SELECT s FROM coll_fresh ORDER BY s"); sqlState(err) != "25P02" {
+			t.Errorf("%v: a merged read in a failed transaction: %v, want 25P02", mode, err)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		if got, err := read(mode, "SELECT count(*) FROM coll_c"); err != nil || !slices.Equal(got, []string{"8"}) {
+			t.Fatalf("%v: after the failed transaction: %q %v", mode, got, err)
+		}
+		sh.srv.ForgetCollatedForTest()
+	}
 	if _, err := c.Exec(ctx, `ALTER TABLE coll_icu ALTER COLUMN s TYPE text COLLATE "C"`); err != nil {
 		t.Fatal(err)
 	}

@@ -832,8 +832,10 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 			return nil
 		}
 	}
+	collKnown := true
 	if len(askRels) > 0 {
-		if err := s.readCollated(ctx, legs[0], askRels); err != nil {
+		var err error
+		if collKnown, err = s.readCollated(ctx, legs[0], askRels); err != nil {
 			s.emitError(err)
 			return nil
 		}
@@ -896,7 +898,11 @@ func (s *session) spreadRead(ctx context.Context, legs []*leg, pl *router.Plan, 
 	if x != nil {
 		params = &x.params
 	}
-	spec, err := s.mergeSpec(pl, desc, params, s.srv.collatedOf(s.db, rels))
+	coll := collatedUnknown
+	if collKnown {
+		coll = s.srv.collatedOf(s.db, rels)
+	}
+	spec, err := s.mergeSpec(pl, desc, params, coll)
 	if err != nil {
 		s.emitError(err)
 		return nil
