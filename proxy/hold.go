@@ -97,9 +97,9 @@ func (f *frozenLocator) Lookup(h int64) string {
 // after another: a node that already has the new ring may acknowledge a
 // write on the new owner while this node, still frozen on the old ring,
 // would count the range on the old owner and miss that row.
-func touchesFrozen(rs *routingState, sql string, params *router.Params) bool {
+func touchesFrozen(rs *routingState, planner *router.Planner, sql string, params *router.Params) bool {
 	loc := frozenLocator{ring: rs.ring, frozen: rs.frozen}
-	pl := rs.planner.Plan(sql, params, &loc)
+	pl := planner.Plan(sql, params, &loc)
 	return loc.hit || pl.Kind == router.Scatter || (!pl.Read && (pl.Kind == router.AllShards || pl.Copy != nil))
 }
 
@@ -124,7 +124,7 @@ func (s *session) holdQuery(ctx context.Context, sql string, fx router.Effects) 
 		if refusedWhileMoving(fx) {
 			return false, errSchemaWhileMoving()
 		}
-		return len(rs.frozen) > 0 && touchesFrozen(rs, sql, nil), nil
+		return len(rs.frozen) > 0 && touchesFrozen(rs, s.planner(rs), sql, nil), nil
 	})
 }
 
@@ -142,7 +142,7 @@ func (s *session) holdGroup(ctx context.Context, group []byte) *wire.Error {
 				return true
 			}
 			s.params.Types = types
-			wait = bindParams(rest, &s.params) && touchesFrozen(rs, sql, &s.params)
+			wait = bindParams(rest, &s.params) && touchesFrozen(rs, s.planner(rs), sql, &s.params)
 			return !wait
 		})
 		return wait && refuse == nil, refuse

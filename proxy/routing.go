@@ -18,6 +18,8 @@ type routingState struct {
 	ring    *shardmap.Ring
 	planner *router.Planner
 	catalog mapCatalog
+	cfg     router.PlannerConfig // planner's, for the search paths' (searchpath.go)
+	paths   *pathPlanners
 	tables  []shardmap.Table
 	// moving are the ranges reshard jobs are moving: rows of them may sit
 	// on a shard that does not own them, so scatter statements exclude
@@ -55,6 +57,9 @@ func stableOwners(m *shardmap.Map) []string {
 type mapCatalog map[string]router.TableInfo
 
 func (c mapCatalog) Table(schema, name string) router.TableInfo {
+	if schema == "" {
+		schema = "public" // the default search_path (searchpath.go)
+	}
 	return c[schema+"."+name]
 }
 
@@ -95,6 +100,8 @@ func (s *Server) SetMap(m *shardmap.Map) {
 		cat[name] = info
 	}
 	rs.catalog = cat
+	rs.cfg = router.PlannerConfig{Classifier: s.classifier}
+	rs.paths = &pathPlanners{}
 	rs.planner = router.NewPlanner(router.PlannerConfig{Catalog: cat, Classifier: s.classifier})
 	s.routing.Store(rs)
 }

@@ -1517,3 +1517,71 @@ func TestScatterRefusesOtherCollations(t *testing.T) {
 		t.Errorf("after ALTER … COLLATE \"C\": %q %v, want %q", got, err, byteOrder)
 	}
 }
+
+// An unqualified name is the table the session's search_path finds: a
+// sharded table of another schema is routed as sharded under a path that
+// starts there, the reference table of the same name in public under the
+// default path; CREATE TABLE without a schema is refused under another
+// path (pgshard registers the table under its schema).
+func TestSearchPathRoutesBySchema(t *testing.T) {
+	sh := startSharded(t, 2)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	ctx := testCtx(t)
+	c := sh.connect(ctx)
+	for _, sql := range []string{
+		"CREATE SCHEMA sp",
+		"CREATE TABLE sp.paths (user_id bigint PRIMARY KEY, v int)",
+		"CREATE TABLE paths (id int PRIMARY KEY, v int)",
+		"INSERT INTO sp.paths SELECT g, g FROM generate_series(1, 40) g",
+		"INSERT INTO paths VALUES (1, -1)",
+	} {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	count := func(mode pgx.QueryExecMode, sql string, args ...any) int64 {
+		t.Helper()
+		var n int64
+		if err := c.QueryRow(ctx, sql, append([]any{mode}, args...)...).Scan(&n); err != nil {
+			t.Fatalf("%v: %s: %v", mode, sql, err)
+		}
+		return n
+	}
+	for _, set := range []string{"SET search_path = sp, public", `SET search_path TO "sp", "$user", public`, "SET search_path = 'sp', 'public'"} {
+		if _, err := c.Exec(ctx, set); err != nil {
+			t.Fatal(err)
+		}
+		for i, mode := range allModes {
+			if n := count(mode, "SELECT count(*) FROM paths"); n != 40+int64(i) {
+				t.Fatalf("%s, %v: count(*) of the schema's sharded table: %d, want %d", set, mode, n, 40+i)
+			}
+			if n := count(mode, "SELECT v FROM paths WHERE user_id = $1", 7); n != 7 {
+				t.Fatalf("%s, %v: a keyed read: %d", set, mode, n)
+			}
+			if _, err := c.Exec(ctx, "INSERT INTO paths (user_id, v) VALUES ($1, $2)", mode, 100+i, i); err != nil {
+				t.Fatalf("%s, %v: %v", set, mode, err)
+			}
+			if n := count(mode, "SELECT count(*) FROM public.paths"); n != 1 {
+				t.Fatalf("%s, %v: the public table: %d rows", set, mode, n)
+			}
+		}
+		if _, err := c.Exec(ctx, "DELETE FROM paths WHERE user_id >= 100"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := sh.placement(ctx, "sp.paths"); len(got) != 40 {
+		t.Fatalf("sp.paths: %d rows placed, want 40", len(got))
+	}
+	if _, err := c.Exec(ctx, "CREATE TABLE unq (user_id bigint PRIMARY KEY)"); sqlState(err) != "0A000" || !strings.Contains(err.Error(), "name the schema") {
+		t.Fatalf("CREATE TABLE without a schema under another path: %v, want 0A000", err)
+	}
+	if _, err := c.Exec(ctx, "CREATE TABLE sp.q (user_id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "RESET search_path"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(pgx.QueryExecModeExec, "SELECT v FROM paths WHERE id = 1"); n != -1 {
+		t.Fatalf("the default path: %d, want the public table's -1", n)
+	}
+}

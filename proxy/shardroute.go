@@ -103,16 +103,16 @@ func (s *session) bindingFor(name string) (*shardBinding, error) {
 
 // plan plans sql when several shards own ranges of the ring; ok is false
 // while one shard owns it all (every statement runs there, unplanned).
-func (s *Server) plan(sql string, params *router.Params) (router.Plan, bool) {
-	rs := s.routing.Load()
+func (s *session) plan(sql string, params *router.Params) (router.Plan, bool) {
+	rs := s.srv.routing.Load()
 	if rs == nil || rs.owners < 2 {
 		return router.Plan{}, false
 	}
-	pl := rs.planner.Plan(sql, params, rs.ring)
+	pl := s.planner(rs).Plan(sql, params, rs.ring)
 	if pl.Global && (pl.Kind == router.AnyShard || pl.Kind == router.Utility) {
 		// LISTEN/NOTIFY and pg_notify() meet on one shard: the default
 		// one, the first stable shard of the map (every node agrees).
-		pl.Kind, pl.Shard = router.Single, s.defaultShard()
+		pl.Kind, pl.Shard = router.Single, s.srv.defaultShard()
 	}
 	return pl, true
 }
@@ -169,7 +169,7 @@ func (s *session) routeSimple(ctx context.Context, sql string, fx router.Effects
 		}
 		return "", true, s.refuseQuery(ctx, lazyAbortError(sql))
 	}
-	pl, ok := s.srv.plan(sql, nil)
+	pl, ok := s.plan(sql, nil)
 	if !ok {
 		if fx.Schema && s.createsTables(sql) && s.notSpreadable(fx) == "" {
 			// One shard owns the ring: CREATE TABLE still registers its
@@ -477,7 +477,7 @@ func (s *session) planBind(sql string, types []uint32, rest []byte) (router.Plan
 	if !bindParams(rest, &s.params) {
 		return router.Plan{Kind: router.Refuse, Err: &router.Error{Code: wire.CodeProtocolViolation, Message: "pgshard: malformed Bind message"}}, true
 	}
-	return s.srv.plan(sql, &s.params)
+	return s.plan(sql, &s.params)
 }
 
 // unnamedText returns the text and parameter types of the client's unnamed
@@ -826,7 +826,7 @@ func (s *session) singlePlan() (router.Plan, bool) {
 		s.grp.planned = true
 		g := &s.grp.g
 		params := router.Params{Values: g.bd.Parameters, Formats: g.bd.ParameterFormatCodes, Types: g.types}
-		s.grp.pl, s.grp.plOK = s.srv.plan(g.sql, &params)
+		s.grp.pl, s.grp.plOK = s.plan(g.sql, &params)
 	}
 	return s.grp.pl, s.grp.plOK
 }

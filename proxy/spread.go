@@ -566,7 +566,7 @@ func (s *session) ownedTexts(legs []*leg, pl *router.Plan, sql, text string, x *
 		if len(excl[i]) == 0 {
 			continue
 		}
-		t, rerr := rs.planner.ExcludeMoving(text, excl[i], cols)
+		t, rerr := s.planner(rs).ExcludeMoving(text, excl[i], cols)
 		if rerr != nil {
 			return nil, wire.Errorf(rerr.Code, "pgshard: %s", rerr.Message)
 		}
@@ -593,7 +593,7 @@ func (s *session) insertSelectTexts(legs []*leg, is *router.InsertSelect, text s
 	}
 	out := make([]string, len(legs))
 	for i, l := range legs {
-		t, rerr := rs.planner.OwnRows(text, rs.ring.Ranges(l.b.rt.name), is)
+		t, rerr := s.planner(rs).OwnRows(text, rs.ring.Ranges(l.b.rt.name), is)
 		if rerr != nil {
 			return nil, wire.Errorf(rerr.Code, "pgshard: %s", rerr.Message)
 		}
@@ -643,7 +643,7 @@ func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *ext
 	if excl == nil {
 		return nil, nil, nil
 	}
-	if _, ok := legsMatch(rs, legs, sql, x); !ok {
+	if _, ok := s.legsMatch(rs, legs, sql, x); !ok {
 		return nil, nil, wire.Errorf(router.CodeMoving, "pgshard: the shard map changed while this statement started, during a reshard job that moves rows; retry it")
 	}
 	return rs, excl, nil
@@ -654,12 +654,12 @@ func (s *session) legExclusions(legs []*leg, pl *router.Plan, sql string, x *ext
 // the statement with the moving ranges its shard does not own excluded,
 // and holds no other rows it does not own (a transaction's home shard is
 // a leg of every statement spread inside it).
-func legsMatch(rs *routingState, legs []*leg, sql string, x *extReq) (router.Plan, bool) {
+func (s *session) legsMatch(rs *routingState, legs []*leg, sql string, x *extReq) (router.Plan, bool) {
 	var params *router.Params
 	if x != nil {
 		params = &x.params
 	}
-	now := rs.planner.Plan(sql, params, rs.ring)
+	now := s.planner(rs).Plan(sql, params, rs.ring)
 	var want []string
 	switch now.Kind {
 	case router.Scatter:
@@ -684,7 +684,7 @@ func (s *session) replanMoving(legs []*leg, pl *router.Plan, sql string, x *extR
 	if rs == nil {
 		return nil
 	}
-	now, ok := legsMatch(rs, legs, sql, x)
+	now, ok := s.legsMatch(rs, legs, sql, x)
 	if ok || (now.Kind != router.Scatter && now.Kind != router.Multi) || len(now.Rows) > 0 {
 		return nil
 	}

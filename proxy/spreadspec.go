@@ -276,6 +276,9 @@ func (s *session) tableDDL(pl *router.Plan, sql string) ([]router.TableDDL, erro
 	if creates && s.srv.tableRegistrar() == nil {
 		return nil, wire.Errorf(wire.CodeFeatureNotSupported, "pgshard: CREATE TABLE across shards needs the shard map to register the table, and this node has none")
 	}
+	if err := s.unqualifiedUnderPath(sql, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

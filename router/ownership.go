@@ -211,11 +211,7 @@ func (x *excluder) lookup(rv *pg_query.RangeVar) TableInfo {
 	if rv == nil || x.cat == nil || (rv.Schemaname == "" && x.ctes[rv.Relname]) {
 		return TableInfo{}
 	}
-	schema := rv.Schemaname
-	if schema == "" {
-		schema = "public"
-	}
-	return x.cat.Table(schema, rv.Relname)
+	return x.cat.Table(rv.Schemaname, rv.Relname)
 }
 
 // rangeVar notes a table of the top-level FROM; nullable: it is on the

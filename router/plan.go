@@ -21,11 +21,12 @@ package router
 // path cannot read (an escape it does not decode, a float where an integer
 // was) sends that text through a full parse instead.
 //
-// Table names resolve as PostgreSQL does with the default search_path
-// ("$user", public) and no per-user schemas: unquoted names are folded to
+// Table names resolve as PostgreSQL does: unquoted names are folded to
 // lower case by the parser, quoted names kept, and an unqualified name is
-// looked up in schema "public". A catalog that knows other schemas or
-// temporary tables must answer for them itself; names the catalog does
+// resolved by the Catalog (the proxy's follows the session's search_path;
+// by default ("$user", public, no per-user schemas) it is looked up in
+// schema "public"). A catalog that knows temporary tables must answer for
+// them itself; names the catalog does
 // not know (system catalogs, unregistered tables) are treated like
 // reference tables: present and identical on every shard.
 //
@@ -148,8 +149,9 @@ type TableInfo struct {
 	KeyOrdinal int
 }
 
-// Catalog describes tables. schema is never empty: unqualified names are
-// looked up in "public" (see the search_path note above).
+// Catalog describes tables. schema is empty for an unqualified name: the
+// catalog resolves it as the session's search_path would (by default in
+// "public", see the search_path note above).
 type Catalog interface {
 	Table(schema, name string) TableInfo
 }

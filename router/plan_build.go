@@ -472,11 +472,7 @@ func (b *builder) lookup(rv *pg_query.RangeVar) TableInfo {
 	if rv == nil || b.p.cat == nil {
 		return TableInfo{}
 	}
-	schema := rv.Schemaname
-	if schema == "" {
-		schema = "public"
-	}
-	return b.p.cat.Table(schema, rv.Relname)
+	return b.p.cat.Table(rv.Schemaname, rv.Relname)
 }
 
 // rangeVar adds a table occurrence to sc.

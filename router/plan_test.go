@@ -14,7 +14,12 @@ import (
 // sessions (uuid key), countries (reference), "Mixed" (quoted name).
 type testCatalog map[string]TableInfo
 
-func (c testCatalog) Table(schema, name string) TableInfo { return c[schema+"."+name] }
+func (c testCatalog) Table(schema, name string) TableInfo {
+	if schema == "" {
+		schema = "public"
+	}
+	return c[schema+"."+name]
+}
 
 var planCat = testCatalog{
 	"public.users":     {Kind: TableSharded, KeyColumn: "user_id", KeyType: shardmap.KeyInt, KeyOrdinal: 1},
