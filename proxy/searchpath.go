@@ -78,15 +78,13 @@ func (s *session) planner(rs *routingState) *router.Planner {
 
 // searchPath returns the schemas of the session's search_path in order,
 // or nil for the default one ("$user", public).
+// The path is parsed at each call (a session that sets none pays a map
+// lookup): a cache would not fit the session in its size class
+// (TestSessionFitsItsSizeClass).
 func (s *session) searchPath() []string {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pathKey == s.setsKey {
-		return s.path
-	}
-	s.pathKey = s.setsKey
-	s.path = nil
 	v, ok := s.sets["search_path"]
+	s.mu.Unlock()
 	if !ok {
 		return nil
 	}
@@ -94,7 +92,6 @@ func (s *session) searchPath() []string {
 	if slices.Equal(path, []string{s.user, "public"}) || slices.Equal(path, []string{"public"}) {
 		return nil
 	}
-	s.path = path
 	return path
 }
 

@@ -200,8 +200,6 @@ type session struct {
 	stmts      map[string]*stmtDef
 	sets       map[string]string // name -> SQL text of the value
 	setsKey    string
-	pathKey    string      // the setsKey path was parsed at (searchpath.go)
-	path       []string    // the search_path's schemas; nil: the default
 	staged     []router.Op // SETs and savepoints of the open transaction (see settle)
 	lastTag    string      // COMMIT or ROLLBACK when the last CommandComplete said so
 	out        []byte      // pending bytes for the client
