@@ -64,6 +64,9 @@ func TestExcludeMovingRewrites(t *testing.T) {
 			// Correlated subqueries joined on the key follow the outer table.
 			{"SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = o.user_id)",
 				"SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = o.user_id) AND " + o("o.user_id")},
+			// A semi-join on the key follows the outer table too.
+			{"SELECT count(*) FROM orders o WHERE o.user_id IN (SELECT u.user_id FROM users u WHERE u.name = 'x')",
+				"SELECT count(*) FROM orders o WHERE o.user_id IN (SELECT u.user_id FROM users u WHERE u.name = 'x') AND " + o("o.user_id")},
 			// Schema-qualified, quoted, renamed columns.
 			{"SELECT * FROM app.events", "SELECT * FROM app.events WHERE " + o("app.events.user_id")},
 			{`SELECT * FROM "Mixed"`, `SELECT * FROM "Mixed" WHERE ` + o(`"Mixed".user_id`)},

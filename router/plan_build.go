@@ -24,6 +24,9 @@ type builder struct {
 	// cacheable is cleared when a key value was taken from the parse tree
 	// rather than from a literal the fast path can read.
 	cacheable bool
+	// negated counts the NOTs around the expression being walked (a
+	// semi-join under NOT is no semi-join: see semiJoin).
+	negated int
 }
 
 // occ is one occurrence of a table in the statement.
@@ -928,6 +931,33 @@ func (b *builder) walk(n *pg_query.Node, sc *scope) {
 	b.walkMsg(n.ProtoReflect(), sc)
 }
 
+// semiJoin links the tables of key IN (SELECT key FROM …) as a join on
+// the key links them: the rows of a key are on one shard, so each shard
+// answers the IN for its own keys from its own rows. Only a plain IN (or
+// = ANY) whose subquery returns a sharded table's key column of the same
+// key type, with no LIMIT, OFFSET, set operation or window function (all
+// of which would pick rows across shards); GROUP BY and DISTINCT keep a
+// key's rows together. Not under NOT: NOT IN is false for every row once
+// the subquery holds a NULL on any shard, which each shard could not see.
+func (b *builder) semiJoin(l *pg_query.SubLink, q *pg_query.SelectStmt, sc, sub *scope) {
+	if b.negated > 0 || l.SubLinkType != pg_query.SubLinkType_ANY_SUBLINK || len(l.OperName) > 1 ||
+		len(l.OperName) == 1 && l.OperName[0].GetString_().GetSval() != "=" {
+		return
+	}
+	if q.Op != pg_query.SetOperation_SETOP_NONE || q.LimitCount != nil || q.LimitOffset != nil || len(q.WindowClause) > 0 || len(q.TargetList) != 1 {
+		return
+	}
+	target := q.TargetList[0].GetResTarget().GetVal()
+	if windowCall(target) {
+		return
+	}
+	outer, inner := b.keyCol(l.Testexpr, sc), b.keyCol(target, sub)
+	if outer == nil || inner == nil || inner.depth != sc.depth+1 || outer.info.KeyType != inner.info.KeyType {
+		return
+	}
+	b.link(outer, inner)
+}
+
 func (b *builder) walkList(ns []*pg_query.Node, sc *scope) {
 	for _, n := range ns {
 		b.walk(n, sc)
@@ -939,7 +969,18 @@ func (b *builder) walkMsg(m protoreflect.Message, sc *scope) {
 	case *pg_query.SubLink:
 		if q := v.Subselect.GetSelectStmt(); q != nil {
 			b.walk(v.Testexpr, sc)
-			b.selectStmt(q, sc, sc.depth+1)
+			sub := b.selectStmt(q, sc, sc.depth+1)
+			b.semiJoin(v, q, sc, sub)
+			return
+		}
+	case *pg_query.BoolExpr:
+		if v.Boolop == pg_query.BoolExprType_NOT_EXPR {
+			b.negated++
+			children(m, func(c protoreflect.Message) bool {
+				b.walkMsg(c, sc)
+				return true
+			})
+			b.negated--
 			return
 		}
 	case *pg_query.FuncCall:

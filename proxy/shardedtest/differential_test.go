@@ -517,6 +517,11 @@ func genScatterRead(g *gen) step {
 	var s stmt
 	switch g.intn(14) {
 	case 0:
+		if g.chance(0.4) {
+			s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty) FROM accounts WHERE user_id IN (SELECT user_id FROM accounts WHERE name = %s GROUP BY user_id HAVING count(*) >= %s)",
+				b.v(pick(g, names), ""), b.v(g.between(1, 2), "")))
+			break
+		}
 		s = b.stmt(fmt.Sprintf("SELECT user_id, id, qty FROM accounts WHERE qty > %s", b.v(g.intn(100), "")))
 	case 1:
 		s = b.stmt(fmt.Sprintf("SELECT count(*), sum(qty), min(balance), max(balance), avg(qty), avg(balance), sum(user_id), count(DISTINCT balance), count(DISTINCT qty %% 7), count(DISTINCT user_id) FROM accounts WHERE qty < %s", b.v(g.intn(110), "")))
@@ -577,6 +582,11 @@ func genScatterWrite(g *gen) step {
 	var s stmt
 	switch g.intn(5) {
 	case 0:
+		if g.chance(0.5) {
+			// A semi-join on the key: every account of the users who have one in the country.
+			s = b.stmt(fmt.Sprintf("UPDATE accounts SET qty = qty + 1 WHERE user_id IN (SELECT a.user_id FROM accounts a WHERE a.country = %s)", b.v(pick(g, countryCodes), "")))
+			break
+		}
 		s = b.stmt(fmt.Sprintf("UPDATE accounts SET qty = qty + 1 WHERE country = %s", b.v(pick(g, countryCodes), "")))
 	case 1:
 		s = b.stmt(fmt.Sprintf("DELETE FROM accounts WHERE qty = %s", b.v(g.intn(100), "")))
