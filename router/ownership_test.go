@@ -196,6 +196,7 @@ func TestExcludeMovingRefusals(t *testing.T) {
 		"SELECT * FROM (orders o JOIN users u USING (user_id)) AS j",
 		"SELECT * FROM orders o(a, b)", // the key's position is unknown
 		"SELECT 1 UNION ALL SELECT user_id FROM orders",
+		"SELECT count(*) FROM (SELECT user_id, count(*) n FROM orders GROUP BY user_id) x", // its rows are not filtered
 		"SELECT count(*) FROM countries",
 		"SELECT 1; SELECT 2",
 		"COPY orders TO STDOUT", // no columns given

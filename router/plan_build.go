@@ -614,12 +614,18 @@ func (b *builder) fromItem(n *pg_query.Node, sc *scope, inner *[]*pg_query.Node)
 				name = f.RangeSubselect.Alias.Aliasname
 			}
 			// A derived table is named by its alias; its columns are not
-			// tracked (a key filter outside it does not pin it).
+			// tracked (a key filter outside it does not pin it), unless it
+			// keeps a sharded table's rows of a key together (derivedKey).
 			o := &occ{id: len(b.occs), name: name, depth: sc.depth, keys: unconstrained}
 			b.occs = append(b.occs, o)
 			b.parent = append(b.parent, o.id)
 			sc.occs = append(sc.occs, o)
-			_ = sub
+			if inner, col := b.derivedKey(f.RangeSubselect, q, sub); inner != nil {
+				o.info = TableInfo{Kind: TableSharded, KeyColumn: col, KeyType: inner.info.KeyType}
+				o.table = inner.table
+				o.keys = inner.keys // its rows are of the keys its query pins
+				b.link(o, inner)
+			}
 		}
 	default:
 		b.walk(n, sc)
@@ -929,6 +935,58 @@ func (b *builder) walk(n *pg_query.Node, sc *scope) {
 		return
 	}
 	b.walkMsg(n.ProtoReflect(), sc)
+}
+
+// derivedKey returns the sharded table whose key column a derived table
+// returns, and that column's name outside it, when each of the derived
+// table's rows comes from one key's rows on one shard: a query on sharded
+// tables co-located on the key, with no LIMIT, OFFSET, set operation,
+// window function or DISTINCT ON, grouped (if at all) by the key. Each
+// shard then computes its part of the derived table exactly, and the
+// derived table is routed as a sharded table by that column (FROM (SELECT
+// user_id, count(*) AS n FROM orders GROUP BY user_id) x: every shard, or
+// x.user_id's shard). nil otherwise.
+func (b *builder) derivedKey(rs *pg_query.RangeSubselect, q *pg_query.SelectStmt, sub *scope) (*occ, string) {
+	if rs.Lateral || q.Op != pg_query.SetOperation_SETOP_NONE || q.LimitCount != nil || q.LimitOffset != nil || len(q.WindowClause) > 0 {
+		return nil, ""
+	}
+	if len(q.DistinctClause) > 0 && q.DistinctClause[0].GetNode() != nil {
+		return nil, "" // DISTINCT ON
+	}
+	var key *occ
+	col := ""
+	for i, t := range q.TargetList {
+		rt := t.GetResTarget()
+		if rt == nil || windowCall(rt.Val) {
+			return nil, ""
+		}
+		if key != nil {
+			continue
+		}
+		if o := b.keyCol(rt.Val, sub); o != nil && o.depth == sub.depth {
+			key, col = o, rt.Name
+			if col == "" {
+				col = lastField(rt.Val)
+			}
+			if a := rs.Alias; a != nil && i < len(a.Colnames) {
+				col = a.Colnames[i].GetString_().GetSval()
+			}
+		}
+	}
+	if key == nil {
+		return nil, ""
+	}
+	aggregated := len(q.GroupClause) > 0 || q.HavingClause != nil
+	for _, t := range q.TargetList {
+		aggregated = aggregated || nestedAgg(t) != ""
+	}
+	if aggregated && !slices.ContainsFunc(q.GroupClause, func(g *pg_query.Node) bool {
+		o := b.keyCol(g, sub)
+		return o != nil && b.find(o.id) == b.find(key.id)
+	}) {
+		return nil, ""
+	}
+	return key, col
 }
 
 // semiJoin links the tables of key IN (SELECT key FROM …) as a join on

@@ -553,8 +553,19 @@ func genScatterRead(g *gen) step {
 			b.v(g.intn(20), ""), b.v(g.between(0, 15), "")))
 		s.ordered = true
 	case 8:
-		if g.chance(0.5) {
+		if g.chance(0.3) {
 			s = b.stmt(fmt.Sprintf("SELECT count(*) FROM accounts WHERE user_id > %s", b.v(g.intKey(), "")))
+			break
+		}
+		if g.chance(0.4) {
+			// A derived table grouped by the key: each shard's part is exact.
+			if g.chance(0.5) {
+				s = b.stmt(fmt.Sprintf("SELECT count(*), max(n), sum(q) FROM (SELECT user_id, count(*) AS n, sum(qty) AS q FROM accounts GROUP BY user_id) x WHERE n >= %s",
+					b.v(g.between(1, 4), "")))
+			} else {
+				s = b.stmt(fmt.Sprintf("SELECT n, q FROM (SELECT user_id AS k, count(*) AS n, sum(qty) AS q FROM accounts GROUP BY user_id) x WHERE x.k = %s",
+					b.v(g.intKey(), "")))
+			}
 			break
 		}
 		// Each bucket's first row in ORDER BY order (unique: the primary key ends it).
