@@ -153,38 +153,29 @@ func collatedSQL(rels []string) string {
 // makes any text ordering of it refused (collatedUnknown).
 func (s *session) readCollated(ctx context.Context, l *leg, rels []string) (known bool, err error) {
 	found := map[string]collated{}
-	var failed error
-	for {
-		typ, msg, err := l.next(ctx)
-		if err != nil {
-			return false, err
+	failed, err := readRows(ctx, l, func(row [][]byte) {
+		if len(row) != 4 {
+			return
 		}
-		switch typ {
-		case 'E':
-			failed = backendError(msg)
-		case 'D':
-			row, ok := decodeDataRow(msg[5:], nil)
-			if !ok || len(row) != 4 {
-				continue
-			}
-			rel, col := string(row[0]), string(row[1])+" ("+string(row[2])+")"
-			c := found[rel]
-			if c.order == "" {
-				c.order = col
-			}
-			if c.equal == "" && string(row[3]) == "f" {
-				c.equal = col
-			}
-			found[rel] = c
-		case 'Z':
-			if failed != nil {
-				s.logger.Debug("reading column collations failed", "shard", l.b.rt.name, "err", failed)
-				return false, nil
-			}
-			for _, r := range rels {
-				s.srv.setCollated(s.db, r, found[r])
-			}
-			return true, nil
+		rel, col := string(row[0]), string(row[1])+" ("+string(row[2])+")"
+		c := found[rel]
+		if c.order == "" {
+			c.order = col
 		}
+		if c.equal == "" && string(row[3]) == "f" {
+			c.equal = col
+		}
+		found[rel] = c
+	})
+	if err != nil {
+		return false, err
 	}
+	if failed != nil {
+		s.logger.Debug("reading column collations failed", "shard", l.b.rt.name, "err", failed)
+		return false, nil
+	}
+	for _, r := range rels {
+		s.srv.setCollated(s.db, r, found[r])
+	}
+	return true, nil
 }

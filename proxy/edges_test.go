@@ -91,8 +91,7 @@ func TestProtocolEdgesMatchPostgres(t *testing.T) {
 // where pgshard answers a BEGIN itself and opens it on a backend with the
 // transaction's first statement.
 func TestProtocolEdgesOverShards(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	protocolEdges(ctx, t, sh.harness, func() *pgconn.PgConn { return sh.shardConn(ctx, 0).PgConn() })
 }

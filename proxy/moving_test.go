@@ -179,8 +179,7 @@ func copyOut(ctx context.Context, t *testing.T, c *pgx.Conn, sql string) ([]stri
 // database would, in the simple and the extended protocol; without the
 // job the same statements count the planted copies.
 func TestScatterExcludesMovingRows(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE mv (user_id bigint NOT NULL PRIMARY KEY, g int NOT NULL, v bigint NOT NULL, doubled bigint GENERATED ALWAYS AS (v * 2) STORED)")
@@ -401,8 +400,7 @@ var txnModes = []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExe
 // startMovingTxns starts pgshard over 3 shards with a table mv keyed by
 // user_id and returns a client.
 func startMovingTxns(t *testing.T) (*shardedHarness, context.Context, *pgx.Conn) {
-	sh := startSharded(t, 3)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 3)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE mv (user_id bigint NOT NULL PRIMARY KEY, v bigint NOT NULL)")
@@ -557,8 +555,7 @@ func (sh *shardedHarness) rowsWith(ctx context.Context, i int, k, v int64) int {
 // each moving row once, from its owner, though a copy of it sits on the
 // other shard (planted here as the job's copy would be).
 func TestInsertSelectDuringAJob(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE mv_src (user_id bigint NOT NULL PRIMARY KEY, v int)")

@@ -17,8 +17,7 @@ import (
 // run there alone, in every protocol mode. A temporary table made from a
 // query must come from one shard.
 func TestTempTablesOverShards(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	sh.createSharded(ctx, "tu", "user_id bigint PRIMARY KEY, v int")
 	c := sh.connect(ctx)
@@ -215,8 +214,7 @@ func TestSetConfigPinsTheSession(t *testing.T) {
 // or, with one result format for all columns, rows it would decode with
 // the old description.
 func TestScatterAfterDDLRaisesStalePlan(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE stale (user_id bigint PRIMARY KEY, v int)")

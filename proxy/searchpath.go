@@ -39,48 +39,57 @@ func (c pathCatalog) Table(schema, name string) router.TableInfo {
 	return router.TableInfo{}
 }
 
-// pathPlanners are the planners of one routing state for sessions with
-// other search paths, keyed by the path.
+// pathPlanners are the planners of one routing state for sessions that
+// set a search_path, keyed by the setting as the session gave it (and its
+// user, for "$user"): a statement looks its planner up without parsing
+// the path again or allocating.
 type pathPlanners struct {
 	mu sync.Mutex
-	m  map[string]*router.Planner
+	m  map[pathKey]*router.Planner
 }
+
+type pathKey struct{ user, value string }
 
 // maxPathPlanners bounds the distinct search paths planned for at once.
 const maxPathPlanners = 32
 
-// plannerFor returns the planner for sessions whose search_path is path
-// (nil: the default).
-func (rs *routingState) plannerFor(path []string) *router.Planner {
-	if path == nil || rs.paths == nil {
+// plannerFor returns the planner for sessions whose search_path setting is
+// k.value: the default planner when the path is the default one.
+func (rs *routingState) plannerFor(k pathKey) *router.Planner {
+	if rs.paths == nil {
 		return rs.planner
 	}
-	key := strings.Join(path, "\x00")
 	rs.paths.mu.Lock()
 	defer rs.paths.mu.Unlock()
-	if p, ok := rs.paths.m[key]; ok {
+	if p, ok := rs.paths.m[k]; ok {
 		return p
 	}
-	cfg := rs.cfg
-	cfg.Catalog = pathCatalog{cat: rs.catalog, path: path}
-	p := router.NewPlanner(cfg)
-	if rs.paths.m == nil || len(rs.paths.m) >= maxPathPlanners {
-		rs.paths.m = map[string]*router.Planner{}
+	p := rs.planner
+	if path := searchPathOf(k.value, k.user); path != nil {
+		cfg := rs.cfg
+		cfg.Catalog = pathCatalog{cat: rs.catalog, path: path}
+		p = router.NewPlanner(cfg)
 	}
-	rs.paths.m[key] = p
+	if rs.paths.m == nil || len(rs.paths.m) >= maxPathPlanners {
+		rs.paths.m = map[pathKey]*router.Planner{}
+	}
+	rs.paths.m[k] = p
 	return p
 }
 
 // planner returns the planner for the session's search_path.
 func (s *session) planner(rs *routingState) *router.Planner {
-	return rs.plannerFor(s.searchPath())
+	s.mu.Lock()
+	v, ok := s.sets["search_path"]
+	s.mu.Unlock()
+	if !ok {
+		return rs.planner
+	}
+	return rs.plannerFor(pathKey{user: s.user, value: v})
 }
 
 // searchPath returns the schemas of the session's search_path in order,
 // or nil for the default one ("$user", public).
-// The path is parsed at each call (a session that sets none pays a map
-// lookup): a cache would not fit the session in its size class
-// (TestSessionFitsItsSizeClass).
 func (s *session) searchPath() []string {
 	s.mu.Lock()
 	v, ok := s.sets["search_path"]
@@ -88,8 +97,14 @@ func (s *session) searchPath() []string {
 	if !ok {
 		return nil
 	}
-	path := parseSearchPath(strings.TrimPrefix(v, rawSetting), s.user)
-	if slices.Equal(path, []string{s.user, "public"}) || slices.Equal(path, []string{"public"}) {
+	return searchPathOf(v, s.user)
+}
+
+// searchPathOf parses a session's search_path setting; nil for the
+// default path.
+func searchPathOf(v, user string) []string {
+	path := parseSearchPath(strings.TrimPrefix(v, rawSetting), user)
+	if slices.Equal(path, []string{user, "public"}) || slices.Equal(path, []string{"public"}) {
 		return nil
 	}
 	return path

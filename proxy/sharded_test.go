@@ -279,8 +279,7 @@ func TestKeyedStatementsLandOnTheirShard(t *testing.T) {
 // in the same transaction; COMMIT is atomic over all of them (two-phase
 // commit), ROLLBACK and errors undo all of them.
 func TestTransactionAcrossShards(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	sh.createSharded(ctx, "orders", "user_id bigint, v int")
 	a, b := sh.keysOnTwoShards()
@@ -447,8 +446,7 @@ func TestTransactionAcrossShards(t *testing.T) {
 // multi-row inserts split by shard with one command tag; statements
 // without a key scatter and merge exactly.
 func TestScatterAndSpreadWrites(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE events (user_id bigint NOT NULL, kind text, amount int, PRIMARY KEY (user_id, amount))")
@@ -613,8 +611,7 @@ func TestScatterAndSpreadWrites(t *testing.T) {
 // atomically and with the client's line numbers in errors; COPY TO STDOUT
 // gathers every shard's rows.
 func TestCopyAcrossShards(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE items (user_id bigint NOT NULL, note text)")
@@ -728,8 +725,7 @@ func errWhere(err error) string {
 // Sequences of sharded tables give values unique across shards: each
 // shard draws from its own range.
 func TestShardedSequences(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE posts (user_id bigint NOT NULL, id bigserial, n bigint GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (user_id, id))")
@@ -851,8 +847,7 @@ func TestOneShardRegistersTables(t *testing.T) {
 // A batch (pgx SendBatch: one Sync) of keyed statements on several shards
 // runs as one implicit transaction, as on PostgreSQL: all or nothing.
 func TestBatchAcrossShards(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE kv (user_id bigint PRIMARY KEY, v int)")
@@ -920,8 +915,7 @@ func TestBatchAcrossShards(t *testing.T) {
 // transaction to the recovery loop, which rolls it back when no decision
 // was recorded and commits it when one was; nothing stays prepared.
 func TestCoordinatorCrashIsRecovered(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE kv (user_id bigint PRIMARY KEY, v int)")
@@ -983,8 +977,7 @@ func mustExecTx(t *testing.T, tx pgx.Tx, sql string) {
 // on neither), nothing stays prepared once recovery ran, and every row
 // stays on its shard.
 func TestConcurrentTransfersKeepTheTotal(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	mustExec(t, c, "CREATE TABLE acct (user_id bigint PRIMARY KEY, balance bigint NOT NULL)")
@@ -1139,6 +1132,14 @@ type shardedTxnLog struct {
 }
 
 func newShardedTxnLog() *shardedTxnLog { return &shardedTxnLog{d: map[string]bool{}} }
+
+// startShardedWithLog is startSharded with a decision log: statements
+// that write on several shards commit by two-phase commit.
+func startShardedWithLog(t *testing.T, n int) *shardedHarness {
+	sh := startSharded(t, n)
+	sh.srv.SetTxnLog(newShardedTxnLog())
+	return sh
+}
 
 func (l *shardedTxnLog) Decide(_ context.Context, gid string, commit bool) (bool, error) {
 	l.mu.Lock()
@@ -1295,8 +1296,7 @@ func TestShutdownGivesUpOnStuckSessions(t *testing.T) {
 // key, a NULL key) leaves no row anywhere; in a transaction the rows
 // commit or roll back with it.
 func TestInsertSelectAcrossShards(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	sh.createSharded(ctx, "ins_sel", "user_id bigint PRIMARY KEY, note text, mode int")
 	c := sh.connect(ctx)
@@ -1398,8 +1398,7 @@ func TestInsertSelectAcrossShards(t *testing.T) {
 // refused as PostgreSQL refuses it (42P18: its type cannot be inferred);
 // pgshard declares only the parameters its own rewrite dropped (HAVING).
 func TestScatterUnusedParameter(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	sh.createSharded(ctx, "unused_param", "user_id bigint PRIMARY KEY, v int")
 	c := sh.connect(ctx)
@@ -1427,8 +1426,7 @@ func TestScatterUnusedParameter(t *testing.T) {
 // other groups than PostgreSQL's; so is a COLLATE clause. Once the
 // column's collation changes through pgshard, reads merge again.
 func TestScatterRefusesOtherCollations(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	sh.onEveryShard(ctx, `CREATE COLLATION coll_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`)
 	sh.createSharded(ctx, "coll_icu", `user_id bigint PRIMARY KEY, s text COLLATE "und-x-icu", c text`)
@@ -1524,8 +1522,7 @@ func TestScatterRefusesOtherCollations(t *testing.T) {
 // default path; CREATE TABLE without a schema is refused under another
 // path (pgshard registers the table under its schema).
 func TestSearchPathRoutesBySchema(t *testing.T) {
-	sh := startSharded(t, 2)
-	sh.srv.SetTxnLog(newShardedTxnLog())
+	sh := startShardedWithLog(t, 2)
 	ctx := testCtx(t)
 	c := sh.connect(ctx)
 	for _, sql := range []string{

@@ -231,18 +231,32 @@ const collationSQL = "SELECT datcollate FROM pg_catalog.pg_database WHERE datnam
 
 // readCollation reads the answer to collationSQL on l.
 func (s *session) readCollation(ctx context.Context, l *leg) error {
+	_, err := readRows(ctx, l, func(row [][]byte) {
+		if len(row) == 1 && row[0] != nil {
+			s.srv.setCollation(s.db, string(row[0]))
+		}
+	})
+	return err
+}
+
+// readRows reads the answer to a query of pgshard's own on l, up to its
+// ReadyForQuery, handing each row to f: failed is the shard's error, if
+// it sent one; err a lost connection.
+func readRows(ctx context.Context, l *leg, f func(row [][]byte)) (failed, err error) {
 	for {
 		typ, msg, err := l.next(ctx)
 		if err != nil {
-			return err
+			return failed, err
 		}
 		switch typ {
+		case 'E':
+			failed = backendError(msg)
 		case 'D':
-			if row, ok := decodeDataRow(msg[5:], nil); ok && len(row) == 1 && row[0] != nil {
-				s.srv.setCollation(s.db, string(row[0]))
+			if row, ok := decodeDataRow(msg[5:], nil); ok {
+				f(row)
 			}
 		case 'Z':
-			return nil
+			return failed, nil
 		}
 	}
 }
